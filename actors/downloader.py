@@ -1,0 +1,250 @@
+"""The Downloader: fetches leased items one at a time into ``<name>.part``, then renames.
+
+It pulls work: the supervisor attaches it to the StateKeeper with ``download.mailbox``
+credit, and after each finished item it sends ``Demand(1)``. So the items queued here
+never exceed the mailbox, by construction. While a transfer runs the actor cannot read its
+inbox; shutdown reaches it through the cancel token checked in the chunk loop.
+
+Expected failures (HTTP errors, timeouts, bad bodies, disk errors) become
+``DownloadFailed`` messages. Anything else is a bug: it escapes, pykka stops the actor,
+``on_failure`` tells the supervisor, and the StateKeeper re-dispatches the lease.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pykka
+import structlog
+
+from actors.child import ChildActor
+from actors.control import tell
+from messages import (
+    Demand,
+    DownloadComplete,
+    DownloadFailed,
+    DownloadStarted,
+    Grant,
+    ProgressUpdate,
+    WorkItem,
+)
+from runtime.clock import Clock
+from runtime.config import Config
+from runtime.errors import (
+    CancelledError,
+    ChecksumError,
+    FetchError,
+    HTTPStatusError,
+    TruncatedError,
+)
+from runtime.logs import get_logger
+from runtime.transport import Transport, TransportFactory
+
+__all__ = ["Downloader", "ProtocolError"]
+
+log = get_logger("downloader")
+
+
+class ProtocolError(RuntimeError):
+    """A peer broke the pipeline's protocol (a bug, so it crashes the actor)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    """Self-message: take the next queued item."""
+
+
+class Downloader(ChildActor):
+    """One downloader instance; see the module docstring."""
+
+    kind = "downloader"
+
+    def __init__(  # noqa: PLR0913 - wiring, all keyword
+        self,
+        *,
+        worker: str,
+        index: int,
+        config: Config,
+        state_keeper: pykka.ActorRef[Any],
+        supervisor: pykka.ActorRef[Any],
+        transport_factory: TransportFactory,
+        clock: Clock,
+        cancel: threading.Event,
+    ) -> None:
+        super().__init__(worker=worker, index=index, supervisor=supervisor)
+        self.config = config
+        self.state_keeper = state_keeper
+        self.transport_factory = transport_factory
+        self.clock = clock
+        self.cancel = cancel
+        self.out_dir = Path(config.output.dir)
+        self.real_out = os.path.realpath(self.out_dir)
+        self.queue: deque[WorkItem] = deque()
+        self.transport: Transport | None = None
+
+    def on_start(self) -> None:
+        """Open the transport (its own connection pool)."""
+        self.transport = self.transport_factory()
+
+    def on_stop(self) -> None:
+        """Close the transport."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def cleanup(self) -> None:
+        """Close the transport after a crash."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def on_receive(self, message: Any) -> Any:
+        """Dispatch one message."""
+        match message:
+            case Grant(items=items):
+                was_idle = not self.queue
+                self.queue.extend(items)
+                if len(self.queue) > self.config.download.mailbox:
+                    raise ProtocolError(
+                        f"{self.worker} holds {len(self.queue)} items, "
+                        f"mailbox is {self.config.download.mailbox}"
+                    )
+                if was_idle:
+                    self.actor_ref.tell(_Work())
+            case _Work():
+                self._work_one()
+            case _:
+                log.warning("unexpected message", actor=self.worker, message=repr(message))
+
+    def _work_one(self) -> None:
+        if not self.queue:
+            return
+        item = self.queue[0]
+        with structlog.contextvars.bound_contextvars(item_id=item.id):
+            result = self._download(item)
+        self.queue.popleft()
+        tell(self.state_keeper, result)
+        tell(self.state_keeper, Demand(worker=self.worker, n=1))
+        if self.queue:
+            self.actor_ref.tell(_Work())
+
+    # -- one transfer -------------------------------------------------------------------
+
+    def _download(self, item: WorkItem) -> DownloadComplete | DownloadFailed:
+        dest = self.out_dir / item.name
+        try:
+            self._check_inside(dest)
+            if dest.exists() and self.config.output.if_exists != "overwrite":
+                reused = self._reuse(item, dest)
+                if reused is not None:
+                    return reused
+            tell(self.state_keeper, DownloadStarted(worker=self.worker, item_id=item.id,
+                                                   url=item.url, attempt=item.attempts))
+            return self._fetch(item, dest)
+        except FetchError as exc:
+            log.info("download failed", error_kind=exc.error_kind, error=str(exc),
+                     attempt=item.attempts)
+            return DownloadFailed(worker=self.worker, item=item, error_kind=exc.error_kind,
+                                  error=str(exc), permanent=exc.permanent,
+                                  counts_attempt=not isinstance(exc, CancelledError))
+        except OSError as exc:
+            log.warning("file system error", error=str(exc))
+            return DownloadFailed(worker=self.worker, item=item, error_kind="filesystem",
+                                  error=f"{type(exc).__name__}: {exc}", permanent=False)
+
+    def _check_inside(self, dest: Path) -> None:
+        """Refuse a path that resolves outside the output directory (symlinks included)."""
+        real = os.path.realpath(dest)
+        if not real.startswith(self.real_out + os.sep):
+            raise FetchError(f"{dest} resolves outside the output directory",
+                             error_kind="unsafe_name", permanent=True)
+
+    def _reuse(self, item: WorkItem, dest: Path) -> DownloadComplete | None:
+        """Accept a file already in place when it matches what the entry expects."""
+        size = dest.stat().st_size
+        if item.size is not None and size != item.size:
+            return None
+        digest = _hash_file(dest)
+        if item.sha256 is not None and digest != item.sha256:
+            return None
+        log.debug("file already in place", path=str(dest))
+        return DownloadComplete(worker=self.worker, item=item, path=str(dest), size=size,
+                                sha256=digest, reused=True)
+
+    def _fetch(self, item: WorkItem, dest: Path) -> DownloadComplete:
+        assert self.transport is not None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._check_inside(dest)  # a directory created above may not be a link out
+        part = dest.with_name(dest.name + ".part")
+        response = self.transport.open(item.url, {})
+        try:
+            if response.status >= 400:
+                raise HTTPStatusError(response.status, item.url)
+            expected = _content_length(response.headers)
+            size, digest = self._stream(item, response.iter_bytes(self.config.download.chunk_size),
+                                        part, expected if expected is not None else item.size)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        finally:
+            response.close()
+        try:
+            _verify(item, size, digest, expected)
+        except FetchError:
+            part.unlink(missing_ok=True)
+            raise
+        os.replace(part, dest)
+        return DownloadComplete(worker=self.worker, item=item, path=str(dest), size=size,
+                                sha256=digest)
+
+    def _stream(self, item: WorkItem, chunks: Any, part: Path, total: int | None
+                ) -> tuple[int, str]:
+        digest = hashlib.sha256()
+        received = 0
+        every = self.config.download.progress_interval
+        next_report = self.clock.now() + every
+        with part.open("wb") as fh:
+            for chunk in chunks:
+                if self.cancel.is_set():
+                    raise CancelledError(f"cancelled after {received} bytes")
+                fh.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                if self.clock.now() >= next_report:
+                    next_report = self.clock.now() + every
+                    tell(self.state_keeper, ProgressUpdate(worker=self.worker, item_id=item.id,
+                                                          received=received, total=total))
+        return received, digest.hexdigest()
+
+
+def _content_length(headers: Any) -> int | None:
+    value = headers.get("Content-Length")
+    if value is None or headers.get("Content-Encoding", "identity") != "identity":
+        return None  # a decoded body's length differs from Content-Length
+    try:
+        length = int(value)
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+def _verify(item: WorkItem, size: int, digest: str, expected: int | None) -> None:
+    if expected is not None and size < expected:
+        raise TruncatedError(f"got {size} of {expected} bytes")
+    if item.size is not None and size != item.size:
+        raise FetchError(f"got {size} bytes, the entry says {item.size}",
+                         error_kind="size_mismatch", permanent=True)
+    if item.sha256 is not None and digest != item.sha256:
+        raise ChecksumError(f"sha256 {digest} differs from the entry's {item.sha256}")
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,76 @@
+"""The PostProcessor: the single point where every terminal outcome is recorded.
+
+Exactly one runs. It calls the configured ``BasePostProcessor`` for each outcome, in the
+order the StateKeeper sends them, and confirms with ``PostProcessed``; the StateKeeper
+commits the terminal status only after that confirmation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pykka
+import structlog
+
+from actors.child import ChildActor
+from actors.control import tell
+from messages import Outcome, PostProcessed, PostProcessFailed
+from runtime.logs import get_logger
+from runtime.plugins import BasePostProcessor, PluginContext
+
+__all__ = ["PostProcessor"]
+
+log = get_logger("post_processor")
+
+
+class PostProcessor(ChildActor):
+    """The one post-processor instance."""
+
+    kind = "post_processor"
+
+    def __init__(
+        self,
+        *,
+        worker: str,
+        index: int,
+        supervisor: pykka.ActorRef[Any],
+        state_keeper: pykka.ActorRef[Any],
+        plugin: BasePostProcessor,
+        context: PluginContext,
+    ) -> None:
+        super().__init__(worker=worker, index=index, supervisor=supervisor)
+        self.state_keeper = state_keeper
+        self.plugin = plugin
+        self.context = context
+
+    def on_start(self) -> None:
+        """Open the plugin."""
+        self.plugin.open(self.context)
+
+    def on_stop(self) -> None:
+        """Close the plugin (flush the manifest)."""
+        self.plugin.close()
+
+    def cleanup(self) -> None:
+        """Close the plugin after a crash, so a restarted one can reopen it."""
+        try:
+            self.plugin.close()
+        except Exception as exc:  # noqa: BLE001 - already failing; keep the first error
+            log.warning("closing the post-processor failed", error=str(exc))
+
+    def on_receive(self, message: Any) -> Any:
+        """Dispatch one message."""
+        match message:
+            case Outcome():
+                with structlog.contextvars.bound_contextvars(item_id=message.id):
+                    tell(self.state_keeper, self._record(message))
+            case _:
+                log.warning("unexpected message", actor=self.worker, message=repr(message))
+
+    def _record(self, outcome: Outcome) -> PostProcessed | PostProcessFailed:
+        try:
+            self.plugin.post_process(outcome)
+        except Exception as exc:  # noqa: BLE001 - a plugin's failure is the item's, not ours
+            log.warning("post-processor failed", error=f"{type(exc).__name__}: {exc}")
+            return PostProcessFailed(item_id=outcome.id, error=f"{type(exc).__name__}: {exc}")
+        return PostProcessed(item_id=outcome.id, status=outcome.status)

@@ -1,0 +1,66 @@
+"""The Processor: runs the configured ``BaseProcessor`` on each downloaded file.
+
+Whatever the plugin raises becomes ``ProcessingFailed`` for that item; the actor itself
+only crashes on a bug of its own, and the StateKeeper then hands its items to another.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pykka
+import structlog
+
+from actors.child import ChildActor
+from actors.control import tell
+from messages import DownloadComplete, ProcessingComplete, ProcessingFailed
+from runtime.logs import get_logger
+from runtime.plugins import BaseProcessor, Downloaded
+
+__all__ = ["Processor"]
+
+log = get_logger("processor")
+
+
+class Processor(ChildActor):
+    """One processor instance with its own plugin object."""
+
+    kind = "processor"
+
+    def __init__(
+        self,
+        *,
+        worker: str,
+        index: int,
+        supervisor: pykka.ActorRef[Any],
+        state_keeper: pykka.ActorRef[Any],
+        plugin: BaseProcessor,
+    ) -> None:
+        super().__init__(worker=worker, index=index, supervisor=supervisor)
+        self.state_keeper = state_keeper
+        self.plugin = plugin
+
+    def on_receive(self, message: Any) -> Any:
+        """Dispatch one message."""
+        match message:
+            case DownloadComplete():
+                with structlog.contextvars.bound_contextvars(item_id=message.item.id):
+                    tell(self.state_keeper, self._process(message))
+            case _:
+                log.warning("unexpected message", actor=self.worker, message=repr(message))
+
+    def _process(self, done: DownloadComplete) -> ProcessingComplete | ProcessingFailed:
+        item = done.item
+        downloaded = Downloaded(id=item.id, url=item.url, name=item.name, path=done.path,
+                                size=done.size, sha256=done.sha256)
+        try:
+            result = self.plugin.process(downloaded)
+            if not isinstance(result, dict):
+                raise TypeError(f"process() returned {type(result).__name__}, not a dict")
+            msgpack.packb(result)  # the result must be able to cross a process boundary
+        except Exception as exc:  # noqa: BLE001 - a plugin's failure is the item's, not ours
+            log.info("processor failed", error=f"{type(exc).__name__}: {exc}")
+            return ProcessingFailed(worker=self.worker, item_id=item.id,
+                                    error=f"{type(exc).__name__}: {exc}")
+        return ProcessingComplete(worker=self.worker, item_id=item.id, result=result)

@@ -1,0 +1,405 @@
+"""The StateKeeper: the one owner of a run's mutable state.
+
+Every item's status, leases, counters and the store belong to this actor; the others send
+it events and it decides. It answers downloaders' demand with grants (never more than the
+demand, so no downloader ever holds more than its mailbox), routes downloaded files to the
+least-loaded processor, hands every terminal outcome to the post-processor, and commits to
+the store once per tick (group commit) and at the end.
+
+Flow of one item::
+
+    pending ─grant─▶ leased ─DownloadComplete─▶ processing ─ProcessingComplete─▶ reporting
+       ▲               │                                                            │
+       └─retry─────────┘ DownloadFailed (transient, attempts left)    PostProcessed ▼
+                                                                      completed | failed | skipped
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from actors.control import Attach, GetStats, InputClosed, Tick, WorkerLost
+from messages import (
+    Cancel,
+    Demand,
+    DownloadComplete,
+    DownloadFailed,
+    DownloadStarted,
+    Enqueue,
+    Grant,
+    Outcome,
+    PostProcessed,
+    PostProcessFailed,
+    ProcessingComplete,
+    ProcessingFailed,
+    ProgressUpdate,
+    RunFinished,
+    WorkItem,
+)
+from runtime.clock import Clock
+from runtime.config import Config
+from runtime.logs import get_logger
+from runtime.store import SQLiteStore
+
+__all__ = ["EventSink", "StateKeeper"]
+
+log = get_logger("state_keeper")
+
+EventSink = Callable[[Any], None]
+"""Receives every message the StateKeeper sees, for progress displays and the API."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Worker:
+    kind: str
+    ref: pykka.ActorRef[Any]
+    credit: int = 0
+    held: set[str] = dataclasses.field(default_factory=set)
+
+
+class StateKeeper(pykka.ThreadingActor):
+    """See the module docstring."""
+
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        supervisor: pykka.ActorRef[Any],
+        clock: Clock,
+        on_event: EventSink | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.supervisor = supervisor
+        self.clock = clock
+        self.on_event = on_event or (lambda _m: None)
+        self.store: SQLiteStore | None = None
+        self.workers: dict[str, _Worker] = {}
+        self.post_processor: str | None = None
+        self.ready: deque[WorkItem] = deque()
+        self.retry: deque[WorkItem] = deque()
+        self.scan_exhausted = False
+        self.leases: dict[str, tuple[str, WorkItem]] = {}
+        self.processing: dict[str, tuple[str, DownloadComplete]] = {}
+        self.reporting: dict[str, Outcome] = {}
+        self.unsent_reports: deque[Outcome] = deque()
+        self.granting = True
+        self.input_closed = False
+        self.finished = False
+        self.end_reason = "done"
+        self.started = clock.now()
+        self.stats: dict[str, int] = {"accepted": 0, "completed": 0, "failed": 0, "skipped": 0,
+                                      "bytes": 0, "retries": 0, "max_leased": 0}
+        self.open_items = 0
+        self.backlog_limit = config.processing.backlog or 4 * config.processing.workers
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Open the store and pick up where an earlier run stopped."""
+        self.store = SQLiteStore(Path(self.config.state.dir))
+        counts = self.store.counts()
+        self.stats["accepted"] = sum(counts.values())
+        for status in ("completed", "failed", "skipped"):
+            self.stats[status] = counts.get(status, 0)
+        self.open_items = self.store.open_count()
+        self.unsent_reports.extend(self.store.recover())
+        log.info("state opened", path=str(self.store.path), **counts)
+
+    def on_stop(self) -> None:
+        """Commit whatever is left."""
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def on_receive(self, message: Any) -> Any:  # noqa: C901, PLR0912 - the one dispatch point
+        """Dispatch one message; the only place state changes."""
+        match message:
+            case Demand(worker=worker, n=n):
+                if worker in self.workers:
+                    self.workers[worker].credit += n
+            case DownloadStarted() | ProgressUpdate():
+                self.on_event(message)
+                return None
+            case DownloadComplete():
+                self._downloaded(message)
+            case DownloadFailed():
+                self._download_failed(message)
+            case ProcessingComplete() | ProcessingFailed():
+                self._processed(message)
+            case PostProcessed() | PostProcessFailed():
+                self._recorded(message)
+            case Enqueue():
+                return self._enqueue(message)
+            case InputClosed():
+                self.input_closed = True
+            case Attach():
+                self._attach(message)
+            case WorkerLost(worker=worker, error=error):
+                self._worker_lost(worker, error)
+            case Tick():
+                self._commit()
+            case Cancel(reason=reason, abort=abort):
+                self._cancel(reason, abort)
+            case GetStats():
+                return self._stats()
+            case _:
+                log.warning("unexpected message", message=repr(message))
+                return None
+        self._pump()
+        return None
+
+    def _pump(self) -> None:
+        """Move work forward after any event, then check whether the run is over."""
+        self._send_reports()
+        self._dispatch()
+        self._check_finished()
+
+    # -- ingest -------------------------------------------------------------------------
+
+    def _enqueue(self, batch: Enqueue) -> int:
+        assert self.store is not None
+        result = self.store.ingest(batch.items, batch.rejected, batch.derived_name_ids)
+        new = result.added + len(result.rejected)
+        self.stats["accepted"] += new
+        self.open_items += new
+        if result.added:
+            self.scan_exhausted = False
+        self.unsent_reports.extend(result.rejected)
+        self._pump()
+        return result.added
+
+    # -- dispatch -----------------------------------------------------------------------
+
+    def _next_item(self) -> WorkItem | None:
+        if self.retry:
+            return self.retry.popleft()
+        if not self.ready and not self.scan_exhausted:
+            assert self.store is not None
+            want = max(64, 2 * self.config.download.workers * self.config.download.mailbox)
+            self.ready.extend(self.store.next_pending(want))
+            self.scan_exhausted = not self.ready
+        return self.ready.popleft() if self.ready else None
+
+    def _dispatch(self) -> None:
+        if not self.granting:
+            return
+        hungry = [(w, s) for w, s in self.workers.items() if s.kind == "downloader" and s.credit]
+        for worker, slot in hungry:
+            batch: list[WorkItem] = []
+            while slot.credit > len(batch) and len(self.processing) < self.backlog_limit:
+                item = self._next_item()
+                if item is None:
+                    break
+                batch.append(dataclasses.replace(item, attempts=item.attempts + 1))
+            if not batch:
+                continue
+            slot.credit -= len(batch)
+            for item in batch:
+                self.leases[item.id] = (worker, item)
+                slot.held.add(item.id)
+            self.stats["max_leased"] = max(self.stats["max_leased"], len(slot.held))
+            slot.ref.tell(Grant(worker=worker, items=tuple(batch)))
+
+    # -- downloads ----------------------------------------------------------------------
+
+    def _release(self, worker: str, item_id: str) -> WorkItem | None:
+        lease = self.leases.pop(item_id, None)
+        if lease is None or lease[0] != worker:
+            log.warning("result for an item not leased to the sender", worker=worker,
+                        item_id=item_id)
+            if lease is not None:
+                self.leases[item_id] = lease
+            return None
+        slot = self.workers.get(worker)
+        if slot is not None:
+            slot.held.discard(item_id)
+        return lease[1]
+
+    def _downloaded(self, done: DownloadComplete) -> None:
+        if self._release(done.worker, done.item.id) is None:
+            return
+        self.on_event(done)
+        if not done.reused:
+            self.stats["bytes"] += done.size
+        if done.reused and self.config.output.if_exists == "skip":
+            self._report(_outcome(done.item, status="skipped", path=done.path, size=done.size,
+                                  sha256=done.sha256))
+            return
+        processor = self._least_loaded("processor")
+        self.processing[done.item.id] = (processor or "", done)
+        if processor is not None:
+            self.workers[processor].held.add(done.item.id)
+            self.workers[processor].ref.tell(done)
+
+    def _download_failed(self, failed: DownloadFailed) -> None:
+        item = self._release(failed.worker, failed.item.id)
+        if item is None:
+            return
+        self.on_event(failed)
+        if not failed.counts_attempt:
+            self.retry.append(dataclasses.replace(item, attempts=item.attempts - 1))
+            return
+        if failed.permanent or item.attempts >= self.config.download.max_attempts:
+            self._report(_outcome(item, status="failed", error_kind=failed.error_kind,
+                                  error=failed.error))
+            return
+        assert self.store is not None
+        self.store.record_attempt(item.id, item.attempts, failed.error_kind, failed.error)
+        self.stats["retries"] += 1
+        self.retry.append(item)
+
+    # -- processing and reporting ---------------------------------------------------------
+
+    def _least_loaded(self, kind: str) -> str | None:
+        slots = [(len(s.held), w) for w, s in self.workers.items() if s.kind == kind]
+        return min(slots)[1] if slots else None
+
+    def _processed(self, message: ProcessingComplete | ProcessingFailed) -> None:
+        entry = self.processing.pop(message.item_id, None)
+        if entry is None:
+            log.warning("processing result for an unknown item", item_id=message.item_id)
+            return
+        worker, done = entry
+        if worker in self.workers:
+            self.workers[worker].held.discard(message.item_id)
+        if isinstance(message, ProcessingComplete):
+            outcome = _outcome(done.item, status="completed", path=done.path, size=done.size,
+                               sha256=done.sha256, result=message.result)
+        else:
+            outcome = _outcome(done.item, status="failed", path=done.path, size=done.size,
+                               sha256=done.sha256, error_kind="processing_error",
+                               error=message.error)
+        self._report(outcome)
+
+    def _report(self, outcome: Outcome) -> None:
+        self.unsent_reports.append(outcome)
+
+    def _send_reports(self) -> None:
+        pp = self.workers.get(self.post_processor) if self.post_processor else None
+        if pp is None:
+            return
+        while self.unsent_reports:
+            outcome = self.unsent_reports.popleft()
+            self.reporting[outcome.id] = outcome
+            pp.held.add(outcome.id)
+            pp.ref.tell(outcome)
+
+    def _recorded(self, message: PostProcessed | PostProcessFailed) -> None:
+        outcome = self.reporting.pop(message.item_id, None)
+        if outcome is None:
+            log.warning("post-processing result for an unknown item", item_id=message.item_id)
+            return
+        if self.post_processor in self.workers:
+            self.workers[self.post_processor].held.discard(message.item_id)
+        if isinstance(message, PostProcessFailed):
+            outcome = dataclasses.replace(outcome, status="failed",
+                                          error_kind="post_process_error", error=message.error)
+        assert self.store is not None
+        self.store.record_outcome(outcome)
+        self.stats[outcome.status] += 1
+        self.open_items -= 1
+        self.on_event(outcome)
+
+    # -- children -----------------------------------------------------------------------
+
+    def _attach(self, attach: Attach) -> None:
+        self.workers[attach.worker] = _Worker(kind=attach.kind, ref=attach.ref,
+                                              credit=attach.credit)
+        if attach.kind == "processor":
+            orphans = [(w, d) for w, d in self.processing.values() if not w]
+            for _, done in orphans:
+                self.processing[done.item.id] = (attach.worker, done)
+                self.workers[attach.worker].held.add(done.item.id)
+                attach.ref.tell(done)
+        elif attach.kind == "post_processor":
+            self.post_processor = attach.worker
+
+    def _worker_lost(self, worker: str, error: str) -> None:
+        slot = self.workers.pop(worker, None)
+        if slot is None:
+            return
+        log.warning("worker lost; re-dispatching its items", worker=worker, items=len(slot.held),
+                    error=error)
+        for item_id in sorted(slot.held):
+            if slot.kind == "downloader":
+                self._lease_lost(item_id, error)
+            elif slot.kind == "processor":
+                _, done = self.processing[item_id]
+                self.processing[item_id] = ("", done)
+                processor = self._least_loaded("processor")
+                if processor is not None:
+                    self.processing[item_id] = (processor, done)
+                    self.workers[processor].held.add(item_id)
+                    self.workers[processor].ref.tell(done)
+            elif slot.kind == "post_processor":
+                self.unsent_reports.appendleft(self.reporting.pop(item_id))
+        if slot.kind == "post_processor":
+            self.post_processor = None
+
+    def _lease_lost(self, item_id: str, error: str) -> None:
+        _, item = self.leases.pop(item_id)
+        if item.attempts >= self.config.download.max_attempts:
+            self._report(_outcome(item, status="failed", error_kind="worker_crash",
+                                  error=f"downloader crashed: {error}"))
+        else:
+            self.retry.append(item)
+
+    # -- the end --------------------------------------------------------------------------
+
+    def _cancel(self, reason: str, abort: bool) -> None:
+        self.granting = False
+        self.end_reason = reason
+        if abort:
+            self._finish()
+
+    def _busy(self) -> bool:
+        return bool(self.leases or self.processing or self.reporting or self.unsent_reports)
+
+    def _check_finished(self) -> None:
+        if self.finished:
+            return
+        if not self.granting and not self._busy():
+            self._finish()
+        elif self.input_closed and self.open_items == 0 and not self._busy():
+            self._finish()
+
+    def _commit(self) -> None:
+        if self.store is not None:
+            self.store.commit()
+
+    def _stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = dict(self.stats)
+        stats.update(pending=self.open_items, leased=len(self.leases),
+                     processing=len(self.processing), reporting=len(self.reporting))
+        return stats
+
+    def _finish(self) -> None:
+        self.finished = True
+        self._commit()
+        summary = RunFinished(
+            accepted=self.stats["accepted"], completed=self.stats["completed"],
+            failed=self.stats["failed"], skipped=self.stats["skipped"],
+            pending=self.open_items, bytes=self.stats["bytes"],
+            elapsed=self.clock.now() - self.started, reason=self.end_reason,
+        )
+        log.info("run finished", **{f.name: getattr(summary, f.name)
+                                    for f in dataclasses.fields(summary)})
+        self.on_event(summary)
+        self.supervisor.tell(summary)
+
+
+def _outcome(item: WorkItem, *, status: str, path: str = "", size: int | None = None,
+             sha256: str | None = None, error_kind: str | None = None, error: str | None = None,
+             result: dict[str, Any] | None = None) -> Outcome:
+    return Outcome(id=item.id, url=item.url, name=item.name, path=path, status=status,
+                   size=size, sha256=sha256, error_kind=error_kind, error=error,
+                   attempts=item.attempts, result=result or {})

@@ -1,0 +1,253 @@
+"""The Supervisor: starts the children, restarts crashed ones, ends the run.
+
+Restart strategy is one-for-one: a crashed downloader, processor or post-processor is
+replaced by a new actor under a new logical id (``downloader-3.2``: slot 3, second
+generation), and the StateKeeper re-dispatches whatever the crashed one held. More than
+``supervisor.max_restarts`` restarts within ``supervisor.restart_window`` seconds means
+something is systematically wrong: the run ends with a ``SupervisionError``.
+
+Shutdown: ``Shutdown`` stops granting and lets in-flight items finish; after
+``supervisor.shutdown_grace`` seconds the cancel token aborts the transfers still running
+and the StateKeeper commits and ends the run, leaving unfinished items pending.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pykka
+
+from actors.control import (
+    Attach,
+    ChildCrashed,
+    GraceExpired,
+    InputFailed,
+    Shutdown,
+    Tick,
+    WorkerLost,
+    tell,
+)
+from actors.downloader import Downloader
+from actors.post_processor import PostProcessor
+from actors.processor import Processor
+from actors.state_keeper import EventSink, StateKeeper
+from messages import Cancel, RunFinished
+from runtime.clock import Clock
+from runtime.config import Config
+from runtime.logs import get_logger
+from runtime.plugins import BasePostProcessor, BaseProcessor, PluginContext, load_plugin
+from runtime.transport import TransportFactory
+
+__all__ = ["Start", "Supervisor"]
+
+log = get_logger("supervisor")
+
+FinishCallback = Callable[[RunFinished, str | None, str | None], None]
+"""Called once at the end with the summary, an error kind and an error message."""
+
+
+class Start:
+    """Ask the supervisor to start every child (errors come back to the asker)."""
+
+
+class _SupervisedStateKeeper(StateKeeper):
+    """The StateKeeper, reporting its own crash (it cannot be restarted mid-run)."""
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        tell(self.supervisor, ChildCrashed(worker="state_keeper", kind="state_keeper", index=0,
+                                           error=f"{exception_value!r}"))
+
+
+class Supervisor(pykka.ThreadingActor):
+    """See the module docstring."""
+
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        transport_factory: TransportFactory,
+        clock: Clock,
+        on_event: EventSink | None,
+        on_finished: FinishCallback,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.transport_factory = transport_factory
+        self.clock = clock
+        self.on_event = on_event
+        self.on_finished = on_finished
+        self.cancel = threading.Event()
+        self.stop_ticker = threading.Event()
+        self.children: dict[str, pykka.ActorRef[Any]] = {}
+        self.generation: dict[tuple[str, int], int] = {}
+        self.restarts: deque[float] = deque()
+        self.state_keeper: pykka.ActorRef[Any] | None = None
+        self.error: tuple[str, str] | None = None
+        self.finished = False
+        self.shutting_down = False
+
+    # -- start ----------------------------------------------------------------------------
+
+    def _start_all(self) -> pykka.ActorRef[Any]:
+        Path(self.config.output.dir).mkdir(parents=True, exist_ok=True)
+        # Build every plugin first, so a bad plugin spec fails before anything runs.
+        self._processor_plugin()
+        self._post_processor_plugin()
+        self.state_keeper = _SupervisedStateKeeper.start(
+            config=self.config, supervisor=self.actor_ref, clock=self.clock,
+            on_event=self.on_event,
+        )
+        self._start_child("post_processor", 0)
+        for i in range(self.config.processing.workers):
+            self._start_child("processor", i)
+        for i in range(self.config.download.workers):
+            self._start_child("downloader", i)
+        threading.Thread(target=self._tick, name="conveyor-ticker", daemon=True).start()
+        return self.state_keeper
+
+    def _processor_plugin(self) -> BaseProcessor:
+        p = self.config.processing
+        plugin: BaseProcessor = load_plugin(p.processor, p.processor_options, BaseProcessor,
+                                            "processor")
+        return plugin
+
+    def _post_processor_plugin(self) -> BasePostProcessor:
+        p = self.config.processing
+        plugin: BasePostProcessor = load_plugin(p.post_processor, p.post_processor_options,
+                                                BasePostProcessor, "post_processor")
+        return plugin
+
+    def _start_child(self, kind: str, index: int) -> None:
+        assert self.state_keeper is not None
+        gen = self.generation.get((kind, index), 0) + 1
+        self.generation[(kind, index)] = gen
+        worker = f"{kind}-{index}.{gen}"
+        common: dict[str, Any] = {"worker": worker, "index": index, "supervisor": self.actor_ref}
+        ref: pykka.ActorRef[Any]
+        credit = 0
+        if kind == "downloader":
+            ref = Downloader.start(**common, config=self.config, state_keeper=self.state_keeper,
+                                   transport_factory=self.transport_factory, clock=self.clock,
+                                   cancel=self.cancel)
+            credit = self.config.download.mailbox
+        elif kind == "processor":
+            ref = Processor.start(**common, state_keeper=self.state_keeper,
+                                  plugin=self._processor_plugin())
+        else:
+            context = PluginContext(output_dir=Path(self.config.output.dir),
+                                    state_dir=Path(self.config.state.dir),
+                                    manifest=self.config.manifest_path)
+            ref = PostProcessor.start(**common, state_keeper=self.state_keeper,
+                                      plugin=self._post_processor_plugin(), context=context)
+        self.children[worker] = ref
+        self.state_keeper.tell(Attach(worker=worker, kind=kind, ref=ref, credit=credit))
+
+    def _tick(self) -> None:
+        interval = self.config.state.persist_interval
+        while not self.clock.wait(self.stop_ticker, interval):
+            if self.state_keeper is None or not tell(self.state_keeper, Tick()):
+                return
+
+    # -- messages -------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        """Dispatch one message."""
+        match message:
+            case Start():
+                return self._start_all()
+            case ChildCrashed():
+                self._crashed(message)
+            case Shutdown(reason=reason, grace=grace):
+                self._shutdown(reason, self.config.supervisor.shutdown_grace
+                               if grace is None else grace)
+            case GraceExpired():
+                self._abort("shutdown grace expired")
+            case InputFailed(error=error):
+                self.error = self.error or ("input", error)
+                self._shutdown(error, self.config.supervisor.shutdown_grace)
+            case RunFinished():
+                self._finish(message)
+            case _:
+                log.warning("unexpected message", message=repr(message))
+        return None
+
+    def _crashed(self, crash: ChildCrashed) -> None:
+        self.children.pop(crash.worker, None)
+        if self.finished:
+            return
+        log.error("child crashed", worker=crash.worker, error=crash.error)
+        if crash.kind == "state_keeper":
+            self.error = ("supervision", f"the state keeper crashed: {crash.error}")
+            self._finish(RunFinished(accepted=0, completed=0, failed=0, skipped=0,
+                                     reason=self.error[1]))
+            return
+        now = self.clock.now()
+        self.restarts.append(now)
+        window = self.config.supervisor.restart_window
+        while self.restarts and now - self.restarts[0] > window:
+            self.restarts.popleft()
+        if len(self.restarts) > self.config.supervisor.max_restarts:
+            message = (f"restart intensity exceeded: {len(self.restarts)} restarts within "
+                       f"{window:g}s (supervisor.max_restarts = "
+                       f"{self.config.supervisor.max_restarts}); last crash: {crash.worker}: "
+                       f"{crash.error}")
+            self.error = ("supervision", message)
+            self._abort(message)
+            return
+        assert self.state_keeper is not None
+        self.state_keeper.tell(WorkerLost(worker=crash.worker, error=crash.error))
+        if not self.shutting_down or crash.kind != "downloader":
+            self._start_child(crash.kind, crash.index)
+        log.info("child restarted", kind=crash.kind, index=crash.index)
+
+    def _shutdown(self, reason: str, grace: float) -> None:
+        if self.shutting_down or self.finished or self.state_keeper is None:
+            return
+        self.shutting_down = True
+        log.info("shutting down", reason=reason, grace=grace)
+        self.state_keeper.tell(Cancel(reason=reason))
+        me = self.actor_ref
+
+        def expire() -> None:
+            if not self.clock.wait(self.stop_ticker, grace):
+                tell(me, GraceExpired())
+
+        threading.Thread(target=expire, name="conveyor-grace", daemon=True).start()
+
+    def _abort(self, reason: str) -> None:
+        self.cancel.set()
+        if self.state_keeper is not None:
+            tell(self.state_keeper, Cancel(reason=reason, abort=True))
+
+    def _finish(self, summary: RunFinished) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.cancel.set()
+        self.stop_ticker.set()
+        for worker, ref in list(self.children.items()):
+            if not worker.startswith("post_processor"):
+                ref.stop(block=False)
+        for worker, ref in list(self.children.items()):
+            if worker.startswith("post_processor"):
+                ref.stop(block=True, timeout=30)  # flush the manifest before we report
+        if self.state_keeper is not None:
+            try:
+                self.state_keeper.stop(block=True, timeout=30)
+            except pykka.ActorDeadError:
+                pass
+        kind, error = self.error if self.error else (None, None)
+        self.on_finished(summary, kind, error)
+        self.actor_ref.stop(block=False)

@@ -1,0 +1,283 @@
+"""The typed messages that flow between conveyor's actors.
+
+Every message is a frozen, slotted, keyword-only dataclass: data, never behaviour. Each
+class has a stable ``TAG`` that the msgpack codec writes on the wire, so a message can
+cross a process, a file or a network boundary and come back as the same type.
+
+Field types are kept to what msgpack carries natively — ``str``, ``int``, ``float``,
+``bool``, ``None``, ``bytes``, tuples of ``WorkItem`` and JSON-like ``dict`` values —
+so the codec can check every field on the way in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkItem:
+    """One file to fetch, as the StateKeeper hands it out."""
+
+    TAG: ClassVar[str] = "work_item"
+
+    id: str
+    """Stable identity of the item; the key in the state store."""
+    url: str
+    """An http or https URL."""
+    name: str
+    """Relative path of the final file inside the output directory (already made safe)."""
+    sha256: str | None = None
+    """Expected lowercase hex digest, verified after the transfer when given."""
+    size: int | None = None
+    """Expected size in bytes when the input states it."""
+    line: int = 0
+    """Line of the input the entry came from (0 for items submitted by the API)."""
+    attempts: int = 0
+    """Download attempts already made, including the one this grant starts."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejected:
+    """An input entry that cannot become a WorkItem, with the reason."""
+
+    TAG: ClassVar[str] = "rejected"
+
+    id: str
+    """Key under which the rejection is recorded (``line:<n>`` when the entry has none)."""
+    line: int
+    """Line of the input the entry came from."""
+    url: str = ""
+    """The entry's url as given, if it had one."""
+    name: str = ""
+    """The entry's name as given, if it had one."""
+    error: str = ""
+    """Why the entry was rejected, naming its line."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Enqueue:
+    """A batch of parsed input for the StateKeeper to record."""
+
+    TAG: ClassVar[str] = "enqueue"
+
+    items: tuple[WorkItem, ...] = ()
+    """Entries that passed parsing; the StateKeeper still checks ids and names."""
+    rejected: tuple[Rejected, ...] = ()
+    """Entries that failed parsing; each becomes a terminal ``invalid_entry`` record."""
+    derived_name_ids: tuple[str, ...] = ()
+    """Ids whose name was derived from the url (renamed rather than rejected on a clash)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Demand:
+    """A downloader asks for ``n`` more items (credit-based flow control)."""
+
+    TAG: ClassVar[str] = "demand"
+
+    worker: str
+    """Logical id of the downloader instance asking."""
+    n: int
+    """How many more items it can take."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Grant:
+    """Items leased to one downloader, never more than its outstanding demand."""
+
+    TAG: ClassVar[str] = "grant"
+
+    worker: str
+    """The downloader the items are leased to."""
+    items: tuple[WorkItem, ...]
+    """The leased items, in dispatch order."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DownloadStarted:
+    """A downloader began an attempt on an item."""
+
+    TAG: ClassVar[str] = "download_started"
+
+    worker: str
+    """The downloader doing the transfer."""
+    item_id: str
+    """The item being fetched."""
+    url: str
+    """The url requested."""
+    attempt: int
+    """1 for the first attempt."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProgressUpdate:
+    """Bytes received so far for one transfer (throttled by the downloader)."""
+
+    TAG: ClassVar[str] = "progress_update"
+
+    worker: str
+    """The downloader doing the transfer."""
+    item_id: str
+    """The item being fetched."""
+    received: int
+    """Bytes written to the ``.part`` file so far."""
+    total: int | None = None
+    """Expected size from Content-Length or the entry, when known."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DownloadComplete:
+    """A file is verified and renamed into place under its final name."""
+
+    TAG: ClassVar[str] = "download_complete"
+
+    worker: str
+    """The downloader that fetched it."""
+    item: WorkItem
+    """The item as granted."""
+    path: str
+    """Absolute path of the final file."""
+    size: int
+    """Bytes in the final file."""
+    sha256: str
+    """Digest of the final file."""
+    reused: bool = False
+    """True when a verified file was already in place and nothing was fetched."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DownloadFailed:
+    """An attempt failed; the StateKeeper decides between retry and a terminal failure."""
+
+    TAG: ClassVar[str] = "download_failed"
+
+    worker: str
+    """The downloader that tried."""
+    item: WorkItem
+    """The item as granted."""
+    error_kind: str
+    """Stable, machine-readable failure class (``http_4xx``, ``connection``, …)."""
+    error: str
+    """Human-readable detail."""
+    permanent: bool
+    """True when retrying cannot help (a 404, a checksum mismatch, a bad name)."""
+    counts_attempt: bool = True
+    """False for cancellations, which give the item back without spending an attempt."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessingComplete:
+    """A processor finished with a downloaded file."""
+
+    TAG: ClassVar[str] = "processing_complete"
+
+    worker: str
+    """The processor that ran."""
+    item_id: str
+    """The processed item."""
+    result: dict[str, Any] = field(default_factory=dict)
+    """What the processor returned (JSON-like values only)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessingFailed:
+    """A processor raised on a downloaded file; the item ends failed, nothing crashes."""
+
+    TAG: ClassVar[str] = "processing_failed"
+
+    worker: str
+    """The processor that ran."""
+    item_id: str
+    """The item it failed on."""
+    error: str
+    """The exception, as ``Type: message``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """The terminal record of one item, handed to the post-processor."""
+
+    TAG: ClassVar[str] = "outcome"
+
+    id: str
+    """The item's id."""
+    url: str
+    """The item's url."""
+    name: str
+    """The item's name inside the output directory."""
+    path: str
+    """Absolute path of the final file, or empty when there is none."""
+    status: str
+    """``completed``, ``failed`` or ``skipped``."""
+    size: int | None = None
+    """Bytes in the final file."""
+    sha256: str | None = None
+    """Digest of the final file."""
+    error_kind: str | None = None
+    """Failure class for failed items."""
+    error: str | None = None
+    """Failure detail for failed items."""
+    attempts: int = 0
+    """Download attempts spent."""
+    result: dict[str, Any] = field(default_factory=dict)
+    """The processor's result for completed items."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PostProcessed:
+    """The post-processor recorded an outcome; the StateKeeper may commit it as terminal."""
+
+    TAG: ClassVar[str] = "post_processed"
+
+    item_id: str
+    """The item recorded."""
+    status: str
+    """The terminal status recorded."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PostProcessFailed:
+    """The post-processor raised on an outcome; the item ends failed."""
+
+    TAG: ClassVar[str] = "post_process_failed"
+
+    item_id: str
+    """The item it failed on."""
+    error: str
+    """The exception, as ``Type: message``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancel:
+    """Stop granting work and wind the run down."""
+
+    TAG: ClassVar[str] = "cancel"
+
+    reason: str
+    """Why: ``interrupted``, ``deadline``, an error message."""
+    abort: bool = False
+    """True to abandon in-flight transfers at once instead of letting them finish."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFinished:
+    """The run ended; the counts are as committed to the store."""
+
+    TAG: ClassVar[str] = "run_finished"
+
+    accepted: int
+    """Entries read from the input or submitted."""
+    completed: int
+    """Items whose file is in place and whose processing succeeded."""
+    failed: int
+    """Items that ended failed."""
+    skipped: int
+    """Items skipped because a file was already in place (``output.if_exists = "skip"``)."""
+    pending: int = 0
+    """Items left for a later run (interrupted runs only)."""
+    bytes: int = 0
+    """Bytes downloaded in this run."""
+    elapsed: float = 0.0
+    """Seconds from start to finish."""
+    reason: str = "done"
+    """``done``, ``interrupted`` or an error message."""

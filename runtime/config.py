@@ -1,0 +1,385 @@
+"""Typed configuration: TOML file, defaults, and ``CONVEYOR_<SECTION>_<KEY>`` overrides.
+
+Every key has a default except ``input.path`` (and even that may be left out when the
+embedding API submits items itself). An unknown key or a value of the wrong type raises
+``ConfigError`` naming the file, the key and the expected type. Relative paths are
+resolved against the directory of the config file, so a config works from any cwd.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DownloadConfig",
+    "InputConfig",
+    "LogConfig",
+    "OutputConfig",
+    "ProcessingConfig",
+    "SimulateConfig",
+    "StateConfig",
+    "SupervisorConfig",
+    "load_config",
+]
+
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("input", "format"): ("auto", "json", "ndjson"),
+    ("output", "if_exists"): ("reuse", "skip", "overwrite"),
+    ("log", "format"): ("auto", "console", "json"),
+    ("log", "level"): ("debug", "info", "warning", "error"),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputConfig:
+    """``[input]``: where the list of files comes from."""
+
+    path: str = ""
+    """JSON array or NDJSON of ``{"id", "name", "url", "sha256"?, "size"?}``."""
+    format: str = "auto"
+    """``auto`` (by the first character), ``json`` or ``ndjson``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputConfig:
+    """``[output]``: where the files land."""
+
+    dir: str = "downloads"
+    """Directory for the final files; nothing is ever written outside it."""
+    if_exists: str = "reuse"
+    """A final file already in place: ``reuse`` (verify and count as completed),
+    ``skip`` (record as skipped) or ``overwrite`` (download again)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateConfig:
+    """``[state]``: the SQLite store that makes runs resumable."""
+
+    dir: str = ".conveyor"
+    """Directory of ``state.sqlite3`` (and by default the manifest)."""
+    persist_interval: float = 0.5
+    """Seconds between group commits of status changes."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DownloadConfig:
+    """``[download]``: the downloader actors."""
+
+    workers: int = 8
+    """Number of downloader actors."""
+    mailbox: int = 2
+    """Most items leased to one downloader at a time."""
+    max_attempts: int = 3
+    """Attempts per item before a transient failure becomes terminal."""
+    connect_timeout: float = 10.0
+    """Seconds to establish a connection."""
+    read_timeout: float = 30.0
+    """Seconds without receiving a byte before the attempt fails."""
+    chunk_size: int = 262144
+    """Bytes read from the socket per write."""
+    progress_interval: float = 0.5
+    """Least seconds between two progress reports of one transfer."""
+    user_agent: str = "conveyor/0.1"
+    """User-Agent header sent with every request."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessingConfig:
+    """``[processing]``: what happens to a file once it is downloaded."""
+
+    processor: str = "runtime.plugins:ChecksumProcessor"
+    """``package.module:Class`` of a ``BaseProcessor``."""
+    post_processor: str = "runtime.plugins:JsonlManifest"
+    """``package.module:Class`` of a ``BasePostProcessor``."""
+    workers: int = 2
+    """Number of processor actors."""
+    backlog: int = 0
+    """Most downloaded files waiting for processing before downloads pause (0: 4 × workers)."""
+    manifest: str = ""
+    """Manifest path for the JSONL post-processor (default ``<state.dir>/manifest.jsonl``)."""
+    processor_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the processor's constructor."""
+    post_processor_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the post-processor's constructor."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SupervisorConfig:
+    """``[supervisor]``: restarts and shutdown."""
+
+    max_restarts: int = 5
+    """Child restarts tolerated within ``restart_window`` before the run ends with an error."""
+    restart_window: float = 60.0
+    """Seconds over which restarts are counted."""
+    shutdown_grace: float = 10.0
+    """Seconds in-flight items get to finish after SIGINT/SIGTERM."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimulateConfig:
+    """``[simulate]``: the offline transport used by ``run --simulate-downloads``."""
+
+    seed: int = 0
+    """Seed of the simulated sizes, latencies and failures."""
+    min_size: int = 1024
+    """Smallest simulated body in bytes."""
+    max_size: int = 65536
+    """Largest simulated body in bytes."""
+    latency: float = 0.0
+    """Seconds each simulated request takes before its first byte."""
+    failure_rate: float = 0.0
+    """Probability (0..1) that an attempt fails with a simulated 503."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    """``[log]``: how the CLI logs (a library host configures its own logging)."""
+
+    level: str = "info"
+    """``debug``, ``info``, ``warning`` or ``error``."""
+    format: str = "auto"
+    """``auto`` (console on a TTY, JSON otherwise), ``console`` or ``json``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The whole configuration of one run."""
+
+    input: InputConfig = field(default_factory=InputConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    processing: ProcessingConfig = field(default_factory=ProcessingConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def manifest_path(self) -> Path:
+        """Where the JSONL manifest goes."""
+        return Path(self.processing.manifest or Path(self.state.dir) / "manifest.jsonl")
+
+    @classmethod
+    def from_mapping(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        source: str = "<config>",
+        base_dir: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Config:
+        """Build a config from a parsed TOML-like mapping.
+
+        Args:
+            data: sections and keys, as ``tomllib`` returns them.
+            source: name used in error messages (the file path).
+            base_dir: directory that relative paths are resolved against (default: cwd).
+            environ: environment for ``CONVEYOR_<SECTION>_<KEY>`` overrides (default: none).
+
+        Raises:
+            ConfigError: unknown section or key, wrong type, invalid value.
+        """
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        merged: dict[str, dict[str, Any]] = {}
+        for name, value in data.items():
+            if name not in sections:
+                raise ConfigError(
+                    f"{source}: unknown section [{name}]; expected one of "
+                    + ", ".join(f"[{s}]" for s in sections)
+                )
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{source}: [{name}] must be a table, got {_tname(value)}")
+            merged[name] = dict(value)
+        _apply_environ(merged, environ or {}, sections)
+        built = {name: _build_section(name, merged.get(name, {}), source) for name in sections}
+        config = cls(**built)
+        return _resolve_paths(_check_values(config, source), base_dir or Path.cwd())
+
+
+def _tname(value: Any) -> str:
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "float",
+        str: "string",
+        dict: "table",
+        list: "array",
+    }.get(type(value), type(value).__name__)
+
+
+def _section_class(name: str) -> type[Any]:
+    hints = typing.get_type_hints(Config)
+    cls: type[Any] = hints[name]
+    return cls
+
+
+def _build_section(name: str, values: Mapping[str, Any], source: str) -> Any:
+    cls = _section_class(name)
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(
+                f"{source}: unknown key {name}.{key}; known keys in [{name}]: "
+                + ", ".join(hints)
+            )
+        kwargs[key] = _coerce(value, hints[key], f"{source}: {name}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    expected = {int: "integer", float: "float", str: "string", bool: "boolean"}.get(hint)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool, float):
+        if type(value) is not hint:
+            raise ConfigError(f"{where} must be {expected}, got {_tname(value)} {value!r}")
+        return value
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a table, got {_tname(value)}")
+        return dict(value)
+    raise TypeError(f"unsupported config type {hint!r}")  # a bug in this module
+
+
+def _parse_env(raw: str, hint: Any, where: str) -> Any:
+    try:
+        if hint is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+    except ValueError:
+        name = {bool: "boolean", int: "integer", float: "float"}[hint]
+        raise ConfigError(f"{where} must be {name}, got {raw!r}") from None
+    if hint is str:
+        return raw
+    raise ConfigError(f"{where} cannot be set from the environment (it is a table)")
+
+
+def _apply_environ(
+    merged: dict[str, dict[str, Any]], environ: Mapping[str, str], sections: Mapping[str, Any]
+) -> None:
+    for var, raw in environ.items():
+        if not var.startswith("CONVEYOR_"):
+            continue
+        section, _, key = var[len("CONVEYOR_") :].lower().partition("_")
+        if section not in sections:
+            continue  # not ours: CONVEYOR_ is a common prefix
+        hints = typing.get_type_hints(_section_class(section))
+        if key not in hints:
+            raise ConfigError(
+                f"environment variable {var}: unknown key {section}.{key}; known keys: "
+                + ", ".join(hints)
+            )
+        merged.setdefault(section, {})[key] = _parse_env(
+            raw, hints[key], f"environment variable {var} ({section}.{key})"
+        )
+
+
+def _check_values(config: Config, source: str) -> Config:
+    for (section, key), choices in _CHOICES.items():
+        value = getattr(getattr(config, section), key)
+        if value not in choices:
+            raise ConfigError(
+                f"{source}: {section}.{key} must be one of {', '.join(map(repr, choices))}, "
+                f"got {value!r}"
+            )
+    positive = [
+        ("download", "workers"),
+        ("download", "mailbox"),
+        ("download", "max_attempts"),
+        ("download", "chunk_size"),
+        ("processing", "workers"),
+        ("state", "persist_interval"),
+        ("download", "connect_timeout"),
+        ("download", "read_timeout"),
+    ]
+    for section, key in positive:
+        if getattr(getattr(config, section), key) <= 0:
+            raise ConfigError(f"{source}: {section}.{key} must be greater than 0")
+    nonnegative = [
+        ("supervisor", "max_restarts"),
+        ("supervisor", "restart_window"),
+        ("supervisor", "shutdown_grace"),
+        ("processing", "backlog"),
+        ("simulate", "latency"),
+        ("simulate", "min_size"),
+    ]
+    for section, key in nonnegative:
+        if getattr(getattr(config, section), key) < 0:
+            raise ConfigError(f"{source}: {section}.{key} must not be negative")
+    if not 0.0 <= config.simulate.failure_rate <= 1.0:
+        raise ConfigError(f"{source}: simulate.failure_rate must be between 0 and 1")
+    if config.simulate.max_size < config.simulate.min_size:
+        raise ConfigError(f"{source}: simulate.max_size must be at least simulate.min_size")
+    for key in ("processor", "post_processor"):
+        spec = getattr(config.processing, key)
+        module, sep, attr = spec.partition(":")
+        if not (sep and module and attr):
+            raise ConfigError(
+                f"{source}: processing.{key} must be 'package.module:Class', got {spec!r}"
+            )
+    return config
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    def resolve(value: str) -> str:
+        return str((base / value).resolve()) if value else value
+
+    return dataclasses.replace(
+        config,
+        input=dataclasses.replace(config.input, path=resolve(config.input.path)),
+        output=dataclasses.replace(config.output, dir=resolve(config.output.dir)),
+        state=dataclasses.replace(config.state, dir=resolve(config.state.dir)),
+        processing=dataclasses.replace(
+            config.processing, manifest=resolve(config.processing.manifest)
+        ),
+    )
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read a TOML config file, apply environment overrides, check it.
+
+    Args:
+        path: the TOML file.
+        environ: variables to read ``CONVEYOR_*`` overrides from (default ``os.environ``).
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or has a bad key or value.
+    """
+    file = Path(path)
+    try:
+        with file.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read config file: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+    config = Config.from_mapping(
+        data,
+        source=str(file),
+        base_dir=file.resolve().parent,
+        environ=os.environ if environ is None else environ,
+    )
+    if not config.input.path:
+        raise ConfigError(f"{file}: input.path is required (a JSON or NDJSON list of files)")
+    return config

@@ -1,0 +1,106 @@
+"""conveyor's exceptions.
+
+One root, so a host program can catch everything conveyor raises in one clause::
+
+    ConveyorError
+    ├── ConfigError            a config file or override that cannot be used
+    ├── InputError             an input file that cannot be read at all
+    ├── SupervisionError       a child kept crashing (restart intensity exceeded)
+    └── FetchError             one transfer failed; carries error_kind and permanent
+        ├── HTTPStatusError    the server answered with a 4xx/5xx status
+        ├── TruncatedError     fewer bytes arrived than Content-Length promised
+        ├── ChecksumError      the body's sha256 differs from the entry's
+        ├── TooLargeError      the body exceeded download.max_size
+        └── CancelledError     the transfer was cancelled (shutdown)
+
+``requests`` exceptions never leave ``runtime.transport``: they are translated there,
+with ``raise ... from exc``, into ``FetchError`` with a stable ``error_kind``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CancelledError",
+    "ChecksumError",
+    "ConfigError",
+    "ConveyorError",
+    "FetchError",
+    "HTTPStatusError",
+    "InputError",
+    "SupervisionError",
+    "TooLargeError",
+    "TruncatedError",
+]
+
+
+class ConveyorError(Exception):
+    """Root of every error conveyor raises on purpose."""
+
+
+class ConfigError(ConveyorError):
+    """The configuration cannot be used; the message names file, key and expected type."""
+
+
+class InputError(ConveyorError):
+    """The input file cannot be read; the message names the file and line."""
+
+
+class SupervisionError(ConveyorError):
+    """A child actor crashed more often than the restart intensity allows."""
+
+
+class FetchError(ConveyorError):
+    """One transfer failed.
+
+    Attributes:
+        error_kind: stable failure class written to the manifest.
+        permanent: True when retrying the same request cannot succeed.
+    """
+
+    error_kind: str = "connection"
+    permanent: bool = False
+
+    def __init__(
+        self, message: str, *, error_kind: str | None = None, permanent: bool | None = None
+    ) -> None:
+        super().__init__(message)
+        if error_kind is not None:
+            self.error_kind = error_kind
+        if permanent is not None:
+            self.permanent = permanent
+
+
+class HTTPStatusError(FetchError):
+    """The server answered with an error status; 4xx is permanent except 408 and 429."""
+
+    def __init__(self, status: int, url: str) -> None:
+        transient = status >= 500 or status in (408, 429)
+        kind = "rate_limited" if status == 429 else ("http_5xx" if status >= 500 else "http_4xx")
+        super().__init__(f"HTTP {status} for {url}", error_kind=kind, permanent=not transient)
+        self.status = status
+
+
+class TruncatedError(FetchError):
+    """The body ended before Content-Length bytes arrived."""
+
+    error_kind = "truncated"
+
+
+class ChecksumError(FetchError):
+    """The body's sha256 differs from the one the entry gives."""
+
+    error_kind = "checksum_mismatch"
+    permanent = True
+
+
+class TooLargeError(FetchError):
+    """The body is larger than download.max_size."""
+
+    error_kind = "too_large"
+    permanent = True
+
+
+class CancelledError(FetchError):
+    """The transfer was cancelled by a shutdown; the item goes back to pending."""
+
+    error_kind = "cancelled"

@@ -1,0 +1,46 @@
+"""Logging for the library (never configured here) and the CLI's structlog setup."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+__all__ = ["configure_cli_logging", "get_logger"]
+
+
+def get_logger(name: str) -> Any:
+    """Return a structlog logger; the host's structlog configuration decides the output."""
+    return structlog.get_logger(f"conveyor.{name}")
+
+
+def configure_cli_logging(level: str = "info", fmt: str = "auto") -> None:
+    """Configure structlog for the command line: console on a TTY, JSON lines otherwise.
+
+    Only the CLI calls this; an embedding program keeps its own logging setup.
+    """
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            getattr(logging, level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # pykka reports crashed actors through stdlib logging; route it to stderr too.
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="%(name)s: %(message)s")

@@ -1,0 +1,267 @@
+"""The embedding API: host conveyor's actors inside your own program.
+
+::
+
+    from runtime import Pipeline, Config
+
+    config = Config.from_mapping({"output": {"dir": "out"}, "state": {"dir": "state"}})
+    with Pipeline(config) as pipeline:
+        pipeline.submit([{"url": "https://example.org/a.bin"}])
+        summary = pipeline.wait()
+    print(summary.finished.completed)
+
+``start()`` starts the actors (and, when ``input.path`` is set, streams that file in);
+``submit()`` adds entries; ``events()`` or ``on_event`` deliver every message the
+StateKeeper sees; ``wait()`` declares the input complete and blocks until the run ends;
+``stop()`` begins a graceful shutdown. Calls are thread-safe; in an asyncio program call
+``wait()`` through ``asyncio.to_thread`` so the event loop is never blocked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pykka
+
+from actors.control import GetStats, InputClosed, InputFailed, Shutdown, tell
+from actors.supervisor import Start, Supervisor
+from messages import Enqueue, Rejected, RunFinished, WorkItem
+from runtime.clock import Clock, SystemClock
+from runtime.config import Config
+from runtime.errors import ConveyorError, InputError
+from runtime.inputs import iter_batches, parse_entry
+from runtime.transport import RequestsTransport, SimulatedTransportFactory, TransportFactory
+
+__all__ = ["EXIT_CODES", "Pipeline", "RunSummary"]
+
+EXIT_CODES = {
+    "ok": 0,
+    "failed_items": 1,
+    "bad_input": 2,
+    "run_error": 3,
+    "interrupted": 130,
+}
+"""Process exit codes of ``python -m runtime run``; ``RunSummary.exit_code`` picks one."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """How a run ended."""
+
+    finished: RunFinished
+    """Counts as committed to the store."""
+    error_kind: str | None = None
+    """``input`` or ``supervision`` when the run ended on an error."""
+    error: str | None = None
+    """The error message."""
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI's exit code for this run (see ``EXIT_CODES``)."""
+        if self.error_kind == "input":
+            return EXIT_CODES["bad_input"]
+        if self.error_kind is not None:
+            return EXIT_CODES["run_error"]
+        f = self.finished
+        if f.reason != "done" or f.pending:
+            return EXIT_CODES["interrupted"]
+        if f.completed == f.accepted:
+            return EXIT_CODES["ok"]
+        return EXIT_CODES["failed_items"]
+
+
+class Pipeline:
+    """One run of the actor pipeline, hosted in this process."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        transport_factory: TransportFactory | None = None,
+        simulate: bool = False,
+        clock: Clock | None = None,
+        on_event: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Prepare a run; nothing starts before ``start()``.
+
+        Args:
+            config: the run's configuration.
+            transport_factory: builds one transport per downloader (default: requests).
+            simulate: use the seeded offline transport of ``[simulate]``.
+            clock: time source (default: the system's monotonic clock).
+            on_event: called from the StateKeeper's thread with every message it sees;
+                keep it quick.
+        """
+        self.config = config
+        self.clock = clock or SystemClock()
+        if transport_factory is None:
+            transport_factory = (
+                SimulatedTransportFactory(config.simulate, self.clock) if simulate
+                else lambda: RequestsTransport(config)
+            )
+        self.transport_factory = transport_factory
+        self._on_event = on_event
+        self._events: queue.SimpleQueue[Any] | None = None
+        self._done = threading.Event()
+        self._summary: RunSummary | None = None
+        self._supervisor: pykka.ActorRef[Any] | None = None
+        self._state_keeper: pykka.ActorRef[Any] | None = None
+        self._feeder: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._submitted = itertools.count(1)
+        self._input_closed = False
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> Pipeline:
+        """Start the actors, and the input reader when ``input.path`` is set.
+
+        Raises:
+            ConveyorError: a plugin cannot be loaded or the state cannot be opened.
+        """
+        if self._supervisor is not None:
+            raise RuntimeError("this pipeline was already started")
+        self._supervisor = Supervisor.start(
+            config=self.config, transport_factory=self.transport_factory, clock=self.clock,
+            on_event=self._event, on_finished=self._finished,
+        )
+        try:
+            self._state_keeper = self._supervisor.ask(Start())
+        except BaseException:
+            pykka.ActorRegistry.stop_all()
+            raise
+        if self.config.input.path:
+            self._feeder = threading.Thread(target=self._feed, name="conveyor-feeder",
+                                            daemon=True)
+            self._feeder.start()
+        return self
+
+    def __enter__(self) -> Pipeline:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._done.is_set():
+            self.stop(grace=0 if exc is not None else None)
+            self._done.wait()
+
+    def submit(self, entries: Iterable[Mapping[str, Any]]) -> int:
+        """Add entries (``{"url", "id"?, "name"?, "sha256"?, "size"?}``) to the run.
+
+        Bad entries are recorded as failed ``invalid_entry`` like bad input lines.
+
+        Returns:
+            How many new items were accepted for download.
+        """
+        if self._state_keeper is None:
+            raise RuntimeError("start() the pipeline before submitting")
+        items: list[WorkItem] = []
+        rejected: list[Rejected] = []
+        derived: list[str] = []
+        for entry in entries:
+            n = next(self._submitted)
+            parsed, was_derived = parse_entry(entry, 0)
+            if isinstance(parsed, Rejected):
+                rejected.append(Rejected(id=f"submit:{id(self)}:{n}", line=0, url=parsed.url,
+                                         name=parsed.name,
+                                         error=parsed.error.replace("line 0", f"entry {n}")))
+            else:
+                items.append(parsed)
+                if was_derived:
+                    derived.append(parsed.id)
+        added: int = self._state_keeper.ask(Enqueue(items=tuple(items), rejected=tuple(rejected),
+                                                    derived_name_ids=tuple(derived)))
+        return added
+
+    def events(self) -> Iterator[Any]:
+        """Iterate over the messages the StateKeeper sees, until ``RunFinished``.
+
+        Call it before ``start()`` to see every event; later calls see events from then on.
+        """
+        if self._events is None:
+            self._events = queue.SimpleQueue()
+        while True:
+            message = self._events.get()
+            yield message
+            if isinstance(message, RunFinished):
+                return
+
+    def stats(self) -> dict[str, Any]:
+        """Return the StateKeeper's live counters."""
+        if self._state_keeper is None:
+            return {}
+        try:
+            result: dict[str, Any] = self._state_keeper.ask(GetStats(), timeout=10)
+        except pykka.ActorDeadError:
+            return {}
+        return result
+
+    def close_input(self) -> None:
+        """Declare that no more entries will be submitted (``wait()`` does this too)."""
+        if self._input_closed or self._state_keeper is None or self._feeder is not None:
+            return
+        self._input_closed = True
+        tell(self._state_keeper, InputClosed())
+
+    def wait(self, timeout: float | None = None) -> RunSummary:
+        """Close the input and block until the run ends.
+
+        Raises:
+            TimeoutError: the run did not end within ``timeout`` seconds.
+        """
+        self.close_input()
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"the run did not finish within {timeout} s")
+        assert self._summary is not None
+        return self._summary
+
+    @property
+    def done(self) -> bool:
+        """Whether the run has ended."""
+        return self._done.is_set()
+
+    def stop(self, grace: float | None = None, reason: str = "interrupted") -> None:
+        """Begin a graceful shutdown: no new grants, in-flight items get ``grace`` seconds.
+
+        Returns at once; ``wait()`` for the end.
+        """
+        self._stopping.set()
+        if self._supervisor is not None:
+            tell(self._supervisor, Shutdown(reason=reason, grace=grace))
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _event(self, message: Any) -> None:
+        if self._on_event is not None:
+            self._on_event(message)
+        if self._events is not None:
+            self._events.put(message)
+
+    def _finished(self, summary: RunFinished, kind: str | None, error: str | None) -> None:
+        self._summary = RunSummary(finished=summary, error_kind=kind, error=error)
+        self._done.set()
+
+    def _feed(self) -> None:
+        assert self._state_keeper is not None and self._supervisor is not None
+        try:
+            for batch in iter_batches(Path(self.config.input.path), self.config.input.format):
+                if self._stopping.is_set():
+                    return
+                self._state_keeper.ask(batch)
+        except InputError as exc:
+            tell(self._supervisor, InputFailed(error=str(exc)))
+            return
+        except (pykka.ActorDeadError, ConveyorError):
+            return  # the run ended while we were reading
+        tell(self._state_keeper, InputClosed())

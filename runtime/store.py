@@ -1,0 +1,256 @@
+"""The state store: one SQLite file (WAL) that makes a run resumable.
+
+Only the StateKeeper writes it, from its own thread. The input is streamed in (keyed on
+the item id, so re-reading the same input adds nothing), pending items are read back in
+``seq`` order through a cursor, and every change goes into one open transaction that the
+StateKeeper commits every ``state.persist_interval`` seconds (group commit) and at
+shutdown. Leases are *not* written: after a crash an unfinished item simply is still
+``pending``, which is exactly what a resumed run should see.
+
+Statuses: ``pending`` → (in memory: leased, processing) → ``completed`` | ``failed`` |
+``skipped``. ``reporting`` marks a rejected input entry whose manifest line may not be
+written yet; a resumed run reports it again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from messages import Outcome, Rejected, WorkItem
+
+__all__ = ["TERMINAL", "IngestResult", "SQLiteStore"]
+
+TERMINAL = ("completed", "failed", "skipped")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    line INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    name TEXT,
+    sha256 TEXT,
+    size INTEGER,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error_kind TEXT,
+    error TEXT,
+    path TEXT,
+    final_size INTEGER,
+    final_sha256 TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS items_name ON items(name) WHERE name IS NOT NULL;
+CREATE INDEX IF NOT EXISTS items_status ON items(status, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_VARS = 500  # parameters per IN (...) query, well below SQLite's limit
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What one ``ingest`` call added."""
+
+    added: int
+    """New items now pending."""
+    rejected: tuple[Outcome, ...]
+    """New terminal ``invalid_entry`` outcomes to report."""
+
+
+def _chunks(seq: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(seq), _VARS):
+        yield seq[i : i + _VARS]
+
+
+def _rename(name: str, item_id: str, attempt: int) -> str:
+    """Give a derived name that clashes a suffix from the item id."""
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem or "/" in ext:
+        stem, ext = name, ""
+    suffix = f"-{item_id[:12]}" + (f"-{attempt}" if attempt else "")
+    return f"{stem}{suffix}.{ext}" if ext else f"{stem}{suffix}"
+
+
+class SQLiteStore:
+    """Durable item state in ``<state.dir>/state.sqlite3``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / "state.sqlite3"
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        self._in_tx = False
+        self._cursor = 0
+
+    # -- transactions -------------------------------------------------------------------
+
+    def _write(self, sql: str, params: Sequence[Any] | Iterable[Sequence[Any]] = (), *,
+               many: bool = False) -> sqlite3.Cursor:
+        if not self._in_tx:
+            self.db.execute("BEGIN")
+            self._in_tx = True
+        if many:
+            return self.db.executemany(sql, params)  # type: ignore[arg-type]
+        return self.db.execute(sql, params)  # type: ignore[arg-type]
+
+    def commit(self) -> None:
+        """Commit everything written since the last commit (the group commit)."""
+        if self._in_tx:
+            self.db.execute("COMMIT")
+            self._in_tx = False
+
+    def close(self) -> None:
+        """Commit and close."""
+        self.commit()
+        self.db.close()
+
+    # -- start of a run -----------------------------------------------------------------
+
+    def recover(self) -> list[Outcome]:
+        """Return the rejected entries whose report may not have been written."""
+        rows = self.db.execute(
+            "SELECT id, url, COALESCE(name, ''), error FROM items WHERE status='reporting'"
+        ).fetchall()
+        return [
+            Outcome(id=i, url=u, name=n, path="", status="failed", error_kind="invalid_entry",
+                    error=e)
+            for i, u, n, e in rows
+        ]
+
+    def counts(self) -> dict[str, int]:
+        """Return the number of items per stored status."""
+        rows = self.db.execute("SELECT status, count(*) FROM items GROUP BY status").fetchall()
+        return {status: n for status, n in rows}
+
+    def open_count(self) -> int:
+        """Items not yet terminal."""
+        row = self.db.execute(
+            "SELECT count(*) FROM items WHERE status NOT IN ('completed','failed','skipped')"
+        ).fetchone()
+        return int(row[0])
+
+    # -- ingest -------------------------------------------------------------------------
+
+    def ingest(
+        self, items: Sequence[WorkItem], rejected: Sequence[Rejected], derived: Iterable[str]
+    ) -> IngestResult:
+        """Record a batch of input: new items become pending, bad ones terminal rejects.
+
+        An id already stored from the same input line (or, for submitted entries, with the
+        same url) is the same entry read again and adds nothing; an id stored from another line is a duplicate. A name another item
+        holds is a clash: rejected when the entry gave it, made unique when derived.
+        """
+        derived_ids = set(derived)
+        known = self._existing_ids([i.id for i in items])
+        taken = self._taken_names([i.name for i in items])
+        rows: list[tuple[Any, ...]] = []
+        rejects = list(rejected)
+        for item in items:
+            prior = known.get(item.id)
+            if prior is not None:
+                if prior[0] == item.line and (item.line > 0 or prior[1] == item.url):
+                    continue  # the same entry read again (a resumed run)
+                where = f"line {prior[0]}" if prior[0] else "an earlier submission"
+                rejects.append(self._dup(item, f"duplicate id {item.id!r} (first seen on {where})"))
+                continue
+            name = item.name
+            attempt = 0
+            while name in taken or (name != item.name and self._name_taken(name)):
+                if item.id not in derived_ids:
+                    rejects.append(self._dup(
+                        item, f"name {item.name!r} clashes with item {taken.get(name)!r}"))
+                    name = ""
+                    break
+                name = _rename(item.name, item.id, attempt)
+                attempt += 1
+            if not name:
+                continue
+            known[item.id] = (item.line, item.url)
+            taken[name] = item.id
+            rows.append((item.id, item.line, item.url, name, item.sha256, item.size))
+        if rows:
+            self._write(
+                "INSERT INTO items (id, line, url, name, sha256, size, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'pending')", rows, many=True)
+        return IngestResult(added=len(rows), rejected=tuple(self._store_rejects(rejects)))
+
+    def _dup(self, item: WorkItem, reason: str) -> Rejected:
+        prefix = f"line {item.line}: " if item.line else ""
+        key = f"line:{item.line}" if item.line else f"submit:{item.id}:{item.url}"
+        return Rejected(id=key, line=item.line, url=item.url, name=item.name,
+                        error=prefix + reason)
+
+    def _store_rejects(self, rejects: Sequence[Rejected]) -> list[Outcome]:
+        outcomes = []
+        for r in rejects:
+            cur = self._write(
+                "INSERT OR IGNORE INTO items (id, line, url, status, error_kind, error) "
+                "VALUES (?, ?, ?, 'reporting', 'invalid_entry', ?)",
+                (r.id, r.line, r.url, r.error))
+            if cur.rowcount:
+                outcomes.append(Outcome(id=r.id, url=r.url, name=r.name, path="",
+                                        status="failed", error_kind="invalid_entry",
+                                        error=r.error))
+        return outcomes
+
+    def _existing_ids(self, ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+        found: dict[str, tuple[int, str]] = {}
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            for i, line, url in self.db.execute(
+                f"SELECT id, line, url FROM items WHERE id IN ({marks})", chunk  # noqa: S608
+            ):
+                found[i] = (line, url)
+        return found
+
+    def _taken_names(self, names: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for chunk in _chunks(names):
+            marks = ",".join("?" * len(chunk))
+            for name, i in self.db.execute(
+                f"SELECT name, id FROM items WHERE name IN ({marks})", chunk  # noqa: S608
+            ):
+                found[name] = i
+        return found
+
+    def _name_taken(self, name: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM items WHERE name = ?", (name,)).fetchone()
+        return row is not None
+
+    # -- dispatch -----------------------------------------------------------------------
+
+    def next_pending(self, limit: int) -> list[WorkItem]:
+        """Return up to ``limit`` pending items after the cursor, in input order."""
+        rows = self.db.execute(
+            "SELECT seq, id, url, name, sha256, size, line, attempts FROM items "
+            "WHERE status='pending' AND seq > ? ORDER BY seq LIMIT ?",
+            (self._cursor, limit),
+        ).fetchall()
+        if rows:
+            self._cursor = rows[-1][0]
+        return [
+            WorkItem(id=i, url=u, name=n, sha256=h, size=s, line=ln, attempts=a)
+            for _, i, u, n, h, s, ln, a in rows
+        ]
+
+    # -- status changes -----------------------------------------------------------------
+
+    def record_attempt(self, item_id: str, attempts: int, error_kind: str, error: str) -> None:
+        """Remember a failed attempt of an item that stays pending."""
+        self._write(
+            "UPDATE items SET attempts=?, error_kind=?, error=? WHERE id=?",
+            (attempts, error_kind, error, item_id),
+        )
+
+    def record_outcome(self, outcome: Outcome) -> None:
+        """Make an item terminal."""
+        self._write(
+            "UPDATE items SET status=?, attempts=?, error_kind=?, error=?, path=?, "
+            "final_size=?, final_sha256=? WHERE id=?",
+            (outcome.status, outcome.attempts, outcome.error_kind, outcome.error,
+             outcome.path or None, outcome.size, outcome.sha256, outcome.id),
+        )

@@ -1,0 +1,192 @@
+"""HTTP transports: the boundary where ``requests`` errors become ``FetchError``.
+
+A ``Transport`` opens one streaming response; the downloader does everything else
+(status check, ``.part`` file, verification, rename), so the real, simulated and
+scripted transports all exercise the same download logic. Nothing from ``requests`` or
+``urllib3`` escapes this module: every library error is translated with
+``raise ... from exc`` into a ``FetchError`` carrying ``error_kind`` and ``permanent``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
+
+import requests
+import requests.adapters
+import urllib3.exceptions
+
+from runtime.clock import Clock
+from runtime.config import Config, SimulateConfig
+from runtime.errors import FetchError
+
+__all__ = [
+    "RequestsTransport",
+    "Response",
+    "SimulatedTransportFactory",
+    "Transport",
+    "TransportFactory",
+    "translate",
+]
+
+
+class Response(Protocol):
+    """One streaming HTTP response."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    def iter_bytes(self, chunk_size: int) -> Iterator[bytes]:
+        """Yield the (decoded) body; raise ``FetchError`` on a broken transfer."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+class Transport(Protocol):
+    """Opens streaming responses; one instance per downloader, used from its thread."""
+
+    def open(self, url: str, headers: Mapping[str, str]) -> Response:
+        """Send a GET and return once the status line and headers arrived."""
+        ...
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        ...
+
+
+TransportFactory = Callable[[], Transport]
+
+
+def translate(exc: BaseException, url: str) -> FetchError:
+    """Map a requests/urllib3/socket error to a ``FetchError`` with a stable kind."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, requests.exceptions.TooManyRedirects):
+        return FetchError(f"too many redirects for {url}", error_kind="redirect", permanent=True)
+    if isinstance(exc, requests.exceptions.InvalidSchema | requests.exceptions.MissingSchema):
+        return FetchError(f"refused redirect or url: {text}", error_kind="redirect", permanent=True)
+    if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.URLRequired):
+        return FetchError(text, error_kind="invalid_url", permanent=True)
+    if isinstance(
+        exc,
+        requests.exceptions.Timeout | urllib3.exceptions.TimeoutError | TimeoutError,
+    ):
+        return FetchError(text, error_kind="timeout")
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError | urllib3.exceptions.ProtocolError):
+        kind = "truncated" if "IncompleteRead" in text else "connection"
+        return FetchError(text, error_kind=kind)
+    if isinstance(exc, requests.exceptions.ContentDecodingError | urllib3.exceptions.DecodeError):
+        return FetchError(text, error_kind="decoding")
+    return FetchError(text, error_kind="connection")
+
+
+_LIBRARY_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
+
+
+class _RequestsResponse:
+    def __init__(self, response: requests.Response, url: str) -> None:
+        self._response = response
+        self._url = url
+        self.status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+
+    def iter_bytes(self, chunk_size: int) -> Iterator[bytes]:
+        try:
+            yield from self._response.iter_content(chunk_size)
+        except _LIBRARY_ERRORS as exc:
+            raise translate(exc, self._url) from exc
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class RequestsTransport:
+    """A ``requests.Session`` with its own connection pool, one per downloader."""
+
+    def __init__(self, config: Config) -> None:
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers["User-Agent"] = config.download.user_agent
+        self.timeout = (config.download.connect_timeout, config.download.read_timeout)
+
+    def open(self, url: str, headers: Mapping[str, str]) -> Response:
+        """Send the GET, following redirects."""
+        try:
+            response = self.session.get(url, headers=dict(headers), stream=True,
+                                        timeout=self.timeout)
+        except _LIBRARY_ERRORS as exc:
+            raise translate(exc, url) from exc
+        return _RequestsResponse(response, url)
+
+    def close(self) -> None:
+        """Close the session's pool."""
+        self.session.close()
+
+
+class _SimulatedResponse:
+    def __init__(self, status: int, size: int, seed: int) -> None:
+        self.status = status
+        self.size = size
+        self.headers: Mapping[str, str] = {"Content-Length": str(size)}
+        self._seed = seed
+
+    def iter_bytes(self, chunk_size: int) -> Iterator[bytes]:
+        block = random.Random(self._seed).randbytes(min(chunk_size, 65536))
+        left = self.size
+        while left > 0:
+            piece = block[: min(left, len(block))]
+            left -= len(piece)
+            yield piece
+
+    def close(self) -> None:
+        pass
+
+
+class _SimulatedTransport:
+    def __init__(self, factory: SimulatedTransportFactory) -> None:
+        self._factory = factory
+
+    def open(self, url: str, headers: Mapping[str, str]) -> Response:
+        return self._factory.respond(url)
+
+    def close(self) -> None:
+        pass
+
+
+class SimulatedTransportFactory:
+    """Offline transports whose sizes, latencies and failures follow one seed.
+
+    Each url's n-th request draws from ``Random(seed, url, n)``, so a run is the same
+    whichever downloader serves which item.
+    """
+
+    def __init__(self, config: SimulateConfig, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._requests: dict[str, int] = {}
+
+    def __call__(self) -> Transport:
+        """Return a transport for one downloader."""
+        return _SimulatedTransport(self)
+
+    def respond(self, url: str) -> Response:
+        """Answer one simulated request."""
+        with self._lock:
+            n = self._requests.get(url, 0)
+            self._requests[url] = n + 1
+        digest = hashlib.sha256(f"{self.config.seed}\x00{url}".encode()).digest()
+        url_seed = int.from_bytes(digest[:8], "big")
+        size = random.Random(url_seed).randint(self.config.min_size, self.config.max_size)
+        if self.config.latency:
+            self.clock.sleep(self.config.latency)
+        if random.Random(url_seed + n + 1).random() < self.config.failure_rate:
+            return _SimulatedResponse(503, 0, url_seed)
+        return _SimulatedResponse(200, size, url_seed)
