@@ -32,8 +32,15 @@ class ChildActor(pykka.ThreadingActor):
     ) -> None:
         """Tell the supervisor, which restarts this slot and re-dispatches its work."""
         name = exception_type.__name__ if exception_type else "Error"
-        tell(self.supervisor, ChildCrashed(worker=self.worker, kind=self.kind, index=self.index,
-                                           error=f"{name}: {exception_value}"))
+        tell(
+            self.supervisor,
+            ChildCrashed(
+                worker=self.worker,
+                kind=self.kind,
+                index=self.index,
+                error=f"{name}: {exception_value}",
+            ),
+        )
         self.cleanup()
 
     def cleanup(self) -> None:

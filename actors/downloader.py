@@ -65,7 +65,7 @@ class Downloader(ChildActor):
 
     kind = "downloader"
 
-    def __init__(  # noqa: PLR0913 - wiring, all keyword
+    def __init__(
         self,
         *,
         worker: str,
@@ -142,26 +142,44 @@ class Downloader(ChildActor):
                 reused = self._reuse(item, dest)
                 if reused is not None:
                     return reused
-            tell(self.state_keeper, DownloadStarted(worker=self.worker, item_id=item.id,
-                                                   url=item.url, attempt=item.attempts))
+            tell(
+                self.state_keeper,
+                DownloadStarted(
+                    worker=self.worker, item_id=item.id, url=item.url, attempt=item.attempts
+                ),
+            )
             return self._fetch(item, dest)
         except FetchError as exc:
-            log.info("download failed", error_kind=exc.error_kind, error=str(exc),
-                     attempt=item.attempts)
-            return DownloadFailed(worker=self.worker, item=item, error_kind=exc.error_kind,
-                                  error=str(exc), permanent=exc.permanent,
-                                  counts_attempt=not isinstance(exc, CancelledError))
+            log.info(
+                "download failed", error_kind=exc.error_kind, error=str(exc), attempt=item.attempts
+            )
+            return DownloadFailed(
+                worker=self.worker,
+                item=item,
+                error_kind=exc.error_kind,
+                error=str(exc),
+                permanent=exc.permanent,
+                counts_attempt=not isinstance(exc, CancelledError),
+            )
         except OSError as exc:
             log.warning("file system error", error=str(exc))
-            return DownloadFailed(worker=self.worker, item=item, error_kind="filesystem",
-                                  error=f"{type(exc).__name__}: {exc}", permanent=False)
+            return DownloadFailed(
+                worker=self.worker,
+                item=item,
+                error_kind="filesystem",
+                error=f"{type(exc).__name__}: {exc}",
+                permanent=False,
+            )
 
     def _check_inside(self, dest: Path) -> None:
         """Refuse a path that resolves outside the output directory (symlinks included)."""
         real = os.path.realpath(dest)
         if not real.startswith(self.real_out + os.sep):
-            raise FetchError(f"{dest} resolves outside the output directory",
-                             error_kind="unsafe_name", permanent=True)
+            raise FetchError(
+                f"{dest} resolves outside the output directory",
+                error_kind="unsafe_name",
+                permanent=True,
+            )
 
     def _reuse(self, item: WorkItem, dest: Path) -> DownloadComplete | None:
         """Accept a file already in place when it matches what the entry expects."""
@@ -172,8 +190,9 @@ class Downloader(ChildActor):
         if item.sha256 is not None and digest != item.sha256:
             return None
         log.debug("file already in place", path=str(dest))
-        return DownloadComplete(worker=self.worker, item=item, path=str(dest), size=size,
-                                sha256=digest, reused=True)
+        return DownloadComplete(
+            worker=self.worker, item=item, path=str(dest), size=size, sha256=digest, reused=True
+        )
 
     def _fetch(self, item: WorkItem, dest: Path) -> DownloadComplete:
         assert self.transport is not None
@@ -185,8 +204,12 @@ class Downloader(ChildActor):
             if response.status >= 400:
                 raise HTTPStatusError(response.status, item.url)
             expected = _content_length(response.headers)
-            size, digest = self._stream(item, response.iter_bytes(self.config.download.chunk_size),
-                                        part, expected if expected is not None else item.size)
+            size, digest = self._stream(
+                item,
+                response.iter_bytes(self.config.download.chunk_size),
+                part,
+                expected if expected is not None else item.size,
+            )
         except BaseException:
             part.unlink(missing_ok=True)
             raise
@@ -198,11 +221,13 @@ class Downloader(ChildActor):
             part.unlink(missing_ok=True)
             raise
         os.replace(part, dest)
-        return DownloadComplete(worker=self.worker, item=item, path=str(dest), size=size,
-                                sha256=digest)
+        return DownloadComplete(
+            worker=self.worker, item=item, path=str(dest), size=size, sha256=digest
+        )
 
-    def _stream(self, item: WorkItem, chunks: Any, part: Path, total: int | None
-                ) -> tuple[int, str]:
+    def _stream(
+        self, item: WorkItem, chunks: Any, part: Path, total: int | None
+    ) -> tuple[int, str]:
         digest = hashlib.sha256()
         received = 0
         every = self.config.download.progress_interval
@@ -216,8 +241,12 @@ class Downloader(ChildActor):
                 received += len(chunk)
                 if self.clock.now() >= next_report:
                     next_report = self.clock.now() + every
-                    tell(self.state_keeper, ProgressUpdate(worker=self.worker, item_id=item.id,
-                                                          received=received, total=total))
+                    tell(
+                        self.state_keeper,
+                        ProgressUpdate(
+                            worker=self.worker, item_id=item.id, received=received, total=total
+                        ),
+                    )
         return received, digest.hexdigest()
 
 
@@ -236,8 +265,11 @@ def _verify(item: WorkItem, size: int, digest: str, expected: int | None) -> Non
     if expected is not None and size < expected:
         raise TruncatedError(f"got {size} of {expected} bytes")
     if item.size is not None and size != item.size:
-        raise FetchError(f"got {size} bytes, the entry says {item.size}",
-                         error_kind="size_mismatch", permanent=True)
+        raise FetchError(
+            f"got {size} bytes, the entry says {item.size}",
+            error_kind="size_mismatch",
+            permanent=True,
+        )
     if item.sha256 is not None and digest != item.sha256:
         raise ChecksumError(f"sha256 {digest} differs from the entry's {item.sha256}")
 

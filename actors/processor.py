@@ -52,8 +52,14 @@ class Processor(ChildActor):
 
     def _process(self, done: DownloadComplete) -> ProcessingComplete | ProcessingFailed:
         item = done.item
-        downloaded = Downloaded(id=item.id, url=item.url, name=item.name, path=done.path,
-                                size=done.size, sha256=done.sha256)
+        downloaded = Downloaded(
+            id=item.id,
+            url=item.url,
+            name=item.name,
+            path=done.path,
+            size=done.size,
+            sha256=done.sha256,
+        )
         try:
             result = self.plugin.process(downloaded)
             if not isinstance(result, dict):
@@ -61,6 +67,7 @@ class Processor(ChildActor):
             msgpack.packb(result)  # the result must be able to cross a process boundary
         except Exception as exc:  # noqa: BLE001 - a plugin's failure is the item's, not ours
             log.info("processor failed", error=f"{type(exc).__name__}: {exc}")
-            return ProcessingFailed(worker=self.worker, item_id=item.id,
-                                    error=f"{type(exc).__name__}: {exc}")
+            return ProcessingFailed(
+                worker=self.worker, item_id=item.id, error=f"{type(exc).__name__}: {exc}"
+            )
         return ProcessingComplete(worker=self.worker, item_id=item.id, result=result)

@@ -96,8 +96,15 @@ class StateKeeper(pykka.ThreadingActor):
         self.finished = False
         self.end_reason = "done"
         self.started = clock.now()
-        self.stats: dict[str, int] = {"accepted": 0, "completed": 0, "failed": 0, "skipped": 0,
-                                      "bytes": 0, "retries": 0, "max_leased": 0}
+        self.stats: dict[str, int] = {
+            "accepted": 0,
+            "completed": 0,
+            "failed": 0,
+            "skipped": 0,
+            "bytes": 0,
+            "retries": 0,
+            "max_leased": 0,
+        }
         self.open_items = 0
         self.backlog_limit = config.processing.backlog or 4 * config.processing.workers
 
@@ -120,7 +127,7 @@ class StateKeeper(pykka.ThreadingActor):
             self.store.close()
             self.store = None
 
-    def on_receive(self, message: Any) -> Any:  # noqa: C901, PLR0912 - the one dispatch point
+    def on_receive(self, message: Any) -> Any:
         """Dispatch one message; the only place state changes."""
         match message:
             case Demand(worker=worker, n=n):
@@ -214,8 +221,9 @@ class StateKeeper(pykka.ThreadingActor):
     def _release(self, worker: str, item_id: str) -> WorkItem | None:
         lease = self.leases.pop(item_id, None)
         if lease is None or lease[0] != worker:
-            log.warning("result for an item not leased to the sender", worker=worker,
-                        item_id=item_id)
+            log.warning(
+                "result for an item not leased to the sender", worker=worker, item_id=item_id
+            )
             if lease is not None:
                 self.leases[item_id] = lease
             return None
@@ -231,8 +239,11 @@ class StateKeeper(pykka.ThreadingActor):
         if not done.reused:
             self.stats["bytes"] += done.size
         if done.reused and self.config.output.if_exists == "skip":
-            self._report(_outcome(done.item, status="skipped", path=done.path, size=done.size,
-                                  sha256=done.sha256))
+            self._report(
+                _outcome(
+                    done.item, status="skipped", path=done.path, size=done.size, sha256=done.sha256
+                )
+            )
             return
         processor = self._least_loaded("processor")
         self.processing[done.item.id] = (processor or "", done)
@@ -249,8 +260,9 @@ class StateKeeper(pykka.ThreadingActor):
             self.retry.append(dataclasses.replace(item, attempts=item.attempts - 1))
             return
         if failed.permanent or item.attempts >= self.config.download.max_attempts:
-            self._report(_outcome(item, status="failed", error_kind=failed.error_kind,
-                                  error=failed.error))
+            self._report(
+                _outcome(item, status="failed", error_kind=failed.error_kind, error=failed.error)
+            )
             return
         assert self.store is not None
         self.store.record_attempt(item.id, item.attempts, failed.error_kind, failed.error)
@@ -272,12 +284,24 @@ class StateKeeper(pykka.ThreadingActor):
         if worker in self.workers:
             self.workers[worker].held.discard(message.item_id)
         if isinstance(message, ProcessingComplete):
-            outcome = _outcome(done.item, status="completed", path=done.path, size=done.size,
-                               sha256=done.sha256, result=message.result)
+            outcome = _outcome(
+                done.item,
+                status="completed",
+                path=done.path,
+                size=done.size,
+                sha256=done.sha256,
+                result=message.result,
+            )
         else:
-            outcome = _outcome(done.item, status="failed", path=done.path, size=done.size,
-                               sha256=done.sha256, error_kind="processing_error",
-                               error=message.error)
+            outcome = _outcome(
+                done.item,
+                status="failed",
+                path=done.path,
+                size=done.size,
+                sha256=done.sha256,
+                error_kind="processing_error",
+                error=message.error,
+            )
         self._report(outcome)
 
     def _report(self, outcome: Outcome) -> None:
@@ -301,8 +325,9 @@ class StateKeeper(pykka.ThreadingActor):
         if self.post_processor in self.workers:
             self.workers[self.post_processor].held.discard(message.item_id)
         if isinstance(message, PostProcessFailed):
-            outcome = dataclasses.replace(outcome, status="failed",
-                                          error_kind="post_process_error", error=message.error)
+            outcome = dataclasses.replace(
+                outcome, status="failed", error_kind="post_process_error", error=message.error
+            )
         assert self.store is not None
         self.store.record_outcome(outcome)
         self.stats[outcome.status] += 1
@@ -312,8 +337,9 @@ class StateKeeper(pykka.ThreadingActor):
     # -- children -----------------------------------------------------------------------
 
     def _attach(self, attach: Attach) -> None:
-        self.workers[attach.worker] = _Worker(kind=attach.kind, ref=attach.ref,
-                                              credit=attach.credit)
+        self.workers[attach.worker] = _Worker(
+            kind=attach.kind, ref=attach.ref, credit=attach.credit
+        )
         if attach.kind == "processor":
             orphans = [(w, d) for w, d in self.processing.values() if not w]
             for _, done in orphans:
@@ -327,8 +353,12 @@ class StateKeeper(pykka.ThreadingActor):
         slot = self.workers.pop(worker, None)
         if slot is None:
             return
-        log.warning("worker lost; re-dispatching its items", worker=worker, items=len(slot.held),
-                    error=error)
+        log.warning(
+            "worker lost; re-dispatching its items",
+            worker=worker,
+            items=len(slot.held),
+            error=error,
+        )
         for item_id in sorted(slot.held):
             if slot.kind == "downloader":
                 self._lease_lost(item_id, error)
@@ -348,8 +378,14 @@ class StateKeeper(pykka.ThreadingActor):
     def _lease_lost(self, item_id: str, error: str) -> None:
         _, item = self.leases.pop(item_id)
         if item.attempts >= self.config.download.max_attempts:
-            self._report(_outcome(item, status="failed", error_kind="worker_crash",
-                                  error=f"downloader crashed: {error}"))
+            self._report(
+                _outcome(
+                    item,
+                    status="failed",
+                    error_kind="worker_crash",
+                    error=f"downloader crashed: {error}",
+                )
+            )
         else:
             self.retry.append(item)
 
@@ -367,9 +403,10 @@ class StateKeeper(pykka.ThreadingActor):
     def _check_finished(self) -> None:
         if self.finished:
             return
-        if not self.granting and not self._busy():
-            self._finish()
-        elif self.input_closed and self.open_items == 0 and not self._busy():
+        drained = not self._busy()
+        stopped = not self.granting
+        all_done = self.input_closed and self.open_items == 0
+        if drained and (stopped or all_done):
             self._finish()
 
     def _commit(self) -> None:
@@ -378,28 +415,56 @@ class StateKeeper(pykka.ThreadingActor):
 
     def _stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = dict(self.stats)
-        stats.update(pending=self.open_items, leased=len(self.leases),
-                     processing=len(self.processing), reporting=len(self.reporting))
+        stats.update(
+            pending=self.open_items,
+            leased=len(self.leases),
+            processing=len(self.processing),
+            reporting=len(self.reporting),
+        )
         return stats
 
     def _finish(self) -> None:
         self.finished = True
         self._commit()
         summary = RunFinished(
-            accepted=self.stats["accepted"], completed=self.stats["completed"],
-            failed=self.stats["failed"], skipped=self.stats["skipped"],
-            pending=self.open_items, bytes=self.stats["bytes"],
-            elapsed=self.clock.now() - self.started, reason=self.end_reason,
+            accepted=self.stats["accepted"],
+            completed=self.stats["completed"],
+            failed=self.stats["failed"],
+            skipped=self.stats["skipped"],
+            pending=self.open_items,
+            bytes=self.stats["bytes"],
+            elapsed=self.clock.now() - self.started,
+            reason=self.end_reason,
         )
-        log.info("run finished", **{f.name: getattr(summary, f.name)
-                                    for f in dataclasses.fields(summary)})
+        log.info(
+            "run finished",
+            **{f.name: getattr(summary, f.name) for f in dataclasses.fields(summary)},
+        )
         self.on_event(summary)
         self.supervisor.tell(summary)
 
 
-def _outcome(item: WorkItem, *, status: str, path: str = "", size: int | None = None,
-             sha256: str | None = None, error_kind: str | None = None, error: str | None = None,
-             result: dict[str, Any] | None = None) -> Outcome:
-    return Outcome(id=item.id, url=item.url, name=item.name, path=path, status=status,
-                   size=size, sha256=sha256, error_kind=error_kind, error=error,
-                   attempts=item.attempts, result=result or {})
+def _outcome(
+    item: WorkItem,
+    *,
+    status: str,
+    path: str = "",
+    size: int | None = None,
+    sha256: str | None = None,
+    error_kind: str | None = None,
+    error: str | None = None,
+    result: dict[str, Any] | None = None,
+) -> Outcome:
+    return Outcome(
+        id=item.id,
+        url=item.url,
+        name=item.name,
+        path=path,
+        status=status,
+        size=size,
+        sha256=sha256,
+        error_kind=error_kind,
+        error=error,
+        attempts=item.attempts,
+        result=result or {},
+    )

@@ -13,6 +13,7 @@ and the StateKeeper commits and ends the run, leaving unfinished items pending.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -64,8 +65,12 @@ class _SupervisedStateKeeper(StateKeeper):
         exception_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        tell(self.supervisor, ChildCrashed(worker="state_keeper", kind="state_keeper", index=0,
-                                           error=f"{exception_value!r}"))
+        tell(
+            self.supervisor,
+            ChildCrashed(
+                worker="state_keeper", kind="state_keeper", index=0, error=f"{exception_value!r}"
+            ),
+        )
 
 
 class Supervisor(pykka.ThreadingActor):
@@ -106,7 +111,9 @@ class Supervisor(pykka.ThreadingActor):
         self._processor_plugin()
         self._post_processor_plugin()
         self.state_keeper = _SupervisedStateKeeper.start(
-            config=self.config, supervisor=self.actor_ref, clock=self.clock,
+            config=self.config,
+            supervisor=self.actor_ref,
+            clock=self.clock,
             on_event=self.on_event,
         )
         self._start_child("post_processor", 0)
@@ -119,14 +126,16 @@ class Supervisor(pykka.ThreadingActor):
 
     def _processor_plugin(self) -> BaseProcessor:
         p = self.config.processing
-        plugin: BaseProcessor = load_plugin(p.processor, p.processor_options, BaseProcessor,
-                                            "processor")
+        plugin: BaseProcessor = load_plugin(
+            p.processor, p.processor_options, BaseProcessor, "processor"
+        )
         return plugin
 
     def _post_processor_plugin(self) -> BasePostProcessor:
         p = self.config.processing
-        plugin: BasePostProcessor = load_plugin(p.post_processor, p.post_processor_options,
-                                                BasePostProcessor, "post_processor")
+        plugin: BasePostProcessor = load_plugin(
+            p.post_processor, p.post_processor_options, BasePostProcessor, "post_processor"
+        )
         return plugin
 
     def _start_child(self, kind: str, index: int) -> None:
@@ -138,19 +147,31 @@ class Supervisor(pykka.ThreadingActor):
         ref: pykka.ActorRef[Any]
         credit = 0
         if kind == "downloader":
-            ref = Downloader.start(**common, config=self.config, state_keeper=self.state_keeper,
-                                   transport_factory=self.transport_factory, clock=self.clock,
-                                   cancel=self.cancel)
+            ref = Downloader.start(
+                **common,
+                config=self.config,
+                state_keeper=self.state_keeper,
+                transport_factory=self.transport_factory,
+                clock=self.clock,
+                cancel=self.cancel,
+            )
             credit = self.config.download.mailbox
         elif kind == "processor":
-            ref = Processor.start(**common, state_keeper=self.state_keeper,
-                                  plugin=self._processor_plugin())
+            ref = Processor.start(
+                **common, state_keeper=self.state_keeper, plugin=self._processor_plugin()
+            )
         else:
-            context = PluginContext(output_dir=Path(self.config.output.dir),
-                                    state_dir=Path(self.config.state.dir),
-                                    manifest=self.config.manifest_path)
-            ref = PostProcessor.start(**common, state_keeper=self.state_keeper,
-                                      plugin=self._post_processor_plugin(), context=context)
+            context = PluginContext(
+                output_dir=Path(self.config.output.dir),
+                state_dir=Path(self.config.state.dir),
+                manifest=self.config.manifest_path,
+            )
+            ref = PostProcessor.start(
+                **common,
+                state_keeper=self.state_keeper,
+                plugin=self._post_processor_plugin(),
+                context=context,
+            )
         self.children[worker] = ref
         self.state_keeper.tell(Attach(worker=worker, kind=kind, ref=ref, credit=credit))
 
@@ -170,8 +191,9 @@ class Supervisor(pykka.ThreadingActor):
             case ChildCrashed():
                 self._crashed(message)
             case Shutdown(reason=reason, grace=grace):
-                self._shutdown(reason, self.config.supervisor.shutdown_grace
-                               if grace is None else grace)
+                self._shutdown(
+                    reason, self.config.supervisor.shutdown_grace if grace is None else grace
+                )
             case GraceExpired():
                 self._abort("shutdown grace expired")
             case InputFailed(error=error):
@@ -185,13 +207,14 @@ class Supervisor(pykka.ThreadingActor):
 
     def _crashed(self, crash: ChildCrashed) -> None:
         self.children.pop(crash.worker, None)
-        if self.finished:
-            return
+        if self.finished or (self.error is not None and self.error[0] == "supervision"):
+            return  # already ending on an escalation; the first error is the one to report
         log.error("child crashed", worker=crash.worker, error=crash.error)
         if crash.kind == "state_keeper":
             self.error = ("supervision", f"the state keeper crashed: {crash.error}")
-            self._finish(RunFinished(accepted=0, completed=0, failed=0, skipped=0,
-                                     reason=self.error[1]))
+            self._finish(
+                RunFinished(accepted=0, completed=0, failed=0, skipped=0, reason=self.error[1])
+            )
             return
         now = self.clock.now()
         self.restarts.append(now)
@@ -199,10 +222,12 @@ class Supervisor(pykka.ThreadingActor):
         while self.restarts and now - self.restarts[0] > window:
             self.restarts.popleft()
         if len(self.restarts) > self.config.supervisor.max_restarts:
-            message = (f"restart intensity exceeded: {len(self.restarts)} restarts within "
-                       f"{window:g}s (supervisor.max_restarts = "
-                       f"{self.config.supervisor.max_restarts}); last crash: {crash.worker}: "
-                       f"{crash.error}")
+            message = (
+                f"restart intensity exceeded: {len(self.restarts)} restarts within "
+                f"{window:g}s (supervisor.max_restarts = "
+                f"{self.config.supervisor.max_restarts}); last crash: {crash.worker}: "
+                f"{crash.error}"
+            )
             self.error = ("supervision", message)
             self._abort(message)
             return
@@ -210,7 +235,7 @@ class Supervisor(pykka.ThreadingActor):
         self.state_keeper.tell(WorkerLost(worker=crash.worker, error=crash.error))
         if not self.shutting_down or crash.kind != "downloader":
             self._start_child(crash.kind, crash.index)
-        log.info("child restarted", kind=crash.kind, index=crash.index)
+        log.warning("child restarted", kind=crash.kind, index=crash.index)
 
     def _shutdown(self, reason: str, grace: float) -> None:
         if self.shutting_down or self.finished or self.state_keeper is None:
@@ -244,10 +269,8 @@ class Supervisor(pykka.ThreadingActor):
             if worker.startswith("post_processor"):
                 ref.stop(block=True, timeout=30)  # flush the manifest before we report
         if self.state_keeper is not None:
-            try:
+            with contextlib.suppress(pykka.ActorDeadError):
                 self.state_keeper.stop(block=True, timeout=30)
-            except pykka.ActorDeadError:
-                pass
         kind, error = self.error if self.error else (None, None)
         self.on_finished(summary, kind, error)
         self.actor_ref.stop(block=False)

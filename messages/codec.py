@@ -38,7 +38,7 @@ def _fail(where: str, expected: str, value: Any) -> typing.NoReturn:
     raise CodecError(f"{where}: expected {expected}, got {type(value).__name__}")
 
 
-def _check_for(hint: Any) -> Check:  # noqa: PLR0911 - one branch per supported type
+def _check_for(hint: Any) -> Check:
     """Return a function that validates (and normalises) one field value."""
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
@@ -116,7 +116,8 @@ def _schema(cls: type[Any]) -> dict[str, tuple[Check, bool]]:
 def to_wire(message: Any) -> list[Any]:
     """Return the msgpack-ready ``[tag, fields]`` form of a message."""
     cls = type(message)
-    if MESSAGE_TYPES.get(getattr(cls, "TAG", None)) is not cls:
+    tag = getattr(cls, "TAG", None)
+    if not isinstance(tag, str) or MESSAGE_TYPES.get(tag) is not cls:
         raise CodecError(f"{cls.__name__} is not a conveyor message type")
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(message):

@@ -48,23 +48,36 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("config", help="TOML config file (see the README's config reference)")
-    run.add_argument("--simulate-downloads", action="store_true",
-                     help="use the seeded offline transport of [simulate] instead of HTTP")
+    run.add_argument(
+        "--simulate-downloads",
+        action="store_true",
+        help="use the seeded offline transport of [simulate] instead of HTTP",
+    )
     run.add_argument("--debug", action="store_true", help="log at debug level")
-    run.add_argument("--log-format", choices=("console", "json"), default=None,
-                     help="log format (default: console on a TTY, JSON lines otherwise)")
+    run.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default=None,
+        help="log format (default: console on a TTY, JSON lines otherwise)",
+    )
     demo = sub.add_parser(
         "demo",
         help="serve generated files on 127.0.0.1 and download them (offline)",
         description="Start a local HTTP server with generated files (some of them flaky), "
         "write a config for them and run the real pipeline against it.",
     )
-    demo.add_argument("--dir", default="conveyor-demo",
-                      help="directory for the demo's files, state and output "
-                      "(default: ./conveyor-demo)")
+    demo.add_argument(
+        "--dir",
+        default="conveyor-demo",
+        help="directory for the demo's files, state and output (default: ./conveyor-demo)",
+    )
     demo.add_argument("--files", type=int, default=200, help="number of files (default: 200)")
-    demo.add_argument("--log-format", choices=("console", "json"), default=None,
-                      help="log format (default: console on a TTY, JSON lines otherwise)")
+    demo.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default=None,
+        help="log format (default: console on a TTY, JSON lines otherwise)",
+    )
     return parser
 
 
@@ -72,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = _parser().parse_args(argv)
     if args.command == "demo":
-        from runtime.demo import run_demo  # noqa: PLC0415 - only the demo needs its server
+        from runtime.demo import run_demo
 
         configure_cli_logging("warning", args.log_format or "auto")
         return run_demo(args.dir, args.files)
@@ -119,8 +132,11 @@ def _install_signals(pipeline: Pipeline) -> None:
         nonlocal signals_seen
         signals_seen += 1
         if signals_seen == 1:
-            print(f"conveyor: {signal.Signals(signum).name}: finishing in-flight items "
-                  "(send again to abort)", file=sys.stderr)
+            print(
+                f"conveyor: {signal.Signals(signum).name}: finishing in-flight items "
+                "(send again to abort)",
+                file=sys.stderr,
+            )
             pipeline.stop()
         else:
             print("conveyor: aborted; state is as of the last commit", file=sys.stderr)

@@ -104,7 +104,7 @@ class ProcessingConfig:
     workers: int = 2
     """Number of processor actors."""
     backlog: int = 0
-    """Most downloaded files waiting for processing before downloads pause (0: 4 × workers)."""
+    """Most downloaded files waiting for processing before downloads pause (0: 4 x workers)."""
     manifest: str = ""
     """Manifest path for the JSONL post-processor (default ``<state.dir>/manifest.jsonl``)."""
     processor_options: dict[str, Any] = field(default_factory=dict)
@@ -230,8 +230,7 @@ def _build_section(name: str, values: Mapping[str, Any], source: str) -> Any:
     for key, value in values.items():
         if key not in hints:
             raise ConfigError(
-                f"{source}: unknown key {name}.{key}; known keys in [{name}]: "
-                + ", ".join(hints)
+                f"{source}: unknown key {name}.{key}; known keys in [{name}]: " + ", ".join(hints)
             )
         kwargs[key] = _coerce(value, hints[key], f"{source}: {name}.{key}")
     return cls(**kwargs)

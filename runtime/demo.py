@@ -19,8 +19,12 @@ def _write_demo(root: Path, server: LocalFileServer, files: dict[str, bytes]) ->
     root.mkdir(parents=True, exist_ok=True)
     with (root / "files.ndjson").open("w") as fh:
         for path, body in files.items():
-            entry = {"id": path.strip("/"), "url": server.url(path), "name": path.strip("/"),
-                     "sha256": hashlib.sha256(body).hexdigest()}
+            entry = {
+                "id": path.strip("/"),
+                "url": server.url(path),
+                "name": path.strip("/"),
+                "sha256": hashlib.sha256(body).hexdigest(),
+            }
             fh.write(json.dumps(entry) + "\n")
         fh.write(json.dumps({"id": "missing", "url": server.url("/missing.bin")}) + "\n")
         fh.write('{"url": "ftp://example.invalid/not-http.bin"}\n')
@@ -34,31 +38,37 @@ def _write_demo(root: Path, server: LocalFileServer, files: dict[str, bytes]) ->
 
 def run_demo(directory: str, count: int) -> int:
     """Serve ``count`` generated files (every 7th fails twice first) and download them."""
-    from runtime.cli import run_pipeline  # noqa: PLC0415 - avoid an import cycle
+    from runtime.cli import run_pipeline
 
     rng = random.Random(7)
-    files = {f"/file-{i:04d}.bin": rng.randbytes(rng.randint(1_000, 200_000))
-             for i in range(count)}
+    files = {f"/file-{i:04d}.bin": rng.randbytes(rng.randint(1_000, 200_000)) for i in range(count)}
     flaky = {path: 2 for i, path in enumerate(files) if i % 7 == 3}
     root = Path(directory).resolve()
     for stale in ("downloads", "state"):  # the server's port changes: start afresh
         shutil.rmtree(root / stale, ignore_errors=True)
     with LocalFileServer(files, fail_first=flaky) as server:
         config = load_config(_write_demo(root, server, files), environ={})
-        print(f"demo: serving {count} files on {server.base_url} ({len(flaky)} of them fail "
-              f"twice before they succeed), plus one missing file and one ftp:// entry "
-              f"that fail on purpose", file=sys.stderr)
-        print(f"demo: config {root / 'conveyor.toml'}; files land in {config.output.dir}",
-              file=sys.stderr)
+        print(
+            f"demo: serving {count} files on {server.base_url} ({len(flaky)} of them fail "
+            f"twice before they succeed), plus one missing file and one ftp:// entry "
+            f"that fail on purpose",
+            file=sys.stderr,
+        )
+        print(
+            f"demo: config {root / 'conveyor.toml'}; files land in {config.output.dir}",
+            file=sys.stderr,
+        )
         code = run_pipeline(config)
     print(f"demo: manifest {config.manifest_path} (one JSON line per item)", file=sys.stderr)
     failed = _failed_ids(config.manifest_path)
     if code == 1 and failed == {"missing", f"line:{count + 2}"}:
-        print("demo: OK - every file arrived and verified; the two deliberate failures "
-              "are in the manifest", file=sys.stderr)
+        print(
+            "demo: OK - every file arrived and verified; the two deliberate failures "
+            "are in the manifest",
+            file=sys.stderr,
+        )
         return 0
-    print(f"demo: unexpected result (exit code {code}, failed: {sorted(failed)})",
-          file=sys.stderr)
+    print(f"demo: unexpected result (exit code {code}, failed: {sorted(failed)})", file=sys.stderr)
     return code or 1
 
 

@@ -111,7 +111,7 @@ def parse_entry(obj: Any, line: int) -> tuple[WorkItem | Rejected, bool]:
     raw_id = obj.get("id")
     try:
         url = _check_url(obj.get("url"))
-        if raw_id is not None and not isinstance(raw_id, str | int) or isinstance(raw_id, bool):
+        if (raw_id is not None and not isinstance(raw_id, str | int)) or isinstance(raw_id, bool):
             raise ValueError("'id' must be a string or an integer")
         item_id = str(raw_id) if raw_id is not None else derive_id(url)
         if not item_id or len(item_id) > 1024 or "\x00" in item_id:
@@ -318,7 +318,9 @@ def iter_batches(path: Path, fmt: str = "auto", batch_size: int = 1000) -> Itera
             else:
                 rejected.append(entry)
         if len(items) + len(rejected) >= batch_size:
-            yield Enqueue(items=tuple(items), rejected=tuple(rejected), derived_name_ids=tuple(derived))
+            yield Enqueue(
+                items=tuple(items), rejected=tuple(rejected), derived_name_ids=tuple(derived)
+            )
             items, rejected, derived = [], [], []
     if items or rejected:
         yield Enqueue(items=tuple(items), rejected=tuple(rejected), derived_name_ids=tuple(derived))

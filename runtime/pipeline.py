@@ -103,7 +103,8 @@ class Pipeline:
         self.clock = clock or SystemClock()
         if transport_factory is None:
             transport_factory = (
-                SimulatedTransportFactory(config.simulate, self.clock) if simulate
+                SimulatedTransportFactory(config.simulate, self.clock)
+                if simulate
                 else lambda: RequestsTransport(config)
             )
         self.transport_factory = transport_factory
@@ -129,17 +130,19 @@ class Pipeline:
         if self._supervisor is not None:
             raise RuntimeError("this pipeline was already started")
         self._supervisor = Supervisor.start(
-            config=self.config, transport_factory=self.transport_factory, clock=self.clock,
-            on_event=self._event, on_finished=self._finished,
+            config=self.config,
+            transport_factory=self.transport_factory,
+            clock=self.clock,
+            on_event=self._event,
+            on_finished=self._finished,
         )
         try:
-            self._state_keeper = self._supervisor.ask(Start())
+            self._state_keeper = self._supervisor.ask(Start(), block=True)
         except BaseException:
             pykka.ActorRegistry.stop_all()
             raise
         if self.config.input.path:
-            self._feeder = threading.Thread(target=self._feed, name="conveyor-feeder",
-                                            daemon=True)
+            self._feeder = threading.Thread(target=self._feed, name="conveyor-feeder", daemon=True)
             self._feeder.start()
         return self
 
@@ -173,15 +176,23 @@ class Pipeline:
             n = next(self._submitted)
             parsed, was_derived = parse_entry(entry, 0)
             if isinstance(parsed, Rejected):
-                rejected.append(Rejected(id=f"submit:{id(self)}:{n}", line=0, url=parsed.url,
-                                         name=parsed.name,
-                                         error=parsed.error.replace("line 0", f"entry {n}")))
+                rejected.append(
+                    Rejected(
+                        id=f"submit:{id(self)}:{n}",
+                        line=0,
+                        url=parsed.url,
+                        name=parsed.name,
+                        error=parsed.error.replace("line 0", f"entry {n}"),
+                    )
+                )
             else:
                 items.append(parsed)
                 if was_derived:
                     derived.append(parsed.id)
-        added: int = self._state_keeper.ask(Enqueue(items=tuple(items), rejected=tuple(rejected),
-                                                    derived_name_ids=tuple(derived)))
+        batch = Enqueue(
+            items=tuple(items), rejected=tuple(rejected), derived_name_ids=tuple(derived)
+        )
+        added: int = self._state_keeper.ask(batch, block=True)
         return added
 
     def events(self) -> Iterator[Any]:
@@ -191,8 +202,12 @@ class Pipeline:
         """
         if self._events is None:
             self._events = queue.SimpleQueue()
+        return self._drain(self._events)
+
+    @staticmethod
+    def _drain(events: queue.SimpleQueue[Any]) -> Iterator[Any]:
         while True:
-            message = self._events.get()
+            message = events.get()
             yield message
             if isinstance(message, RunFinished):
                 return
@@ -202,7 +217,7 @@ class Pipeline:
         if self._state_keeper is None:
             return {}
         try:
-            result: dict[str, Any] = self._state_keeper.ask(GetStats(), timeout=10)
+            result: dict[str, Any] = self._state_keeper.ask(GetStats(), block=True, timeout=10)
         except pykka.ActorDeadError:
             return {}
         return result
@@ -253,7 +268,8 @@ class Pipeline:
         self._done.set()
 
     def _feed(self) -> None:
-        assert self._state_keeper is not None and self._supervisor is not None
+        assert self._state_keeper is not None
+        assert self._supervisor is not None
         try:
             for batch in iter_batches(Path(self.config.input.path), self.config.input.format):
                 if self._stopping.is_set():

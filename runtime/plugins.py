@@ -132,8 +132,19 @@ class JsonlManifest(BasePostProcessor):
     per id (the last one wins) without loading it into memory.
     """
 
-    FIELDS = ("id", "url", "name", "path", "status", "size", "sha256", "error_kind", "error",
-              "attempts", "result")
+    FIELDS = (
+        "id",
+        "url",
+        "name",
+        "path",
+        "status",
+        "size",
+        "sha256",
+        "error_kind",
+        "error",
+        "attempts",
+        "result",
+    )
 
     def __init__(self, path: str = "") -> None:
         self.path_option = path
@@ -177,7 +188,8 @@ def _compact_jsonl(path: Path) -> None:
                 except (ValueError, KeyError, TypeError):
                     key = f"\x00unparsable:{pos}"  # keep lines we cannot read, untouched
                 db.execute(
-                    "INSERT INTO m VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE SET text=excluded.text",
+                    "INSERT INTO m VALUES (?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET text=excluded.text",
                     (key, pos, text),
                 )
         out = path.with_name(path.name + ".compact")

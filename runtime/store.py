@@ -88,13 +88,14 @@ class SQLiteStore:
 
     # -- transactions -------------------------------------------------------------------
 
-    def _write(self, sql: str, params: Sequence[Any] | Iterable[Sequence[Any]] = (), *,
-               many: bool = False) -> sqlite3.Cursor:
+    def _write(
+        self, sql: str, params: Sequence[Any] | Iterable[Sequence[Any]] = (), *, many: bool = False
+    ) -> sqlite3.Cursor:
         if not self._in_tx:
             self.db.execute("BEGIN")
             self._in_tx = True
         if many:
-            return self.db.executemany(sql, params)  # type: ignore[arg-type]
+            return self.db.executemany(sql, params)
         return self.db.execute(sql, params)  # type: ignore[arg-type]
 
     def commit(self) -> None:
@@ -116,15 +117,16 @@ class SQLiteStore:
             "SELECT id, url, COALESCE(name, ''), error FROM items WHERE status='reporting'"
         ).fetchall()
         return [
-            Outcome(id=i, url=u, name=n, path="", status="failed", error_kind="invalid_entry",
-                    error=e)
+            Outcome(
+                id=i, url=u, name=n, path="", status="failed", error_kind="invalid_entry", error=e
+            )
             for i, u, n, e in rows
         ]
 
     def counts(self) -> dict[str, int]:
         """Return the number of items per stored status."""
         rows = self.db.execute("SELECT status, count(*) FROM items GROUP BY status").fetchall()
-        return {status: n for status, n in rows}
+        return dict(rows)
 
     def open_count(self) -> int:
         """Items not yet terminal."""
@@ -141,8 +143,9 @@ class SQLiteStore:
         """Record a batch of input: new items become pending, bad ones terminal rejects.
 
         An id already stored from the same input line (or, for submitted entries, with the
-        same url) is the same entry read again and adds nothing; an id stored from another line is a duplicate. A name another item
-        holds is a clash: rejected when the entry gave it, made unique when derived.
+        same url) is the same entry read again and adds nothing; an id stored from another
+        line is a duplicate. A name another item holds is a clash: rejected when the entry
+        gave it, made unique when derived.
         """
         derived_ids = set(derived)
         known = self._existing_ids([i.id for i in items])
@@ -161,8 +164,9 @@ class SQLiteStore:
             attempt = 0
             while name in taken or (name != item.name and self._name_taken(name)):
                 if item.id not in derived_ids:
-                    rejects.append(self._dup(
-                        item, f"name {item.name!r} clashes with item {taken.get(name)!r}"))
+                    rejects.append(
+                        self._dup(item, f"name {item.name!r} clashes with item {taken.get(name)!r}")
+                    )
                     name = ""
                     break
                 name = _rename(item.name, item.id, attempt)
@@ -175,14 +179,16 @@ class SQLiteStore:
         if rows:
             self._write(
                 "INSERT INTO items (id, line, url, name, sha256, size, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'pending')", rows, many=True)
+                "VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+                rows,
+                many=True,
+            )
         return IngestResult(added=len(rows), rejected=tuple(self._store_rejects(rejects)))
 
     def _dup(self, item: WorkItem, reason: str) -> Rejected:
         prefix = f"line {item.line}: " if item.line else ""
         key = f"line:{item.line}" if item.line else f"submit:{item.id}:{item.url}"
-        return Rejected(id=key, line=item.line, url=item.url, name=item.name,
-                        error=prefix + reason)
+        return Rejected(id=key, line=item.line, url=item.url, name=item.name, error=prefix + reason)
 
     def _store_rejects(self, rejects: Sequence[Rejected]) -> list[Outcome]:
         outcomes = []
@@ -190,11 +196,20 @@ class SQLiteStore:
             cur = self._write(
                 "INSERT OR IGNORE INTO items (id, line, url, status, error_kind, error) "
                 "VALUES (?, ?, ?, 'reporting', 'invalid_entry', ?)",
-                (r.id, r.line, r.url, r.error))
+                (r.id, r.line, r.url, r.error),
+            )
             if cur.rowcount:
-                outcomes.append(Outcome(id=r.id, url=r.url, name=r.name, path="",
-                                        status="failed", error_kind="invalid_entry",
-                                        error=r.error))
+                outcomes.append(
+                    Outcome(
+                        id=r.id,
+                        url=r.url,
+                        name=r.name,
+                        path="",
+                        status="failed",
+                        error_kind="invalid_entry",
+                        error=r.error,
+                    )
+                )
         return outcomes
 
     def _existing_ids(self, ids: Sequence[str]) -> dict[str, tuple[int, str]]:
@@ -202,7 +217,8 @@ class SQLiteStore:
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
             for i, line, url in self.db.execute(
-                f"SELECT id, line, url FROM items WHERE id IN ({marks})", chunk  # noqa: S608
+                f"SELECT id, line, url FROM items WHERE id IN ({marks})",  # noqa: S608 - only ?s
+                chunk,
             ):
                 found[i] = (line, url)
         return found
@@ -212,7 +228,8 @@ class SQLiteStore:
         for chunk in _chunks(names):
             marks = ",".join("?" * len(chunk))
             for name, i in self.db.execute(
-                f"SELECT name, id FROM items WHERE name IN ({marks})", chunk  # noqa: S608
+                f"SELECT name, id FROM items WHERE name IN ({marks})",  # noqa: S608 - only ?s
+                chunk,
             ):
                 found[name] = i
         return found
@@ -251,6 +268,14 @@ class SQLiteStore:
         self._write(
             "UPDATE items SET status=?, attempts=?, error_kind=?, error=?, path=?, "
             "final_size=?, final_sha256=? WHERE id=?",
-            (outcome.status, outcome.attempts, outcome.error_kind, outcome.error,
-             outcome.path or None, outcome.size, outcome.sha256, outcome.id),
+            (
+                outcome.status,
+                outcome.attempts,
+                outcome.error_kind,
+                outcome.error,
+                outcome.path or None,
+                outcome.size,
+                outcome.sha256,
+                outcome.id,
+            ),
         )

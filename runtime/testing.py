@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import threading
 from collections import Counter
@@ -246,10 +247,8 @@ class LocalFileServer:
         handler.send_header("Content-Length", str(len(body)))
         handler.send_header("Content-Type", "application/octet-stream")
         handler.end_headers()
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             handler.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
 
     def __enter__(self) -> LocalFileServer:
         self.thread.start()

@@ -119,8 +119,9 @@ class RequestsTransport:
     def open(self, url: str, headers: Mapping[str, str]) -> Response:
         """Send the GET, following redirects."""
         try:
-            response = self.session.get(url, headers=dict(headers), stream=True,
-                                        timeout=self.timeout)
+            response = self.session.get(
+                url, headers=dict(headers), stream=True, timeout=self.timeout
+            )
         except _LIBRARY_ERRORS as exc:
             raise translate(exc, url) from exc
         return _RequestsResponse(response, url)

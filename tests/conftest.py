@@ -1,0 +1,26 @@
+"""Shared fixtures: every test ends with no actor left running."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pykka
+import pytest
+import structlog
+
+
+@pytest.fixture(autouse=True)
+def _stop_all_actors() -> Iterator[None]:
+    """Stop every actor a test left behind (pykka's registry is global)."""
+    yield
+    pykka.ActorRegistry.stop_all(block=True, timeout=10)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_logs() -> None:
+    """Keep library logs below warning out of the test output (a host's choice)."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,145 @@
+"""Config loading: defaults, overrides, and errors that name file, key and type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.config import Config, load_config
+from runtime.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "conveyor.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_apply_and_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    """Only input.path is needed; relative paths are taken from the config's directory."""
+    config = load_config(write(tmp_path, '[input]\npath = "files.json"\n'), environ={})
+    assert config.input.path == str(tmp_path / "files.json")
+    assert config.output.dir == str(tmp_path / "downloads")
+    assert config.state.dir == str(tmp_path / ".conveyor")
+    assert config.download.workers == 8
+    assert config.download.mailbox == 2
+    assert config.state.persist_interval == 0.5
+    assert config.processing.workers == 2
+    assert config.manifest_path == tmp_path / ".conveyor" / "manifest.jsonl"
+
+
+def test_documented_keys_are_accepted(tmp_path: Path) -> None:
+    """The keys the README promises parse with the values given."""
+    text = """
+[input]
+path = "files.json"
+[output]
+dir = "out"
+[state]
+dir = "st"
+persist_interval = 1
+[download]
+workers = 3
+mailbox = 1
+[processing]
+processor = "runtime.plugins:NullProcessor"
+post_processor = "runtime.plugins:JsonlManifest"
+workers = 4
+"""
+    config = load_config(write(tmp_path, text), environ={})
+    assert config.state.persist_interval == 1.0
+    assert (config.download.workers, config.download.mailbox) == (3, 1)
+    assert config.processing.processor == "runtime.plugins:NullProcessor"
+
+
+def test_wrong_type_names_file_key_and_expected_type(tmp_path: Path) -> None:
+    """A string where an integer belongs is reported with file, key and type."""
+    path = write(tmp_path, '[input]\npath = "f.json"\n[download]\nworkers = "eight"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    message = str(info.value)
+    assert str(path) in message
+    assert "download.workers" in message
+    assert "must be integer" in message
+    assert "'eight'" in message
+
+
+def test_unknown_key_is_an_error_listing_known_keys(tmp_path: Path) -> None:
+    """A typo is not silently ignored."""
+    path = write(tmp_path, '[input]\npath = "f.json"\n[download]\nworker = 3\n')
+    with pytest.raises(ConfigError, match=r"unknown key download\.worker; known keys") as info:
+        load_config(path, environ={})
+    assert str(path) in str(info.value)
+
+
+def test_unknown_section_is_an_error(tmp_path: Path) -> None:
+    """A misspelt section is reported."""
+    path = write(tmp_path, '[input]\npath = "f.json"\n[downlaod]\nworkers = 3\n')
+    with pytest.raises(ConfigError, match=r"unknown section \[downlaod\]"):
+        load_config(path, environ={})
+
+
+def test_missing_input_path_is_an_error(tmp_path: Path) -> None:
+    """The one required key."""
+    with pytest.raises(ConfigError, match="input.path is required"):
+        load_config(write(tmp_path, "[download]\nworkers = 2\n"), environ={})
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    """A syntax error points at the file."""
+    path = write(tmp_path, "[input\npath=")
+    with pytest.raises(ConfigError, match="not valid TOML") as info:
+        load_config(path, environ={})
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_is_reported(tmp_path: Path) -> None:
+    """A config that does not exist."""
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml", environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[download]\nworkers = 0\n", "download.workers must be greater than 0"),
+        ('[output]\nif_exists = "maybe"\n', "output.if_exists must be one of"),
+        ('[processing]\nprocessor = "nocolon"\n', "processing.processor must be 'package.module:Class'"),
+        ("[simulate]\nfailure_rate = 2.0\n", "simulate.failure_rate must be between 0 and 1"),
+        ("[state]\npersist_interval = true\n", "state.persist_interval must be float, got boolean"),
+    ],
+)
+def test_invalid_values_are_rejected(tmp_path: Path, text: str, fragment: str) -> None:
+    """Values of the right type but out of range are errors too."""
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.").replace("(", r"\(")):
+        load_config(write(tmp_path, '[input]\npath = "f.json"\n' + text), environ={})
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    """CONVEYOR_<SECTION>_<KEY> wins over the file, typed like the key."""
+    path = write(tmp_path, '[input]\npath = "f.json"\n[download]\nworkers = 3\n')
+    env = {"CONVEYOR_DOWNLOAD_WORKERS": "5", "CONVEYOR_DOWNLOAD_MAX_ATTEMPTS": "7",
+           "CONVEYOR_STATE_PERSIST_INTERVAL": "0.25", "CONVEYOR_OUTPUT_DIR": "elsewhere",
+           "CONVEYOR_UNRELATED": "ignored"}
+    config = load_config(path, environ=env)
+    assert config.download.workers == 5
+    assert config.download.max_attempts == 7
+    assert config.state.persist_interval == 0.25
+    assert config.output.dir == str(tmp_path / "elsewhere")
+
+
+def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
+    """An override that does not parse is reported with the variable's name."""
+    path = write(tmp_path, '[input]\npath = "f.json"\n')
+    with pytest.raises(ConfigError, match="CONVEYOR_DOWNLOAD_WORKERS.*must be integer"):
+        load_config(path, environ={"CONVEYOR_DOWNLOAD_WORKERS": "many"})
+    with pytest.raises(ConfigError, match="unknown key download.wrokers"):
+        load_config(path, environ={"CONVEYOR_DOWNLOAD_WROKERS": "2"})
+
+
+def test_from_mapping_builds_a_config_without_a_file(tmp_path: Path) -> None:
+    """The embedding API can build a config from a dict."""
+    config = Config.from_mapping({"output": {"dir": "o"}}, base_dir=tmp_path)
+    assert config.output.dir == str(tmp_path / "o")
+    assert config.input.path == ""

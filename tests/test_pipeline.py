@@ -1,0 +1,189 @@
+"""The real actors in-process, driven by a scripted transport."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from messages import DownloadComplete, DownloadStarted, Outcome, RunFinished
+from runtime import Pipeline
+from runtime.testing import Crash, Fail, Ok, ScriptedTransport, Status, capture_logs
+from tests.helpers import files_outside, make_config, read_manifest
+
+TIMEOUT = 60
+
+
+def url(i: object) -> str:
+    return f"http://files.test/{i}"
+
+
+def test_items_flow_to_completed_with_checksums(tmp_path: Path) -> None:
+    """Downloads land under their names, verified, and the manifest records each one."""
+    bodies = {f"f{i}.bin": bytes([i]) * (1000 + i) for i in range(20)}
+    transport = ScriptedTransport({url(n): [Ok(b)] for n, b in bodies.items()})
+    config = make_config(tmp_path)
+    with Pipeline(config, transport_factory=transport) as pipeline:
+        pipeline.submit([{"url": url(n), "id": n, "sha256": hashlib.sha256(b).hexdigest()}
+                         for n, b in bodies.items()])
+        summary = pipeline.wait(TIMEOUT)
+    assert summary.exit_code == 0
+    assert (summary.finished.accepted, summary.finished.completed) == (20, 20)
+    for name, body in bodies.items():
+        assert (Path(config.output.dir) / name).read_bytes() == body
+    records = read_manifest(config.manifest_path)
+    assert sorted(r["id"] for r in records) == sorted(bodies)
+    assert all(r["status"] == "completed" and r["result"]["size"] == r["size"] for r in records)
+    assert not list(Path(config.output.dir).glob("*.part"))
+
+
+def test_retries_transient_failures_and_stops_at_permanent_ones(tmp_path: Path) -> None:
+    """503 twice then 200 completes on the third request; a 404 is requested once."""
+    transport = ScriptedTransport({
+        url("flaky"): [Status(503), Status(503), Ok(b"x" * 10)],
+        url("gone"): [Status(404)],
+        url("down"): [Fail("connection")],
+    })
+    config = make_config(tmp_path, download={"max_attempts": 3})
+    with Pipeline(config, transport_factory=transport) as pipeline:
+        pipeline.submit([{"url": url(n), "id": n} for n in ("flaky", "gone", "down")])
+        summary = pipeline.wait(TIMEOUT)
+    assert transport.requests == {url("flaky"): 3, url("gone"): 1, url("down"): 3}
+    by_id = {r["id"]: r for r in read_manifest(config.manifest_path)}
+    assert by_id["flaky"]["status"] == "completed" and by_id["flaky"]["attempts"] == 3
+    assert (by_id["gone"]["status"], by_id["gone"]["error_kind"]) == ("failed", "http_4xx")
+    assert (by_id["down"]["error_kind"], by_id["down"]["attempts"]) == ("connection", 3)
+    assert summary.exit_code == 1
+
+
+def test_checksum_mismatch_fails_without_leaving_a_file(tmp_path: Path) -> None:
+    """A body whose sha256 differs never appears under its final name."""
+    transport = ScriptedTransport({url("a"): [Ok(b"evil")]})
+    config = make_config(tmp_path)
+    with Pipeline(config, transport_factory=transport) as pipeline:
+        pipeline.submit([{"url": url("a"), "sha256": hashlib.sha256(b"good").hexdigest()}])
+        pipeline.wait(TIMEOUT)
+    (record,) = read_manifest(config.manifest_path)
+    assert record["error_kind"] == "checksum_mismatch"
+    assert list(Path(config.output.dir).iterdir()) == []
+
+
+def test_processor_exception_fails_only_that_item(tmp_path: Path) -> None:
+    """A plugin that raises produces ProcessingFailed, the actor survives."""
+    transport = ScriptedTransport({url(n): [Ok(b"data")] for n in ("boom.bin", "fine.bin")})
+    config = make_config(tmp_path, processing={"processor": "tests.plugins:FailingProcessor"})
+    with Pipeline(config, transport_factory=transport) as pipeline:
+        pipeline.submit([{"url": url("boom.bin")}, {"url": url("fine.bin")}])
+        summary = pipeline.wait(TIMEOUT)
+    by_name = {r["name"]: r for r in read_manifest(config.manifest_path)}
+    assert by_name["boom.bin"]["error_kind"] == "processing_error"
+    assert "ValueError: cannot process boom.bin" in by_name["boom.bin"]["error"]
+    assert by_name["fine.bin"]["status"] == "completed"
+    assert summary.finished.failed == 1
+
+
+def test_post_processor_exception_fails_only_that_item(tmp_path: Path) -> None:
+    """A post-processor that raises fails the item; the run goes on."""
+    transport = ScriptedTransport({url(n): [Ok(b"d")] for n in ("pp-boom", "ok")})
+    config = make_config(tmp_path, processing={
+        "post_processor": "tests.plugins:ExplodingPostProcessor"})
+    with Pipeline(config, transport_factory=transport) as pipeline:
+        pipeline.submit([{"url": url(n), "id": n} for n in ("pp-boom", "ok")])
+        summary = pipeline.wait(TIMEOUT)
+    assert (summary.finished.completed, summary.finished.failed) == (1, 1)
+
+
+def test_downloader_crash_is_restarted_and_the_item_completes(tmp_path: Path) -> None:
+    """A bug in the transport crashes the downloader; its item is re-dispatched."""
+    transport = ScriptedTransport({url("a"): [Crash(), Ok(b"after restart")],
+                                   url("b"): [Ok(b"b")]})
+    config = make_config(tmp_path, download={"workers": 1, "mailbox": 2})
+    with capture_logs() as logs, Pipeline(config, transport_factory=transport) as pipeline:
+        pipeline.submit([{"url": url("a"), "id": "a"}, {"url": url("b"), "id": "b"}])
+        summary = pipeline.wait(TIMEOUT)
+    assert summary.exit_code == 0
+    assert (Path(config.output.dir) / "a").read_bytes() == b"after restart"
+    crashes = [e for e in logs if e["event"] == "child crashed"]
+    assert [c["worker"] for c in crashes] == ["downloader-0.1"]
+    assert "RuntimeError: scripted crash" in crashes[0]["error"]
+    assert any(e["event"] == "child restarted" for e in logs)
+    by_id = {r["id"]: r for r in read_manifest(config.manifest_path)}
+    assert by_id["a"]["attempts"] == 2
+
+
+def test_exceeding_restart_intensity_ends_the_run_with_a_clear_error(tmp_path: Path) -> None:
+    """A downloader that keeps crashing ends the run instead of looping."""
+    transport = ScriptedTransport({url(i): [Crash("bug in transport")] for i in range(10)})
+    config = make_config(tmp_path, download={"max_attempts": 10},
+                         supervisor={"max_restarts": 2, "restart_window": 60.0})
+    with Pipeline(config, transport_factory=transport) as pipeline:
+        pipeline.submit([{"url": url(i)} for i in range(10)])
+        summary = pipeline.wait(TIMEOUT)
+    assert summary.error_kind == "supervision"
+    assert summary.error is not None
+    assert "restart intensity exceeded: 3 restarts within 60s" in summary.error
+    assert "bug in transport" in summary.error
+    assert summary.exit_code == 3
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs/x", "a/../../b", "..", "", "a\x00b",
+                                  "a\nb", "n" * 300])
+def test_hostile_names_never_write_outside_the_output_dir(tmp_path: Path, name: str) -> None:
+    """Each hostile name is rejected as invalid_entry and nothing lands outside."""
+    transport = ScriptedTransport({url("x"): [Ok(b"payload")]})
+    config = make_config(tmp_path)
+    with Pipeline(config, transport_factory=transport) as pipeline:
+        pipeline.submit([{"url": url("x"), "name": name, "id": "hostile"}])
+        summary = pipeline.wait(TIMEOUT)
+    (record,) = read_manifest(config.manifest_path)
+    assert record["error_kind"] == "invalid_entry"
+    assert transport.requests[url("x")] == 0
+    assert summary.finished.failed == 1
+    assert files_outside(tmp_path, [Path(config.output.dir), Path(config.state.dir)]) == []
+
+
+def test_symlink_inside_output_dir_cannot_lead_outside(tmp_path: Path) -> None:
+    """A directory link planted in the output directory is not followed out."""
+    config = make_config(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Path(config.output.dir).mkdir(parents=True)
+    (Path(config.output.dir) / "link").symlink_to(outside)
+    transport = ScriptedTransport({url("x"): [Ok(b"payload")]})
+    with Pipeline(config, transport_factory=transport) as pipeline:
+        pipeline.submit([{"url": url("x"), "name": "link/file"}])
+        pipeline.wait(TIMEOUT)
+    (record,) = read_manifest(config.manifest_path)
+    assert record["error_kind"] == "unsafe_name"
+    assert list(outside.iterdir()) == []
+
+
+def test_events_and_stats_are_available_to_the_host(tmp_path: Path) -> None:
+    """The embedding API streams typed events ending with RunFinished."""
+    transport = ScriptedTransport({url("a"): [Ok(b"abc")]})
+    config = make_config(tmp_path)
+    pipeline = Pipeline(config, transport_factory=transport)
+    events = pipeline.events()
+    pipeline.start()
+    pipeline.submit([{"url": url("a")}])
+    pipeline.close_input()
+    kinds = [type(e) for e in events]
+    assert kinds[0] is DownloadStarted
+    assert DownloadComplete in kinds and Outcome in kinds
+    assert kinds[-1] is RunFinished
+    assert pipeline.wait(TIMEOUT).exit_code == 0
+
+
+def test_if_exists_skip_records_existing_files_as_skipped(tmp_path: Path) -> None:
+    """With output.if_exists = "skip" a file already in place is not fetched."""
+    config = make_config(tmp_path, output={"if_exists": "skip"})
+    Path(config.output.dir).mkdir(parents=True)
+    (Path(config.output.dir) / "a").write_bytes(b"old")
+    transport = ScriptedTransport({url("a"): [Ok(b"new")]})
+    with Pipeline(config, transport_factory=transport) as pipeline:
+        pipeline.submit([{"url": url("a")}])
+        summary = pipeline.wait(TIMEOUT)
+    assert summary.finished.skipped == 1
+    assert transport.requests[url("a")] == 0
+    assert summary.exit_code == 1

@@ -1,0 +1,77 @@
+"""The SQLite store: idempotent ingest, duplicates, name clashes, group commit."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from messages import Outcome, Rejected, WorkItem
+from runtime.store import SQLiteStore
+
+
+def item(i: str, line: int, name: str | None = None, url: str | None = None) -> WorkItem:
+    return WorkItem(id=i, url=url or f"http://h/{i}", name=name or i, line=line)
+
+
+def test_reading_the_same_input_again_adds_nothing(tmp_path: Path) -> None:
+    """A resumed run re-reads its input; ids from the same lines are not added twice."""
+    store = SQLiteStore(tmp_path)
+    first = store.ingest([item("a", 1), item("b", 2)], [], [])
+    again = store.ingest([item("a", 1), item("b", 2)], [], [])
+    assert (first.added, again.added, again.rejected) == (2, 0, ())
+    assert store.counts() == {"pending": 2}
+
+
+def test_a_second_entry_with_a_taken_id_is_a_duplicate(tmp_path: Path) -> None:
+    """Duplicate ids end invalid_entry naming both lines."""
+    store = SQLiteStore(tmp_path)
+    result = store.ingest([item("a", 1), item("a", 7, name="other")], [], [])
+    assert result.added == 1
+    (reject,) = result.rejected
+    assert reject.error_kind == "invalid_entry"
+    assert reject.error == "line 7: duplicate id 'a' (first seen on line 1)"
+
+
+def test_a_given_name_that_clashes_is_rejected_a_derived_one_renamed(tmp_path: Path) -> None:
+    """Two entries may not write the same file; derived names get a suffix instead."""
+    store = SQLiteStore(tmp_path)
+    store.ingest([item("a", 1, name="f.bin")], [], [])
+    result = store.ingest([item("b", 2, name="f.bin"), item("c", 3, name="f.bin")], [], ["c"])
+    assert result.added == 1
+    assert [r.error for r in result.rejected] == ["line 2: name 'f.bin' clashes with item 'a'"]
+    names = dict(store.db.execute("SELECT id, name FROM items WHERE name IS NOT NULL"))
+    assert names["c"] == "f-c.bin"
+
+
+def test_pending_items_come_back_in_input_order_once(tmp_path: Path) -> None:
+    """The dispatch cursor hands each pending item out once per run."""
+    store = SQLiteStore(tmp_path)
+    store.ingest([item(str(i), i + 1) for i in range(5)], [], [])
+    got = [w.id for w in store.next_pending(3)] + [w.id for w in store.next_pending(3)]
+    assert got == ["0", "1", "2", "3", "4"]
+    assert store.next_pending(3) == []
+
+
+def test_changes_are_visible_to_others_only_after_commit(tmp_path: Path) -> None:
+    """Group commit: a reader sees nothing until commit()."""
+    store = SQLiteStore(tmp_path)
+    store.ingest([item("a", 1)], [], [])
+    reader = sqlite3.connect(tmp_path / "state.sqlite3")
+    assert reader.execute("SELECT count(*) FROM items").fetchone() == (0,)
+    store.commit()
+    assert reader.execute("SELECT count(*) FROM items").fetchone() == (1,)
+    store.record_outcome(Outcome(id="a", url="u", name="a", path="/p", status="completed"))
+    assert reader.execute("SELECT status FROM items").fetchone() == ("pending",)
+    store.close()
+    assert reader.execute("SELECT status FROM items").fetchone() == ("completed",)
+
+
+def test_unreported_rejections_are_recovered(tmp_path: Path) -> None:
+    """A rejection whose manifest line may be missing is reported again after a crash."""
+    store = SQLiteStore(tmp_path)
+    store.ingest([], [Rejected(id="line:4", line=4, url="ftp://x", error="line 4: bad")], [])
+    store.close()
+    reopened = SQLiteStore(tmp_path)
+    (outcome,) = reopened.recover()
+    assert (outcome.id, outcome.status, outcome.error) == ("line:4", "failed", "line 4: bad")
+    assert reopened.open_count() == 1
