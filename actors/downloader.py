@@ -136,18 +136,18 @@ class Downloader(ChildActor):
 
     def _download(self, item: WorkItem) -> DownloadComplete | DownloadFailed:
         dest = self.out_dir / item.name
+        tell(
+            self.state_keeper,
+            DownloadStarted(
+                worker=self.worker, item_id=item.id, url=item.url, attempt=item.attempts
+            ),
+        )
         try:
             self._check_inside(dest)
             if dest.exists() and self.config.output.if_exists != "overwrite":
                 reused = self._reuse(item, dest)
                 if reused is not None:
                     return reused
-            tell(
-                self.state_keeper,
-                DownloadStarted(
-                    worker=self.worker, item_id=item.id, url=item.url, attempt=item.attempts
-                ),
-            )
             return self._fetch(item, dest)
         except FetchError as exc:
             log.info(

@@ -24,7 +24,7 @@ from typing import Any
 
 import pykka
 
-from actors.control import Attach, GetStats, InputClosed, Tick, WorkerLost
+from actors.control import Attach, GetStats, InputClosed, Tick, WorkerLost, tell
 from messages import (
     Cancel,
     Demand,
@@ -88,6 +88,7 @@ class StateKeeper(pykka.ThreadingActor):
         self.retry: deque[WorkItem] = deque()
         self.scan_exhausted = False
         self.leases: dict[str, tuple[str, WorkItem]] = {}
+        self.started: set[str] = set()  # leased items whose transfer began
         self.processing: dict[str, tuple[str, DownloadComplete]] = {}
         self.reporting: dict[str, Outcome] = {}
         self.unsent_reports: deque[Outcome] = deque()
@@ -95,7 +96,7 @@ class StateKeeper(pykka.ThreadingActor):
         self.input_closed = False
         self.finished = False
         self.end_reason = "done"
-        self.started = clock.now()
+        self.run_started = clock.now()
         self.stats: dict[str, int] = {
             "accepted": 0,
             "completed": 0,
@@ -133,7 +134,11 @@ class StateKeeper(pykka.ThreadingActor):
             case Demand(worker=worker, n=n):
                 if worker in self.workers:
                     self.workers[worker].credit += n
-            case DownloadStarted() | ProgressUpdate():
+            case DownloadStarted(item_id=item_id):
+                self.started.add(item_id)
+                self.on_event(message)
+                return None
+            case ProgressUpdate():
                 self.on_event(message)
                 return None
             case DownloadComplete():
@@ -214,12 +219,13 @@ class StateKeeper(pykka.ThreadingActor):
                 self.leases[item.id] = (worker, item)
                 slot.held.add(item.id)
             self.stats["max_leased"] = max(self.stats["max_leased"], len(slot.held))
-            slot.ref.tell(Grant(worker=worker, items=tuple(batch)))
+            tell(slot.ref, Grant(worker=worker, items=tuple(batch)))
 
     # -- downloads ----------------------------------------------------------------------
 
     def _release(self, worker: str, item_id: str) -> WorkItem | None:
         lease = self.leases.pop(item_id, None)
+        self.started.discard(item_id)
         if lease is None or lease[0] != worker:
             log.warning(
                 "result for an item not leased to the sender", worker=worker, item_id=item_id
@@ -249,7 +255,7 @@ class StateKeeper(pykka.ThreadingActor):
         self.processing[done.item.id] = (processor or "", done)
         if processor is not None:
             self.workers[processor].held.add(done.item.id)
-            self.workers[processor].ref.tell(done)
+            tell(self.workers[processor].ref, done)
 
     def _download_failed(self, failed: DownloadFailed) -> None:
         item = self._release(failed.worker, failed.item.id)
@@ -315,7 +321,7 @@ class StateKeeper(pykka.ThreadingActor):
             outcome = self.unsent_reports.popleft()
             self.reporting[outcome.id] = outcome
             pp.held.add(outcome.id)
-            pp.ref.tell(outcome)
+            tell(pp.ref, outcome)
 
     def _recorded(self, message: PostProcessed | PostProcessFailed) -> None:
         outcome = self.reporting.pop(message.item_id, None)
@@ -345,7 +351,7 @@ class StateKeeper(pykka.ThreadingActor):
             for _, done in orphans:
                 self.processing[done.item.id] = (attach.worker, done)
                 self.workers[attach.worker].held.add(done.item.id)
-                attach.ref.tell(done)
+                tell(attach.ref, done)
         elif attach.kind == "post_processor":
             self.post_processor = attach.worker
 
@@ -369,7 +375,7 @@ class StateKeeper(pykka.ThreadingActor):
                 if processor is not None:
                     self.processing[item_id] = (processor, done)
                     self.workers[processor].held.add(item_id)
-                    self.workers[processor].ref.tell(done)
+                    tell(self.workers[processor].ref, done)
             elif slot.kind == "post_processor":
                 self.unsent_reports.appendleft(self.reporting.pop(item_id))
         if slot.kind == "post_processor":
@@ -377,6 +383,10 @@ class StateKeeper(pykka.ThreadingActor):
 
     def _lease_lost(self, item_id: str, error: str) -> None:
         _, item = self.leases.pop(item_id)
+        if item_id not in self.started:  # still queued: the crash was not its attempt
+            self.retry.append(dataclasses.replace(item, attempts=item.attempts - 1))
+            return
+        self.started.discard(item_id)
         if item.attempts >= self.config.download.max_attempts:
             self._report(
                 _outcome(
@@ -433,7 +443,7 @@ class StateKeeper(pykka.ThreadingActor):
             skipped=self.stats["skipped"],
             pending=self.open_items,
             bytes=self.stats["bytes"],
-            elapsed=self.clock.now() - self.started,
+            elapsed=self.clock.now() - self.run_started,
             reason=self.end_reason,
         )
         log.info(
@@ -441,7 +451,7 @@ class StateKeeper(pykka.ThreadingActor):
             **{f.name: getattr(summary, f.name) for f in dataclasses.fields(summary)},
         )
         self.on_event(summary)
-        self.supervisor.tell(summary)
+        tell(self.supervisor, summary)
 
 
 def _outcome(

@@ -26,6 +26,7 @@ import pykka
 from actors.control import (
     Attach,
     ChildCrashed,
+    GetStats,
     GraceExpired,
     InputFailed,
     Shutdown,
@@ -48,8 +49,8 @@ __all__ = ["Start", "Supervisor"]
 
 log = get_logger("supervisor")
 
-FinishCallback = Callable[[RunFinished, str | None, str | None], None]
-"""Called once at the end with the summary, an error kind and an error message."""
+FinishCallback = Callable[[RunFinished, str | None, str | None, dict[str, Any]], None]
+"""Called once at the end with the summary, an error kind, an error message and stats."""
 
 
 class Start:
@@ -173,7 +174,7 @@ class Supervisor(pykka.ThreadingActor):
                 context=context,
             )
         self.children[worker] = ref
-        self.state_keeper.tell(Attach(worker=worker, kind=kind, ref=ref, credit=credit))
+        tell(self.state_keeper, Attach(worker=worker, kind=kind, ref=ref, credit=credit))
 
     def _tick(self) -> None:
         interval = self.config.state.persist_interval
@@ -232,7 +233,7 @@ class Supervisor(pykka.ThreadingActor):
             self._abort(message)
             return
         assert self.state_keeper is not None
-        self.state_keeper.tell(WorkerLost(worker=crash.worker, error=crash.error))
+        tell(self.state_keeper, WorkerLost(worker=crash.worker, error=crash.error))
         if not self.shutting_down or crash.kind != "downloader":
             self._start_child(crash.kind, crash.index)
         log.warning("child restarted", kind=crash.kind, index=crash.index)
@@ -242,7 +243,7 @@ class Supervisor(pykka.ThreadingActor):
             return
         self.shutting_down = True
         log.info("shutting down", reason=reason, grace=grace)
-        self.state_keeper.tell(Cancel(reason=reason))
+        tell(self.state_keeper, Cancel(reason=reason))
         me = self.actor_ref
 
         def expire() -> None:
@@ -256,6 +257,27 @@ class Supervisor(pykka.ThreadingActor):
         if self.state_keeper is not None:
             tell(self.state_keeper, Cancel(reason=reason, abort=True))
 
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """A bug in the supervisor itself: stop everything and tell the host."""
+        self.cancel.set()
+        self.stop_ticker.set()
+        if not self.finished:
+            self.finished = True
+            self.on_finished(
+                RunFinished(accepted=0, completed=0, failed=0, skipped=0, reason="error"),
+                "supervision",
+                f"the supervisor crashed: {exception_value!r}",
+                {},
+            )
+        for ref in [*self.children.values(), self.state_keeper]:
+            if ref is not None:
+                ref.stop(block=False)
+
     def _finish(self, summary: RunFinished) -> None:
         if self.finished:
             return
@@ -268,9 +290,11 @@ class Supervisor(pykka.ThreadingActor):
         for worker, ref in list(self.children.items()):
             if worker.startswith("post_processor"):
                 ref.stop(block=True, timeout=30)  # flush the manifest before we report
+        stats: dict[str, Any] = {}
         if self.state_keeper is not None:
-            with contextlib.suppress(pykka.ActorDeadError):
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                stats = self.state_keeper.ask(GetStats(), block=True, timeout=30)
                 self.state_keeper.stop(block=True, timeout=30)
         kind, error = self.error if self.error else (None, None)
-        self.on_finished(summary, kind, error)
+        self.on_finished(summary, kind, error, stats)
         self.actor_ref.stop(block=False)

@@ -19,6 +19,7 @@ StateKeeper sees; ``wait()`` declares the input complete and blocks until the ru
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import queue
 import threading
@@ -61,6 +62,8 @@ class RunSummary:
     """``input`` or ``supervision`` when the run ended on an error."""
     error: str | None = None
     """The error message."""
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The StateKeeper's final counters (retries, the most items one downloader held, …)."""
 
     @property
     def exit_code(self) -> int:
@@ -263,8 +266,10 @@ class Pipeline:
         if self._events is not None:
             self._events.put(message)
 
-    def _finished(self, summary: RunFinished, kind: str | None, error: str | None) -> None:
-        self._summary = RunSummary(finished=summary, error_kind=kind, error=error)
+    def _finished(
+        self, summary: RunFinished, kind: str | None, error: str | None, stats: dict[str, Any]
+    ) -> None:
+        self._summary = RunSummary(finished=summary, error_kind=kind, error=error, stats=stats)
         self._done.set()
 
     def _feed(self) -> None:

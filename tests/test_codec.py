@@ -67,12 +67,24 @@ def test_every_message_round_trips(message: Any) -> None:
 def test_minimum_message_set_is_exported() -> None:
     """The message set DESIGN.md names exists and is exported."""
     required = {
-        "WorkItem", "Enqueue", "Demand", "Grant", "DownloadStarted", "ProgressUpdate",
-        "DownloadComplete", "DownloadFailed", "ProcessingComplete", "ProcessingFailed",
-        "PostProcessed", "Cancel", "RunFinished",
+        "WorkItem",
+        "Enqueue",
+        "Demand",
+        "Grant",
+        "DownloadStarted",
+        "ProgressUpdate",
+        "DownloadComplete",
+        "DownloadFailed",
+        "ProcessingComplete",
+        "ProcessingFailed",
+        "PostProcessed",
+        "Cancel",
+        "RunFinished",
     }
     assert required <= set(messages.__all__)
-    assert {"error_kind", "permanent"} <= {f.name for f in dataclasses.fields(messages.DownloadFailed)}
+    assert {"error_kind", "permanent"} <= {
+        f.name for f in dataclasses.fields(messages.DownloadFailed)
+    }
 
 
 @given(st.binary(max_size=64))
@@ -93,8 +105,10 @@ def test_random_bytes_never_raise_anything_but_codec_error(data: bytes) -> None:
         (["demand", {"worker": "d", "n": "3"}], "message.n: expected int, got str"),
         (["demand", {"worker": "d", "n": True}], "expected int, got bool"),
         (["demand", {"worker": "d", "n": 1, "extra": 2}], "unknown field(s) ['extra']"),
-        (["grant", {"worker": "d", "items": [["demand", {"worker": "x", "n": 1}]]}],
-         "expected WorkItem, got Demand"),
+        (
+            ["grant", {"worker": "d", "items": [["demand", {"worker": "x", "n": 1}]]}],
+            "expected WorkItem, got Demand",
+        ),
         (["grant", {"worker": "d", "items": "nope"}], "expected array"),
         ([1, 2, 3], "expected [tag, fields]"),
         (["demand", [1, 2]], "must be a map"),

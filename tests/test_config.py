@@ -82,7 +82,7 @@ def test_unknown_section_is_an_error(tmp_path: Path) -> None:
 
 def test_missing_input_path_is_an_error(tmp_path: Path) -> None:
     """The one required key."""
-    with pytest.raises(ConfigError, match="input.path is required"):
+    with pytest.raises(ConfigError, match=r"input\.path is required"):
         load_config(write(tmp_path, "[download]\nworkers = 2\n"), environ={})
 
 
@@ -105,7 +105,10 @@ def test_missing_file_is_reported(tmp_path: Path) -> None:
     [
         ("[download]\nworkers = 0\n", "download.workers must be greater than 0"),
         ('[output]\nif_exists = "maybe"\n', "output.if_exists must be one of"),
-        ('[processing]\nprocessor = "nocolon"\n', "processing.processor must be 'package.module:Class'"),
+        (
+            '[processing]\nprocessor = "nocolon"\n',
+            "processing.processor must be 'package.module:Class'",
+        ),
         ("[simulate]\nfailure_rate = 2.0\n", "simulate.failure_rate must be between 0 and 1"),
         ("[state]\npersist_interval = true\n", "state.persist_interval must be float, got boolean"),
     ],
@@ -119,9 +122,13 @@ def test_invalid_values_are_rejected(tmp_path: Path, text: str, fragment: str) -
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
     """CONVEYOR_<SECTION>_<KEY> wins over the file, typed like the key."""
     path = write(tmp_path, '[input]\npath = "f.json"\n[download]\nworkers = 3\n')
-    env = {"CONVEYOR_DOWNLOAD_WORKERS": "5", "CONVEYOR_DOWNLOAD_MAX_ATTEMPTS": "7",
-           "CONVEYOR_STATE_PERSIST_INTERVAL": "0.25", "CONVEYOR_OUTPUT_DIR": "elsewhere",
-           "CONVEYOR_UNRELATED": "ignored"}
+    env = {
+        "CONVEYOR_DOWNLOAD_WORKERS": "5",
+        "CONVEYOR_DOWNLOAD_MAX_ATTEMPTS": "7",
+        "CONVEYOR_STATE_PERSIST_INTERVAL": "0.25",
+        "CONVEYOR_OUTPUT_DIR": "elsewhere",
+        "CONVEYOR_UNRELATED": "ignored",
+    }
     config = load_config(path, environ=env)
     assert config.download.workers == 5
     assert config.download.max_attempts == 7
@@ -132,9 +139,9 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
 def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
     """An override that does not parse is reported with the variable's name."""
     path = write(tmp_path, '[input]\npath = "f.json"\n')
-    with pytest.raises(ConfigError, match="CONVEYOR_DOWNLOAD_WORKERS.*must be integer"):
+    with pytest.raises(ConfigError, match=r"CONVEYOR_DOWNLOAD_WORKERS.*must be integer"):
         load_config(path, environ={"CONVEYOR_DOWNLOAD_WORKERS": "many"})
-    with pytest.raises(ConfigError, match="unknown key download.wrokers"):
+    with pytest.raises(ConfigError, match=r"unknown key download\.wrokers"):
         load_config(path, environ={"CONVEYOR_DOWNLOAD_WROKERS": "2"})
 
 

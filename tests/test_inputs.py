@@ -19,8 +19,19 @@ from runtime.inputs import (
     safe_name,
 )
 
-HOSTILE = ["../../x", "/abs/x", "a/../../b", "..", "", "a\x00b", "a\nb", "x" * 300,
-           "C:\\windows\\x", "..\\..\\x", "ok/" + "y" * 256]
+HOSTILE = [
+    "../../x",
+    "/abs/x",
+    "a/../../b",
+    "..",
+    "",
+    "a\x00b",
+    "a\nb",
+    "x" * 300,
+    "C:\\windows\\x",
+    "..\\..\\x",
+    "ok/" + "y" * 256,
+]
 
 
 @pytest.mark.parametrize("name", HOSTILE)
@@ -32,8 +43,13 @@ def test_hostile_names_are_rejected(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("a.bin", "a.bin"), ("dir/a.bin", "dir/a.bin"), ("./a//b/./c", "a/b/c"),
-     ("dir\\a.bin", "dir/a.bin"), ("ünï cödé.txt", "ünï cödé.txt")],
+    [
+        ("a.bin", "a.bin"),
+        ("dir/a.bin", "dir/a.bin"),
+        ("./a//b/./c", "a/b/c"),
+        ("dir\\a.bin", "dir/a.bin"),
+        ("ünï cödé.txt", "ünï cödé.txt"),
+    ],
 )
 def test_ordinary_names_are_normalised(name: str, expected: str) -> None:
     """Subdirectories are allowed; redundant parts are dropped."""
@@ -49,7 +65,8 @@ def test_entry_defaults_id_and_name_from_the_url() -> None:
     assert len(item.id) == 24
     assert item.line == 3
     again, _ = parse_entry({"url": "https://h.example/path/file%20one.bin?x=1"}, 9)
-    assert isinstance(again, WorkItem) and again.id == item.id
+    assert isinstance(again, WorkItem)
+    assert again.id == item.id
 
 
 def test_url_without_a_file_name_gets_the_id_as_name() -> None:
@@ -86,7 +103,10 @@ def test_json_array_is_streamed_with_line_numbers(tmp_path: Path) -> None:
     path.write_text('[\n  {"url": "http://h/a"},\n  {"url": "http://h/b"},\n\n  7\n]\n')
     entries = list(iter_raw_entries(path))
     assert [(line, obj) for line, obj, _ in entries] == [
-        (2, {"url": "http://h/a"}), (3, {"url": "http://h/b"}), (5, 7)]
+        (2, {"url": "http://h/a"}),
+        (3, {"url": "http://h/b"}),
+        (5, 7),
+    ]
 
 
 def test_broken_json_array_raises_input_error_with_line(tmp_path: Path) -> None:
@@ -112,7 +132,7 @@ def test_ndjson_bad_lines_are_reported_and_the_rest_proceeds(tmp_path: Path) -> 
 
 def test_missing_input_file_is_an_input_error(tmp_path: Path) -> None:
     """The file name is in the message."""
-    with pytest.raises(InputError, match="nope.json: cannot open input"):
+    with pytest.raises(InputError, match=r"nope\.json: cannot open input"):
         list(iter_raw_entries(tmp_path / "nope.json"))
 
 

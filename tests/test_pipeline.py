@@ -25,8 +25,12 @@ def test_items_flow_to_completed_with_checksums(tmp_path: Path) -> None:
     transport = ScriptedTransport({url(n): [Ok(b)] for n, b in bodies.items()})
     config = make_config(tmp_path)
     with Pipeline(config, transport_factory=transport) as pipeline:
-        pipeline.submit([{"url": url(n), "id": n, "sha256": hashlib.sha256(b).hexdigest()}
-                         for n, b in bodies.items()])
+        pipeline.submit(
+            [
+                {"url": url(n), "id": n, "sha256": hashlib.sha256(b).hexdigest()}
+                for n, b in bodies.items()
+            ]
+        )
         summary = pipeline.wait(TIMEOUT)
     assert summary.exit_code == 0
     assert (summary.finished.accepted, summary.finished.completed) == (20, 20)
@@ -40,18 +44,21 @@ def test_items_flow_to_completed_with_checksums(tmp_path: Path) -> None:
 
 def test_retries_transient_failures_and_stops_at_permanent_ones(tmp_path: Path) -> None:
     """503 twice then 200 completes on the third request; a 404 is requested once."""
-    transport = ScriptedTransport({
-        url("flaky"): [Status(503), Status(503), Ok(b"x" * 10)],
-        url("gone"): [Status(404)],
-        url("down"): [Fail("connection")],
-    })
+    transport = ScriptedTransport(
+        {
+            url("flaky"): [Status(503), Status(503), Ok(b"x" * 10)],
+            url("gone"): [Status(404)],
+            url("down"): [Fail("connection")],
+        }
+    )
     config = make_config(tmp_path, download={"max_attempts": 3})
     with Pipeline(config, transport_factory=transport) as pipeline:
         pipeline.submit([{"url": url(n), "id": n} for n in ("flaky", "gone", "down")])
         summary = pipeline.wait(TIMEOUT)
     assert transport.requests == {url("flaky"): 3, url("gone"): 1, url("down"): 3}
     by_id = {r["id"]: r for r in read_manifest(config.manifest_path)}
-    assert by_id["flaky"]["status"] == "completed" and by_id["flaky"]["attempts"] == 3
+    assert by_id["flaky"]["status"] == "completed"
+    assert by_id["flaky"]["attempts"] == 3
     assert (by_id["gone"]["status"], by_id["gone"]["error_kind"]) == ("failed", "http_4xx")
     assert (by_id["down"]["error_kind"], by_id["down"]["attempts"]) == ("connection", 3)
     assert summary.exit_code == 1
@@ -86,8 +93,9 @@ def test_processor_exception_fails_only_that_item(tmp_path: Path) -> None:
 def test_post_processor_exception_fails_only_that_item(tmp_path: Path) -> None:
     """A post-processor that raises fails the item; the run goes on."""
     transport = ScriptedTransport({url(n): [Ok(b"d")] for n in ("pp-boom", "ok")})
-    config = make_config(tmp_path, processing={
-        "post_processor": "tests.plugins:ExplodingPostProcessor"})
+    config = make_config(
+        tmp_path, processing={"post_processor": "tests.plugins:ExplodingPostProcessor"}
+    )
     with Pipeline(config, transport_factory=transport) as pipeline:
         pipeline.submit([{"url": url(n), "id": n} for n in ("pp-boom", "ok")])
         summary = pipeline.wait(TIMEOUT)
@@ -96,8 +104,7 @@ def test_post_processor_exception_fails_only_that_item(tmp_path: Path) -> None:
 
 def test_downloader_crash_is_restarted_and_the_item_completes(tmp_path: Path) -> None:
     """A bug in the transport crashes the downloader; its item is re-dispatched."""
-    transport = ScriptedTransport({url("a"): [Crash(), Ok(b"after restart")],
-                                   url("b"): [Ok(b"b")]})
+    transport = ScriptedTransport({url("a"): [Crash(), Ok(b"after restart")], url("b"): [Ok(b"b")]})
     config = make_config(tmp_path, download={"workers": 1, "mailbox": 2})
     with capture_logs() as logs, Pipeline(config, transport_factory=transport) as pipeline:
         pipeline.submit([{"url": url("a"), "id": "a"}, {"url": url("b"), "id": "b"}])
@@ -115,8 +122,11 @@ def test_downloader_crash_is_restarted_and_the_item_completes(tmp_path: Path) ->
 def test_exceeding_restart_intensity_ends_the_run_with_a_clear_error(tmp_path: Path) -> None:
     """A downloader that keeps crashing ends the run instead of looping."""
     transport = ScriptedTransport({url(i): [Crash("bug in transport")] for i in range(10)})
-    config = make_config(tmp_path, download={"max_attempts": 10},
-                         supervisor={"max_restarts": 2, "restart_window": 60.0})
+    config = make_config(
+        tmp_path,
+        download={"max_attempts": 10},
+        supervisor={"max_restarts": 2, "restart_window": 60.0},
+    )
     with Pipeline(config, transport_factory=transport) as pipeline:
         pipeline.submit([{"url": url(i)} for i in range(10)])
         summary = pipeline.wait(TIMEOUT)
@@ -127,8 +137,9 @@ def test_exceeding_restart_intensity_ends_the_run_with_a_clear_error(tmp_path: P
     assert summary.exit_code == 3
 
 
-@pytest.mark.parametrize("name", ["../../x", "/abs/x", "a/../../b", "..", "", "a\x00b",
-                                  "a\nb", "n" * 300])
+@pytest.mark.parametrize(
+    "name", ["../../x", "/abs/x", "a/../../b", "..", "", "a\x00b", "a\nb", "n" * 300]
+)
 def test_hostile_names_never_write_outside_the_output_dir(tmp_path: Path, name: str) -> None:
     """Each hostile name is rejected as invalid_entry and nothing lands outside."""
     transport = ScriptedTransport({url("x"): [Ok(b"payload")]})
@@ -170,7 +181,8 @@ def test_events_and_stats_are_available_to_the_host(tmp_path: Path) -> None:
     pipeline.close_input()
     kinds = [type(e) for e in events]
     assert kinds[0] is DownloadStarted
-    assert DownloadComplete in kinds and Outcome in kinds
+    assert DownloadComplete in kinds
+    assert Outcome in kinds
     assert kinds[-1] is RunFinished
     assert pipeline.wait(TIMEOUT).exit_code == 0
 

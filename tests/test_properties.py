@@ -1,0 +1,92 @@
+"""Property: any mix of outcomes through the real actors ends with one terminal record each."""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pykka
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runtime import Pipeline
+from runtime.testing import Crash, Ok, ScriptedTransport, Status, Step, capture_logs
+from tests.helpers import make_config, read_manifest
+
+MAX_ATTEMPTS = 3
+STEPS = {
+    "ok": Ok(b"payload"),
+    "transient": Status(503),
+    "permanent": Status(404),
+    "crash": Crash("injected crash"),
+}
+
+
+def expected(script: list[str], boom: bool) -> tuple[str, str | None, int]:
+    """Reference model: (status, error_kind, requests) for one item's script."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        step = script[min(attempt - 1, len(script) - 1)]
+        if step == "ok":
+            return ("failed", "processing_error", attempt) if boom else ("completed", None, attempt)
+        if step == "permanent":
+            return "failed", "http_4xx", attempt
+        if attempt == MAX_ATTEMPTS:
+            return "failed", "http_5xx" if step == "transient" else "worker_crash", attempt
+    raise AssertionError("unreachable")
+
+
+item_strategy = st.tuples(
+    st.lists(st.sampled_from(sorted(STEPS)), min_size=1, max_size=4), st.booleans()
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    items=st.lists(item_strategy, min_size=1, max_size=12),
+    workers=st.integers(1, 4),
+    mailbox=st.integers(1, 3),
+    processors=st.integers(1, 3),
+)
+def test_every_item_ends_exactly_once(
+    items: list[tuple[list[str], bool]], workers: int, mailbox: int, processors: int
+) -> None:
+    """Terminal records are unique and complete, match the model, and mailboxes hold."""
+    names = [f"{'boom' if boom else 'item'}-{i}" for i, (_, boom) in enumerate(items)]
+    script: dict[str, list[Step]] = {
+        f"http://h.test/{name}": [STEPS[s] for s in steps]
+        for name, (steps, _) in zip(names, items, strict=True)
+    }
+    transport = ScriptedTransport(script)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = make_config(
+            Path(tmp),
+            download={"workers": workers, "mailbox": mailbox, "max_attempts": MAX_ATTEMPTS},
+            processing={"workers": processors, "processor": "tests.plugins:FailingProcessor"},
+            supervisor={"max_restarts": 1000},
+        )
+        with capture_logs() as logs, Pipeline(config, transport_factory=transport) as pipeline:
+            pipeline.submit([{"url": u, "id": n} for n, u in zip(names, script, strict=True)])
+            summary = pipeline.wait(15)
+        f = summary.finished
+        assert f.accepted == len(items)
+        assert f.completed + f.failed + f.skipped == f.accepted
+        assert summary.stats["max_leased"] <= mailbox
+        records = read_manifest(config.manifest_path)
+        assert sorted(r["id"] for r in records) == sorted(names)
+        db = sqlite3.connect(Path(config.state.dir) / "state.sqlite3")
+        stored = dict(db.execute("SELECT id, status FROM items").fetchall())
+        db.close()
+        for record, (name, (steps, boom)), url in zip(
+            sorted(records, key=lambda r: int(r["id"].split("-")[1])),
+            zip(names, items, strict=True),
+            script,
+            strict=True,
+        ):
+            status, kind, requests = expected(steps, boom)
+            assert (record["status"], record["error_kind"]) == (status, kind), (name, steps)
+            assert stored[name] == status
+            assert transport.requests[url] == requests
+    protocol_errors = [e for e in logs if "ProtocolError" in str(e.get("error", ""))]
+    assert protocol_errors == []
+    assert pykka.ActorRegistry.get_all() == []
