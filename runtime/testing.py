@@ -198,7 +198,7 @@ class LocalFileServer:
         self.fail_first = dict(fail_first or {})
         self.delay = delay
         self.counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._stop = threading.Event()
         owner = self
 
@@ -229,11 +229,17 @@ class LocalFileServer:
         """The full url of a path."""
         return self.base_url + path
 
+    def wait_for_requests(self, n: int, timeout: float) -> bool:
+        """Block until the server has seen ``n`` requests in all; False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self.counts.total() >= n, timeout)
+
     def _serve(self, handler: http.server.BaseHTTPRequestHandler) -> None:
         path = handler.path.split("?", 1)[0]
         with self._lock:
             self.counts[path] += 1
             n = self.counts[path]
+            self._lock.notify_all()
         if self.delay:
             self._stop.wait(self.delay)
         body = self.files.get(path)

@@ -1,0 +1,207 @@
+"""``python -m runtime`` as a user runs it: real subprocesses against a real local server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.testing import LocalFileServer
+from tests.helpers import read_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 120
+
+
+def make_files(count: int, seed: int = 1) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    return {f"/f{i:04d}.bin": rng.randbytes(rng.randint(100, 20_000)) for i in range(count)}
+
+
+def write_run(
+    tmp_path: Path, server: LocalFileServer, files: dict[str, bytes], extra: str = ""
+) -> Path:
+    with (tmp_path / "files.ndjson").open("w") as fh:
+        for path, body in files.items():
+            sha = hashlib.sha256(body).hexdigest()
+            fh.write(f'{{"id": "{path[1:]}", "url": "{server.url(path)}", "sha256": "{sha}"}}\n')
+    config = tmp_path / "conveyor.toml"
+    config.write_text(
+        '[input]\npath = "files.ndjson"\n[output]\ndir = "out"\n'
+        '[state]\ndir = "state"\npersist_interval = 0.05\n' + extra
+    )
+    return config
+
+
+def run(*args: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+        **kwargs,
+    )  # type: ignore[call-overload]
+
+
+def start(*args: str | Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime", *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def committed_completed(state_dir: Path) -> set[str]:
+    db = sqlite3.connect(state_dir / "state.sqlite3")
+    try:
+        return {i for (i,) in db.execute("SELECT id FROM items WHERE status='completed'")}
+    finally:
+        db.close()
+
+
+def assert_all_verified(out: Path, files: dict[str, bytes]) -> None:
+    for path, body in files.items():
+        assert (
+            hashlib.sha256((out / path[1:]).read_bytes()).digest() == hashlib.sha256(body).digest()
+        ), path
+    assert not list(out.glob("*.part"))
+
+
+def test_run_downloads_500_files_and_writes_the_manifest(tmp_path: Path) -> None:
+    """500 files through the CLI: every sha256 matches, 500 completed manifest lines."""
+    files = make_files(500)
+    with LocalFileServer(files) as server:
+        config = write_run(tmp_path, server, files)
+        result = run("run", config, "--log-format", "json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_all_verified(tmp_path / "out", files)
+    records = read_manifest(tmp_path / "state" / "manifest.jsonl")
+    assert len(records) == 500
+    assert {r["status"] for r in records} == {"completed"}
+    assert {r["id"] for r in records} == {p[1:] for p in files}
+    assert "completed   500" in result.stdout
+
+
+def test_kill_9_then_rerun_completes_without_downloading_twice(tmp_path: Path) -> None:
+    """After SIGKILL, items committed as completed are never requested again."""
+    files = make_files(200, seed=2)
+    with LocalFileServer(files, delay=0.02) as server:
+        config = write_run(tmp_path, server, files, "[download]\nworkers = 4\n")
+        proc = start("run", config)
+        try:
+            assert server.wait_for_requests(80, timeout=TIMEOUT), "the run never got going"
+            done_before = committed_completed(tmp_path / "state")
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=TIMEOUT) == -signal.SIGKILL
+        finally:
+            proc.kill()
+            proc.communicate()
+        done_before = committed_completed(tmp_path / "state")  # what the kill left committed
+        assert 0 < len(done_before) < 200
+        server.delay = 0
+        result = run("run", config)
+        assert result.returncode == 0, result.stderr[-2000:]
+        for item_id in done_before:
+            assert server.counts[f"/{item_id}"] == 1, item_id
+        assert sum(server.counts.values()) < 200 + 4 * 2 + 1  # at most the in-flight again
+    assert_all_verified(tmp_path / "out", files)
+    records = read_manifest(tmp_path / "state" / "manifest.jsonl")
+    assert sorted(r["id"] for r in records) == sorted(p[1:] for p in files)
+    assert {r["status"] for r in records} == {"completed"}
+
+
+def test_sigint_stops_gracefully_and_a_rerun_completes_the_rest(tmp_path: Path) -> None:
+    """SIGINT: in-flight items finish, exit code 130, the next run does the rest."""
+    files = make_files(150, seed=3)
+    with LocalFileServer(files, delay=0.03) as server:
+        config = write_run(tmp_path, server, files, "[download]\nworkers = 2\n")
+        proc = start("run", config)
+        try:
+            assert server.wait_for_requests(10, timeout=TIMEOUT)
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=TIMEOUT)
+        finally:
+            proc.kill()
+        assert proc.returncode == 130, stderr[-2000:]
+        assert "finishing in-flight items" in stderr
+        assert "pending (next run)" in stdout
+        first = committed_completed(tmp_path / "state")
+        assert 0 < len(first) < 150
+        server.delay = 0
+        result = run("run", config)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert set(server.counts.values()) == {1}  # graceful: nothing was fetched twice
+    assert_all_verified(tmp_path / "out", files)
+
+
+def test_simulated_run_needs_no_network(tmp_path: Path) -> None:
+    """--simulate-downloads drives the same pipeline with the seeded transport."""
+    (tmp_path / "files.ndjson").write_text(
+        "".join(f'{{"url": "http://sim.invalid/{i}.bin"}}\n' for i in range(50))
+    )
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[input]\npath = "files.ndjson"\n[simulate]\nfailure_rate = 0.2\n'
+        "seed = 5\n[download]\nmax_attempts = 10\n"
+    )
+    result = run("run", config, "--simulate-downloads")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((tmp_path / "downloads").iterdir())) == 50
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
+    """A config error is one clear line and exit code 2."""
+    config = tmp_path / "c.toml"
+    config.write_text('[input]\npath = "x.json"\n[download]\nworkers = "many"\n')
+    result = run("run", config)
+    assert result.returncode == 2
+    assert f"{config}: download.workers must be integer" in result.stderr
+
+
+def test_broken_input_exits_2_naming_the_line(tmp_path: Path) -> None:
+    """A JSON array that breaks mid-way ends the run with exit 2 and the line."""
+    (tmp_path / "files.json").write_text('[\n{"url": "http://127.0.0.1:9/a"},\n{"url": ]\n')
+    config = tmp_path / "c.toml"
+    config.write_text('[input]\npath = "files.json"\n[download]\nmax_attempts = 1\n')
+    result = run("run", config)
+    assert result.returncode == 2, result.stdout
+    assert "files.json: line 3: malformed JSON array" in result.stdout
+
+
+@pytest.mark.parametrize("args", [("--help",), ("run", "--help"), ("demo", "--help")])
+def test_help_explains_every_option(args: tuple[str, ...]) -> None:
+    """--help lists the options and the exit codes."""
+    result = run(*args)
+    assert result.returncode == 0
+    if args[0] == "run":
+        for option in ("--simulate-downloads", "--debug", "--log-format", "130"):
+            assert option in result.stdout
+    assert "usage:" in result.stdout
+
+
+def test_console_script_matches_python_m_runtime() -> None:
+    """The installed `conveyor` entry point is the same CLI."""
+    exe = Path(sys.executable).with_name("conveyor")
+    if not exe.exists():
+        pytest.skip("the project is not installed with its console script")
+    result = subprocess.run(
+        [exe, "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=TIMEOUT,
+        env={**os.environ},
+    )
+    assert result.returncode == 0
+    assert "run" in result.stdout and "demo" in result.stdout
