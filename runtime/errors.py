@@ -75,7 +75,8 @@ class HTTPStatusError(FetchError):
 
     def __init__(self, status: int, url: str) -> None:
         transient = status >= 500 or status in (408, 429)
-        kind = "rate_limited" if status == 429 else ("http_5xx" if status >= 500 else "http_4xx")
+        kinds = {429: "rate_limited", 408: "timeout"}
+        kind = kinds.get(status, "http_5xx" if status >= 500 else "http_4xx")
         super().__init__(f"HTTP {status} for {url}", error_kind=kind, permanent=not transient)
         self.status = status
 

@@ -204,4 +204,5 @@ def test_console_script_matches_python_m_runtime() -> None:
         env={**os.environ},
     )
     assert result.returncode == 0
-    assert "run" in result.stdout and "demo" in result.stdout
+    assert "run" in result.stdout
+    assert "demo" in result.stdout
