@@ -86,11 +86,8 @@ class Downloader(ChildActor):
         self.out_dir = Path(config.output.dir)
         self.real_out = os.path.realpath(self.out_dir)
         self.queue: deque[WorkItem] = deque()
-        self.transport: Transport | None = None
-
-    def on_start(self) -> None:
-        """Open the transport (its own connection pool)."""
-        self.transport = self.transport_factory()
+        # Built here, in the starting thread: a failing on_start would stop us silently.
+        self.transport: Transport | None = transport_factory()
 
     def on_stop(self) -> None:
         """Close the transport."""

@@ -42,10 +42,9 @@ class PostProcessor(ChildActor):
         self.state_keeper = state_keeper
         self.plugin = plugin
         self.context = context
-
-    def on_start(self) -> None:
-        """Open the plugin."""
-        self.plugin.open(self.context)
+        # Opened here, in the starting thread, so an unwritable manifest fails the start
+        # (a failing on_start would stop this actor without telling anyone).
+        plugin.open(context)
 
     def on_stop(self) -> None:
         """Close the plugin (flush the manifest)."""

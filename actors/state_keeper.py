@@ -17,6 +17,7 @@ Flow of one item::
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,7 @@ from messages import (
 )
 from runtime.clock import Clock
 from runtime.config import Config
+from runtime.errors import ConveyorError
 from runtime.logs import get_logger
 from runtime.store import SQLiteStore
 
@@ -81,7 +83,6 @@ class StateKeeper(pykka.ThreadingActor):
         self.supervisor = supervisor
         self.clock = clock
         self.on_event = on_event or (lambda _m: None)
-        self.store: SQLiteStore | None = None
         self.workers: dict[str, _Worker] = {}
         self.post_processor: str | None = None
         self.ready: deque[WorkItem] = deque()
@@ -108,19 +109,30 @@ class StateKeeper(pykka.ThreadingActor):
         }
         self.open_items = 0
         self.backlog_limit = config.processing.backlog or 4 * config.processing.workers
+        self.store: SQLiteStore | None = self._open_store()
 
     # -- life cycle ---------------------------------------------------------------------
 
-    def on_start(self) -> None:
-        """Open the store and pick up where an earlier run stopped."""
-        self.store = SQLiteStore(Path(self.config.state.dir))
-        counts = self.store.counts()
+    def _open_store(self) -> SQLiteStore:
+        """Open the store and pick up where an earlier run stopped.
+
+        Runs in ``__init__``, in the starting thread, so a state directory that cannot be
+        opened is an error for whoever starts the run (a failing ``on_start`` would stop
+        the actor silently).
+        """
+        state_dir = Path(self.config.state.dir)
+        try:
+            store = SQLiteStore(state_dir)
+            counts = store.counts()
+            self.open_items = store.open_count()
+            self.unsent_reports.extend(store.recover())
+        except (OSError, sqlite3.Error) as exc:
+            raise ConveyorError(f"cannot open the state in {state_dir}: {exc}") from exc
         self.stats["accepted"] = sum(counts.values())
         for status in ("completed", "failed", "skipped"):
             self.stats[status] = counts.get(status, 0)
-        self.open_items = self.store.open_count()
-        self.unsent_reports.extend(self.store.recover())
-        log.info("state opened", path=str(self.store.path), **counts)
+        log.info("state opened", path=str(store.path), **counts)
+        return store
 
     def on_stop(self) -> None:
         """Commit whatever is left."""
@@ -403,7 +415,8 @@ class StateKeeper(pykka.ThreadingActor):
 
     def _cancel(self, reason: str, abort: bool) -> None:
         self.granting = False
-        self.end_reason = reason
+        if self.end_reason == "done":  # the first reason is the one to report
+            self.end_reason = reason
         if abort:
             self._finish()
 

@@ -41,6 +41,7 @@ from actors.state_keeper import EventSink, StateKeeper
 from messages import Cancel, RunFinished
 from runtime.clock import Clock
 from runtime.config import Config
+from runtime.errors import ConveyorError
 from runtime.logs import get_logger
 from runtime.plugins import BasePostProcessor, BaseProcessor, PluginContext, load_plugin
 from runtime.transport import TransportFactory
@@ -106,8 +107,24 @@ class Supervisor(pykka.ThreadingActor):
 
     # -- start ----------------------------------------------------------------------------
 
+    def _start(self) -> pykka.ActorRef[Any]:
+        """Start everything; on failure stop what did start and re-raise for the asker."""
+        try:
+            return self._start_all()
+        except BaseException:
+            self.finished = True
+            for ref in [*self.children.values(), self.state_keeper]:
+                if ref is not None:
+                    ref.stop(block=False)
+            self.actor_ref.stop(block=False)
+            raise
+
     def _start_all(self) -> pykka.ActorRef[Any]:
-        Path(self.config.output.dir).mkdir(parents=True, exist_ok=True)
+        out = Path(self.config.output.dir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConveyorError(f"cannot create the output directory {out}: {exc}") from exc
         # Build every plugin first, so a bad plugin spec fails before anything runs.
         self._processor_plugin()
         self._post_processor_plugin()
@@ -188,7 +205,7 @@ class Supervisor(pykka.ThreadingActor):
         """Dispatch one message."""
         match message:
             case Start():
-                return self._start_all()
+                return self._start()
             case ChildCrashed():
                 self._crashed(message)
             case Shutdown(reason=reason, grace=grace):
@@ -284,9 +301,17 @@ class Supervisor(pykka.ThreadingActor):
         self.finished = True
         self.cancel.set()
         self.stop_ticker.set()
-        for worker, ref in list(self.children.items()):
-            if not worker.startswith("post_processor"):
-                ref.stop(block=False)
+        stopping = [
+            ref.stop(block=False)
+            for worker, ref in list(self.children.items())
+            if not worker.startswith("post_processor")
+        ]
+        # Give transfers that saw the cancel token a moment to clean up; a read blocked in
+        # the network is not waited for (the store already says pending).
+        deadline = self.clock.now() + 2.0
+        for future in stopping:
+            with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
+                future.get(timeout=max(0.0, deadline - self.clock.now()))
         for worker, ref in list(self.children.items()):
             if worker.startswith("post_processor"):
                 ref.stop(block=True, timeout=30)  # flush the manifest before we report

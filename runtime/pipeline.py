@@ -139,11 +139,8 @@ class Pipeline:
             on_event=self._event,
             on_finished=self._finished,
         )
-        try:
-            self._state_keeper = self._supervisor.ask(Start(), block=True)
-        except BaseException:
-            pykka.ActorRegistry.stop_all()
-            raise
+        # The supervisor stops whatever it started when this raises.
+        self._state_keeper = self._supervisor.ask(Start(), block=True)
         if self.config.input.path:
             self._feeder = threading.Thread(target=self._feed, name="conveyor-feeder", daemon=True)
             self._feeder.start()

@@ -29,6 +29,7 @@ __all__ = [
     "LocalFileServer",
     "Ok",
     "ScriptedTransport",
+    "Stall",
     "Status",
     "capture_logs",
 ]
@@ -87,6 +88,18 @@ class Ok:
 
 
 @dataclass(frozen=True, slots=True)
+class Stall:
+    """Answer 200, send ``first`` and then nothing, until the download is cancelled.
+
+    Empty chunks keep coming every ``every`` seconds (real time, in the downloader's
+    thread) so the downloader's cancel token is checked, as it would be between reads.
+    """
+
+    first: bytes = b"x"
+    every: float = 0.01
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     """Answer with an HTTP error status."""
 
@@ -108,17 +121,26 @@ class Crash:
     message: str = "scripted crash"
 
 
-Step = Ok | Status | Fail | Crash
+Step = Ok | Stall | Status | Fail | Crash
 
 
 class _ScriptedResponse:
-    def __init__(self, status: int, body: bytes, cut_after: int | None) -> None:
+    def __init__(
+        self, status: int, body: bytes, cut_after: int | None, stall: float | None = None
+    ) -> None:
         self.status = status
         self.headers: Mapping[str, str] = {"Content-Length": str(len(body))}
         self._body = body
         self._cut = cut_after
+        self._stall = stall
+        self._closed = threading.Event()
 
     def iter_bytes(self, chunk_size: int) -> Iterator[bytes]:
+        if self._stall is not None:
+            yield self._body
+            while not self._closed.wait(self._stall):
+                yield b""
+            return
         limit = len(self._body) if self._cut is None else self._cut
         for i in range(0, limit, chunk_size):
             yield self._body[i : min(i + chunk_size, limit)]
@@ -126,7 +148,7 @@ class _ScriptedResponse:
             raise FetchError("connection reset by peer (scripted)", error_kind="connection")
 
     def close(self) -> None:
-        pass
+        self._closed.set()
 
 
 class ScriptedTransport:
@@ -155,6 +177,8 @@ class ScriptedTransport:
         match step:
             case Ok(body=body, cut_after=cut):
                 return _ScriptedResponse(200, body, cut)
+            case Stall(first=first, every=every):
+                return _ScriptedResponse(200, first, None, stall=every)
             case Status(code=code):
                 return _ScriptedResponse(code, b"", None)
             case Fail(error_kind=kind, permanent=permanent):

@@ -206,3 +206,29 @@ def test_console_script_matches_python_m_runtime() -> None:
     assert result.returncode == 0
     assert "run" in result.stdout
     assert "demo" in result.stdout
+
+
+def test_a_second_signal_aborts_at_once(tmp_path: Path) -> None:
+    """SIGINT twice: no waiting for the grace period, exit code 130."""
+    files = make_files(20, seed=4)
+    with LocalFileServer(files, delay=30) as server:
+        config = write_run(
+            tmp_path, server, files, "[download]\nworkers = 2\n[supervisor]\nshutdown_grace = 60\n"
+        )
+        proc = start("run", config)
+        try:
+            assert server.wait_for_requests(2, timeout=TIMEOUT)
+            proc.send_signal(signal.SIGINT)
+            assert proc.stderr is not None
+            seen = ""
+            while "finishing in-flight items" not in seen:  # one signal at a time: the OS
+                line = proc.stderr.readline()  # merges two that arrive before the handler
+                assert line, "the run ended without acknowledging the first signal"
+                seen += line
+            proc.send_signal(signal.SIGINT)
+            _, rest = proc.communicate(timeout=20)  # far less than grace or server delay
+            stderr = seen + rest
+        finally:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "aborted; state is as of the last commit" in stderr

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 from pathlib import Path
 
+import pykka
 import pytest
+import structlog
 
 from messages import DownloadComplete, DownloadStarted, Outcome, RunFinished
-from runtime import Pipeline
-from runtime.testing import Crash, Fail, Ok, ScriptedTransport, Status, capture_logs
+from runtime import ConfigError, ConveyorError, Pipeline
+from runtime.testing import Crash, Fail, Ok, ScriptedTransport, Stall, Status, capture_logs
 from tests.helpers import files_outside, make_config, read_manifest
 
 TIMEOUT = 60
@@ -199,3 +203,76 @@ def test_if_exists_skip_records_existing_files_as_skipped(tmp_path: Path) -> Non
     assert summary.finished.skipped == 1
     assert transport.requests[url("a")] == 0
     assert summary.exit_code == 1
+
+
+def test_graceful_stop_aborts_transfers_still_running_after_the_grace(tmp_path: Path) -> None:
+    """stop(grace): a stalled transfer is cancelled at the deadline and stays pending."""
+    transport = ScriptedTransport(
+        {url("stuck"): [Stall(), Ok(b"finally")], url("quick"): [Ok(b"q")]}
+    )
+    config = make_config(tmp_path, download={"workers": 2})
+    pipeline = Pipeline(config, transport_factory=transport)
+    events = pipeline.events()
+    pipeline.start()
+    pipeline.submit([{"url": url("stuck"), "id": "stuck"}])
+    for event in events:
+        if isinstance(event, DownloadStarted) and event.item_id == "stuck":
+            break
+    pipeline.stop(grace=0.2)
+    summary = pipeline.wait(TIMEOUT)
+    assert summary.finished.reason == "interrupted"
+    assert summary.finished.pending == 1
+    assert summary.exit_code == 130
+    assert not (Path(config.output.dir) / "stuck").exists()  # never under its final name
+    with Pipeline(config, transport_factory=transport) as again:
+        again.submit([{"url": url("stuck"), "id": "stuck"}, {"url": url("quick")}])
+        rerun = again.wait(TIMEOUT)
+    assert rerun.exit_code == 0
+    assert (Path(config.output.dir) / "stuck").read_bytes() == b"finally"
+
+
+def test_start_fails_cleanly_when_the_state_cannot_be_opened(tmp_path: Path) -> None:
+    """An unusable state directory is an error from start(), and no actor is left."""
+    (tmp_path / "state").write_text("a file, not a directory")
+    config = make_config(tmp_path)
+    with pytest.raises(ConveyorError, match="cannot open the state in"):
+        Pipeline(config, transport_factory=ScriptedTransport({})).start()
+    assert wait_for_no_actors()
+
+
+def test_start_fails_cleanly_on_a_bad_plugin(tmp_path: Path) -> None:
+    """A plugin that cannot be imported names the config key."""
+    config = make_config(tmp_path, processing={"processor": "no.such.module:Thing"})
+    with pytest.raises(ConfigError, match=r"processing\.processor: cannot import 'no\.such"):
+        Pipeline(config, transport_factory=ScriptedTransport({})).start()
+    assert wait_for_no_actors()
+
+
+def wait_for_no_actors() -> bool:
+    """The actors stop asynchronously after a failed start; join their threads."""
+    for thread in threading.enumerate():
+        if thread.name.startswith(
+            ("StateKeeper", "_Supervised", "Supervisor", "Downloader", "Processor", "PostProcessor")
+        ):
+            thread.join(timeout=10)
+    return pykka.ActorRegistry.get_all() == []
+
+
+def test_log_lines_about_an_item_carry_its_id(tmp_path: Path) -> None:
+    """Every line an actor logs while working on an item has the item's id."""
+    transport = ScriptedTransport({url("a"): [Status(500), Ok(b"a")]})
+    config = make_config(tmp_path)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with (
+            capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs,
+            Pipeline(config, transport_factory=transport) as pipeline,
+        ):
+            pipeline.submit([{"url": url("a"), "id": "item-a"}])
+            pipeline.wait(TIMEOUT)
+    finally:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    failures = [e for e in logs if e["event"] == "download failed"]
+    assert failures
+    assert all(e.get("item_id") == "item-a" for e in failures)
+    assert failures[0]["error_kind"] == "http_5xx"
