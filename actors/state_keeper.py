@@ -277,7 +277,7 @@ class StateKeeper(pykka.ThreadingActor):
         if not failed.counts_attempt:
             self.retry.append(dataclasses.replace(item, attempts=item.attempts - 1))
             return
-        if failed.permanent or item.attempts >= self.config.download.max_attempts:
+        if failed.permanent or item.attempts >= self.config.retry.max_attempts:
             self._report(
                 _outcome(item, status="failed", error_kind=failed.error_kind, error=failed.error)
             )
@@ -399,7 +399,7 @@ class StateKeeper(pykka.ThreadingActor):
             self.retry.append(dataclasses.replace(item, attempts=item.attempts - 1))
             return
         self.started.discard(item_id)
-        if item.attempts >= self.config.download.max_attempts:
+        if item.attempts >= self.config.retry.max_attempts:
             self._report(
                 _outcome(
                     item,

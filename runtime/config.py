@@ -25,7 +25,9 @@ __all__ = [
     "InputConfig",
     "LogConfig",
     "OutputConfig",
+    "CircuitConfig",
     "ProcessingConfig",
+    "RetryConfig",
     "SimulateConfig",
     "StateConfig",
     "SupervisorConfig",
@@ -79,8 +81,6 @@ class DownloadConfig:
     """Number of downloader actors."""
     mailbox: int = 2
     """Most items leased to one downloader at a time."""
-    max_attempts: int = 3
-    """Attempts per item before a transient failure becomes terminal."""
     connect_timeout: float = 10.0
     """Seconds to establish a connection."""
     read_timeout: float = 30.0
@@ -91,6 +91,47 @@ class DownloadConfig:
     """Least seconds between two progress reports of one transfer."""
     user_agent: str = "conveyor/0.1"
     """User-Agent header sent with every request."""
+    per_host: int = 4
+    """Most concurrent downloads from one host (0: no limit)."""
+    max_size: int = 0
+    """Largest body accepted, counted on decoded bytes (0: no limit)."""
+    max_redirects: int = 10
+    """Most redirects followed for one request."""
+    min_speed: int = 1024
+    """Bytes per second below which a transfer counts as stalling."""
+    stall_window: float = 60.0
+    """Seconds a transfer may stay below ``min_speed`` before it is aborted and retried."""
+    timeout: float = 3600.0
+    """Seconds one attempt may take at most, plus the expected size over ``min_speed``."""
+    large_threshold: int = 104857600
+    """Items known to be larger than this (bytes) go to the large-file lane."""
+    large_workers: int = 1
+    """Downloaders of the large-file lane."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryConfig:
+    """``[retry]``: how transient failures are retried."""
+
+    max_attempts: int = 3
+    """Attempts per item before a transient failure becomes terminal."""
+    backoff_initial: float = 1.0
+    """Seconds before the first retry; doubles with every attempt, with jitter."""
+    backoff_max: float = 60.0
+    """Longest backoff between two attempts."""
+    max_retry_after: float = 300.0
+    """Longest ``Retry-After`` honoured; a server asking for more fails the item
+    ``rate_limited``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitConfig:
+    """``[circuit]``: the per-host circuit breaker."""
+
+    failure_threshold: int = 5
+    """Consecutive transient failures of a host that open its breaker."""
+    reset_timeout: float = 30.0
+    """Seconds an open breaker waits before one probe request (half-open)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +164,8 @@ class SupervisorConfig:
     """Seconds over which restarts are counted."""
     shutdown_grace: float = 10.0
     """Seconds in-flight items get to finish after SIGINT/SIGTERM."""
+    job_timeout: float = 0.0
+    """Seconds the whole run may take before it stops gracefully (0: no limit)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,6 +202,8 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     state: StateConfig = field(default_factory=StateConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)
     processing: ProcessingConfig = field(default_factory=ProcessingConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
@@ -303,7 +348,12 @@ def _check_values(config: Config, source: str) -> Config:
     positive = [
         ("download", "workers"),
         ("download", "mailbox"),
-        ("download", "max_attempts"),
+        ("retry", "max_attempts"),
+        ("circuit", "failure_threshold"),
+        ("download", "max_redirects"),
+        ("download", "stall_window"),
+        ("download", "timeout"),
+        ("download", "large_workers"),
         ("download", "chunk_size"),
         ("processing", "workers"),
         ("state", "persist_interval"),
@@ -320,6 +370,15 @@ def _check_values(config: Config, source: str) -> Config:
         ("processing", "backlog"),
         ("simulate", "latency"),
         ("simulate", "min_size"),
+        ("download", "per_host"),
+        ("download", "max_size"),
+        ("download", "min_speed"),
+        ("download", "large_threshold"),
+        ("retry", "backoff_initial"),
+        ("retry", "backoff_max"),
+        ("retry", "max_retry_after"),
+        ("circuit", "reset_timeout"),
+        ("supervisor", "job_timeout"),
     ]
     for section, key in nonnegative:
         if getattr(getattr(config, section), key) < 0:

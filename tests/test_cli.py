@@ -153,7 +153,7 @@ def test_simulated_run_needs_no_network(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(
         '[input]\npath = "files.ndjson"\n[simulate]\nfailure_rate = 0.2\n'
-        "seed = 5\n[download]\nmax_attempts = 10\n"
+        "seed = 5\n[retry]\nmax_attempts = 10\nbackoff_initial = 0.01\n"
     )
     result = run("run", config, "--simulate-downloads")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -173,7 +173,7 @@ def test_broken_input_exits_2_naming_the_line(tmp_path: Path) -> None:
     """A JSON array that breaks mid-way ends the run with exit 2 and the line."""
     (tmp_path / "files.json").write_text('[\n{"url": "http://127.0.0.1:9/a"},\n{"url": ]\n')
     config = tmp_path / "c.toml"
-    config.write_text('[input]\npath = "files.json"\n[download]\nmax_attempts = 1\n')
+    config.write_text('[input]\npath = "files.json"\n[retry]\nmax_attempts = 1\n')
     result = run("run", config)
     assert result.returncode == 2, result.stdout
     assert "files.json: line 3: malformed JSON array" in result.stdout

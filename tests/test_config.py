@@ -124,14 +124,14 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, '[input]\npath = "f.json"\n[download]\nworkers = 3\n')
     env = {
         "CONVEYOR_DOWNLOAD_WORKERS": "5",
-        "CONVEYOR_DOWNLOAD_MAX_ATTEMPTS": "7",
+        "CONVEYOR_RETRY_MAX_ATTEMPTS": "7",
         "CONVEYOR_STATE_PERSIST_INTERVAL": "0.25",
         "CONVEYOR_OUTPUT_DIR": "elsewhere",
         "CONVEYOR_UNRELATED": "ignored",
     }
     config = load_config(path, environ=env)
     assert config.download.workers == 5
-    assert config.download.max_attempts == 7
+    assert config.retry.max_attempts == 7
     assert config.state.persist_interval == 0.25
     assert config.output.dir == str(tmp_path / "elsewhere")
 

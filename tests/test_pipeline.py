@@ -55,7 +55,7 @@ def test_retries_transient_failures_and_stops_at_permanent_ones(tmp_path: Path) 
             url("down"): [Fail("connection")],
         }
     )
-    config = make_config(tmp_path, download={"max_attempts": 3})
+    config = make_config(tmp_path, retry={"max_attempts": 3})
     with Pipeline(config, transport_factory=transport) as pipeline:
         pipeline.submit([{"url": url(n), "id": n} for n in ("flaky", "gone", "down")])
         summary = pipeline.wait(TIMEOUT)
@@ -128,7 +128,7 @@ def test_exceeding_restart_intensity_ends_the_run_with_a_clear_error(tmp_path: P
     transport = ScriptedTransport({url(i): [Crash("bug in transport")] for i in range(10)})
     config = make_config(
         tmp_path,
-        download={"max_attempts": 10},
+        retry={"max_attempts": 10},
         supervisor={"max_restarts": 2, "restart_window": 60.0},
     )
     with Pipeline(config, transport_factory=transport) as pipeline:

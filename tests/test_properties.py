@@ -61,7 +61,8 @@ def test_every_item_ends_exactly_once(
     with tempfile.TemporaryDirectory() as tmp:
         config = make_config(
             Path(tmp),
-            download={"workers": workers, "mailbox": mailbox, "max_attempts": MAX_ATTEMPTS},
+            download={"workers": workers, "mailbox": mailbox},
+            retry={"max_attempts": MAX_ATTEMPTS},
             processing={"workers": processors, "processor": "tests.plugins:FailingProcessor"},
             supervisor={"max_restarts": 1000},
         )
