@@ -20,12 +20,12 @@ from typing import Any
 from runtime.errors import ConfigError
 
 __all__ = [
+    "CircuitConfig",
     "Config",
     "DownloadConfig",
     "InputConfig",
     "LogConfig",
     "OutputConfig",
-    "CircuitConfig",
     "ProcessingConfig",
     "RetryConfig",
     "SimulateConfig",
