@@ -140,8 +140,14 @@ class FaultServer:
                     self._ok(h, name, size)
             case "reset" | "truncate" | "stall":
                 if first or query.get("always") == "1":
-                    self._broken(h, route, name, size, int(query.get("at", "1000")),
-                                 float(query.get("secs", "30")))
+                    self._broken(
+                        h,
+                        route,
+                        name,
+                        size,
+                        int(query.get("at", "1000")),
+                        float(query.get("secs", "30")),
+                    )
                 else:
                     self._ok(h, name, size)
             case "drip":
@@ -149,8 +155,9 @@ class FaultServer:
             case "redirect":
                 hops = int(args[0])
                 target = f"/redirect/{hops - 1}/{name}" if hops > 1 else f"/ok/{name}"
-                self._plain(h, 302, b"", {"Location": target + (f"?{parts.query}" if
-                                                                 parts.query else "")})
+                self._plain(
+                    h, 302, b"", {"Location": target + (f"?{parts.query}" if parts.query else "")}
+                )
             case "loop":
                 self._plain(h, 302, b"", {"Location": path})
             case "to-ftp":
@@ -174,8 +181,9 @@ class FaultServer:
 
     # -- responses ------------------------------------------------------------------------
 
-    def _plain(self, h: Any, status: int, body: bytes, headers: dict[str, str] | None = None
-               ) -> None:
+    def _plain(
+        self, h: Any, status: int, body: bytes, headers: dict[str, str] | None = None
+    ) -> None:
         h.send_response(status)
         for key, value in (headers or {}).items():
             h.send_header(key, value)
