@@ -37,6 +37,8 @@ class Attach:
     """Where to send its work."""
     credit: int = 0
     """Initial demand (a downloader's mailbox)."""
+    lane: str = "small"
+    """A downloader's lane: ``small`` or ``large`` (files over download.large_threshold)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

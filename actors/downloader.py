@@ -32,6 +32,7 @@ from messages import (
     DownloadStarted,
     Grant,
     ProgressUpdate,
+    ResumeInfo,
     WorkItem,
 )
 from runtime.clock import Clock
@@ -41,10 +42,14 @@ from runtime.errors import (
     ChecksumError,
     FetchError,
     HTTPStatusError,
+    LaneChangeError,
+    StalledError,
+    TooLargeError,
     TruncatedError,
 )
 from runtime.logs import get_logger
-from runtime.transport import Transport, TransportFactory
+from runtime.retry import parse_retry_after
+from runtime.transport import Response, Transport, TransportFactory
 
 __all__ = ["Downloader", "ProtocolError"]
 
@@ -76,9 +81,11 @@ class Downloader(ChildActor):
         transport_factory: TransportFactory,
         clock: Clock,
         cancel: threading.Event,
+        lane: str = "small",
     ) -> None:
         super().__init__(worker=worker, index=index, supervisor=supervisor)
         self.config = config
+        self.lane = lane
         self.state_keeper = state_keeper
         self.transport_factory = transport_factory
         self.clock = clock
@@ -156,7 +163,9 @@ class Downloader(ChildActor):
                 error_kind=exc.error_kind,
                 error=str(exc),
                 permanent=exc.permanent,
-                counts_attempt=not isinstance(exc, CancelledError),
+                counts_attempt=not isinstance(exc, CancelledError | LaneChangeError),
+                retry_after=exc.retry_after,
+                size=exc.size if isinstance(exc, LaneChangeError) else None,
             )
         except OSError as exc:
             log.warning("file system error", error=str(exc))
@@ -196,17 +205,18 @@ class Downloader(ChildActor):
         dest.parent.mkdir(parents=True, exist_ok=True)
         self._check_inside(dest)  # a directory created above may not be a link out
         part = dest.with_name(dest.name + ".part")
-        response = self.transport.open(item.url, {})
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {}
+        if offset and item.validator:
+            headers = {"Range": f"bytes={offset}-", "If-Range": item.validator}
+        response = self.transport.open(item.url, headers)
         try:
-            if response.status >= 400:
-                raise HTTPStatusError(response.status, item.url)
-            expected = _content_length(response.headers)
-            size, digest = self._stream(
-                item,
-                response.iter_bytes(self.config.download.chunk_size),
-                part,
-                expected if expected is not None else item.size,
-            )
+            offset, expected = self._check_response(item, response, offset)
+            size, digest = self._stream(item, response, part, offset, expected)
+        except FetchError as exc:
+            if exc.permanent:  # a transient failure keeps the part for a Range resume
+                part.unlink(missing_ok=True)
+            raise
         except BaseException:
             part.unlink(missing_ok=True)
             raise
@@ -222,29 +232,123 @@ class Downloader(ChildActor):
             worker=self.worker, item=item, path=str(dest), size=size, sha256=digest
         )
 
+    def _check_response(
+        self, item: WorkItem, response: Response, offset: int
+    ) -> tuple[int, int | None]:
+        """Check status, range and size; return the write offset and the expected total."""
+        cfg = self.config.download
+        if response.status >= 400:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise HTTPStatusError(response.status, item.url, retry_after=retry_after)
+        if response.status == 206 and offset:
+            start = _range_start(response.headers.get("Content-Range"))
+            if start != offset:
+                raise FetchError(
+                    f"asked for bytes from {offset}, got {response.headers.get('Content-Range')}"
+                )
+        else:
+            offset = 0  # a full response: start over
+        length = _content_length(response.headers)
+        expected = offset + length if length is not None else item.size
+        if cfg.max_size and expected is not None and expected > cfg.max_size:
+            raise TooLargeError(f"{expected} bytes announced, download.max_size is {cfg.max_size}")
+        if (
+            self.lane == "small"
+            and expected is not None
+            and expected > cfg.large_threshold
+            and not offset
+        ):
+            raise LaneChangeError(expected)
+        validator = _validator(response.headers)
+        if validator is not None and validator != item.validator:
+            tell(
+                self.state_keeper,
+                ResumeInfo(worker=self.worker, item_id=item.id, validator=validator),
+            )
+        return offset, expected
+
     def _stream(
-        self, item: WorkItem, chunks: Any, part: Path, total: int | None
+        self, item: WorkItem, response: Response, part: Path, offset: int, total: int | None
     ) -> tuple[int, str]:
+        """Append the body to ``part`` from ``offset``; return the size and the sha256."""
+        cfg = self.config.download
         digest = hashlib.sha256()
-        received = 0
-        every = self.config.download.progress_interval
-        next_report = self.clock.now() + every
-        with part.open("wb") as fh:
-            for chunk in chunks:
-                if self.cancel.is_set():
-                    raise CancelledError(f"cancelled after {received} bytes")
-                fh.write(chunk)
-                digest.update(chunk)
-                received += len(chunk)
-                if self.clock.now() >= next_report:
-                    next_report = self.clock.now() + every
-                    tell(
-                        self.state_keeper,
-                        ProgressUpdate(
-                            worker=self.worker, item_id=item.id, received=received, total=total
-                        ),
-                    )
+        if offset:
+            _hash_into(digest, part, offset)
+        received = offset
+        now = self.clock.now()
+        limit = cfg.timeout + (total or 0) / max(cfg.min_speed, 1)  # scales with the size
+        deadline = now + limit
+        window_start, window_bytes = now, 0
+        next_report = now + cfg.progress_interval
+        with part.open("r+b" if offset else "wb") as fh:
+            fh.seek(offset)
+            fh.truncate()
+            try:
+                for chunk in response.iter_bytes(cfg.chunk_size):
+                    if self.cancel.is_set():
+                        raise CancelledError(f"cancelled after {received} bytes")
+                    fh.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    window_bytes += len(chunk)
+                    if cfg.max_size and received > cfg.max_size:
+                        raise TooLargeError(f"more than download.max_size = {cfg.max_size} bytes")
+                    now = self.clock.now()
+                    if now - window_start >= cfg.stall_window:
+                        if window_bytes / (now - window_start) < cfg.min_speed:
+                            raise StalledError(
+                                f"{window_bytes} bytes in {now - window_start:.1f} s, below "
+                                f"download.min_speed = {cfg.min_speed} B/s"
+                            )
+                        window_start, window_bytes = now, 0
+                    if now > deadline:
+                        raise FetchError(
+                            f"the download took longer than {limit:.0f} s",
+                            error_kind="timeout",
+                        )
+                    if now >= next_report:
+                        next_report = now + cfg.progress_interval
+                        self._progress(item, received, total)
+            except FetchError as exc:
+                if exc.error_kind == "timeout" and received > offset:
+                    # no byte for a whole read timeout in the middle of a body: a stall
+                    raise StalledError(f"stalled after {received} bytes: {exc}") from exc
+                raise
         return received, digest.hexdigest()
+
+    def _progress(self, item: WorkItem, received: int, total: int | None) -> None:
+        tell(
+            self.state_keeper,
+            ProgressUpdate(worker=self.worker, item_id=item.id, received=received, total=total),
+        )
+
+
+def _validator(headers: Any) -> str | None:
+    """A strong ETag, else Last-Modified: what If-Range may carry."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return str(etag)
+    modified = headers.get("Last-Modified")
+    return str(modified) if modified else None
+
+
+def _range_start(content_range: str | None) -> int | None:
+    """The first byte of ``Content-Range: bytes START-END/TOTAL``."""
+    if not content_range or not content_range.startswith("bytes "):
+        return None
+    try:
+        return int(content_range[6:].split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def _hash_into(digest: Any, path: Path, length: int) -> None:
+    with path.open("rb") as fh:
+        left = length
+        while left > 0 and (chunk := fh.read(min(left, 1 << 20))):
+            digest.update(chunk)
+            left -= len(chunk)
 
 
 def _content_length(headers: Any) -> int | None:

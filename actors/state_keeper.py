@@ -17,6 +17,7 @@ Flow of one item::
 from __future__ import annotations
 
 import dataclasses
+import random
 import sqlite3
 from collections import deque
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from messages import (
     ProcessingComplete,
     ProcessingFailed,
     ProgressUpdate,
+    ResumeInfo,
     RunFinished,
     WorkItem,
 )
@@ -47,6 +49,8 @@ from runtime.clock import Clock
 from runtime.config import Config
 from runtime.errors import ConveyorError
 from runtime.logs import get_logger
+from runtime.retry import RetryPolicy
+from runtime.scheduler import Scheduler
 from runtime.store import SQLiteStore
 
 __all__ = ["EventSink", "StateKeeper"]
@@ -62,6 +66,7 @@ class _Worker:
     kind: str
     ref: pykka.ActorRef[Any]
     credit: int = 0
+    lane: str = "small"
     held: set[str] = dataclasses.field(default_factory=set)
 
 
@@ -77,6 +82,7 @@ class StateKeeper(pykka.ThreadingActor):
         supervisor: pykka.ActorRef[Any],
         clock: Clock,
         on_event: EventSink | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -85,9 +91,7 @@ class StateKeeper(pykka.ThreadingActor):
         self.on_event = on_event or (lambda _m: None)
         self.workers: dict[str, _Worker] = {}
         self.post_processor: str | None = None
-        self.ready: deque[WorkItem] = deque()
-        self.retry: deque[WorkItem] = deque()
-        self.scan_exhausted = False
+        self.policy = RetryPolicy(config.retry, rng or random.Random())
         self.leases: dict[str, tuple[str, WorkItem]] = {}
         self.started: set[str] = set()  # leased items whose transfer began
         self.processing: dict[str, tuple[str, DownloadComplete]] = {}
@@ -110,6 +114,8 @@ class StateKeeper(pykka.ThreadingActor):
         self.open_items = 0
         self.backlog_limit = config.processing.backlog or 4 * config.processing.workers
         self.store: SQLiteStore | None = self._open_store()
+        self.scheduler = Scheduler(config, self.store.next_pending)
+        self.scheduler.load_stats(self.store.load_hosts())
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -152,6 +158,9 @@ class StateKeeper(pykka.ThreadingActor):
                 return None
             case ProgressUpdate():
                 self.on_event(message)
+                return None
+            case ResumeInfo():
+                self._resume_info(message)
                 return None
             case DownloadComplete():
                 self._downloaded(message)
@@ -196,22 +205,12 @@ class StateKeeper(pykka.ThreadingActor):
         self.stats["accepted"] += new
         self.open_items += new
         if result.added:
-            self.scan_exhausted = False
+            self.scheduler.input_grew()
         self.unsent_reports.extend(result.rejected)
         self._pump()
         return result.added
 
     # -- dispatch -----------------------------------------------------------------------
-
-    def _next_item(self) -> WorkItem | None:
-        if self.retry:
-            return self.retry.popleft()
-        if not self.ready and not self.scan_exhausted:
-            assert self.store is not None
-            want = max(64, 2 * self.config.download.workers * self.config.download.mailbox)
-            self.ready.extend(self.store.next_pending(want))
-            self.scan_exhausted = not self.ready
-        return self.ready.popleft() if self.ready else None
 
     def _dispatch(self) -> None:
         if not self.granting:
@@ -219,10 +218,12 @@ class StateKeeper(pykka.ThreadingActor):
         hungry = [(w, s) for w, s in self.workers.items() if s.kind == "downloader" and s.credit]
         for worker, slot in hungry:
             batch: list[WorkItem] = []
+            now = self.clock.now()
             while slot.credit > len(batch) and len(self.processing) < self.backlog_limit:
-                item = self._next_item()
+                item = self.scheduler.next_for(slot.lane, now)
                 if item is None:
                     break
+                self.scheduler.dispatched(item)
                 batch.append(dataclasses.replace(item, attempts=item.attempts + 1))
             if not batch:
                 continue
@@ -254,6 +255,7 @@ class StateKeeper(pykka.ThreadingActor):
         if self._release(done.worker, done.item.id) is None:
             return
         self.on_event(done)
+        self.scheduler.succeeded(done.item, done.size, done.reused)
         if not done.reused:
             self.stats["bytes"] += done.size
         if done.reused and self.config.output.if_exists == "skip":
@@ -274,18 +276,45 @@ class StateKeeper(pykka.ThreadingActor):
         if item is None:
             return
         self.on_event(failed)
-        if not failed.counts_attempt:
-            self.retry.append(dataclasses.replace(item, attempts=item.attempts - 1))
+        if not failed.counts_attempt:  # cancelled, or moved to the large-file lane
+            self.scheduler.released(item, failed.size)
+            self.scheduler.requeue(dataclasses.replace(item, attempts=item.attempts - 1))
             return
-        if failed.permanent or item.attempts >= self.config.retry.max_attempts:
+        now = self.clock.now()
+        decision = self.policy.decide(item.attempts, failed.permanent, failed.retry_after)
+        self.scheduler.failed(item, failed.error_kind, failed.retry_after, now, decision.retry)
+        if not decision.retry:
             self._report(
-                _outcome(item, status="failed", error_kind=failed.error_kind, error=failed.error)
+                _outcome(
+                    item,
+                    status="failed",
+                    error_kind=decision.error_kind or failed.error_kind,
+                    error=decision.error or failed.error,
+                )
             )
             return
         assert self.store is not None
         self.store.record_attempt(item.id, item.attempts, failed.error_kind, failed.error)
         self.stats["retries"] += 1
-        self.retry.append(item)
+        log.info(
+            "retry scheduled",
+            item_id=item.id,
+            error_kind=failed.error_kind,
+            attempt=item.attempts,
+            delay=round(decision.delay, 3),
+        )
+        self.scheduler.requeue(item, now + decision.delay if decision.delay > 0 else 0.0)
+
+    def _resume_info(self, info: ResumeInfo) -> None:
+        lease = self.leases.get(info.item_id)
+        if lease is None or lease[0] != info.worker:
+            return
+        self.leases[info.item_id] = (
+            lease[0],
+            dataclasses.replace(lease[1], validator=info.validator),
+        )
+        assert self.store is not None
+        self.store.record_validator(info.item_id, info.validator)
 
     # -- processing and reporting ---------------------------------------------------------
 
@@ -356,7 +385,7 @@ class StateKeeper(pykka.ThreadingActor):
 
     def _attach(self, attach: Attach) -> None:
         self.workers[attach.worker] = _Worker(
-            kind=attach.kind, ref=attach.ref, credit=attach.credit
+            kind=attach.kind, ref=attach.ref, credit=attach.credit, lane=attach.lane
         )
         if attach.kind == "processor":
             orphans = [(w, d) for w, d in self.processing.values() if not w]
@@ -395,8 +424,9 @@ class StateKeeper(pykka.ThreadingActor):
 
     def _lease_lost(self, item_id: str, error: str) -> None:
         _, item = self.leases.pop(item_id)
+        self.scheduler.released(item)
         if item_id not in self.started:  # still queued: the crash was not its attempt
-            self.retry.append(dataclasses.replace(item, attempts=item.attempts - 1))
+            self.scheduler.requeue(dataclasses.replace(item, attempts=item.attempts - 1))
             return
         self.started.discard(item_id)
         if item.attempts >= self.config.retry.max_attempts:
@@ -409,7 +439,7 @@ class StateKeeper(pykka.ThreadingActor):
                 )
             )
         else:
-            self.retry.append(item)
+            self.scheduler.requeue(item)
 
     # -- the end --------------------------------------------------------------------------
 
@@ -434,6 +464,7 @@ class StateKeeper(pykka.ThreadingActor):
 
     def _commit(self) -> None:
         if self.store is not None:
+            self.store.save_hosts(self.scheduler.take_dirty())
             self.store.commit()
 
     def _stats(self) -> dict[str, Any]:
@@ -443,6 +474,7 @@ class StateKeeper(pykka.ThreadingActor):
             leased=len(self.leases),
             processing=len(self.processing),
             reporting=len(self.reporting),
+            hosts=self.scheduler.host_stats(),
         )
         return stats
 

@@ -14,6 +14,7 @@ and the StateKeeper commits and ends the run, leaving unfinished items pending.
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -88,6 +89,7 @@ class Supervisor(pykka.ThreadingActor):
         clock: Clock,
         on_event: EventSink | None,
         on_finished: FinishCallback,
+        rng: random.Random | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -95,6 +97,7 @@ class Supervisor(pykka.ThreadingActor):
         self.clock = clock
         self.on_event = on_event
         self.on_finished = on_finished
+        self.rng = rng
         self.cancel = threading.Event()
         self.stop_ticker = threading.Event()
         self.children: dict[str, pykka.ActorRef[Any]] = {}
@@ -133,13 +136,19 @@ class Supervisor(pykka.ThreadingActor):
             supervisor=self.actor_ref,
             clock=self.clock,
             on_event=self.on_event,
+            rng=self.rng,
         )
         self._start_child("post_processor", 0)
         for i in range(self.config.processing.workers):
             self._start_child("processor", i)
-        for i in range(self.config.download.workers):
+        d = self.config.download
+        for i in range(d.workers + d.large_workers):  # the large-file lane comes last
             self._start_child("downloader", i)
         threading.Thread(target=self._tick, name="conveyor-ticker", daemon=True).start()
+        if self.config.supervisor.job_timeout:
+            threading.Thread(
+                target=self._job_deadline, name="conveyor-deadline", daemon=True
+            ).start()
         return self.state_keeper
 
     def _processor_plugin(self) -> BaseProcessor:
@@ -164,8 +173,11 @@ class Supervisor(pykka.ThreadingActor):
         common: dict[str, Any] = {"worker": worker, "index": index, "supervisor": self.actor_ref}
         ref: pykka.ActorRef[Any]
         credit = 0
+        lane = "small"
         if kind == "downloader":
+            lane = "large" if index >= self.config.download.workers else "small"
             ref = Downloader.start(
+                lane=lane,
                 **common,
                 config=self.config,
                 state_keeper=self.state_keeper,
@@ -191,7 +203,14 @@ class Supervisor(pykka.ThreadingActor):
                 context=context,
             )
         self.children[worker] = ref
-        tell(self.state_keeper, Attach(worker=worker, kind=kind, ref=ref, credit=credit))
+        attach = Attach(worker=worker, kind=kind, ref=ref, credit=credit, lane=lane)
+        tell(self.state_keeper, attach)
+
+    def _job_deadline(self) -> None:
+        """Stop the run gracefully when supervisor.job_timeout expires."""
+        limit = self.config.supervisor.job_timeout
+        if not self.clock.wait(self.stop_ticker, limit):
+            tell(self.actor_ref, Shutdown(reason=f"job timeout ({limit:g} s)"))
 
     def _tick(self) -> None:
         interval = self.config.state.persist_interval

@@ -16,6 +16,7 @@ from messages.types import (
     ProcessingFailed,
     ProgressUpdate,
     Rejected,
+    ResumeInfo,
     RunFinished,
     WorkItem,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "ProcessingFailed",
     "ProgressUpdate",
     "Rejected",
+    "ResumeInfo",
     "RunFinished",
     "WorkItem",
     "decode",

@@ -35,6 +35,8 @@ class WorkItem:
     """Line of the input the entry came from (0 for items submitted by the API)."""
     attempts: int = 0
     """Download attempts already made, including the one this grant starts."""
+    validator: str | None = None
+    """ETag or Last-Modified of the partial file, for a Range request with If-Range."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,6 +128,20 @@ class ProgressUpdate:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeInfo:
+    """The validator of a transfer under way, so a later attempt can resume it."""
+
+    TAG: ClassVar[str] = "resume_info"
+
+    worker: str
+    """The downloader doing the transfer."""
+    item_id: str
+    """The item being fetched."""
+    validator: str
+    """A strong ETag, or else Last-Modified, of the response being written to ``.part``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DownloadComplete:
     """A file is verified and renamed into place under its final name."""
 
@@ -162,7 +178,11 @@ class DownloadFailed:
     permanent: bool
     """True when retrying cannot help (a 404, a checksum mismatch, a bad name)."""
     counts_attempt: bool = True
-    """False for cancellations, which give the item back without spending an attempt."""
+    """False for cancellations and lane changes, which do not spend an attempt."""
+    retry_after: float | None = None
+    """Seconds the server asked to wait (``Retry-After``), when it did."""
+    size: int | None = None
+    """The body's size when the response announced it (moves an item to the large lane)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,6 +11,8 @@ One root, so a host program can catch everything conveyor raises in one clause::
         ├── TruncatedError     fewer bytes arrived than Content-Length promised
         ├── ChecksumError      the body's sha256 differs from the entry's
         ├── TooLargeError      the body exceeded download.max_size
+        ├── StalledError       slower than download.min_speed for download.stall_window
+        ├── LaneChangeError    too large for the small-file lane (not a failure)
         └── CancelledError     the transfer was cancelled (shutdown)
 
 ``requests`` exceptions never leave ``runtime.transport``: they are translated there,
@@ -27,6 +29,8 @@ __all__ = [
     "FetchError",
     "HTTPStatusError",
     "InputError",
+    "LaneChangeError",
+    "StalledError",
     "SupervisionError",
     "TooLargeError",
     "TruncatedError",
@@ -59,25 +63,37 @@ class FetchError(ConveyorError):
 
     error_kind: str = "connection"
     permanent: bool = False
+    retry_after: float | None = None
 
     def __init__(
-        self, message: str, *, error_kind: str | None = None, permanent: bool | None = None
+        self,
+        message: str,
+        *,
+        error_kind: str | None = None,
+        permanent: bool | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         if error_kind is not None:
             self.error_kind = error_kind
         if permanent is not None:
             self.permanent = permanent
+        self.retry_after = retry_after
 
 
 class HTTPStatusError(FetchError):
     """The server answered with an error status; 4xx is permanent except 408 and 429."""
 
-    def __init__(self, status: int, url: str) -> None:
+    def __init__(self, status: int, url: str, retry_after: float | None = None) -> None:
         transient = status >= 500 or status in (408, 429)
         kinds = {429: "rate_limited", 408: "timeout"}
         kind = kinds.get(status, "http_5xx" if status >= 500 else "http_4xx")
-        super().__init__(f"HTTP {status} for {url}", error_kind=kind, permanent=not transient)
+        super().__init__(
+            f"HTTP {status} for {url}",
+            error_kind=kind,
+            permanent=not transient,
+            retry_after=retry_after,
+        )
         self.status = status
 
 
@@ -99,6 +115,22 @@ class TooLargeError(FetchError):
 
     error_kind = "too_large"
     permanent = True
+
+
+class StalledError(FetchError):
+    """The transfer stayed below download.min_speed for download.stall_window seconds."""
+
+    error_kind = "stalled"
+
+
+class LaneChangeError(FetchError):
+    """The body is larger than download.large_threshold: hand it to the large-file lane."""
+
+    error_kind = "large_file"
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"{size} bytes: moving to the large-file lane")
+        self.size = size
 
 
 class CancelledError(FetchError):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import queue
+import random
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ class Pipeline:
         simulate: bool = False,
         clock: Clock | None = None,
         on_event: Callable[[Any], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         """Prepare a run; nothing starts before ``start()``.
 
@@ -101,6 +103,7 @@ class Pipeline:
             clock: time source (default: the system's monotonic clock).
             on_event: called from the StateKeeper's thread with every message it sees;
                 keep it quick.
+            rng: randomness for backoff jitter (seed it for reproducible runs).
         """
         self.config = config
         self.clock = clock or SystemClock()
@@ -112,6 +115,7 @@ class Pipeline:
             )
         self.transport_factory = transport_factory
         self._on_event = on_event
+        self._rng = rng
         self._events: queue.SimpleQueue[Any] | None = None
         self._done = threading.Event()
         self._summary: RunSummary | None = None
@@ -138,6 +142,7 @@ class Pipeline:
             clock=self.clock,
             on_event=self._event,
             on_finished=self._finished,
+            rng=self._rng,
         )
         # The supervisor stops whatever it started when this raises.
         self._state_keeper = self._supervisor.ask(Start(), block=True)

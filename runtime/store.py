@@ -14,6 +14,7 @@ written yet; a resumed run reports it again.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,11 +41,13 @@ CREATE TABLE IF NOT EXISTS items (
     error TEXT,
     path TEXT,
     final_size INTEGER,
-    final_sha256 TEXT
+    final_sha256 TEXT,
+    validator TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS items_name ON items(name) WHERE name IS NOT NULL;
 CREATE INDEX IF NOT EXISTS items_status ON items(status, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS hosts (host TEXT PRIMARY KEY, stats TEXT NOT NULL);
 """
 _VARS = 500  # parameters per IN (...) query, well below SQLite's limit
 
@@ -243,15 +246,15 @@ class SQLiteStore:
     def next_pending(self, limit: int) -> list[WorkItem]:
         """Return up to ``limit`` pending items after the cursor, in input order."""
         rows = self.db.execute(
-            "SELECT seq, id, url, name, sha256, size, line, attempts FROM items "
+            "SELECT seq, id, url, name, sha256, size, line, attempts, validator FROM items "
             "WHERE status='pending' AND seq > ? ORDER BY seq LIMIT ?",
             (self._cursor, limit),
         ).fetchall()
         if rows:
             self._cursor = rows[-1][0]
         return [
-            WorkItem(id=i, url=u, name=n, sha256=h, size=s, line=ln, attempts=a)
-            for _, i, u, n, h, s, ln, a in rows
+            WorkItem(id=i, url=u, name=n, sha256=h, size=s, line=ln, attempts=a, validator=v)
+            for _, i, u, n, h, s, ln, a, v in rows
         ]
 
     # -- status changes -----------------------------------------------------------------
@@ -262,6 +265,23 @@ class SQLiteStore:
             "UPDATE items SET attempts=?, error_kind=?, error=? WHERE id=?",
             (attempts, error_kind, error, item_id),
         )
+
+    def record_validator(self, item_id: str, validator: str | None) -> None:
+        """Remember how to resume an item's partial file."""
+        self._write("UPDATE items SET validator=? WHERE id=?", (validator, item_id))
+
+    def save_hosts(self, hosts: dict[str, dict[str, Any]]) -> None:
+        """Store per-host statistics (JSON per host)."""
+        self._write(
+            "INSERT INTO hosts (host, stats) VALUES (?, ?) "
+            "ON CONFLICT(host) DO UPDATE SET stats=excluded.stats",
+            [(host, json.dumps(stats, sort_keys=True)) for host, stats in hosts.items()],
+            many=True,
+        )
+
+    def load_hosts(self) -> dict[str, dict[str, Any]]:
+        """Per-host statistics of earlier runs on this state."""
+        return {h: json.loads(s) for h, s in self.db.execute("SELECT host, stats FROM hosts")}
 
     def record_outcome(self, outcome: Outcome) -> None:
         """Make an item terminal."""

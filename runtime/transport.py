@@ -114,7 +114,10 @@ class RequestsTransport:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = config.download.user_agent
-        self.timeout = (config.download.connect_timeout, config.download.read_timeout)
+        self.session.max_redirects = config.download.max_redirects
+        # Silence for a whole stall window is a stall, whatever the read timeout says.
+        read = min(config.download.read_timeout, config.download.stall_window)
+        self.timeout = (config.download.connect_timeout, read)
 
     def open(self, url: str, headers: Mapping[str, str]) -> Response:
         """Send the GET, following redirects."""

@@ -18,6 +18,8 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "download": {"workers": 3, "mailbox": 2},
         "processing": {"workers": 2},
         "supervisor": {"shutdown_grace": 5.0},
+        "retry": {"backoff_initial": 0.0},
+        "circuit": {"reset_timeout": 0.02},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

@@ -1,0 +1,245 @@
+"""What may be dispatched next: per-host limits, breakers, cool-downs, backoff and lanes.
+
+The StateKeeper owns one ``Scheduler`` (plain state, no threads) and asks it for the next
+item a downloader of a given lane may take. Items that cannot go now — their host's breaker
+is open, the host is cooling down after a 429, it is at ``download.per_host``, or the item
+belongs to the other lane — are *parked* per (lane, host) instead of blocking the queue, so
+a blocked host never holds up the others (no head-of-line blocking). Retries wait in a heap
+until their not-before time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from messages import WorkItem
+from runtime.breaker import CircuitBreaker
+from runtime.config import Config
+
+__all__ = ["BREAKER_KINDS", "HostState", "Scheduler", "host_of"]
+
+BREAKER_KINDS = frozenset({"connection", "timeout", "stalled", "truncated", "http_5xx"})
+"""Failure kinds that say something about the host's health and count for its breaker."""
+
+PARK_LIMIT = 10_000
+"""Most items held aside for blocked hosts; past it, dispatch waits instead of reading on."""
+
+
+def host_of(url: str) -> str:
+    """The breaker and statistics key of a url: ``host:port``."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
+@dataclass(slots=True)
+class HostState:
+    """Everything known about one host."""
+
+    breaker: CircuitBreaker
+    active: int = 0
+    not_before: float = 0.0
+    attempts: int = 0
+    successes: int = 0
+    retries: int = 0
+    bytes: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Statistics as plain data."""
+        return {
+            "attempts": self.attempts,
+            "successes": self.successes,
+            "failures": dict(self.failures),
+            "retries": self.retries,
+            "bytes": self.bytes,
+            "active": self.active,
+            "breaker": self.breaker.state,
+            "times_opened": self.breaker.times_opened,
+        }
+
+
+class Scheduler:
+    """See the module docstring."""
+
+    def __init__(self, config: Config, fetch: Callable[[int], list[WorkItem]]) -> None:
+        self.config = config
+        self.fetch = fetch
+        self.hosts: dict[str, HostState] = {}
+        self.ready: deque[WorkItem] = deque()
+        self.due: deque[WorkItem] = deque()
+        self.waiting: list[tuple[float, int, WorkItem]] = []
+        self.parked: dict[tuple[str, str], deque[WorkItem]] = {}
+        self.parked_count = 0
+        self.large_ids: set[str] = set()
+        self.scan_exhausted = False
+        self.dirty: set[str] = set()
+        self._seq = itertools.count()
+
+    # -- hosts ----------------------------------------------------------------------------
+
+    def host(self, url: str) -> HostState:
+        """The state of the url's host, created on first sight."""
+        key = host_of(url)
+        state = self.hosts.get(key)
+        if state is None:
+            c = self.config.circuit
+            state = HostState(breaker=CircuitBreaker(c.failure_threshold, c.reset_timeout))
+            self.hosts[key] = state
+        self.dirty.add(key)
+        return state
+
+    def load_stats(self, saved: dict[str, dict[str, Any]]) -> None:
+        """Continue the statistics of earlier runs (breakers start closed)."""
+        for key, stats in saved.items():
+            c = self.config.circuit
+            self.hosts[key] = HostState(
+                breaker=CircuitBreaker(
+                    c.failure_threshold, c.reset_timeout, times_opened=stats.get("times_opened", 0)
+                ),
+                attempts=stats.get("attempts", 0),
+                successes=stats.get("successes", 0),
+                retries=stats.get("retries", 0),
+                bytes=stats.get("bytes", 0),
+                failures=dict(stats.get("failures", {})),
+            )
+
+    def allowed(self, host: HostState, now: float) -> bool:
+        """Whether one more request may go to ``host`` now."""
+        if now < host.not_before:
+            return False
+        per_host = self.config.download.per_host
+        if per_host and host.active >= per_host:
+            return False
+        return host.breaker.allows(now)
+
+    def lane_of(self, item: WorkItem) -> str:
+        """``large`` for items known to exceed ``download.large_threshold``."""
+        if item.id in self.large_ids:
+            return "large"
+        size = item.size
+        return (
+            "large" if size is not None and size > self.config.download.large_threshold else "small"
+        )
+
+    # -- queues ---------------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        """Whether anything is queued in memory (parked, waiting or ready)."""
+        return bool(self.ready or self.due or self.waiting or self.parked_count)
+
+    def input_grew(self) -> None:
+        """New pending items were stored: read on."""
+        self.scan_exhausted = False
+
+    def requeue(self, item: WorkItem, not_before: float = 0.0) -> None:
+        """Put an item back, to go no earlier than ``not_before``."""
+        if not_before:
+            heapq.heappush(self.waiting, (not_before, next(self._seq), item))
+        else:
+            self.due.append(item)
+
+    def next_wake(self) -> float | None:
+        """The earliest not-before time of a waiting retry."""
+        return self.waiting[0][0] if self.waiting else None
+
+    def _candidate(self) -> WorkItem | None:
+        if self.due:
+            return self.due.popleft()
+        if not self.ready and not self.scan_exhausted:
+            d = self.config.download
+            want = max(64, 2 * (d.workers + d.large_workers) * d.mailbox)
+            self.ready.extend(self.fetch(want))
+            self.scan_exhausted = not self.ready
+        return self.ready.popleft() if self.ready else None
+
+    def _unpark(self, lane: str, now: float) -> WorkItem | None:
+        for (item_lane, key), queue in self.parked.items():
+            if item_lane == lane and self.allowed(self.hosts[key], now):
+                item = queue.popleft()
+                if not queue:
+                    del self.parked[(item_lane, key)]
+                self.parked_count -= 1
+                return item
+        return None
+
+    def next_for(self, lane: str, now: float) -> WorkItem | None:
+        """The next item a downloader of ``lane`` may take now, or None."""
+        while self.waiting and self.waiting[0][0] <= now:
+            self.due.append(heapq.heappop(self.waiting)[2])
+        item = self._unpark(lane, now)
+        if item is not None:
+            return item
+        while self.parked_count < PARK_LIMIT:
+            item = self._candidate()
+            if item is None:
+                return None
+            item_lane = self.lane_of(item)
+            key = host_of(item.url)
+            if item_lane == lane and self.allowed(self.host(item.url), now):
+                return item
+            self.parked.setdefault((item_lane, key), deque()).append(item)
+            self.parked_count += 1
+        return None
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def dispatched(self, item: WorkItem) -> None:
+        """An item was granted to a downloader."""
+        host = self.host(item.url)
+        host.active += 1
+        host.attempts += 1
+        host.breaker.dispatched()
+
+    def succeeded(self, item: WorkItem, size: int, reused: bool) -> None:
+        """A download completed."""
+        host = self.host(item.url)
+        host.active -= 1
+        if reused:
+            host.attempts -= 1  # nothing was requested
+            host.breaker.released()
+            return
+        host.successes += 1
+        host.bytes += size
+        host.breaker.succeeded()
+
+    def failed(
+        self, item: WorkItem, kind: str, retry_after: float | None, now: float, retried: bool
+    ) -> None:
+        """An attempt failed; feed the breaker and the host's cool-down."""
+        host = self.host(item.url)
+        host.active -= 1
+        host.failures[kind] = host.failures.get(kind, 0) + 1
+        if retried:
+            host.retries += 1
+        if kind in BREAKER_KINDS:
+            host.breaker.failed(now)
+        else:
+            host.breaker.released()
+        if kind == "rate_limited" and retry_after:
+            host.not_before = max(host.not_before, now + retry_after)
+
+    def released(self, item: WorkItem, large_size: int | None = None) -> None:
+        """An attempt ended without an outcome (cancelled, crashed, moved lanes)."""
+        host = self.host(item.url)
+        host.active -= 1
+        host.attempts -= 1
+        host.breaker.released()
+        if large_size is not None:
+            self.large_ids.add(item.id)
+
+    def take_dirty(self) -> dict[str, dict[str, Any]]:
+        """Statistics of hosts changed since the last call (for the store)."""
+        dirty = {key: self.hosts[key].as_dict() for key in self.dirty if key in self.hosts}
+        self.dirty.clear()
+        return dirty
+
+    def host_stats(self) -> dict[str, dict[str, Any]]:
+        """Statistics of every host."""
+        return {key: state.as_dict() for key, state in sorted(self.hosts.items())}
