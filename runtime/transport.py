@@ -96,8 +96,14 @@ class _RequestsResponse:
         self.headers: Mapping[str, str] = response.headers
 
     def iter_bytes(self, chunk_size: int) -> Iterator[bytes]:
+        # read1, not iter_content: it returns what has arrived instead of blocking until a
+        # whole chunk is there, so a stall loses no received bytes and a slow transfer
+        # reports progress; decoding is bounded by chunk_size, so a gzip bomb inflates
+        # one chunk at a time.
+        raw = self._response.raw
         try:
-            yield from self._response.iter_content(chunk_size)
+            while chunk := raw.read1(chunk_size, decode_content=True):
+                yield chunk
         except _LIBRARY_ERRORS as exc:
             raise translate(exc, self._url) from exc
 

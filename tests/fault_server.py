@@ -12,7 +12,8 @@ see ``body_of``; ``?size=N`` sets the size, default 10,000 bytes):
 - ``/truncate/<name>?at=M``        first request: M bytes of a longer Content-Length, then
                                    close; ``&always=1`` every time
 - ``/stall/<name>?at=M&secs=S``    first request: M bytes then silence for S seconds
-- ``/drip/<name>?rate=B``          B bytes per 0.1 s (a slow but live transfer)
+- ``/drip/<name>?rate=B``          B bytes per 0.1 s (a slow but live transfer), with
+                                   ETag and Range support
 - ``/redirect/<n>/<name>``         a chain of n redirects to ``/ok/<name>``
 - ``/loop/<name>``                 redirects to itself
 - ``/to-ftp/<name>``               redirects to an ftp:// url
@@ -23,7 +24,8 @@ see ``body_of``; ``?size=N`` sets the size, default 10,000 bytes):
 - ``/chunked/<name>``              the body in chunked transfer encoding
 
 ``counts`` holds requests per path; ``times`` their arrival (``time.monotonic``);
-``ranges`` the Range header each request carried.
+``ranges`` the Range header each request carried; ``max_active`` the most requests that
+were in progress at once.
 """
 
 from __future__ import annotations
@@ -60,18 +62,21 @@ class FaultServer:
         self.counts: Counter[str] = Counter()
         self.times: defaultdict[str, list[float]] = defaultdict(list)
         self.ranges: defaultdict[str, list[str | None]] = defaultdict(list)
+        self.active = 0
+        self.max_active = 0
         self._lock = threading.Condition()
         self.stop = threading.Event()
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in separate writes
 
             def do_GET(self) -> None:
-                owner.handle(self)
+                owner.serve(self)
 
             def do_HEAD(self) -> None:
-                owner.handle(self)
+                owner.serve(self)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -104,6 +109,16 @@ class FaultServer:
             return self._lock.wait_for(lambda: self.counts[path] >= n, timeout)
 
     # -- routing --------------------------------------------------------------------------
+
+    def serve(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            self.handle(h)
+        finally:
+            with self._lock:
+                self.active -= 1
 
     def handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
         parts = urlsplit(h.path)
@@ -151,7 +166,7 @@ class FaultServer:
                 else:
                     self._ok(h, name, size)
             case "drip":
-                self._drip(h, name, size, int(query.get("rate", "10000")))
+                self._ok(h, name, size, rate=int(query.get("rate", "10000")))
             case "redirect":
                 hops = int(args[0])
                 target = f"/redirect/{hops - 1}/{name}" if hops > 1 else f"/ok/{name}"
@@ -201,9 +216,9 @@ class FaultServer:
             return False
         return True
 
-    def _ok(self, h: Any, name: str, size: int) -> None:
+    def _ok(self, h: Any, name: str, size: int, rate: int = 0) -> None:
         body = body_of(name, size)
-        etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+        etag = _etag(body)
         start = 0
         wanted = h.headers.get("Range")
         if_range = h.headers.get("If-Range")
@@ -219,12 +234,20 @@ class FaultServer:
         h.send_header("Accept-Ranges", "bytes")
         h.send_header("Content-Length", str(size - start))
         h.end_headers()
-        if h.command != "HEAD":
+        if h.command == "HEAD":
+            return
+        if not rate:
             self._write(h, body[start:])
+            return
+        for i in range(start, size, rate):
+            if not self._write(h, body[i : i + rate]):
+                return
+            if i + rate < size and self.stop.wait(0.1):
+                return
 
     def _broken(self, h: Any, kind: str, name: str, size: int, at: int, secs: float) -> None:
         body = body_of(name, size)
-        etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+        etag = _etag(body)
         h.send_response(200)
         h.send_header("ETag", etag)
         h.send_header("Accept-Ranges", "bytes")
@@ -235,18 +258,10 @@ class FaultServer:
         if kind == "stall":
             self.stop.wait(secs)
         elif kind == "reset":
+            self.stop.wait(0.2)  # let the client read what was sent before the reset
             h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         h.close_connection = True
         h.connection.close()
-
-    def _drip(self, h: Any, name: str, size: int, rate: int) -> None:
-        body = body_of(name, size)
-        h.send_response(200)
-        h.send_header("Content-Length", str(size))
-        h.end_headers()
-        for i in range(0, size, rate):
-            if not self._write(h, body[i : i + rate]) or self.stop.wait(0.1):
-                return
 
     def _endless(self, h: Any, headers: dict[str, str], chunked: bool = False) -> None:
         h.send_response(200)
@@ -267,3 +282,7 @@ class FaultServer:
             piece = body[i : i + 4096]
             self._write(h, f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
         self._write(h, b"0\r\n\r\n")
+
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:16] + '"'

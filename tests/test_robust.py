@@ -1,0 +1,386 @@
+"""Robust downloads against the fault-injection server, through the real actors.
+
+Every test counts requests server-side; the transport is the real ``requests`` one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from messages import DownloadComplete, DownloadStarted, Outcome
+from runtime import Pipeline
+from runtime.pipeline import RunSummary
+from tests.fault_server import FaultServer, body_of
+from tests.helpers import make_config, read_manifest
+
+TIMEOUT = 60
+MiB = 1 << 20
+
+
+@pytest.fixture
+def server() -> Any:
+    with FaultServer() as srv:
+        yield srv
+
+
+def run(config: Any, entries: list[dict[str, Any]], events: list[Any] | None = None) -> RunSummary:
+    sink = events.append if events is not None else None
+    with Pipeline(config, on_event=sink) as pipeline:
+        pipeline.submit(entries)
+        return pipeline.wait(TIMEOUT)
+
+
+def by_id(config: Any) -> dict[str, dict[str, Any]]:
+    return {r["id"]: r for r in read_manifest(config.manifest_path)}
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def leftovers(config: Any) -> list[str]:
+    return sorted(p.name for p in Path(config.output.dir).rglob("*") if p.is_file())
+
+
+# -- statuses and retries --------------------------------------------------------------
+
+
+def test_404_once_and_503_twice_then_200(tmp_path: Path, server: FaultServer) -> None:
+    """A 404 is permanent (one request); 503, 503, 200 completes on the third request."""
+    config = make_config(tmp_path, retry={"max_attempts": 5})
+    summary = run(
+        config,
+        [
+            {"id": "gone", "url": server.url("/status/404/gone.bin")},
+            {"id": "flaky", "url": server.url("/fail-first/2/503/flaky.bin")},
+            {"id": "teapot", "url": server.url("/status/418/teapot.bin")},
+        ],
+    )
+    assert server.counts["/status/404/gone.bin"] == 1
+    assert server.counts["/fail-first/2/503/flaky.bin"] == 3
+    assert server.counts["/status/418/teapot.bin"] == 1
+    records = by_id(config)
+    assert (records["gone"]["status"], records["gone"]["error_kind"]) == ("failed", "http_4xx")
+    assert (records["flaky"]["status"], records["flaky"]["attempts"]) == ("completed", 3)
+    assert (Path(config.output.dir) / "flaky.bin").read_bytes() == body_of("flaky.bin", 10000)
+    host = next(iter(summary.stats["hosts"].values()))
+    assert host["failures"] == {"http_4xx": 2, "http_5xx": 2}
+    assert (host["retries"], host["successes"], host["attempts"]) == (2, 1, 5)
+
+
+def test_5xx_gives_up_after_max_attempts(tmp_path: Path, server: FaultServer) -> None:
+    config = make_config(tmp_path, retry={"max_attempts": 3})
+    run(config, [{"id": "down", "url": server.url("/status/502/down.bin")}])
+    assert server.counts["/status/502/down.bin"] == 3
+    record = by_id(config)["down"]
+    assert (record["error_kind"], record["attempts"]) == ("http_5xx", 3)
+
+
+def test_retry_after_seconds_is_honoured(tmp_path: Path, server: FaultServer) -> None:
+    """``429 Retry-After: 2``: the retry comes no sooner than 2 s after the 429."""
+    config = make_config(tmp_path, retry={"max_attempts": 3})
+    run(config, [{"id": "r", "url": server.url("/retry-after/2/r.bin")}])
+    times = server.times["/retry-after/2/r.bin"]
+    assert len(times) == 2
+    assert times[1] - times[0] >= 2.0
+    assert by_id(config)["r"]["status"] == "completed"
+
+
+def test_retry_after_http_date_is_honoured(tmp_path: Path, server: FaultServer) -> None:
+    """The date form: an HTTP-date 3 s ahead (whole seconds) holds the retry ≥ 2 s."""
+    config = make_config(tmp_path, retry={"max_attempts": 3})
+    run(config, [{"id": "d", "url": server.url("/retry-after/date:3/d.bin")}])
+    times = server.times["/retry-after/date:3/d.bin"]
+    assert len(times) == 2
+    assert times[1] - times[0] >= 2.0
+    assert by_id(config)["d"]["status"] == "completed"
+
+
+def test_retry_after_beyond_the_cap_fails_rate_limited(tmp_path: Path, server: FaultServer) -> None:
+    config = make_config(tmp_path, retry={"max_attempts": 3, "max_retry_after": 5.0})
+    run(config, [{"id": "r", "url": server.url("/retry-after/3600/r.bin")}])
+    assert server.counts["/retry-after/3600/r.bin"] == 1
+    record = by_id(config)["r"]
+    assert (record["status"], record["error_kind"]) == ("failed", "rate_limited")
+    assert "retry.max_retry_after" in record["error"]
+
+
+def test_429_cools_down_the_whole_host(tmp_path: Path, server: FaultServer) -> None:
+    """After a 429 with Retry-After, no request goes to that host before the time is up."""
+    config = make_config(tmp_path, download={"workers": 1, "mailbox": 1})
+    run(
+        config,
+        [
+            {"id": "a", "url": server.url("/retry-after/2/a.bin")},
+            {"id": "b", "url": server.url("/ok/b.bin")},
+        ],
+    )
+    first_429 = server.times["/retry-after/2/a.bin"][0]
+    assert server.times["/ok/b.bin"][0] - first_429 >= 2.0
+    assert {r["status"] for r in by_id(config).values()} == {"completed"}
+
+
+# -- stalls, resets, truncation and Range resume ---------------------------------------
+
+
+def test_stall_mid_body_is_detected_and_resumed_with_range(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    path = "/stall/s.bin"
+    config = make_config(
+        tmp_path, download={"stall_window": 0.5, "min_speed": 1024}, retry={"max_attempts": 3}
+    )
+    summary = run(config, [{"id": "s", "url": server.url(path + "?size=200000&at=50000")}])
+    assert server.counts[path] == 2
+    assert server.ranges[path] == [None, "bytes=50000-"]
+    record = by_id(config)["s"]
+    assert (record["status"], record["attempts"]) == ("completed", 2)
+    assert (Path(config.output.dir) / "s.bin").read_bytes() == body_of("s.bin", 200000)
+    assert record["sha256"] == sha(body_of("s.bin", 200000))
+    host = next(iter(summary.stats["hosts"].values()))
+    assert host["failures"] == {"stalled": 1}
+
+
+def test_reset_mid_body_resumes_with_range(tmp_path: Path, server: FaultServer) -> None:
+    path = "/reset/r.bin"
+    config = make_config(tmp_path, retry={"max_attempts": 3})
+    run(config, [{"id": "r", "url": server.url(path + "?size=300000&at=100000")}])
+    assert server.counts[path] == 2
+    assert server.ranges[path] == [None, "bytes=100000-"]
+    assert (Path(config.output.dir) / "r.bin").read_bytes() == body_of("r.bin", 300000)
+    assert by_id(config)["r"]["status"] == "completed"
+
+
+def test_truncated_body_is_transient_and_resumed(tmp_path: Path, server: FaultServer) -> None:
+    path = "/truncate/t.bin"
+    config = make_config(tmp_path, retry={"max_attempts": 3})
+    summary = run(config, [{"id": "t", "url": server.url(path + "?size=100000&at=30000")}])
+    assert server.ranges[path] == [None, "bytes=30000-"]
+    assert (Path(config.output.dir) / "t.bin").read_bytes() == body_of("t.bin", 100000)
+    host = next(iter(summary.stats["hosts"].values()))
+    assert host["failures"] == {"truncated": 1}
+
+
+def test_always_truncated_fails_without_a_final_file(tmp_path: Path, server: FaultServer) -> None:
+    path = "/truncate/t.bin"
+    config = make_config(tmp_path, retry={"max_attempts": 2})
+    run(config, [{"id": "t", "url": server.url(path + "?size=100000&at=30000&always=1")}])
+    assert server.counts[path] == 2
+    assert by_id(config)["t"]["error_kind"] == "truncated"
+    assert not (Path(config.output.dir) / "t.bin").exists()
+
+
+def test_resumed_run_continues_a_partial_file_with_range(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    """``supervisor.job_timeout`` stops a slow transfer; the next run resumes it by Range."""
+    path = "/drip/big.bin"
+    url = server.url(path + "?size=400000&rate=20000")
+    config = make_config(
+        tmp_path, supervisor={"job_timeout": 0.5, "shutdown_grace": 0.2}, download={"min_speed": 1}
+    )
+    first = run(config, [{"id": "big", "url": url}])
+    assert first.finished.reason.startswith("job timeout")
+    assert first.finished.pending == 1
+    assert first.exit_code == 130
+    part = Path(config.output.dir) / "big.bin.part"
+    kept = part.stat().st_size
+    assert 0 < kept < 400000
+
+    config = make_config(tmp_path, download={"min_speed": 1})
+    second = run(config, [])
+    assert second.exit_code == 0
+    assert server.counts[path] == 2
+    assert server.ranges[path] == [None, f"bytes={kept}-"]
+    assert (Path(config.output.dir) / "big.bin").read_bytes() == body_of("big.bin", 400000)
+    assert by_id(config)["big"]["attempts"] == 1  # the interrupted attempt was not spent
+
+
+# -- limits -----------------------------------------------------------------------------
+
+
+def test_lying_content_length_and_endless_bodies_stop_at_max_size(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    config = make_config(tmp_path, download={"max_size": 2 * MiB}, retry={"max_attempts": 3})
+    run(
+        config,
+        [
+            {"id": "huge", "url": server.url("/huge/huge.bin")},
+            {"id": "endless", "url": server.url("/endless/endless.bin")},
+            {"id": "bomb", "url": server.url("/gzip-bomb/bomb.bin?mb=64")},
+        ],
+    )
+    records = by_id(config)
+    for name in ("huge", "endless", "bomb"):
+        assert (records[name]["status"], records[name]["error_kind"]) == ("failed", "too_large")
+    assert server.counts["/huge/huge.bin"] == 1
+    assert server.counts["/endless/endless.bin"] == 1
+    assert server.counts["/gzip-bomb/bomb.bin"] == 1
+    assert leftovers(config) == []
+
+
+def test_gzip_and_chunked_bodies_are_decoded(tmp_path: Path, server: FaultServer) -> None:
+    body = body_of("g.bin", 50000)
+    config = make_config(tmp_path)
+    run(
+        config,
+        [
+            {"id": "g", "url": server.url("/gzip/g.bin?size=50000"), "sha256": sha(body)},
+            {"id": "c", "url": server.url("/chunked/c.bin?size=70000")},
+        ],
+    )
+    assert (Path(config.output.dir) / "g.bin").read_bytes() == body
+    assert (Path(config.output.dir) / "c.bin").read_bytes() == body_of("c.bin", 70000)
+    records = by_id(config)
+    assert (records["g"]["status"], records["g"]["size"]) == ("completed", 50000)
+
+
+def test_checksum_mismatch_is_permanent_and_leaves_no_file(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    config = make_config(tmp_path, retry={"max_attempts": 3})
+    run(config, [{"id": "x", "url": server.url("/ok/x.bin"), "sha256": sha(b"other")}])
+    assert server.counts["/ok/x.bin"] == 1
+    assert by_id(config)["x"]["error_kind"] == "checksum_mismatch"
+    assert leftovers(config) == []
+
+
+def test_redirects(tmp_path: Path, server: FaultServer) -> None:
+    """A short chain is followed; too long a chain, a loop and a non-http target fail."""
+    config = make_config(tmp_path, download={"max_redirects": 4}, retry={"max_attempts": 3})
+    run(
+        config,
+        [
+            {"id": "chain", "url": server.url("/redirect/3/chain.bin")},
+            {"id": "long", "url": server.url("/redirect/9/long.bin")},
+            {"id": "loop", "url": server.url("/loop/loop.bin")},
+            {"id": "ftp", "url": server.url("/to-ftp/ftp.bin")},
+        ],
+    )
+    records = by_id(config)
+    assert records["chain"]["status"] == "completed"
+    assert (Path(config.output.dir) / "chain.bin").read_bytes() == body_of("chain.bin", 10000)
+    for name in ("long", "loop", "ftp"):
+        assert (records[name]["status"], records[name]["error_kind"]) == ("failed", "redirect")
+    assert server.counts["/loop/loop.bin"] == 5  # the first request and 4 redirects, once
+    assert server.counts["/to-ftp/ftp.bin"] == 1
+    assert leftovers(config) == ["chain.bin"]
+
+
+def test_per_host_limits_concurrent_requests(tmp_path: Path, server: FaultServer) -> None:
+    """Six idle downloaders, one host limited to 2: never more than 2 transfers at once."""
+    config = make_config(
+        tmp_path, download={"workers": 6, "mailbox": 1, "per_host": 2, "min_speed": 1}
+    )
+    entries = [
+        {"id": f"d{i}", "url": server.url(f"/drip/d{i}.bin?size=20000&rate=10000")}
+        for i in range(8)
+    ]
+    events: list[Any] = []
+    summary = run(config, entries, events)
+    assert summary.exit_code == 0
+    running, most = 0, 0
+    for event in events:  # in the order the StateKeeper saw them
+        if isinstance(event, DownloadStarted):
+            running += 1
+            most = max(most, running)
+        elif isinstance(event, DownloadComplete):
+            running -= 1
+    assert most == 2
+    assert server.max_active <= 3  # a handler may still be returning as the next one starts
+
+
+# -- breakers -----------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_dead_host_opens_its_breaker_and_does_not_hold_up_a_healthy_one(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    dead = f"http://127.0.0.1:{closed_port()}"
+    config = make_config(
+        tmp_path,
+        download={"workers": 4, "mailbox": 2, "per_host": 2},
+        retry={"max_attempts": 2},
+        circuit={"failure_threshold": 2, "reset_timeout": 0.3},
+    )
+    entries = [{"id": f"dead{i}", "url": f"{dead}/f{i}.bin"} for i in range(5)]
+    entries += [{"id": f"ok{i}", "url": server.url(f"/ok/ok{i}.bin")} for i in range(100)]
+    events: list[Any] = []
+    summary = run(config, entries, events)
+
+    records = by_id(config)
+    healthy = [records[f"ok{i}"] for i in range(100)]
+    assert all(r["status"] == "completed" for r in healthy)
+    for i in range(5):
+        record = records[f"dead{i}"]
+        assert (record["status"], record["error_kind"]) == ("failed", "connection")
+        assert record["attempts"] == 2  # waiting at an open breaker spends no attempt
+
+    order = [
+        e.item.id if isinstance(e, DownloadComplete) else e.id
+        for e in events
+        if isinstance(e, DownloadComplete | Outcome)
+    ]
+    last_healthy = max(i for i, name in enumerate(order) if name.startswith("ok"))
+    last_dead = max(i for i, name in enumerate(order) if name.startswith("dead"))
+    assert last_healthy < last_dead
+
+    stats = summary.stats["hosts"][dead.removeprefix("http://")]
+    assert stats["attempts"] == 10
+    assert stats["failures"] == {"connection": 10}
+    assert stats["times_opened"] >= 2  # opened, then re-opened by a failed half-open probe
+    assert stats["breaker"] == "open"
+
+
+# -- the large-file lane ------------------------------------------------------------------
+
+
+def test_slow_large_file_does_not_delay_small_files(tmp_path: Path, server: FaultServer) -> None:
+    """A slow 2 MB file (over large_threshold) moves to the large lane; 200 small ones flow."""
+    config = make_config(
+        tmp_path,
+        download={
+            "workers": 2,
+            "large_workers": 1,
+            "large_threshold": 1_000_000,
+            "min_speed": 1,
+            "per_host": 0,
+        },
+    )
+    entries = [{"id": "big", "url": server.url("/drip/big.bin?size=2000000&rate=100000")}]
+    entries += [
+        {
+            "id": "known",
+            "url": server.url("/drip/known.bin?size=1500000&rate=100000"),
+            "size": 1500000,
+        }
+    ]
+    entries += [{"id": f"s{i}", "url": server.url(f"/ok/s{i}.bin?size=2000")} for i in range(200)]
+    events: list[Any] = []
+    summary = run(config, entries, events)
+    assert summary.exit_code == 0
+
+    done = [e.item.id for e in events if isinstance(e, DownloadComplete)]
+    assert len(done) == 202
+    assert max(done.index(f"s{i}") for i in range(200)) < min(
+        done.index("big"), done.index("known")
+    )
+    # discovered by Content-Length: one aborted request in the small lane, then the large lane
+    assert server.counts["/drip/big.bin"] == 2
+    assert server.counts["/drip/known.bin"] == 1  # size known from the entry
+    records = by_id(config)
+    assert (records["big"]["status"], records["big"]["attempts"]) == ("completed", 1)
+    assert (Path(config.output.dir) / "big.bin").read_bytes() == body_of("big.bin", 2000000)
