@@ -182,7 +182,8 @@ class Scheduler:
                 return None
             item_lane = self.lane_of(item)
             key = host_of(item.url)
-            if item_lane == lane and self.allowed(self.host(item.url), now):
+            host = self.host(item.url)  # registers the host before its items can be parked
+            if item_lane == lane and self.allowed(host, now):
                 return item
             self.parked.setdefault((item_lane, key), deque()).append(item)
             self.parked_count += 1
