@@ -176,9 +176,49 @@ def print_summary(summary: RunSummary, out: TextIO) -> None:
     print(f"conveyor run: {f.reason}", file=out)
     for key, value in rows:
         print(f"  {key:<{width}}  {value}", file=out)
+    if summary.stats.get("retries"):
+        print(f"  {'retries':<{width}}  {summary.stats['retries']}", file=out)
+    _print_hosts(summary.stats.get("hosts") or {}, out)
     if summary.error:
         print(f"error: {summary.error}", file=out)
     out.flush()
+
+
+MAX_HOST_ROWS = 20
+
+
+def _print_hosts(hosts: dict[str, dict[str, Any]], out: TextIO) -> None:
+    """Per-host statistics (all runs on this state), busiest first."""
+    if not hosts:
+        return
+    header = ("host", "attempts", "ok", "retries", "bytes", "breaker", "failures")
+    rows = []
+    busiest = sorted(hosts.items(), key=lambda kv: (-kv[1].get("attempts", 0), kv[0]))
+    for host, st in busiest[:MAX_HOST_ROWS]:
+        failures = ", ".join(f"{k} {v}" for k, v in sorted(st.get("failures", {}).items()))
+        breaker = st.get("breaker", "closed")
+        if st.get("times_opened"):
+            breaker += f" (opened {st['times_opened']}x)"
+        rows.append(
+            (
+                host,
+                str(st.get("attempts", 0)),
+                str(st.get("successes", 0)),
+                str(st.get("retries", 0)),
+                _human(st.get("bytes", 0)),
+                breaker,
+                failures or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print("", file=out)
+    for row in [header, *rows]:
+        print(
+            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(),
+            file=out,
+        )
+    if len(busiest) > MAX_HOST_ROWS:
+        print(f"  ... and {len(busiest) - MAX_HOST_ROWS} more hosts", file=out)
 
 
 def summary_dict(summary: RunSummary) -> dict[str, Any]:

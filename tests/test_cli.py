@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import signal
@@ -13,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from messages import RunFinished
+from runtime.cli import print_summary
+from runtime.pipeline import RunSummary
 from runtime.testing import LocalFileServer
 from tests.helpers import read_manifest
 
@@ -91,6 +95,35 @@ def test_run_downloads_500_files_and_writes_the_manifest(tmp_path: Path) -> None
     assert {r["status"] for r in records} == {"completed"}
     assert {r["id"] for r in records} == {p[1:] for p in files}
     assert "completed   500" in result.stdout
+    host_row = next(line for line in result.stdout.splitlines() if "127.0.0.1:" in line)
+    assert host_row.split()[1:4] == ["500", "500", "0"]  # attempts, ok, retries
+
+
+def test_summary_prints_hosts_with_breakers_and_failures() -> None:
+    hosts = {
+        f"h{i}.test:80": {
+            "attempts": 100 - i,
+            "successes": 90 - i,
+            "retries": 3,
+            "bytes": 2048,
+            "breaker": "open" if i == 0 else "closed",
+            "times_opened": 2 if i == 0 else 0,
+            "failures": {"http_5xx": 4, "stalled": 1} if i == 0 else {},
+        }
+        for i in range(25)
+    }
+    finished = RunFinished(accepted=3, completed=2, failed=1, skipped=0, bytes=2048, elapsed=1.0)
+    out = io.StringIO()
+    print_summary(RunSummary(finished=finished, stats={"retries": 7, "hosts": hosts}), out)
+    text = out.getvalue()
+    assert "retries     7" in text
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.split()[:1] == ["host"])
+    assert lines[first + 1].split() == [
+        "h0.test:80", "100", "90", "3", "2.0", "KiB", "open", "(opened", "2x)", "http_5xx",
+        "4,", "stalled", "1",
+    ]  # fmt: skip
+    assert "... and 5 more hosts" in text
 
 
 def test_kill_9_then_rerun_completes_without_downloading_twice(tmp_path: Path) -> None:
