@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,33 @@ def test_from_mapping_builds_a_config_without_a_file(tmp_path: Path) -> None:
     config = Config.from_mapping({"output": {"dir": "o"}}, base_dir=tmp_path)
     assert config.output.dir == str(tmp_path / "o")
     assert config.input.path == ""
+
+
+def test_readme_documents_every_key_with_its_default() -> None:
+    """The README's config table has a row per key, showing the default the code uses."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`") and "." in cells[0]:
+            rows[cells[0].strip("`")] = cells[1]
+    defaults = Config()
+    missing, wrong = [], []
+    for section in dataclasses.fields(Config):
+        for key in dataclasses.fields(getattr(defaults, section.name)):
+            name = f"{section.name}.{key.name}"
+            value = getattr(getattr(defaults, section.name), key.name)
+            if name not in rows:
+                missing.append(name)
+            elif name != "input.path" and rows[name] != f"`{_toml(value)}`":
+                wrong.append((name, rows[name], _toml(value)))
+    assert missing == []
+    assert wrong == []
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, dict):
+        return "{}" if not value else repr(value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
