@@ -50,7 +50,7 @@ from runtime.config import Config
 from runtime.errors import ConveyorError
 from runtime.logs import get_logger
 from runtime.retry import RetryPolicy
-from runtime.scheduler import Scheduler
+from runtime.scheduler import Scheduler, host_of
 from runtime.store import SQLiteStore
 
 __all__ = ["EventSink", "StateKeeper"]
@@ -192,8 +192,9 @@ class StateKeeper(pykka.ThreadingActor):
 
     def _pump(self) -> None:
         """Move work forward after any event, then check whether the run is over."""
-        self._send_reports()
         self._dispatch()
+        self._fail_given_up()
+        self._send_reports()
         self._check_finished()
 
     # -- ingest -------------------------------------------------------------------------
@@ -233,6 +234,21 @@ class StateKeeper(pykka.ThreadingActor):
                 slot.held.add(item.id)
             self.stats["max_leased"] = max(self.stats["max_leased"], len(slot.held))
             tell(slot.ref, Grant(worker=worker, items=tuple(batch)))
+
+    def _fail_given_up(self) -> None:
+        """Fail, without a request, the items of hosts whose probes kept failing."""
+        for item in self.scheduler.take_given_up():
+            key = host_of(item.url)
+            breaker = self.scheduler.hosts[key].breaker
+            self._report(
+                _outcome(
+                    item,
+                    status="failed",
+                    error_kind="host_down",
+                    error=f"{key} is down: {breaker.probe_failures} probes in a row failed "
+                    f"(circuit.give_up_after); no request was sent for this item",
+                )
+            )
 
     # -- downloads ----------------------------------------------------------------------
 

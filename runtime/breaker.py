@@ -4,6 +4,9 @@
 - open: nothing is sent to the host; after ``reset_timeout`` it turns half-open.
 - half-open: exactly one probe may go out; its success closes the breaker, its failure
   opens it again for another ``reset_timeout``.
+- down: after ``give_up_after`` failed probes in a row (when set) the host counts as
+  down for the rest of the run; nothing more is sent to it. (A success that still
+  arrives from an earlier request closes the breaker again.)
 
 Pure state, no threads: the StateKeeper owns one per host and passes the time in.
 """
@@ -21,11 +24,18 @@ class CircuitBreaker:
 
     failure_threshold: int
     reset_timeout: float
+    give_up_after: int = 0
     state: str = "closed"
     failures: int = 0
+    probe_failures: int = 0
     opened_at: float = 0.0
     probe_in_flight: bool = False
     times_opened: int = 0
+
+    @property
+    def given_up(self) -> bool:
+        """Whether ``give_up_after`` probes in a row failed: the host is down."""
+        return self.state == "down"
 
     def allows(self, now: float) -> bool:
         """Whether a request may be sent now (turning open into half-open when due)."""
@@ -45,12 +55,16 @@ class CircuitBreaker:
         """A request to the host succeeded."""
         self.state = "closed"
         self.failures = 0
+        self.probe_failures = 0
         self.probe_in_flight = False
 
     def failed(self, now: float) -> None:
         """A request to the host failed transiently (connection, timeout, 5xx, stall)."""
         if self.state == "half_open":
+            self.probe_failures += 1
             self._open(now)
+            if self.give_up_after and self.probe_failures >= self.give_up_after:
+                self.state = "down"
             return
         self.failures += 1
         if self.state == "closed" and self.failures >= self.failure_threshold:

@@ -132,6 +132,9 @@ class CircuitConfig:
     """Consecutive transient failures of a host that open its breaker."""
     reset_timeout: float = 30.0
     """Seconds an open breaker waits before one probe request (half-open)."""
+    give_up_after: int = 3
+    """Failed probes in a row after which the host counts as down for this run: its
+    remaining items fail ``host_down`` without a request (0: keep probing)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -378,6 +381,7 @@ def _check_values(config: Config, source: str) -> Config:
         ("retry", "backoff_max"),
         ("retry", "max_retry_after"),
         ("circuit", "reset_timeout"),
+        ("circuit", "give_up_after"),
         ("supervisor", "job_timeout"),
     ]
     for section, key in nonnegative:

@@ -32,18 +32,19 @@ def _write_demo(root: Path, server: LocalFileServer, files: dict[str, bytes]) ->
     config.write_text(
         '[input]\npath = "files.ndjson"\n\n[output]\ndir = "downloads"\n\n'
         '[state]\ndir = "state"\n\n[download]\nworkers = 8\n\n'
-        "[retry]\nmax_attempts = 3\nbackoff_initial = 0.05\n"
+        "[retry]\nmax_attempts = 3\nbackoff_initial = 0.05\n\n"
+        "[circuit]\nreset_timeout = 2.0\n"
     )
     return config
 
 
 def run_demo(directory: str, count: int) -> int:
-    """Serve ``count`` generated files (every 7th fails twice first) and download them."""
+    """Serve ``count`` generated files (every 7th fails once first) and download them."""
     from runtime.cli import run_pipeline
 
     rng = random.Random(7)
     files = {f"/file-{i:04d}.bin": rng.randbytes(rng.randint(1_000, 200_000)) for i in range(count)}
-    flaky = {path: 2 for i, path in enumerate(files) if i % 7 == 3}
+    flaky = {path: 1 for i, path in enumerate(files) if i % 7 == 3}
     root = Path(directory).resolve()
     for stale in ("downloads", "state"):  # the server's port changes: start afresh
         shutil.rmtree(root / stale, ignore_errors=True)
@@ -51,7 +52,7 @@ def run_demo(directory: str, count: int) -> int:
         config = load_config(_write_demo(root, server, files), environ={})
         print(
             f"demo: serving {count} files on {server.base_url} ({len(flaky)} of them fail "
-            f"twice before they succeed), plus one missing file and one ftp:// entry "
+            f"once before they succeed), plus one missing file and one ftp:// entry "
             f"that fail on purpose",
             file=sys.stderr,
         )

@@ -80,6 +80,7 @@ class Scheduler:
         self.large_ids: set[str] = set()
         self.scan_exhausted = False
         self.dirty: set[str] = set()
+        self.given_up: list[WorkItem] = []
         self._seq = itertools.count()
 
     # -- hosts ----------------------------------------------------------------------------
@@ -90,7 +91,9 @@ class Scheduler:
         state = self.hosts.get(key)
         if state is None:
             c = self.config.circuit
-            state = HostState(breaker=CircuitBreaker(c.failure_threshold, c.reset_timeout))
+            state = HostState(
+                breaker=CircuitBreaker(c.failure_threshold, c.reset_timeout, c.give_up_after)
+            )
             self.hosts[key] = state
         self.dirty.add(key)
         return state
@@ -101,7 +104,10 @@ class Scheduler:
             c = self.config.circuit
             self.hosts[key] = HostState(
                 breaker=CircuitBreaker(
-                    c.failure_threshold, c.reset_timeout, times_opened=stats.get("times_opened", 0)
+                    c.failure_threshold,
+                    c.reset_timeout,
+                    c.give_up_after,
+                    times_opened=stats.get("times_opened", 0),
                 ),
                 attempts=stats.get("attempts", 0),
                 successes=stats.get("successes", 0),
@@ -161,7 +167,7 @@ class Scheduler:
 
     def _unpark(self, lane: str, now: float) -> WorkItem | None:
         for (item_lane, key), queue in self.parked.items():
-            if item_lane == lane and self.allowed(self.hosts[key], now):
+            if item_lane == lane and self.allowed(self.hosts[key], now) and queue:
                 item = queue.popleft()
                 if not queue:
                     del self.parked[(item_lane, key)]
@@ -183,11 +189,23 @@ class Scheduler:
             item_lane = self.lane_of(item)
             key = host_of(item.url)
             host = self.host(item.url)  # registers the host before its items can be parked
+            if host.breaker.given_up:
+                self.given_up.append(item)
+                continue
             if item_lane == lane and self.allowed(host, now):
                 return item
             self.parked.setdefault((item_lane, key), deque()).append(item)
             self.parked_count += 1
         return None
+
+    def take_given_up(self) -> list[WorkItem]:
+        """Items of hosts that are down, to fail without a request (parked ones included)."""
+        taken, self.given_up = self.given_up, []
+        for slot in [s for s in self.parked if self.hosts[s[1]].breaker.given_up]:
+            queue = self.parked.pop(slot)
+            self.parked_count -= len(queue)
+            taken.extend(queue)
+        return taken
 
     # -- outcomes -------------------------------------------------------------------------
 

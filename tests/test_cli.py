@@ -265,3 +265,14 @@ def test_a_second_signal_aborts_at_once(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 130
     assert "aborted; state is as of the last commit" in stderr
+
+
+def test_demo_runs_offline_and_succeeds(tmp_path: Path) -> None:
+    """The README's first quick-start command: the demo ends with exit code 0."""
+    result = run("demo", "--dir", tmp_path / "demo")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "demo: OK" in result.stderr
+    records = read_manifest(tmp_path / "demo" / "state" / "manifest.jsonl")
+    assert len(records) == 202
+    assert sum(r["status"] == "completed" for r in records) == 200
+    assert sum(r["attempts"] == 2 for r in records) == 29  # the flaky ones, retried once

@@ -32,9 +32,12 @@ class BreakerMachine(RuleBasedStateMachine):
     probe; whatever outcome arrives while half-open decides.
     """
 
+    give_up_after = 0
+
     @initialize()
     def setup(self) -> None:
-        self.breaker = CircuitBreaker(THRESHOLD, RESET)
+        self.breaker = CircuitBreaker(THRESHOLD, RESET, self.give_up_after)
+        self.m_probe_failures = 0
         self.now = 0.0
         self.in_flight: list[str] = []  # the breaker state each was sent in
         self.m_state = "closed"
@@ -74,10 +77,14 @@ class BreakerMachine(RuleBasedStateMachine):
         if outcome == "ok":
             self.breaker.succeeded()
             self.m_state, self.m_failures, self.m_probe = "closed", 0, False
+            self.m_probe_failures = 0
         elif outcome == "fail":
             self.breaker.failed(self.now)
             if self.m_state == "half_open":
+                self.m_probe_failures += 1
                 self._m_open()
+                if self.give_up_after and self.m_probe_failures >= self.give_up_after:
+                    self.m_state = "down"
             else:
                 self.m_failures += 1
                 if self.m_state == "closed" and self.m_failures >= THRESHOLD:
@@ -94,12 +101,21 @@ class BreakerMachine(RuleBasedStateMachine):
         self.breaker.allows(self.now)  # lets the breaker make the same timed transition
         assert self.breaker.state == self.m_state
         assert self.breaker.times_opened == self.m_opened
+        assert self.breaker.probe_failures == self.m_probe_failures
         if self.m_state == "open":
             assert self.now - self.m_opened_at < RESET
 
 
+class GivingUpBreakerMachine(BreakerMachine):
+    """The same, with ``give_up_after = 2``."""
+
+    give_up_after = 2
+
+
 TestBreaker = BreakerMachine.TestCase
 TestBreaker.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+TestGivingUpBreaker = GivingUpBreakerMachine.TestCase
+TestGivingUpBreaker.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
 
 
 def test_breaker_opens_waits_probes_and_closes() -> None:
@@ -118,6 +134,18 @@ def test_breaker_opens_waits_probes_and_closes() -> None:
     b.dispatched()
     b.succeeded()
     assert (b.state, b.failures, b.allows(12.0)) == ("closed", 0, True)
+
+
+def test_breaker_gives_up_after_failed_probes() -> None:
+    b = CircuitBreaker(failure_threshold=1, reset_timeout=5.0, give_up_after=2)
+    b.failed(0.0)
+    for t in (5.0, 10.0):
+        assert b.allows(t)
+        b.dispatched()
+        b.failed(t)
+    assert (b.state, b.given_up, b.allows(100.0)) == ("down", True, False)
+    b.succeeded()  # a late answer from an earlier request: the host is up after all
+    assert (b.state, b.allows(100.0)) == ("closed", True)
 
 
 def test_success_resets_the_consecutive_count() -> None:

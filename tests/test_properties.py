@@ -65,6 +65,7 @@ def test_every_item_ends_exactly_once(
             retry={"max_attempts": MAX_ATTEMPTS},
             processing={"workers": processors, "processor": "tests.plugins:FailingProcessor"},
             supervisor={"max_restarts": 1000},
+            circuit={"give_up_after": 0},  # the model counts attempts; keep probing
         )
         with capture_logs() as logs, Pipeline(config, transport_factory=transport) as pipeline:
             pipeline.submit([{"url": u, "id": n} for n, u in zip(names, script, strict=True)])

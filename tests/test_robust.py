@@ -306,29 +306,22 @@ def closed_port() -> int:
     return port
 
 
-def test_dead_host_opens_its_breaker_and_does_not_hold_up_a_healthy_one(
-    tmp_path: Path, server: FaultServer
-) -> None:
+def dead_and_healthy(
+    tmp_path: Path, server: FaultServer, dead_items: int, give_up_after: int
+) -> tuple[Any, RunSummary, list[Any], dict[str, Any]]:
     dead = f"http://127.0.0.1:{closed_port()}"
     config = make_config(
         tmp_path,
         download={"workers": 4, "mailbox": 2, "per_host": 2},
         retry={"max_attempts": 2},
-        circuit={"failure_threshold": 2, "reset_timeout": 0.3},
+        circuit={"failure_threshold": 2, "reset_timeout": 0.3, "give_up_after": give_up_after},
     )
-    entries = [{"id": f"dead{i}", "url": f"{dead}/f{i}.bin"} for i in range(5)]
+    entries = [{"id": f"dead{i}", "url": f"{dead}/f{i}.bin"} for i in range(dead_items)]
     entries += [{"id": f"ok{i}", "url": server.url(f"/ok/ok{i}.bin")} for i in range(100)]
     events: list[Any] = []
     summary = run(config, entries, events)
-
     records = by_id(config)
-    healthy = [records[f"ok{i}"] for i in range(100)]
-    assert all(r["status"] == "completed" for r in healthy)
-    for i in range(5):
-        record = records[f"dead{i}"]
-        assert (record["status"], record["error_kind"]) == ("failed", "connection")
-        assert record["attempts"] == 2  # waiting at an open breaker spends no attempt
-
+    assert all(records[f"ok{i}"]["status"] == "completed" for i in range(100))
     order = [
         e.item.id if isinstance(e, DownloadComplete) else e.id
         for e in events
@@ -336,13 +329,38 @@ def test_dead_host_opens_its_breaker_and_does_not_hold_up_a_healthy_one(
     ]
     last_healthy = max(i for i, name in enumerate(order) if name.startswith("ok"))
     last_dead = max(i for i, name in enumerate(order) if name.startswith("dead"))
-    assert last_healthy < last_dead
+    assert last_healthy < last_dead  # the healthy host never waited for the dead one
+    return records, summary, events, summary.stats["hosts"][dead.removeprefix("http://")]
 
-    stats = summary.stats["hosts"][dead.removeprefix("http://")]
+
+def test_dead_host_opens_its_breaker_and_does_not_hold_up_a_healthy_one(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    """Probing forever (give_up_after = 0): every dead item spends exactly its attempts."""
+    records, _, _, stats = dead_and_healthy(tmp_path, server, dead_items=5, give_up_after=0)
+    for i in range(5):
+        record = records[f"dead{i}"]
+        assert (record["status"], record["error_kind"]) == ("failed", "connection")
+        assert record["attempts"] == 2  # waiting at an open breaker spends no attempt
     assert stats["attempts"] == 10
     assert stats["failures"] == {"connection": 10}
     assert stats["times_opened"] >= 2  # opened, then re-opened by a failed half-open probe
     assert stats["breaker"] == "open"
+
+
+def test_a_host_that_stays_down_fails_its_items_without_requests(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    """200 items on a dead host cost a handful of requests, not 400 probes."""
+    records, _, _, stats = dead_and_healthy(tmp_path, server, dead_items=200, give_up_after=3)
+    kinds = [records[f"dead{i}"]["error_kind"] for i in range(200)]
+    assert set(kinds) <= {"connection", "host_down"}
+    assert kinds.count("host_down") >= 190
+    # at most: threshold + the other in-flight request, then give_up_after probes
+    assert stats["attempts"] <= 2 + 2 + 3
+    assert stats["breaker"] == "down"
+    down = next(r for r in records.values() if r["error_kind"] == "host_down")
+    assert "3 probes in a row failed" in down["error"]
 
 
 # -- the large-file lane ------------------------------------------------------------------
@@ -384,3 +402,12 @@ def test_slow_large_file_does_not_delay_small_files(tmp_path: Path, server: Faul
     records = by_id(config)
     assert (records["big"]["status"], records["big"]["attempts"]) == ("completed", 1)
     assert (Path(config.output.dir) / "big.bin").read_bytes() == body_of("big.bin", 2000000)
+
+
+def test_host_statistics_persist_across_runs(tmp_path: Path, server: FaultServer) -> None:
+    config = make_config(tmp_path)
+    run(config, [{"id": "gone", "url": server.url("/status/404/gone.bin")}])
+    summary = run(config, [{"id": "ok", "url": server.url("/ok/ok.bin")}])
+    (stats,) = summary.stats["hosts"].values()
+    assert (stats["attempts"], stats["successes"], stats["bytes"]) == (2, 1, 10000)
+    assert stats["failures"] == {"http_4xx": 1}
