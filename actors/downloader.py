@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -93,6 +94,8 @@ class Downloader(ChildActor):
         self.out_dir = Path(config.output.dir)
         self.real_out = os.path.realpath(self.out_dir)
         self.queue: deque[WorkItem] = deque()
+        self.safe_dirs: set[str] = set()
+        self.announced: str | None = None  # the item whose DownloadStarted went out early
         # Built here, in the starting thread: a failing on_start would stop us silently.
         self.transport: Transport | None = transport_factory()
 
@@ -128,30 +131,39 @@ class Downloader(ChildActor):
         if not self.queue:
             return
         item = self.queue[0]
+        if item.id != self.announced:
+            tell(self.state_keeper, self._started(item))
+        self.announced = None  # a retry of the same item later must be announced again
         with structlog.contextvars.bound_contextvars(item_id=item.id):
             result = self._download(item)
         self.queue.popleft()
-        tell(self.state_keeper, result)
-        tell(self.state_keeper, Demand(worker=self.worker, n=1))
+        # One message per item: the result, new demand and the start of the next item.
+        batch: list[Any] = [result, Demand(worker=self.worker, n=1)]
         if self.queue:
+            batch.append(self._started(self.queue[0]))
+            self.announced = self.queue[0].id
             self.actor_ref.tell(_Work())
+        tell(self.state_keeper, tuple(batch))
+
+    def _started(self, item: WorkItem) -> DownloadStarted:
+        return DownloadStarted(
+            worker=self.worker, item_id=item.id, url=item.url, attempt=item.attempts
+        )
 
     # -- one transfer -------------------------------------------------------------------
 
     def _download(self, item: WorkItem) -> DownloadComplete | DownloadFailed:
         dest = self.out_dir / item.name
-        tell(
-            self.state_keeper,
-            DownloadStarted(
-                worker=self.worker, item_id=item.id, url=item.url, attempt=item.attempts
-            ),
-        )
         try:
-            self._check_inside(dest)
-            if dest.exists() and self.config.output.if_exists != "overwrite":
-                reused = self._reuse(item, dest)
-                if reused is not None:
-                    return reused
+            self._prepare_dir(dest.parent)
+            st = _lstat(dest)
+            if st is not None:
+                if stat.S_ISLNK(st.st_mode):
+                    self._check_inside(dest)  # a link planted under the final name
+                if self.config.output.if_exists != "overwrite":
+                    reused = self._reuse(item, dest)
+                    if reused is not None:
+                        return reused
             return self._fetch(item, dest)
         except FetchError as exc:
             log.info(
@@ -176,6 +188,28 @@ class Downloader(ChildActor):
                 error=f"{type(exc).__name__}: {exc}",
                 permanent=False,
             )
+
+    def _prepare_dir(self, folder: Path) -> None:
+        """Create ``folder`` and make sure it resolves inside the output directory.
+
+        Checked once per directory (symlinks included) and remembered, which saves a
+        dozen system calls per file; a directory swapped for a link *during* the run by
+        another process is outside what conveyor defends against.
+        """
+        key = str(folder)
+        if key in self.safe_dirs:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        real = os.path.realpath(folder)
+        if real != self.real_out and not real.startswith(self.real_out + os.sep):
+            raise FetchError(
+                f"{folder} resolves outside the output directory",
+                error_kind="unsafe_name",
+                permanent=True,
+            )
+        if len(self.safe_dirs) >= 10_000:
+            self.safe_dirs.clear()
+        self.safe_dirs.add(key)
 
     def _check_inside(self, dest: Path) -> None:
         """Refuse a path that resolves outside the output directory (symlinks included)."""
@@ -202,10 +236,11 @@ class Downloader(ChildActor):
 
     def _fetch(self, item: WorkItem, dest: Path) -> DownloadComplete:
         assert self.transport is not None
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        self._check_inside(dest)  # a directory created above may not be a link out
         part = dest.with_name(dest.name + ".part")
-        offset = part.stat().st_size if part.exists() else 0
+        st = _lstat(part)
+        offset = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            part.unlink()  # not ours (a planted link?): start over, never write through it
         headers = {}
         if offset and item.validator:
             headers = {"Range": f"bytes={offset}-", "If-Range": item.validator}
@@ -281,9 +316,7 @@ class Downloader(ChildActor):
         deadline = now + limit
         window_start, window_bytes = now, 0
         next_report = now + cfg.progress_interval
-        with part.open("r+b" if offset else "wb") as fh:
-            fh.seek(offset)
-            fh.truncate()
+        with _open_part(part, offset) as fh:
             try:
                 for chunk in response.iter_bytes(cfg.chunk_size):
                     if self.cancel.is_set():
@@ -322,6 +355,23 @@ class Downloader(ChildActor):
             self.state_keeper,
             ProgressUpdate(worker=self.worker, item_id=item.id, received=received, total=total),
         )
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _open_part(part: Path, offset: int) -> Any:
+    """Open the partial file without following a link (O_NOFOLLOW)."""
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(part, flags, 0o644)
+    fh = os.fdopen(fd, "wb")
+    fh.seek(offset)
+    fh.truncate()
+    return fh
 
 
 def _validator(headers: Any) -> str | None:

@@ -61,10 +61,26 @@ class PostProcessor(ChildActor):
         """Dispatch one message."""
         match message:
             case Outcome():
-                with structlog.contextvars.bound_contextvars(item_id=message.id):
-                    tell(self.state_keeper, self._record(message))
+                tell(self.state_keeper, self._record_batch((message,))[0])
+            case tuple():  # a batch of outcomes, answered with one batch
+                tell(self.state_keeper, tuple(self._record_batch(message)))
             case _:
                 log.warning("unexpected message", actor=self.worker, message=repr(message))
+
+    def _record_batch(
+        self, outcomes: tuple[Outcome, ...]
+    ) -> list[PostProcessed | PostProcessFailed]:
+        replies = []
+        for outcome in outcomes:
+            with structlog.contextvars.bound_contextvars(item_id=outcome.id):
+                replies.append(self._record(outcome))
+        try:
+            self.plugin.flush()
+        except Exception as exc:  # noqa: BLE001 - a plugin's failure is the items', not ours
+            error = f"flush failed: {type(exc).__name__}: {exc}"
+            log.warning("post-processor flush failed", error=error)
+            return [PostProcessFailed(item_id=o.id, error=error) for o in outcomes]
+        return replies
 
     def _record(self, outcome: Outcome) -> PostProcessed | PostProcessFailed:
         try:

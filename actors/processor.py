@@ -47,6 +47,12 @@ class Processor(ChildActor):
             case DownloadComplete():
                 with structlog.contextvars.bound_contextvars(item_id=message.item.id):
                     tell(self.state_keeper, self._process(message))
+            case tuple():  # a batch of files, answered with one batch
+                replies = []
+                for done in message:
+                    with structlog.contextvars.bound_contextvars(item_id=done.item.id):
+                        replies.append(self._process(done))
+                tell(self.state_keeper, tuple(replies))
             case _:
                 log.warning("unexpected message", actor=self.worker, message=repr(message))
 

@@ -57,6 +57,11 @@ __all__ = ["EventSink", "StateKeeper"]
 
 log = get_logger("state_keeper")
 
+PROCESS_BATCH = 32
+"""Most files handed to one processor in one message."""
+REPORT_BATCH = 512
+"""Most outcomes handed to the post-processor in one message."""
+
 EventSink = Callable[[Any], None]
 """Receives every message the StateKeeper sees, for progress displays and the API."""
 
@@ -95,6 +100,7 @@ class StateKeeper(pykka.ThreadingActor):
         self.leases: dict[str, tuple[str, WorkItem]] = {}
         self.started: set[str] = set()  # leased items whose transfer began
         self.processing: dict[str, tuple[str, DownloadComplete]] = {}
+        self.to_process: deque[DownloadComplete] = deque()  # downloaded, no processor yet
         self.reporting: dict[str, Outcome] = {}
         self.unsent_reports: deque[Outcome] = deque()
         self.granting = True
@@ -147,7 +153,23 @@ class StateKeeper(pykka.ThreadingActor):
             self.store = None
 
     def on_receive(self, message: Any) -> Any:
-        """Dispatch one message; the only place state changes."""
+        """Dispatch one message, or a batch of them (a tuple); the only place state changes.
+
+        Actors send related messages together (a result, new demand and the next item's
+        start; a batch of processed files) so one wake-up of this thread handles them all.
+        """
+        if isinstance(message, tuple):
+            for one in message:
+                self._handle(one)
+            self._pump()
+            return None
+        result, pump = self._handle(message)
+        if pump:
+            self._pump()
+        return result
+
+    def _handle(self, message: Any) -> tuple[Any, bool]:
+        """Apply one message; return the answer and whether to move work forward."""
         match message:
             case Demand(worker=worker, n=n):
                 if worker in self.workers:
@@ -155,13 +177,13 @@ class StateKeeper(pykka.ThreadingActor):
             case DownloadStarted(item_id=item_id):
                 self.started.add(item_id)
                 self.on_event(message)
-                return None
+                return None, False
             case ProgressUpdate():
                 self.on_event(message)
-                return None
+                return None, False
             case ResumeInfo():
                 self._resume_info(message)
-                return None
+                return None, False
             case DownloadComplete():
                 self._downloaded(message)
             case DownloadFailed():
@@ -171,7 +193,7 @@ class StateKeeper(pykka.ThreadingActor):
             case PostProcessed() | PostProcessFailed():
                 self._recorded(message)
             case Enqueue():
-                return self._enqueue(message)
+                return self._enqueue(message), False
             case InputClosed():
                 self.input_closed = True
             case Attach():
@@ -183,17 +205,17 @@ class StateKeeper(pykka.ThreadingActor):
             case Cancel(reason=reason, abort=abort):
                 self._cancel(reason, abort)
             case GetStats():
-                return self._stats()
+                return self._stats(), False
             case _:
                 log.warning("unexpected message", message=repr(message))
-                return None
-        self._pump()
-        return None
+                return None, False
+        return None, True
 
     def _pump(self) -> None:
         """Move work forward after any event, then check whether the run is over."""
         self._dispatch()
         self._fail_given_up()
+        self._feed_processors()
         self._send_reports()
         self._check_finished()
 
@@ -281,11 +303,8 @@ class StateKeeper(pykka.ThreadingActor):
                 )
             )
             return
-        processor = self._least_loaded("processor")
-        self.processing[done.item.id] = (processor or "", done)
-        if processor is not None:
-            self.workers[processor].held.add(done.item.id)
-            tell(self.workers[processor].ref, done)
+        self.processing[done.item.id] = ("", done)
+        self.to_process.append(done)
 
     def _download_failed(self, failed: DownloadFailed) -> None:
         item = self._release(failed.worker, failed.item.id)
@@ -334,9 +353,25 @@ class StateKeeper(pykka.ThreadingActor):
 
     # -- processing and reporting ---------------------------------------------------------
 
-    def _least_loaded(self, kind: str) -> str | None:
-        slots = [(len(s.held), w) for w, s in self.workers.items() if s.kind == kind]
-        return min(slots)[1] if slots else None
+    def _feed_processors(self) -> None:
+        """Hand waiting files to idle processors, in batches split evenly among them.
+
+        A processor gets its next batch only after answering the last one, so batches
+        grow with the load and shrink to single files when the pipeline is quiet.
+        """
+        if not self.to_process:
+            return
+        idle = [s for s in self.workers.values() if s.kind == "processor" and not s.held]
+        for i, slot in enumerate(idle):
+            share = -(-len(self.to_process) // (len(idle) - i))  # ceil
+            batch = tuple(self.to_process.popleft() for _ in range(min(share, PROCESS_BATCH)))
+            if not batch:
+                return
+            worker = next(w for w, s in self.workers.items() if s is slot)
+            for done in batch:
+                self.processing[done.item.id] = (worker, done)
+                slot.held.add(done.item.id)
+            tell(slot.ref, batch)
 
     def _processed(self, message: ProcessingComplete | ProcessingFailed) -> None:
         entry = self.processing.pop(message.item_id, None)
@@ -371,14 +406,16 @@ class StateKeeper(pykka.ThreadingActor):
         self.unsent_reports.append(outcome)
 
     def _send_reports(self) -> None:
+        """Send waiting outcomes to the post-processor, one batch at a time."""
         pp = self.workers.get(self.post_processor) if self.post_processor else None
-        if pp is None:
+        if pp is None or pp.held or not self.unsent_reports:
             return
-        while self.unsent_reports:
-            outcome = self.unsent_reports.popleft()
+        n = min(len(self.unsent_reports), REPORT_BATCH)
+        batch = tuple(self.unsent_reports.popleft() for _ in range(n))
+        for outcome in batch:
             self.reporting[outcome.id] = outcome
             pp.held.add(outcome.id)
-            tell(pp.ref, outcome)
+        tell(pp.ref, batch)
 
     def _recorded(self, message: PostProcessed | PostProcessFailed) -> None:
         outcome = self.reporting.pop(message.item_id, None)
@@ -403,13 +440,7 @@ class StateKeeper(pykka.ThreadingActor):
         self.workers[attach.worker] = _Worker(
             kind=attach.kind, ref=attach.ref, credit=attach.credit, lane=attach.lane
         )
-        if attach.kind == "processor":
-            orphans = [(w, d) for w, d in self.processing.values() if not w]
-            for _, done in orphans:
-                self.processing[done.item.id] = (attach.worker, done)
-                self.workers[attach.worker].held.add(done.item.id)
-                tell(attach.ref, done)
-        elif attach.kind == "post_processor":
+        if attach.kind == "post_processor":
             self.post_processor = attach.worker
 
     def _worker_lost(self, worker: str, error: str) -> None:
@@ -428,11 +459,7 @@ class StateKeeper(pykka.ThreadingActor):
             elif slot.kind == "processor":
                 _, done = self.processing[item_id]
                 self.processing[item_id] = ("", done)
-                processor = self._least_loaded("processor")
-                if processor is not None:
-                    self.processing[item_id] = (processor, done)
-                    self.workers[processor].held.add(item_id)
-                    tell(self.workers[processor].ref, done)
+                self.to_process.appendleft(done)
             elif slot.kind == "post_processor":
                 self.unsent_reports.appendleft(self.reporting.pop(item_id))
         if slot.kind == "post_processor":

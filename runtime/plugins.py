@@ -85,6 +85,13 @@ class BasePostProcessor:
         """Record one outcome; raise to fail this item."""
         raise NotImplementedError
 
+    def flush(self) -> None:
+        """Make the outcomes recorded so far durable.
+
+        Called after each batch, before the StateKeeper is told they were recorded (and
+        then commits them as terminal); raise to fail the whole batch.
+        """
+
     def close(self) -> None:
         """Flush and release after the last outcome."""
 
@@ -164,7 +171,11 @@ class JsonlManifest(BasePostProcessor):
         assert self.fh is not None, "open() was not called"
         record = asdict(outcome)
         self.fh.write(json.dumps({k: record[k] for k in self.FIELDS}, ensure_ascii=False) + "\n")
-        self.fh.flush()
+
+    def flush(self) -> None:
+        """Flush the written lines to the file."""
+        if self.fh is not None:
+            self.fh.flush()
 
     def close(self) -> None:
         """Close the file, compacting it when this run appended to an earlier one."""

@@ -88,6 +88,7 @@ class SQLiteStore:
         self.db.executescript(_SCHEMA)
         self._in_tx = False
         self._cursor = 0
+        self._outcomes: list[tuple[Any, ...]] = []
 
     # -- transactions -------------------------------------------------------------------
 
@@ -103,6 +104,7 @@ class SQLiteStore:
 
     def commit(self) -> None:
         """Commit everything written since the last commit (the group commit)."""
+        self._flush_outcomes()
         if self._in_tx:
             self.db.execute("COMMIT")
             self._in_tx = False
@@ -284,10 +286,8 @@ class SQLiteStore:
         return {h: json.loads(s) for h, s in self.db.execute("SELECT host, stats FROM hosts")}
 
     def record_outcome(self, outcome: Outcome) -> None:
-        """Make an item terminal."""
-        self._write(
-            "UPDATE items SET status=?, attempts=?, error_kind=?, error=?, path=?, "
-            "final_size=?, final_sha256=? WHERE id=?",
+        """Make an item terminal (written with the next commit, in one batch)."""
+        self._outcomes.append(
             (
                 outcome.status,
                 outcome.attempts,
@@ -297,5 +297,15 @@ class SQLiteStore:
                 outcome.size,
                 outcome.sha256,
                 outcome.id,
-            ),
+            )
         )
+
+    def _flush_outcomes(self) -> None:
+        if self._outcomes:
+            rows, self._outcomes = self._outcomes, []
+            self._write(
+                "UPDATE items SET status=?, attempts=?, error_kind=?, error=?, path=?, "
+                "final_size=?, final_sha256=? WHERE id=?",
+                rows,
+                many=True,
+            )
