@@ -33,8 +33,8 @@ class Attach:
     """Logical id of this instance (name and generation, e.g. ``downloader-3.1``)."""
     kind: str
     """``downloader``, ``processor`` or ``post_processor``."""
-    ref: pykka.ActorRef[Any]
-    """Where to send its work."""
+    ref: Any
+    """Where to send its work: an actor ref, or a ``RemoteRef`` into a worker process."""
     credit: int = 0
     """Initial demand (a downloader's mailbox)."""
     lane: str = "small"

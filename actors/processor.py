@@ -18,7 +18,7 @@ from messages import DownloadComplete, ProcessingComplete, ProcessingFailed
 from runtime.logs import get_logger
 from runtime.plugins import BaseProcessor, Downloaded
 
-__all__ = ["Processor"]
+__all__ = ["Processor", "process_one"]
 
 log = get_logger("processor")
 
@@ -57,23 +57,30 @@ class Processor(ChildActor):
                 log.warning("unexpected message", actor=self.worker, message=repr(message))
 
     def _process(self, done: DownloadComplete) -> ProcessingComplete | ProcessingFailed:
-        item = done.item
-        downloaded = Downloaded(
-            id=item.id,
-            url=item.url,
-            name=item.name,
-            path=done.path,
-            size=done.size,
-            sha256=done.sha256,
+        return process_one(self.plugin, self.worker, done)
+
+
+def process_one(
+    plugin: BaseProcessor, worker: str, done: DownloadComplete
+) -> ProcessingComplete | ProcessingFailed:
+    """Run the plugin on one downloaded file; its exception is the item's failure."""
+    item = done.item
+    downloaded = Downloaded(
+        id=item.id,
+        url=item.url,
+        name=item.name,
+        path=done.path,
+        size=done.size,
+        sha256=done.sha256,
+    )
+    try:
+        result = plugin.process(downloaded)
+        if not isinstance(result, dict):
+            raise TypeError(f"process() returned {type(result).__name__}, not a dict")
+        msgpack.packb(result)  # the result must be able to cross a process boundary
+    except Exception as exc:  # noqa: BLE001 - a plugin's failure is the item's, not ours
+        log.info("processor failed", error=f"{type(exc).__name__}: {exc}")
+        return ProcessingFailed(
+            worker=worker, item_id=item.id, error=f"{type(exc).__name__}: {exc}"
         )
-        try:
-            result = self.plugin.process(downloaded)
-            if not isinstance(result, dict):
-                raise TypeError(f"process() returned {type(result).__name__}, not a dict")
-            msgpack.packb(result)  # the result must be able to cross a process boundary
-        except Exception as exc:  # noqa: BLE001 - a plugin's failure is the item's, not ours
-            log.info("processor failed", error=f"{type(exc).__name__}: {exc}")
-            return ProcessingFailed(
-                worker=self.worker, item_id=item.id, error=f"{type(exc).__name__}: {exc}"
-            )
-        return ProcessingComplete(worker=self.worker, item_id=item.id, result=result)
+    return ProcessingComplete(worker=worker, item_id=item.id, result=result)

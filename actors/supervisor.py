@@ -14,6 +14,7 @@ and the StateKeeper commits and ends the run, leaving unfinished items pending.
 from __future__ import annotations
 
 import contextlib
+import pickle
 import random
 import threading
 from collections import deque
@@ -38,6 +39,7 @@ from actors.control import (
 from actors.downloader import Downloader
 from actors.post_processor import PostProcessor
 from actors.processor import Processor
+from actors.remote import DownloaderHost, ProcessLost, RemoteProcessor
 from actors.state_keeper import EventSink, StateKeeper
 from messages import Cancel, RunFinished
 from runtime.clock import Clock
@@ -107,6 +109,8 @@ class Supervisor(pykka.ThreadingActor):
         self.error: tuple[str, str] | None = None
         self.finished = False
         self.shutting_down = False
+        self.hosts: list[DownloaderHost] = []  # download.processes worker processes
+        self.remote: dict[str, tuple[int, int]] = {}  # downloader -> (host, slot)
 
     # -- start ----------------------------------------------------------------------------
 
@@ -119,6 +123,7 @@ class Supervisor(pykka.ThreadingActor):
             for ref in [*self.children.values(), self.state_keeper]:
                 if ref is not None:
                     ref.stop(block=False)
+            self._stop_hosts()
             self.actor_ref.stop(block=False)
             raise
 
@@ -142,6 +147,15 @@ class Supervisor(pykka.ThreadingActor):
         for i in range(self.config.processing.workers):
             self._start_child("processor", i)
         d = self.config.download
+        if d.processes:
+            try:
+                pickle.dumps(self.transport_factory)
+            except Exception as exc:  # any pickling failure means the same
+                raise ConveyorError(
+                    "download.processes needs a transport factory that can be sent to a "
+                    f"worker process (picklable): {exc}"
+                ) from exc
+            self.hosts = [self._new_host(i) for i in range(d.processes)]
         for i in range(d.workers + d.large_workers):  # the large-file lane comes last
             self._start_child("downloader", i)
         threading.Thread(target=self._tick, name="conveyor-ticker", daemon=True).start()
@@ -150,6 +164,24 @@ class Supervisor(pykka.ThreadingActor):
                 target=self._job_deadline, name="conveyor-deadline", daemon=True
             ).start()
         return self.state_keeper
+
+    def _new_host(self, index: int) -> DownloaderHost:
+        assert self.state_keeper is not None
+        return DownloaderHost(
+            index=index,
+            config=self.config,
+            transport_factory=self.transport_factory,
+            state_keeper=self.state_keeper,
+            supervisor=self.actor_ref,
+        )
+
+    def _stop_hosts(self) -> None:
+        """Close every worker process's pipe, then wait for them (killing stragglers)."""
+        for host in self.hosts:
+            host.stopping = True
+            host.pipe.close(keep_reading=True)
+        for host in self.hosts:
+            host.stop(timeout=2.0)
 
     def _processor_plugin(self) -> BaseProcessor:
         p = self.config.processing
@@ -171,9 +203,20 @@ class Supervisor(pykka.ThreadingActor):
         self.generation[(kind, index)] = gen
         worker = f"{kind}-{index}.{gen}"
         common: dict[str, Any] = {"worker": worker, "index": index, "supervisor": self.actor_ref}
-        ref: pykka.ActorRef[Any]
+        ref: Any
         credit = 0
         lane = "small"
+        if kind == "downloader" and self.hosts:
+            lane = "large" if index >= self.config.download.workers else "small"
+            host = index % len(self.hosts)
+            self.remote[worker] = (host, index)
+            ref = self.hosts[host].start_downloader(worker, index, lane)
+            credit = self.config.download.mailbox
+            tell(
+                self.state_keeper,
+                Attach(worker=worker, kind=kind, ref=ref, credit=credit, lane=lane),
+            )
+            return
         if kind == "downloader":
             lane = "large" if index >= self.config.download.workers else "small"
             ref = Downloader.start(
@@ -186,6 +229,10 @@ class Supervisor(pykka.ThreadingActor):
                 cancel=self.cancel,
             )
             credit = self.config.download.mailbox
+        elif kind == "processor" and self.config.processing.mode == "process":
+            ref = RemoteProcessor.start(
+                **common, state_keeper=self.state_keeper, config=self.config
+            )
         elif kind == "processor":
             ref = Processor.start(
                 **common, state_keeper=self.state_keeper, plugin=self._processor_plugin()
@@ -227,6 +274,8 @@ class Supervisor(pykka.ThreadingActor):
                 return self._start()
             case ChildCrashed():
                 self._crashed(message)
+            case ProcessLost():
+                self._process_lost(message)
             case Shutdown(reason=reason, grace=grace):
                 self._shutdown(
                     reason, self.config.supervisor.shutdown_grace if grace is None else grace
@@ -244,6 +293,9 @@ class Supervisor(pykka.ThreadingActor):
 
     def _crashed(self, crash: ChildCrashed) -> None:
         self.children.pop(crash.worker, None)
+        remote = self.remote.pop(crash.worker, None)
+        if remote is not None:
+            self.hosts[remote[0]].forget(crash.worker)
         if self.finished or (self.error is not None and self.error[0] == "supervision"):
             return  # already ending on an escalation; the first error is the one to report
         log.error("child crashed", worker=crash.worker, error=crash.error)
@@ -253,6 +305,40 @@ class Supervisor(pykka.ThreadingActor):
                 RunFinished(accepted=0, completed=0, failed=0, skipped=0, reason=self.error[1])
             )
             return
+        if not self._count_restart(f"{crash.worker}: {crash.error}"):
+            return
+        assert self.state_keeper is not None
+        tell(self.state_keeper, WorkerLost(worker=crash.worker, error=crash.error))
+        if not self.shutting_down or crash.kind != "downloader":
+            self._start_child(crash.kind, crash.index)
+        log.warning("child restarted", kind=crash.kind, index=crash.index)
+
+    def _process_lost(self, lost: ProcessLost) -> None:
+        """A downloader worker process died: re-dispatch its work, start a new one."""
+        if self.finished or lost.host >= len(self.hosts):
+            return
+        old = self.hosts[lost.host]
+        if old.stopping:
+            return
+        log.error("worker process lost", process=lost.host, pid=old.pid, error=lost.error)
+        slots = sorted(
+            (worker, slot) for worker, (host, slot) in self.remote.items() if host == lost.host
+        )
+        assert self.state_keeper is not None
+        for worker, _ in slots:
+            del self.remote[worker]
+            tell(self.state_keeper, WorkerLost(worker=worker, error=lost.error))
+        old.stop(timeout=1.0)
+        if not self._count_restart(f"worker process {lost.host}: {lost.error}"):
+            return
+        self.hosts[lost.host] = self._new_host(lost.host)
+        if not self.shutting_down:
+            for _, slot in slots:
+                self._start_child("downloader", slot)
+        log.warning("worker process restarted", process=lost.host, downloaders=len(slots))
+
+    def _count_restart(self, what: str) -> bool:
+        """Record a restart; False (and the run ends) when the intensity is exceeded."""
         now = self.clock.now()
         self.restarts.append(now)
         window = self.config.supervisor.restart_window
@@ -262,17 +348,12 @@ class Supervisor(pykka.ThreadingActor):
             message = (
                 f"restart intensity exceeded: {len(self.restarts)} restarts within "
                 f"{window:g}s (supervisor.max_restarts = "
-                f"{self.config.supervisor.max_restarts}); last crash: {crash.worker}: "
-                f"{crash.error}"
+                f"{self.config.supervisor.max_restarts}); last crash: {what}"
             )
             self.error = ("supervision", message)
             self._abort(message)
-            return
-        assert self.state_keeper is not None
-        tell(self.state_keeper, WorkerLost(worker=crash.worker, error=crash.error))
-        if not self.shutting_down or crash.kind != "downloader":
-            self._start_child(crash.kind, crash.index)
-        log.warning("child restarted", kind=crash.kind, index=crash.index)
+            return False
+        return True
 
     def _shutdown(self, reason: str, grace: float) -> None:
         if self.shutting_down or self.finished or self.state_keeper is None:
@@ -290,6 +371,8 @@ class Supervisor(pykka.ThreadingActor):
 
     def _abort(self, reason: str) -> None:
         self.cancel.set()
+        for host in self.hosts:
+            host.cancel()
         if self.state_keeper is not None:
             tell(self.state_keeper, Cancel(reason=reason, abort=True))
 
@@ -302,6 +385,7 @@ class Supervisor(pykka.ThreadingActor):
         """A bug in the supervisor itself: stop everything and tell the host."""
         self.cancel.set()
         self.stop_ticker.set()
+        self._stop_hosts()
         if not self.finished:
             self.finished = True
             self.on_finished(
@@ -320,6 +404,8 @@ class Supervisor(pykka.ThreadingActor):
         self.finished = True
         self.cancel.set()
         self.stop_ticker.set()
+        for host in self.hosts:
+            host.cancel()
         stopping = [
             ref.stop(block=False)
             for worker, ref in list(self.children.items())
@@ -331,6 +417,7 @@ class Supervisor(pykka.ThreadingActor):
         for future in stopping:
             with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
                 future.get(timeout=max(0.0, deadline - self.clock.now()))
+        self._stop_hosts()
         for worker, ref in list(self.children.items()):
             if worker.startswith("post_processor"):
                 ref.stop(block=True, timeout=30)  # flush the manifest before we report

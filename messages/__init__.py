@@ -1,6 +1,6 @@
 """Typed messages of the conveyor pipeline and their msgpack codec."""
 
-from messages.codec import MESSAGE_TYPES, CodecError, decode, encode
+from messages.codec import MESSAGE_TYPES, CodecError, decode, decode_batch, encode, encode_batch
 from messages.types import (
     Cancel,
     Demand,
@@ -18,6 +18,8 @@ from messages.types import (
     Rejected,
     ResumeInfo,
     RunFinished,
+    StartDownloader,
+    WorkerCrashed,
     WorkItem,
 )
 
@@ -40,7 +42,11 @@ __all__ = [
     "Rejected",
     "ResumeInfo",
     "RunFinished",
+    "StartDownloader",
     "WorkItem",
+    "WorkerCrashed",
     "decode",
+    "decode_batch",
     "encode",
+    "encode_batch",
 ]

@@ -18,7 +18,16 @@ import msgpack
 
 from messages import types as mtypes
 
-__all__ = ["MESSAGE_TYPES", "CodecError", "decode", "encode", "from_wire", "to_wire"]
+__all__ = [
+    "MESSAGE_TYPES",
+    "CodecError",
+    "decode",
+    "decode_batch",
+    "encode",
+    "encode_batch",
+    "from_wire",
+    "to_wire",
+]
 
 
 class CodecError(ValueError):
@@ -173,3 +182,20 @@ def decode(data: bytes) -> Any:
     except (ValueError, msgpack.UnpackException, TypeError) as exc:
         raise CodecError(f"malformed msgpack: {exc}") from exc
     return from_wire(obj)
+
+
+def encode_batch(messages: tuple[Any, ...] | list[Any]) -> bytes:
+    """Encode several messages as one msgpack array (one frame on a pipe)."""
+    packed: bytes = msgpack.packb([to_wire(m) for m in messages], use_bin_type=True)
+    return packed
+
+
+def decode_batch(data: bytes) -> tuple[Any, ...]:
+    """Decode what ``encode_batch`` wrote; raise ``CodecError`` on anything malformed."""
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        raise CodecError(f"malformed msgpack: {exc}") from exc
+    if not isinstance(obj, list):
+        raise CodecError(f"batch: expected an array, got {type(obj).__name__}")
+    return tuple(_from_wire(m, f"batch[{i}]") for i, m in enumerate(obj))

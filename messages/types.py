@@ -301,3 +301,33 @@ class RunFinished:
     """Seconds from start to finish."""
     reason: str = "done"
     """``done``, ``interrupted`` or an error message."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartDownloader:
+    """Supervisor → a downloader worker process: start a downloader actor there."""
+
+    TAG: ClassVar[str] = "start_downloader"
+
+    worker: str
+    """Logical id of the new instance (``downloader-3.2``)."""
+    index: int
+    """Its slot."""
+    lane: str = "small"
+    """``small`` or ``large``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerCrashed:
+    """A worker process → Supervisor: one of its actors crashed (restart it)."""
+
+    TAG: ClassVar[str] = "worker_crashed"
+
+    worker: str
+    """The crashed instance."""
+    kind: str
+    """Its kind."""
+    index: int
+    """Its slot."""
+    error: str
+    """The exception, as ``Type: message``."""

@@ -39,6 +39,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("output", "if_exists"): ("reuse", "skip", "overwrite"),
     ("log", "format"): ("auto", "console", "json"),
     ("log", "level"): ("debug", "info", "warning", "error"),
+    ("processing", "mode"): ("thread", "process"),
 }
 
 
@@ -107,6 +108,8 @@ class DownloadConfig:
     """Items known to be larger than this (bytes) go to the large-file lane."""
     large_workers: int = 1
     """Downloaders of the large-file lane."""
+    processes: int = 0
+    """Worker processes the downloaders are spread over (0: threads of the main process)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,6 +150,9 @@ class ProcessingConfig:
     """``package.module:Class`` of a ``BasePostProcessor``."""
     workers: int = 2
     """Number of processor actors."""
+    mode: str = "thread"
+    """``thread`` (in the main process) or ``process`` (each processor in its own process,
+    files and results crossing as msgpack)."""
     backlog: int = 0
     """Most downloaded files waiting for processing before downloads pause (0: 4 x workers)."""
     manifest: str = ""
@@ -374,6 +380,7 @@ def _check_values(config: Config, source: str) -> Config:
         ("simulate", "latency"),
         ("simulate", "min_size"),
         ("download", "per_host"),
+        ("download", "processes"),
         ("download", "max_size"),
         ("download", "min_speed"),
         ("download", "large_threshold"),

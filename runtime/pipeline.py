@@ -39,7 +39,7 @@ from runtime.clock import Clock, SystemClock
 from runtime.config import Config
 from runtime.errors import ConveyorError, InputError
 from runtime.inputs import iter_batches, parse_entry
-from runtime.transport import RequestsTransport, SimulatedTransportFactory, TransportFactory
+from runtime.transport import RequestsTransportFactory, SimulatedTransportFactory, TransportFactory
 
 __all__ = ["EXIT_CODES", "Pipeline", "RunSummary"]
 
@@ -111,7 +111,7 @@ class Pipeline:
             transport_factory = (
                 SimulatedTransportFactory(config.simulate, self.clock)
                 if simulate
-                else lambda: RequestsTransport(config)
+                else RequestsTransportFactory(config)
             )
         self.transport_factory = transport_factory
         self._on_event = on_event

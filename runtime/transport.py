@@ -13,7 +13,7 @@ import hashlib
 import random
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import requests
 import requests.adapters
@@ -25,6 +25,7 @@ from runtime.errors import FetchError
 
 __all__ = [
     "RequestsTransport",
+    "RequestsTransportFactory",
     "Response",
     "SimulatedTransportFactory",
     "Transport",
@@ -140,6 +141,17 @@ class RequestsTransport:
         self.session.close()
 
 
+class RequestsTransportFactory:
+    """Builds a ``RequestsTransport`` per downloader; picklable, for worker processes."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def __call__(self) -> Transport:
+        """Return a transport for one downloader."""
+        return RequestsTransport(self.config)
+
+
 class _SimulatedResponse:
     def __init__(self, status: int, size: int, seed: int) -> None:
         self.status = status
@@ -186,6 +198,12 @@ class SimulatedTransportFactory:
     def __call__(self) -> Transport:
         """Return a transport for one downloader."""
         return _SimulatedTransport(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # In a worker process: the same seed and settings, that process's own clock.
+        from runtime.clock import SystemClock
+
+        return (SimulatedTransportFactory, (self.config, SystemClock()))
 
     def respond(self, url: str) -> Response:
         """Answer one simulated request."""

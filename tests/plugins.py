@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from messages import Outcome
+from runtime.config import Config
 from runtime.plugins import BasePostProcessor, BaseProcessor, Downloaded
+from runtime.transport import RequestsTransport, Response, Transport
 
 
 class FailingProcessor(BaseProcessor):
@@ -23,3 +27,33 @@ class ExplodingPostProcessor(BasePostProcessor):
     def post_process(self, outcome: Outcome) -> None:
         if outcome.id.startswith("pp-boom"):
             raise RuntimeError("post-processing refused")
+
+
+class CrashOnceTransportFactory:
+    """Requests transports whose first request for a url containing ``crash-me`` raises.
+
+    "First" is remembered in a marker file, so it holds across worker processes; the
+    factory is picklable, so ``download.processes`` can send it to them.
+    """
+
+    def __init__(self, config: Config, marker: str) -> None:
+        self.config = config
+        self.marker = marker
+
+    def __call__(self) -> Transport:
+        return _CrashOnce(RequestsTransport(self.config), Path(self.marker))
+
+
+class _CrashOnce:
+    def __init__(self, inner: RequestsTransport, marker: Path) -> None:
+        self.inner = inner
+        self.marker = marker
+
+    def open(self, url: str, headers: Mapping[str, str]) -> Response:
+        if "crash-me" in url and not self.marker.exists():
+            self.marker.touch()
+            raise RuntimeError("a bug in the transport")
+        return self.inner.open(url, headers)
+
+    def close(self) -> None:
+        self.inner.close()

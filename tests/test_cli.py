@@ -276,3 +276,21 @@ def test_demo_runs_offline_and_succeeds(tmp_path: Path) -> None:
     assert len(records) == 202
     assert sum(r["status"] == "completed" for r in records) == 200
     assert sum(r["attempts"] == 2 for r in records) == 29  # the flaky ones, retried once
+
+
+def test_run_with_worker_processes(tmp_path: Path) -> None:
+    """The CLI with downloaders and processors in worker processes: 200 files verify."""
+    files = make_files(200, seed=3)
+    with LocalFileServer(files) as server:
+        config = write_run(
+            tmp_path,
+            server,
+            files,
+            '[download]\nprocesses = 2\nworkers = 4\n[processing]\nmode = "process"\n',
+        )
+        result = run("run", config, "--log-format", "json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_all_verified(tmp_path / "out", files)
+    records = read_manifest(tmp_path / "state" / "manifest.jsonl")
+    assert len(records) == 200
+    assert all(r["result"]["sha256"] == r["sha256"] for r in records)
