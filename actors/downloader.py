@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import stat
 import threading
 from collections import deque
@@ -306,10 +307,29 @@ class Downloader(ChildActor):
         self, item: WorkItem, response: Response, part: Path, offset: int, total: int | None
     ) -> tuple[int, str]:
         """Append the body to ``part`` from ``offset``; return the size and the sha256."""
-        cfg = self.config.download
         digest = hashlib.sha256()
         if offset:
             _hash_into(digest, part, offset)
+        # Big bodies are hashed on another thread (hashlib releases the GIL), so receiving,
+        # writing and hashing overlap on two cores instead of taking turns.
+        hasher: Any = _BackgroundHash(digest) if (total or 0) >= BACKGROUND_HASH else digest
+        try:
+            received = self._receive(item, response, part, offset, total, hasher)
+        finally:
+            if isinstance(hasher, _BackgroundHash):
+                hasher.finish()
+        return received, digest.hexdigest()
+
+    def _receive(
+        self,
+        item: WorkItem,
+        response: Response,
+        part: Path,
+        offset: int,
+        total: int | None,
+        digest: Any,
+    ) -> int:
+        cfg = self.config.download
         received = offset
         now = self.clock.now()
         limit = cfg.timeout + (total or 0) / max(cfg.min_speed, 1)  # scales with the size
@@ -348,13 +368,39 @@ class Downloader(ChildActor):
                     # no byte for a whole read timeout in the middle of a body: a stall
                     raise StalledError(f"stalled after {received} bytes: {exc}") from exc
                 raise
-        return received, digest.hexdigest()
+        return received
 
     def _progress(self, item: WorkItem, received: int, total: int | None) -> None:
         tell(
             self.state_keeper,
             ProgressUpdate(worker=self.worker, item_id=item.id, received=received, total=total),
         )
+
+
+BACKGROUND_HASH = 16 << 20
+"""Bodies at least this large (bytes, when known) are hashed on a helper thread."""
+
+
+class _BackgroundHash:
+    """Feeds a digest from a helper thread; ``update`` only queues the chunk."""
+
+    def __init__(self, digest: Any) -> None:
+        self.digest = digest
+        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=32)  # bounded memory
+        self.thread = threading.Thread(target=self._run, name="conveyor-hash", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self.chunks.get()) is not None:
+            self.digest.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self.chunks.put(chunk)
+
+    def finish(self) -> None:
+        """Wait until every queued chunk is hashed."""
+        self.chunks.put(None)
+        self.thread.join()
 
 
 def _lstat(path: Path) -> os.stat_result | None:

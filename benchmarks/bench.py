@@ -258,7 +258,8 @@ def conveyor_tool(processes: int) -> Callable[[Workload, str, Path, Path], list[
         cfg = work / f"{tag}.toml"
         cfg.write_text(
             f'[input]\npath = "{lst}"\n[output]\ndir = "{out}"\n[state]\ndir = "{state}"\n'
-            f"[download]\nworkers = {workers}\nper_host = 0\nlarge_threshold = {4 * GiB}\n"
+            f"[download]\nworkers = {workers}\nmailbox = 4\nper_host = 0\n"
+            f"large_threshold = {4 * GiB}\n"
             f"chunk_size = {1 * MiB}\n"
             + (f"processes = {processes}\n" if processes else "")
             + '[processing]\nprocessor = "runtime.plugins:NullProcessor"\n'

@@ -411,3 +411,23 @@ def test_host_statistics_persist_across_runs(tmp_path: Path, server: FaultServer
     (stats,) = summary.stats["hosts"].values()
     assert (stats["attempts"], stats["successes"], stats["bytes"]) == (2, 1, 10000)
     assert stats["failures"] == {"http_4xx": 1}
+
+
+def test_big_bodies_hashed_on_a_helper_thread_verify_and_resume(
+    tmp_path: Path, server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the helper-thread hash for every size: digests are right, also after a reset."""
+    monkeypatch.setattr("actors.downloader.BACKGROUND_HASH", 1)
+    body = body_of("h.bin", 300000)
+    config = make_config(tmp_path, retry={"max_attempts": 3})
+    run(
+        config,
+        [
+            {"id": "h", "url": server.url("/ok/h.bin?size=300000"), "sha256": sha(body)},
+            {"id": "r", "url": server.url("/reset/r.bin?size=300000&at=100000")},
+        ],
+    )
+    records = by_id(config)
+    assert records["h"]["sha256"] == sha(body)
+    assert records["r"]["sha256"] == sha(body_of("r.bin", 300000))
+    assert server.ranges["/reset/r.bin"] == [None, "bytes=100000-"]
