@@ -340,7 +340,9 @@ def run_scale(work: Path, items: int, limit: float) -> dict[str, Any]:
     cfg = folder / "scale.toml"
     cfg.write_text(
         f'[input]\npath = "{lst}"\n[output]\ndir = "{folder}/out"\n'
-        f'[state]\ndir = "{folder}/state"\n[download]\nworkers = 16\nper_host = 0\n'
+        f'[state]\ndir = "{folder}/state"\n'
+        "[download]\nworkers = 16\nmailbox = 8\nper_host = 0\nprocesses = 2\n"
+        '[processing]\nprocessor = "runtime.plugins:NullProcessor"\n'
         '[simulate]\nmin_size = 64\nmax_size = 64\n[log]\nlevel = "warning"\n'
     )
     argv = [sys.executable, str(HERE / "scale.py"), str(cfg), "--limit", str(limit)]
