@@ -17,8 +17,10 @@ Flow of one item::
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +37,7 @@ from messages import (
     DownloadStarted,
     Enqueue,
     Grant,
+    HostStatus,
     Outcome,
     PostProcessed,
     PostProcessFailed,
@@ -43,6 +46,7 @@ from messages import (
     ProgressUpdate,
     ResumeInfo,
     RunFinished,
+    RunProgress,
     WorkItem,
 )
 from runtime.clock import Clock
@@ -135,6 +139,8 @@ class StateKeeper(pykka.ThreadingActor):
         state_dir = Path(self.config.state.dir)
         try:
             store = SQLiteStore(state_dir)
+            store.set_meta(run_state="running", pid=os.getpid(), started_at=time.time())
+            store.commit()
             counts = store.counts()
             self.open_items = store.open_count()
             self.unsent_reports.extend(store.recover())
@@ -507,8 +513,45 @@ class StateKeeper(pykka.ThreadingActor):
 
     def _commit(self) -> None:
         if self.store is not None:
-            self.store.save_hosts(self.scheduler.take_dirty())
+            hosts = self.scheduler.take_dirty()
+            self.store.save_hosts(hosts)
+            self.store.set_meta(last_commit_at=time.time())  # wall time, for `status`
             self.store.commit()
+            self._progress_events(hosts)
+
+    def _progress_events(self, hosts: dict[str, dict[str, Any]]) -> None:
+        """Tell displays where the run stands (once per commit, so at a bounded rate)."""
+        now = self.clock.now()
+        for key, st in sorted(hosts.items()):
+            not_before = self.scheduler.hosts[key].not_before
+            self.on_event(
+                HostStatus(
+                    host=key,
+                    active=st["active"],
+                    attempts=st["attempts"],
+                    successes=st["successes"],
+                    failures=sum(st["failures"].values()),
+                    retries=st["retries"],
+                    bytes=st["bytes"],
+                    breaker=st["breaker"],
+                    times_opened=st["times_opened"],
+                    cooldown=max(0.0, not_before - now),
+                )
+            )
+        self.on_event(
+            RunProgress(
+                accepted=self.stats["accepted"],
+                completed=self.stats["completed"],
+                failed=self.stats["failed"],
+                skipped=self.stats["skipped"],
+                pending=self.open_items,
+                downloading=len(self.leases),
+                processing=len(self.processing),
+                bytes=self.stats["bytes"],
+                retries=self.stats["retries"],
+                elapsed=now - self.run_started,
+            )
+        )
 
     def _stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = dict(self.stats)
@@ -523,6 +566,10 @@ class StateKeeper(pykka.ThreadingActor):
 
     def _finish(self) -> None:
         self.finished = True
+        if self.store is not None:
+            self.store.set_meta(
+                run_state="finished", reason=self.end_reason, finished_at=time.time()
+            )
         self._commit()
         summary = RunFinished(
             accepted=self.stats["accepted"],

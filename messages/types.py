@@ -331,3 +331,59 @@ class WorkerCrashed:
     """Its slot."""
     error: str
     """The exception, as ``Type: message``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunProgress:
+    """StateKeeper → displays and event streams, once per tick: where the run stands."""
+
+    TAG: ClassVar[str] = "run_progress"
+
+    accepted: int
+    """Entries accepted so far."""
+    completed: int
+    """Items completed (all runs on this state)."""
+    failed: int
+    """Items failed."""
+    skipped: int
+    """Items skipped."""
+    pending: int
+    """Items not yet terminal (including those in flight)."""
+    downloading: int
+    """Items leased to downloaders."""
+    processing: int
+    """Downloaded items waiting for or in processing."""
+    bytes: int
+    """Bytes downloaded in this run."""
+    retries: int
+    """Retries scheduled in this run."""
+    elapsed: float
+    """Seconds since the run started."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostStatus:
+    """StateKeeper → displays and event streams: a host whose state changed this tick."""
+
+    TAG: ClassVar[str] = "host_status"
+
+    host: str
+    """``host:port``."""
+    active: int
+    """Downloads in progress."""
+    attempts: int
+    """Requests sent (all runs on this state)."""
+    successes: int
+    """Downloads completed."""
+    failures: int
+    """Failed attempts, of any kind."""
+    retries: int
+    """Retries scheduled."""
+    bytes: int
+    """Bytes downloaded."""
+    breaker: str
+    """``closed``, ``open``, ``half_open`` or ``down``."""
+    times_opened: int = 0
+    """How often the breaker opened."""
+    cooldown: float = 0.0
+    """Seconds left of a Retry-After cool-down (0: none)."""

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
 from runtime.config import Config, load_config
+from runtime.display import LiveDisplay, ProgressLogger
 from runtime.errors import ConveyorError
+from runtime.events import EventStream, fan_out
+from runtime.inputs import iter_batches
 from runtime.logs import configure_cli_logging
+from runtime.metrics import Metrics
 from runtime.pipeline import EXIT_CODES, Pipeline, RunSummary
+from runtime.report import human_bytes, print_error_kinds, print_hosts, print_status, read_report
+from runtime.store import SQLiteStore
 
 __all__ = ["main", "print_summary"]
 
@@ -60,6 +68,56 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="log format (default: console on a TTY, JSON lines otherwise)",
     )
+    run.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no live progress (neither the TTY display nor the periodic progress log line)",
+    )
+    run.add_argument(
+        "--events",
+        metavar="FILE",
+        help="write every pipeline event as numbered NDJSON to FILE ('-' for stdout; the "
+        "summary then goes to stderr)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus metrics on http://127.0.0.1:N/metrics during the run",
+    )
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="first put failed items back to pending (see the retry-failed command)",
+    )
+    run.add_argument(
+        "--kind", help="with --retry-failed: only items that failed with this error kind"
+    )
+    status = sub.add_parser(
+        "status",
+        help="show what a running or finished run has done",
+        description="Read a run's state (without disturbing a live run) and show counts by "
+        "status, failures by error kind with an example url, and per-host statistics.",
+    )
+    status.add_argument("target", metavar="CONFIG|STATE_DIR", help="a config file or a state dir")
+    status.add_argument("--json", action="store_true", help="print the report as JSON")
+    retry = sub.add_parser(
+        "retry-failed",
+        help="put failed items back to pending for the next run",
+        description="Put the failed items of CONFIG's state (all, or those of one error kind) "
+        "back to pending, so the next `run` tries them again from scratch. Rejected input "
+        "entries (invalid_entry) stay failed: fix the input instead.",
+    )
+    retry.add_argument("config", help="TOML config file")
+    retry.add_argument("--kind", help="only items that failed with this error kind")
+    validate = sub.add_parser(
+        "validate",
+        help="check the config and the whole input; download nothing",
+        description="Load CONFIG and read its whole input list: report every bad entry with "
+        "its line number. Exit code 0 when everything is usable, 1 when some entries are "
+        "bad, 2 when the config or the input file cannot be used at all.",
+    )
+    validate.add_argument("config", help="TOML config file")
     demo = sub.add_parser(
         "demo",
         help="serve generated files on 127.0.0.1 and download them (offline)",
@@ -89,29 +147,195 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure_cli_logging("warning", args.log_format or "auto")
         return run_demo(args.dir, args.files)
+    if args.command == "status":
+        return _status(args.target, as_json=args.json)
     try:
         config = load_config(args.config)
     except ConveyorError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return EXIT_CODES["bad_input"]
+    if args.command == "retry-failed":
+        return _retry_failed(config, args.kind)
+    if args.command == "validate":
+        return _validate(config)
     level = "debug" if args.debug else config.log.level
     configure_cli_logging(level, args.log_format or config.log.format)
-    return run_pipeline(config, simulate=args.simulate_downloads)
+    if args.retry_failed and _retry_failed(config, args.kind) != 0:
+        return EXIT_CODES["bad_input"]
+    return run_pipeline(
+        config,
+        simulate=args.simulate_downloads,
+        quiet=args.quiet,
+        events=args.events,
+        metrics_port=args.metrics_port,
+    )
 
 
-def run_pipeline(config: Config, *, simulate: bool = False, out: TextIO | None = None) -> int:
+def run_pipeline(
+    config: Config,
+    *,
+    simulate: bool = False,
+    out: TextIO | None = None,
+    quiet: bool = False,
+    events: str | None = None,
+    metrics_port: int | None = None,
+) -> int:
     """Run one pipeline in the foreground with signal handling; return the exit code."""
-    out = out or sys.stdout
-    pipeline = Pipeline(config, simulate=simulate)
+    out = out or (sys.stderr if events == "-" else sys.stdout)
+    stream: EventStream | None = None
+    if events == "-":
+        stream = EventStream(sys.stdout)
+    elif events:
+        try:
+            stream = EventStream(open(events, "w", encoding="utf-8"), close=True)  # noqa: SIM115
+        except OSError as exc:
+            print(f"conveyor: cannot write the events to {events}: {exc}", file=sys.stderr)
+            return EXIT_CODES["bad_input"]
+    metrics: Metrics | None = None
+    if metrics_port is not None:
+        metrics = Metrics()
+        try:
+            metrics.serve(metrics_port)
+        except OSError as exc:
+            print(f"conveyor: cannot serve metrics on port {metrics_port}: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_CODES["bad_input"]
+    display: LiveDisplay | None = None
+    progress: Any = None
+    if not quiet:
+        if sys.stderr.isatty():
+            display = LiveDisplay(large_threshold=config.download.large_threshold)
+        else:
+            progress = ProgressLogger()
+    pipeline = Pipeline(config, simulate=simulate,
+                        on_event=fan_out(display, progress, stream, metrics))  # fmt: skip
     _install_signals(pipeline)
     try:
         pipeline.start()
     except ConveyorError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return EXIT_CODES["bad_input"]
-    summary = _wait(pipeline)
-    print_summary(summary, out)
+    if display is not None:
+        display.start()
+    try:
+        summary = _wait(pipeline)
+    finally:
+        if display is not None:
+            display.stop()
+        if stream is not None:
+            stream.close()
+        if metrics is not None:
+            metrics.stop()
+    report = _final_report(config, summary)
+    print_summary(summary, out, report)
     return summary.exit_code
+
+
+def _final_report(config: Config, summary: RunSummary) -> dict[str, Any] | None:
+    """Read the store once more and write ``<state.dir>/summary.json``."""
+    state_dir = Path(config.state.dir)
+    try:
+        report = read_report(state_dir)
+    except ConveyorError:
+        return None  # the run never opened its state (it failed to start)
+    report["this_run"] = summary_dict(summary)
+    report["this_run"]["stats"] = {k: v for k, v in summary.stats.items() if k != "hosts"}
+    try:
+        (state_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as exc:
+        print(f"conveyor: cannot write {state_dir / 'summary.json'}: {exc}", file=sys.stderr)
+    return report
+
+
+def _state_dir_of(target: str) -> Path:
+    path = Path(target)
+    if path.is_dir():
+        return path
+    return Path(load_config(path).state.dir)
+
+
+def _status(target: str, *, as_json: bool) -> int:
+    try:
+        report = read_report(_state_dir_of(target))
+    except ConveyorError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return EXIT_CODES["bad_input"]
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_status(report, sys.stdout)
+    return 0
+
+
+def _retry_failed(config: Config, kind: str | None) -> int:
+    state_dir = Path(config.state.dir)
+    try:
+        report = read_report(state_dir)
+    except ConveyorError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return EXIT_CODES["bad_input"]
+    run = report["run"]
+    if run.get("run_state") == "running" and run.get("pid") and _alive(int(run["pid"])):
+        print(f"conveyor: a run (pid {run['pid']}) is using {state_dir}; stop it first",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CODES["bad_input"]
+    store = SQLiteStore(state_dir)
+    try:
+        count = store.retry_failed(kind)
+    finally:
+        store.close()
+    which = f"with error kind {kind}" if kind else "failed"
+    print(
+        f"conveyor: {count} items {which} are pending again; `run` will try them", file=sys.stderr
+    )
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+def _validate(config: Config) -> int:
+    """Check every entry of the input; print the bad ones with their lines."""
+    path = Path(config.input.path)
+    if not config.input.path:
+        print("conveyor: the config has no input.path", file=sys.stderr)
+        return EXIT_CODES["bad_input"]
+    bad: list[tuple[int, str]] = []
+    ids: set[str] = set()
+    names: set[str] = set()
+    total = 0
+    try:
+        for batch in iter_batches(path, config.input.format):
+            derived = set(batch.derived_name_ids)
+            for rejected in batch.rejected:
+                bad.append((rejected.line, rejected.error))
+            for item in batch.items:
+                if item.id in ids:
+                    bad.append((item.line, f"line {item.line}: duplicate id {item.id!r}"))
+                elif item.id not in derived and item.name in names:
+                    bad.append((item.line, f"line {item.line}: name {item.name!r} is "
+                                           "already used by an earlier entry"))  # fmt: skip
+                ids.add(item.id)
+                if item.id not in derived:
+                    names.add(item.name)
+            total += len(batch.items) + len(batch.rejected)
+    except ConveyorError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return EXIT_CODES["bad_input"]
+    bad.sort()
+    print(f"{path}: {total} entries, {total - len(bad)} usable, {len(bad)} bad")
+    for _, error in bad[:200]:
+        print(f"  {error}")
+    if len(bad) > 200:
+        print(f"  ... and {len(bad) - 200} more")
+    return 0 if not bad else 1
 
 
 def _wait(pipeline: Pipeline) -> RunSummary:
@@ -146,15 +370,7 @@ def _install_signals(pipeline: Pipeline) -> None:
     signal.signal(signal.SIGTERM, handle)
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover - the loop returns
-
-
-def print_summary(summary: RunSummary, out: TextIO) -> None:
+def print_summary(summary: RunSummary, out: TextIO, report: dict[str, Any] | None = None) -> None:
     """Print the end-of-run table."""
     f = summary.finished
     rows: list[tuple[str, Any]] = [
@@ -167,9 +383,9 @@ def print_summary(summary: RunSummary, out: TextIO) -> None:
         rows.append(("pending (next run)", f.pending))
     elapsed = max(f.elapsed, 1e-9)
     rows += [
-        ("downloaded", _human(f.bytes)),
+        ("downloaded", human_bytes(f.bytes)),
         ("elapsed", f"{f.elapsed:.2f} s"),
-        ("throughput", f"{_human(f.bytes / elapsed)}/s"),
+        ("throughput", f"{human_bytes(f.bytes / elapsed)}/s"),
     ]
     width = max(len(k) for k, _ in rows)
     print("", file=out)
@@ -178,47 +394,12 @@ def print_summary(summary: RunSummary, out: TextIO) -> None:
         print(f"  {key:<{width}}  {value}", file=out)
     if summary.stats.get("retries"):
         print(f"  {'retries':<{width}}  {summary.stats['retries']}", file=out)
-    _print_hosts(summary.stats.get("hosts") or {}, out)
+    if report is not None:
+        print_error_kinds(report["error_kinds"], out)
+    print_hosts(summary.stats.get("hosts") or {}, out)
     if summary.error:
         print(f"error: {summary.error}", file=out)
     out.flush()
-
-
-MAX_HOST_ROWS = 20
-
-
-def _print_hosts(hosts: dict[str, dict[str, Any]], out: TextIO) -> None:
-    """Per-host statistics (all runs on this state), busiest first."""
-    if not hosts:
-        return
-    header = ("host", "attempts", "ok", "retries", "bytes", "breaker", "failures")
-    rows = []
-    busiest = sorted(hosts.items(), key=lambda kv: (-kv[1].get("attempts", 0), kv[0]))
-    for host, st in busiest[:MAX_HOST_ROWS]:
-        failures = ", ".join(f"{k} {v}" for k, v in sorted(st.get("failures", {}).items()))
-        breaker = st.get("breaker", "closed")
-        if st.get("times_opened"):
-            breaker += f" (opened {st['times_opened']}x)"
-        rows.append(
-            (
-                host,
-                str(st.get("attempts", 0)),
-                str(st.get("successes", 0)),
-                str(st.get("retries", 0)),
-                _human(st.get("bytes", 0)),
-                breaker,
-                failures or "-",
-            )
-        )
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print("", file=out)
-    for row in [header, *rows]:
-        print(
-            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(),
-            file=out,
-        )
-    if len(busiest) > MAX_HOST_ROWS:
-        print(f"  ... and {len(busiest) - MAX_HOST_ROWS} more hosts", file=out)
 
 
 def summary_dict(summary: RunSummary) -> dict[str, Any]:

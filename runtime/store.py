@@ -281,6 +281,32 @@ class SQLiteStore:
             many=True,
         )
 
+    def set_meta(self, **values: Any) -> None:
+        """Record facts about the run (``run_state``, ``pid``, times) for ``status``."""
+        self._write(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            [(k, json.dumps(v)) for k, v in values.items()],
+            many=True,
+        )
+
+    def retry_failed(self, kind: str | None = None) -> int:
+        """Put failed items (all, or of one error kind) back to pending; return how many.
+
+        Rejected input entries (``invalid_entry``) stay failed: the input must change.
+        """
+        sql = (
+            "UPDATE items SET status='pending', attempts=0, error_kind=NULL, error=NULL "
+            "WHERE status='failed' AND COALESCE(error_kind, '') != 'invalid_entry'"
+        )
+        params: tuple[str, ...] = ()
+        if kind is not None:
+            sql += " AND error_kind = ?"
+            params = (kind,)
+        count = self._write(sql, params).rowcount
+        self.commit()
+        return int(count)
+
     def load_hosts(self) -> dict[str, dict[str, Any]]:
         """Per-host statistics of earlier runs on this state."""
         return {h: json.loads(s) for h, s in self.db.execute("SELECT host, stats FROM hosts")}

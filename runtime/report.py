@@ -1,0 +1,146 @@
+"""What a run did, read from its state store: for ``status``, the summary and summary.json.
+
+The store is opened read-only (SQLite WAL readers never block the writer), so ``status``
+can look at a live run without disturbing it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from runtime.errors import ConveyorError
+
+__all__ = ["human_bytes", "print_error_kinds", "print_hosts", "print_status", "read_report"]
+
+MAX_ROWS = 20
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` → ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover - the loop returns
+
+
+def read_report(state_dir: Path) -> dict[str, Any]:
+    """Counts by status, failures by error kind (with an example url), hosts, run facts.
+
+    Raises:
+        ConveyorError: there is no readable conveyor state in ``state_dir``.
+    """
+    path = Path(state_dir) / "state.sqlite3"
+    if not path.is_file():
+        raise ConveyorError(f"no conveyor state in {state_dir} (no state.sqlite3 there)")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            statuses = dict(db.execute("SELECT status, count(*) FROM items GROUP BY status"))
+            kinds = db.execute(
+                "SELECT COALESCE(error_kind, 'unknown'), count(*), min(url) FROM items "
+                "WHERE status='failed' GROUP BY 1 ORDER BY 2 DESC, 1"
+            ).fetchall()
+            hosts = {h: json.loads(s) for h, s in db.execute("SELECT host, stats FROM hosts")}
+            meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
+        finally:
+            db.close()
+    except (sqlite3.Error, ValueError) as exc:
+        raise ConveyorError(f"cannot read the state {path}: {exc}") from exc
+    items = {s: statuses.get(s, 0) for s in ("completed", "failed", "skipped")}
+    items["pending"] = sum(n for s, n in statuses.items() if s not in items)
+    return {
+        "state": str(path),
+        "items": items,
+        "total": sum(statuses.values()),
+        "error_kinds": [{"error_kind": k, "count": n, "example_url": u} for k, n, u in kinds],
+        "hosts": hosts,
+        "run": meta,
+    }
+
+
+def _table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(),
+              file=out)  # fmt: skip
+
+
+def print_hosts(hosts: dict[str, dict[str, Any]], out: TextIO) -> None:
+    """Per-host statistics, busiest first."""
+    if not hosts:
+        return
+    rows = [("host", "attempts", "ok", "retries", "bytes", "breaker", "failures")]
+    busiest = sorted(hosts.items(), key=lambda kv: (-kv[1].get("attempts", 0), kv[0]))
+    for host, st in busiest[:MAX_ROWS]:
+        failures = ", ".join(f"{k} {v}" for k, v in sorted(st.get("failures", {}).items()))
+        breaker = st.get("breaker", "closed")
+        if st.get("times_opened"):
+            breaker += f" (opened {st['times_opened']}x)"
+        rows.append((host, str(st.get("attempts", 0)), str(st.get("successes", 0)),
+                     str(st.get("retries", 0)), human_bytes(st.get("bytes", 0)), breaker,
+                     failures or "-"))  # fmt: skip
+    print("", file=out)
+    _table(rows, out)
+    if len(busiest) > MAX_ROWS:
+        print(f"  ... and {len(busiest) - MAX_ROWS} more hosts", file=out)
+
+
+def print_error_kinds(kinds: list[dict[str, Any]], out: TextIO) -> None:
+    """Failed items by error kind, each with an example url."""
+    if not kinds:
+        return
+    rows = [("error kind", "items", "example")]
+    rows += [(k["error_kind"], str(k["count"]), k["example_url"] or "-") for k in kinds[:MAX_ROWS]]
+    print("", file=out)
+    _table(rows, out)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def print_status(report: dict[str, Any], out: TextIO) -> None:
+    """``python -m runtime status``: what a running or finished run has done."""
+    run = report["run"]
+    state = run.get("run_state", "unknown")
+    pid = run.get("pid")
+    if state == "running" and pid is not None and not _pid_alive(int(pid)):
+        state = f"stopped without finishing (process {pid} is gone); run again to resume"
+    elif state == "running":
+        state = f"running (pid {pid})"
+    elif state == "finished":
+        state = f"finished: {run.get('reason', '?')}"
+    items = report["items"]
+    print(f"state    {report['state']}", file=out)
+    print(f"run      {state}", file=out)
+    print(f"started  {_when(run.get('started_at'))}   last commit "
+          f"{_when(run.get('last_commit_at'))}", file=out)  # fmt: skip
+    print("", file=out)
+    rows = [("status", "items")] + [(k, str(items[k])) for k in
+                                     ("completed", "failed", "skipped", "pending")]  # fmt: skip
+    rows.append(("total", str(report["total"])))
+    _table(rows, out)
+    print_error_kinds(report["error_kinds"], out)
+    print_hosts(report["hosts"], out)
+    if items["failed"]:
+        print("\nput failed items back for the next run: python -m runtime retry-failed CONFIG "
+              "[--kind KIND]", file=out)  # fmt: skip

@@ -1,0 +1,361 @@
+"""Operator experience: live display, progress log, events, status, retry-failed, validate,
+metrics and the final summary."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+import structlog
+from rich.console import Console
+
+from messages import DownloadComplete, HostStatus, ProgressUpdate, RunProgress, WorkItem
+from runtime.display import LiveDisplay, ProgressLogger
+from runtime.metrics import Metrics
+from runtime.testing import capture_logs
+from tests.fault_server import FaultServer
+from tests.helpers import read_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 120
+
+
+def cli(*args: str | Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+        **kwargs,
+    )
+
+
+def start_cli(*args: str | Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime", *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def write_config(tmp_path: Path, entries: list[dict[str, Any]], extra: str = "") -> Path:
+    with (tmp_path / "files.ndjson").open("w") as fh:
+        for entry in entries:
+            fh.write(json.dumps(entry) + "\n")
+    config = tmp_path / "conveyor.toml"
+    config.write_text(
+        '[input]\npath = "files.ndjson"\n[output]\ndir = "out"\n'
+        '[state]\ndir = "state"\npersist_interval = 0.05\n'
+        "[retry]\nbackoff_initial = 0.0\n" + extra
+    )
+    return config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- the live display --------------------------------------------------------------------
+
+
+def progress(**overrides: Any) -> RunProgress:
+    values: dict[str, Any] = {
+        "accepted": 100, "completed": 40, "failed": 8, "skipped": 2, "pending": 50,
+        "downloading": 6, "processing": 1, "bytes": 50 << 20, "retries": 7, "elapsed": 25.0,
+    }  # fmt: skip
+    values.update(overrides)
+    return RunProgress(**values)
+
+
+def test_live_display_renders_totals_busy_hosts_and_large_transfers() -> None:
+    display = LiveDisplay(large_threshold=10 << 20)
+    display(progress())
+    display(HostStatus(host="slow.example:443", active=3, attempts=90, successes=80,
+                       failures=5, retries=4, bytes=1 << 20, breaker="closed"))  # fmt: skip
+    display(HostStatus(host="dead.example:80", active=0, attempts=9, successes=0, failures=9,
+                       retries=6, bytes=0, breaker="open", cooldown=0.0))  # fmt: skip
+    display(HostStatus(host="limited.example:80", active=0, attempts=3, successes=2,
+                       failures=1, retries=1, bytes=0, breaker="closed",
+                       cooldown=42.0))  # fmt: skip
+    display(HostStatus(host="idle.example:80", active=0, attempts=5, successes=5, failures=0,
+                       retries=0, bytes=0, breaker="closed"))  # fmt: skip
+    display(ProgressUpdate(worker="d-1", item_id="huge-iso", received=300 << 20, total=1 << 30))
+    display(ProgressUpdate(worker="d-2", item_id="small", received=1 << 20, total=2 << 20))
+
+    console = Console(record=True, width=100, file=io.StringIO(), color_system=None)
+    console.print(display.render())
+    text = console.export_text()
+    lines = text.splitlines()
+    assert "50/100 items" in lines[0]
+    assert "50.0 MiB" in lines[0]
+    assert "ETA 0:25" in lines[0]  # 50 done in 25 s, 50 to go
+    assert "completed 40  failed 8  skipped 2  downloading 6  processing 1  retries 7" in text
+    host_lines = {line.split()[0]: line.split() for line in lines if ".example:" in line}
+    assert set(host_lines) == {"slow.example:443", "dead.example:80", "limited.example:80"}
+    assert host_lines["slow.example:443"] == ["slow.example:443", "3", "80", "5", "closed", "-"]
+    assert host_lines["dead.example:80"][4] == "open"
+    assert host_lines["limited.example:80"][-2:] == ["42", "s"]
+    assert "huge-iso  300.0 MiB / 1.0 GiB" in text
+    assert "small" not in text  # below the large-file threshold
+
+    item = WorkItem(id="huge-iso", url="http://x/huge.iso", name="huge.iso")
+    display(DownloadComplete(worker="d-1", item=item, path="/o/huge.iso", size=1, sha256="a"))
+    console = Console(record=True, width=100, file=io.StringIO(), color_system=None)
+    console.print(display.render())
+    assert "huge-iso" not in console.export_text()
+
+
+def test_progress_logger_logs_every_few_seconds_of_run_time() -> None:
+    logger = ProgressLogger(every=5.0)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    try:
+        with capture_logs() as logs:
+            for elapsed in (1.0, 4.9, 5.0, 7.0, 9.9, 10.0, 10.5):
+                logger(progress(elapsed=elapsed))
+    finally:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    lines = [e for e in logs if e.get("event") == "progress"]
+    assert len(lines) == 2
+    assert lines[0]["done"] == 50
+    assert lines[0]["bytes_per_s"] == (50 << 20) // 5
+
+
+# -- the final summary, events and metrics -------------------------------------------------
+
+
+def test_summary_tables_and_summary_json(tmp_path: Path) -> None:
+    with FaultServer() as server:
+        config = write_config(
+            tmp_path,
+            [{"id": f"ok{i}", "url": server.url(f"/ok/ok{i}.bin")} for i in range(5)]
+            + [{"id": f"gone{i}", "url": server.url(f"/status/404/g{i}.bin")} for i in range(3)]
+            + [{"id": "bad", "url": "ftp://example.invalid/x"}],
+        )
+        result = cli("run", config, "--quiet")
+    assert result.returncode == 1, result.stderr[-2000:]
+    out = result.stdout
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+    assert rows["http_4xx"][0] == "3"
+    assert rows["http_4xx"][1].endswith("/status/404/g0.bin")  # an example url
+    assert rows["invalid_entry"][0] == "1"
+    summary = json.loads((tmp_path / "state" / "summary.json").read_text())
+    assert summary["items"] == {"completed": 5, "failed": 4, "skipped": 0, "pending": 0}
+    assert summary["this_run"]["exit_code"] == 1
+    assert {k["error_kind"]: k["count"] for k in summary["error_kinds"]} == {
+        "http_4xx": 3,
+        "invalid_entry": 1,
+    }
+    assert next(iter(summary["hosts"].values()))["attempts"] == 8
+
+
+def test_events_file_is_numbered_ndjson_of_typed_messages(tmp_path: Path) -> None:
+    with FaultServer() as server:
+        config = write_config(
+            tmp_path, [{"id": f"f{i}", "url": server.url(f"/ok/f{i}.bin")} for i in range(10)]
+        )
+        result = cli("run", config, "--quiet", "--events", tmp_path / "events.ndjson")
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = [json.loads(line) for line in (tmp_path / "events.ndjson").read_text().splitlines()]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    kinds = {e["type"] for e in events}
+    assert {"download_started", "download_complete", "outcome", "run_progress",
+            "host_status", "run_finished"} <= kinds  # fmt: skip
+    assert events[-1]["type"] == "run_finished"
+    assert events[-1]["completed"] == 10
+    done = [e for e in events if e["type"] == "download_complete"]
+    assert sorted(e["item"]["id"] for e in done) == [f"f{i}" for i in range(10)]
+
+
+def test_events_to_stdout_keep_stdout_pure(tmp_path: Path) -> None:
+    with FaultServer() as server:
+        config = write_config(tmp_path, [{"id": "a", "url": server.url("/ok/a.bin")}])
+        result = cli("run", config, "--quiet", "--events", "-")
+    assert result.returncode == 0, result.stderr[-2000:]
+    types = [json.loads(line)["type"] for line in result.stdout.splitlines()]
+    assert types[-1] == "run_finished"
+    assert "conveyor run: done" in result.stderr
+
+
+def test_metrics_object_serves_prometheus_text() -> None:
+    metrics = Metrics()
+    metrics(progress())
+    metrics(HostStatus(host="h:80", active=2, attempts=9, successes=3, failures=6,
+                       retries=5, bytes=10, breaker="open"))  # fmt: skip
+    port = free_port()
+    metrics.serve(port)
+    try:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    finally:
+        metrics.stop()
+    assert 'conveyor_items{status="completed"} 40.0' in text
+    assert 'conveyor_queue_depth{stage="downloading"} 6.0' in text
+    assert 'conveyor_host_breaker_state{host="h:80"} 2.0' in text
+    assert "conveyor_downloaded_bytes 5.24288e+07" in text
+
+
+def test_metrics_port_serves_during_a_run(tmp_path: Path) -> None:
+    port = free_port()
+    with FaultServer() as server:
+        config = write_config(
+            tmp_path,
+            [{"id": "slow", "url": server.url("/drip/slow.bin?size=40000&rate=2000")}],
+            "[download]\nmin_speed = 1\n",
+        )
+        proc = start_cli("run", config, "--quiet", "--metrics-port", str(port))
+        try:
+            assert server.wait_for("/drip/slow.bin", 1, TIMEOUT)
+            text = ""
+            deadline = time.monotonic() + TIMEOUT
+            want = 'conveyor_queue_depth{stage="downloading"} 1.0'
+            while want not in text and time.monotonic() < deadline:
+                try:
+                    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                except requests.ConnectionError:
+                    threading.Event().wait(0.05)
+            assert 'conveyor_queue_depth{stage="downloading"} 1.0' in text
+            assert 'conveyor_host_active{host="127.0.0.1:' in text
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=TIMEOUT)
+
+
+# -- status, retry-failed, validate ----------------------------------------------------------
+
+
+def test_status_of_a_finished_and_of_a_live_run(tmp_path: Path) -> None:
+    with FaultServer() as server:
+        config = write_config(
+            tmp_path,
+            [
+                {"id": "ok", "url": server.url("/ok/ok.bin")},
+                {"id": "gone", "url": server.url("/status/404/gone.bin")},
+            ],
+        )
+        assert cli("run", config, "--quiet").returncode == 1
+        for target in (config, tmp_path / "state"):
+            result = cli("status", target)
+            assert result.returncode == 0, result.stderr
+            assert "finished: done" in result.stdout
+            rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()
+                    if line.strip()}  # fmt: skip
+            assert rows["completed"] == ["1"]
+            assert rows["failed"] == ["1"]
+            assert rows["http_4xx"][1].endswith("/status/404/gone.bin")
+            assert "retry-failed" in result.stdout
+        report = json.loads(cli("status", config, "--json").stdout)
+        assert report["items"]["failed"] == 1
+
+        live_dir = tmp_path / "live"
+        live_dir.mkdir()
+        live = write_config(
+            live_dir,
+            [{"id": "slow", "url": server.url("/drip/slow.bin?size=100000&rate=1000")}],
+            "[download]\nmin_speed = 1\n",
+        )
+        proc = start_cli("run", live, "--quiet")
+        try:
+            assert server.wait_for("/drip/slow.bin", 1, TIMEOUT)
+            result = cli("status", live)
+            assert "running (pid" in result.stdout, result.stdout + result.stderr
+            assert [ln for ln in result.stdout.splitlines() if ln.split()[:1] == ["pending"]]
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=TIMEOUT)
+        assert "finished: interrupted" in cli("status", live).stdout
+
+
+def test_status_of_a_directory_without_state_is_a_clear_error(tmp_path: Path) -> None:
+    result = cli("status", tmp_path)
+    assert result.returncode == 2
+    assert "no conveyor state" in result.stderr
+
+
+def test_retry_failed_puts_items_back_and_run_completes_them(tmp_path: Path) -> None:
+    with FaultServer() as server:
+        config = write_config(
+            tmp_path,
+            [
+                {"id": "flaky", "url": server.url("/fail-first/1/503/flaky.bin")},
+                {"id": "also", "url": server.url("/fail-first/1/502/also.bin")},
+                {"id": "bad", "url": "ftp://example.invalid/x"},
+            ],
+            "max_attempts = 1\n",  # continues the [retry] section
+        )
+        assert cli("run", config, "--quiet").returncode == 1
+        result = cli("retry-failed", config, "--kind", "rate_limited")
+        assert result.returncode == 0
+        assert "0 items with error kind rate_limited" in result.stderr
+        result = cli("retry-failed", config, "--kind", "http_5xx")
+        assert result.returncode == 0
+        assert "2 items with error kind http_5xx are pending again" in result.stderr
+        result = cli("run", config, "--quiet")
+        assert result.returncode == 1  # the ftp entry stays failed
+    records = {r["id"]: r for r in read_manifest(tmp_path / "state" / "manifest.jsonl")}
+    assert records["flaky"]["status"] == "completed"
+    assert records["also"]["status"] == "completed"
+    assert records["line:3"]["error_kind"] == "invalid_entry"  # rejected entries keep their line
+    assert server.counts["/fail-first/1/503/flaky.bin"] == 2
+
+
+def test_run_retry_failed_flag(tmp_path: Path) -> None:
+    with FaultServer() as server:
+        config = write_config(
+            tmp_path,
+            [{"id": "flaky", "url": server.url("/fail-first/1/503/flaky.bin")}],
+            "max_attempts = 1\n",  # continues the [retry] section
+        )
+        assert cli("run", config, "--quiet").returncode == 1
+        result = cli("run", config, "--quiet", "--retry-failed")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 items failed are pending again" in result.stderr
+
+
+def test_validate_lists_bad_entries_and_downloads_nothing(tmp_path: Path) -> None:
+    (tmp_path / "files.ndjson").write_text(
+        '{"url": "http://a.test/1.bin"}\n'
+        "{not json\n"
+        '{"url": "ftp://a.test/2.bin"}\n'
+        '{"id": "x", "url": "http://a.test/3.bin"}\n'
+        '{"id": "x", "url": "http://a.test/4.bin"}\n'
+        '{"url": "http://a.test/5.bin", "name": "same.bin"}\n'
+        '{"url": "http://a.test/6.bin", "name": "same.bin"}\n'
+        '{"url": "http://a.test/7.bin", "name": "../escape"}\n'
+    )
+    config = tmp_path / "conveyor.toml"
+    config.write_text('[input]\npath = "files.ndjson"\n[output]\ndir = "out"\n'
+                      '[state]\ndir = "state"\n')  # fmt: skip
+    result = cli("validate", config)
+    assert result.returncode == 1, result.stderr
+    assert "8 entries, 3 usable, 5 bad" in result.stdout
+    bad_lines = [line.split(":")[0].strip() for line in result.stdout.splitlines()[1:]]
+    assert bad_lines == ["line 2", "line 3", "line 5", "line 7", "line 8"]
+    assert "duplicate id 'x'" in result.stdout
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "state").exists()
+
+    (tmp_path / "files.ndjson").write_text('{"url": "http://a.test/1.bin"}\n')
+    clean = cli("validate", config)
+    assert clean.returncode == 0
+    assert "1 entries, 1 usable, 0 bad" in clean.stdout
+
+    (tmp_path / "files.ndjson").unlink()
+    missing = cli("validate", config)
+    assert missing.returncode == 2
+    assert "files.ndjson" in missing.stderr
