@@ -129,14 +129,14 @@ class LiveDisplay:
             ProgressBar(total=max(t.accepted, 1), completed=done, width=30),
             Text(f"{done:,}/{t.accepted:,} items"),
             Text(f"{human_bytes(t.bytes)}  {human_bytes(rate)}/s"),
-            Text(f"ETA {_duration(eta)}" if eta is not None else "ETA -"),
+            Text(f"elapsed {_duration(t.elapsed)}  ETA {_duration(eta)}"),
         )
         parts.append(head)
         parts.append(
             Text(
                 f"completed {t.completed:,}  failed {t.failed:,}  skipped {t.skipped:,}  "
                 f"downloading {t.downloading}  processing {t.processing}  "
-                f"retries {t.retries:,}  elapsed {_duration(t.elapsed)}"
+                f"retries {t.retries:,}"
             )
         )
         busy = m.busy_hosts()
