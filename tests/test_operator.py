@@ -359,3 +359,55 @@ def test_validate_lists_bad_entries_and_downloads_nothing(tmp_path: Path) -> Non
     missing = cli("validate", config)
     assert missing.returncode == 2
     assert "files.ndjson" in missing.stderr
+
+
+def run_in_pty(*args: str | Path) -> tuple[int, str]:
+    """Run the CLI with stdout and stderr on a pseudo-terminal; return (code, output)."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime", *map(str, args)],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        env={**os.environ, "COLUMNS": "100", "LINES": "30"},
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    code = proc.wait(timeout=TIMEOUT)
+    return code, b"".join(chunks).decode(errors="replace")
+
+
+def test_live_display_on_a_terminal_and_quiet(tmp_path: Path) -> None:
+    with FaultServer() as server:
+        config = write_config(
+            tmp_path,
+            [
+                {"id": f"f{i}", "url": server.url(f"/drip/f{i}.bin?size=4000&rate=1000")}
+                for i in range(6)
+            ],
+            "[download]\nmin_speed = 1\n",
+        )
+        code, shown = run_in_pty("run", config)
+        assert code == 0, shown[-2000:]
+        assert "6/6 items" in shown  # the display's last frame
+        assert "conveyor run: done" in shown
+
+        (tmp_path / "state").rename(tmp_path / "state-1")
+        (tmp_path / "out").rename(tmp_path / "out-1")
+        code, quiet = run_in_pty("run", config, "--quiet")
+    assert code == 0, quiet[-2000:]
+    assert "items" not in quiet.split("conveyor run:")[0]
+    assert "conveyor run: done" in quiet
