@@ -95,6 +95,7 @@ class Downloader(ChildActor):
         self.out_dir = Path(config.output.dir)
         self.real_out = os.path.realpath(self.out_dir)
         self.queue: deque[WorkItem] = deque()
+        self.pending_validator: str | None = None  # of a small transfer in progress
         self.safe_dirs: set[str] = set()
         self.announced: str | None = None  # the item whose DownloadStarted went out early
         # Built here, in the starting thread: a failing on_start would stop us silently.
@@ -155,6 +156,7 @@ class Downloader(ChildActor):
 
     def _download(self, item: WorkItem) -> DownloadComplete | DownloadFailed:
         dest = self.out_dir / item.name
+        self.pending_validator = None  # never a stale one from the previous item
         try:
             self._prepare_dir(dest.parent)
             st = _lstat(dest)
@@ -252,6 +254,8 @@ class Downloader(ChildActor):
         except FetchError as exc:
             if exc.permanent:  # a transient failure keeps the part for a Range resume
                 part.unlink(missing_ok=True)
+            elif self.pending_validator is not None:
+                self._send_validator(item, self.pending_validator)
             raise
         except BaseException:
             part.unlink(missing_ok=True)
@@ -296,12 +300,19 @@ class Downloader(ChildActor):
         ):
             raise LaneChangeError(expected)
         validator = _validator(response.headers)
+        self.pending_validator = None
         if validator is not None and validator != item.validator:
-            tell(
-                self.state_keeper,
-                ResumeInfo(worker=self.worker, item_id=item.id, validator=validator),
-            )
+            if expected is None or expected >= EARLY_VALIDATOR:
+                # Recorded before the body, so even a killed run resumes this file.
+                self._send_validator(item, validator)
+            else:
+                self.pending_validator = validator  # recorded only if the transfer fails
         return offset, expected
+
+    def _send_validator(self, item: WorkItem, validator: str) -> None:
+        tell(
+            self.state_keeper, ResumeInfo(worker=self.worker, item_id=item.id, validator=validator)
+        )
 
     def _stream(
         self, item: WorkItem, response: Response, part: Path, offset: int, total: int | None
@@ -376,6 +387,11 @@ class Downloader(ChildActor):
             ProgressUpdate(worker=self.worker, item_id=item.id, received=received, total=total),
         )
 
+
+EARLY_VALIDATOR = 1 << 20
+"""Bodies at least this large (or of unknown size) have their ETag/Last-Modified recorded
+before the transfer; smaller ones only when the transfer fails (one message and one
+store write less per small file)."""
 
 BACKGROUND_HASH = 16 << 20
 """Bodies at least this large (bytes, when known) are hashed on a helper thread."""

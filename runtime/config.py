@@ -40,6 +40,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("log", "format"): ("auto", "console", "json"),
     ("log", "level"): ("debug", "info", "warning", "error"),
     ("processing", "mode"): ("thread", "process"),
+    ("download", "trust_env"): ("auto", "yes", "no"),
 }
 
 
@@ -108,6 +109,10 @@ class DownloadConfig:
     """Items known to be larger than this (bytes) go to the large-file lane."""
     large_workers: int = 1
     """Downloaders of the large-file lane."""
+    trust_env: str = "auto"
+    """Whether requests reads proxies, .netrc and CA bundles from the environment for each
+    request: ``yes``, ``no``, or ``auto`` (yes only when such settings exist; reading them
+    costs about a quarter of requests' CPU per request)."""
     processes: int = 0
     """Worker processes the downloaders are spread over (0: threads of the main process)."""
 

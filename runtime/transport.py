@@ -10,8 +10,10 @@ scripted transports all exercise the same download logic. Nothing from ``request
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -89,6 +91,24 @@ def translate(exc: BaseException, url: str) -> FetchError:
 _LIBRARY_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
 
 
+_ENV_SETTINGS = ("NETRC",)
+
+
+def _trust_env(setting: str) -> bool:
+    """``download.trust_env``: ``auto`` trusts the environment only when it has settings.
+
+    requests looks up proxies and ``.netrc`` credentials on every request when
+    ``trust_env`` is on; with nothing to find, that is pure cost. (CA bundle variables are
+    honoured either way: read once when the transport is built.)
+    """
+    if setting != "auto":
+        return setting == "yes"
+    if urllib.request.getproxies() or any(os.environ.get(k) for k in _ENV_SETTINGS):
+        return True
+    home = os.path.expanduser("~")
+    return any(os.path.exists(os.path.join(home, n)) for n in (".netrc", "_netrc"))
+
+
 class _RequestsResponse:
     def __init__(self, response: requests.Response, url: str) -> None:
         self._response = response
@@ -122,6 +142,11 @@ class RequestsTransport:
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = config.download.user_agent
         self.session.max_redirects = config.download.max_redirects
+        self.session.trust_env = _trust_env(config.download.trust_env)
+        if not self.session.trust_env:  # the CA bundle variables still count, read once
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            if bundle:
+                self.session.verify = bundle
         # Silence for a whole stall window is a stall, whatever the read timeout says.
         read = min(config.download.read_timeout, config.download.stall_window)
         self.timeout = (config.download.connect_timeout, read)

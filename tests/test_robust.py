@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -431,3 +432,42 @@ def test_big_bodies_hashed_on_a_helper_thread_verify_and_resume(
     assert records["h"]["sha256"] == sha(body)
     assert records["r"]["sha256"] == sha(body_of("r.bin", 300000))
     assert server.ranges["/reset/r.bin"] == [None, "bytes=100000-"]
+
+
+def test_trust_env_auto_looks_at_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime.transport import _trust_env
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY",
+                "all_proxy", "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+                "NETRC"):  # fmt: skip
+        monkeypatch.delenv(var, raising=False)
+    assert (_trust_env("auto"), _trust_env("yes"), _trust_env("no")) == (False, True, False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
+    assert _trust_env("auto")
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "ca.pem"))
+    assert not _trust_env("auto")  # read once by the transport instead
+    (tmp_path / ".netrc").write_text("machine a.test login u password p\n")
+    assert _trust_env("auto")
+
+
+def test_small_files_record_a_validator_only_when_they_fail(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    config = make_config(tmp_path, retry={"max_attempts": 1})
+    run(
+        config,
+        [
+            {"id": "fine", "url": server.url("/ok/fine.bin")},
+            {"id": "cut", "url": server.url("/truncate/cut.bin?size=50000&at=20000")},
+        ],
+    )
+    db = sqlite3.connect(Path(config.state.dir) / "state.sqlite3")
+    validators = dict(db.execute("SELECT id, validator FROM items").fetchall())
+    db.close()
+    assert validators["fine"] is None
+    assert validators["cut"] is not None
+    assert validators["cut"].startswith('"')
