@@ -16,6 +16,20 @@ def get_logger(name: str) -> Any:
     return structlog.get_logger(f"conveyor.{name}")
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time of the write.
+
+    The live display redirects ``sys.stderr`` while it runs so log lines appear above it;
+    a logger holding the original stream would scribble over the display instead.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_cli_logging(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog for the command line: console on a TTY, JSON lines otherwise.
 
@@ -39,7 +53,7 @@ def configure_cli_logging(level: str = "info", fmt: str = "auto") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     # pykka reports crashed actors through stdlib logging; route it to stderr too.

@@ -396,18 +396,20 @@ def test_live_display_on_a_terminal_and_quiet(tmp_path: Path) -> None:
             tmp_path,
             [
                 {"id": f"f{i}", "url": server.url(f"/drip/f{i}.bin?size=4000&rate=1000")}
-                for i in range(6)
-            ],
+                for i in range(5)
+            ]
+            + [{"id": "gone", "url": server.url("/status/404/gone.bin")}],
             "[download]\nmin_speed = 1\n",
         )
         code, shown = run_in_pty("run", config)
-        assert code == 0, shown[-2000:]
+        assert code == 1, shown[-2000:]
         assert "6/6 items" in shown  # the display's last frame
+        assert "download failed" in shown  # log lines still reach the terminal
         assert "conveyor run: done" in shown
 
         (tmp_path / "state").rename(tmp_path / "state-1")
         (tmp_path / "out").rename(tmp_path / "out-1")
         code, quiet = run_in_pty("run", config, "--quiet")
-    assert code == 0, quiet[-2000:]
+    assert code == 1, quiet[-2000:]
     assert "items" not in quiet.split("conveyor run:")[0]
     assert "conveyor run: done" in quiet
