@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.process
 import signal
 import threading
 from typing import Any
@@ -211,6 +212,17 @@ def processor_process_main(
 # -- the main-process side -----------------------------------------------------------------
 
 
+def _spawn(
+    target: Any, args: tuple[Any, ...], name: str
+) -> tuple[multiprocessing.connection.Connection, multiprocessing.process.BaseProcess]:
+    """Start ``target(child_end, *args)`` in a new process; return our end and the process."""
+    parent, child = _CONTEXT.Pipe(duplex=True)
+    process = _CONTEXT.Process(target=target, args=(child, *args), name=name, daemon=True)
+    process.start()
+    child.close()
+    return parent, process
+
+
 class RemoteRef:
     """Stands in for a downloader actor that lives in a worker process."""
 
@@ -240,16 +252,10 @@ class DownloaderHost:
         self.supervisor = supervisor
         self.workers: set[str] = set()
         self.stopping = False
-        parent, child = _CONTEXT.Pipe(duplex=True)
-        self.pipe = _Pipe(parent)
-        self.process = _CONTEXT.Process(
-            target=downloader_process_main,
-            args=(child, config, transport_factory),
-            name=f"conveyor-downloaders-{index}",
-            daemon=True,
+        parent, self.process = _spawn(
+            downloader_process_main, (config, transport_factory), f"conveyor-downloaders-{index}"
         )
-        self.process.start()
-        child.close()
+        self.pipe = _Pipe(parent)
         self.ref = RemoteRef(self)
         self.reader = threading.Thread(
             target=self._read, name=f"conveyor-uplink-{index}", daemon=True
@@ -335,16 +341,9 @@ class RemoteProcessor(ChildActor):
     ) -> None:
         super().__init__(worker=worker, index=index, supervisor=supervisor)
         self.state_keeper = state_keeper
-        parent, child = _CONTEXT.Pipe(duplex=True)
-        self.conn = parent
-        self.process = _CONTEXT.Process(
-            target=processor_process_main,
-            args=(child, config, worker),
-            name=f"conveyor-{worker}",
-            daemon=True,
+        self.conn, self.process = _spawn(
+            processor_process_main, (config, worker), f"conveyor-{worker}"
         )
-        self.process.start()
-        child.close()
 
     def on_receive(self, message: Any) -> Any:
         """Forward a batch of files; relay the results."""

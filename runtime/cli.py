@@ -22,7 +22,14 @@ from runtime.inputs import iter_batches
 from runtime.logs import configure_cli_logging
 from runtime.metrics import Metrics
 from runtime.pipeline import EXIT_CODES, Pipeline, RunSummary
-from runtime.report import human_bytes, print_error_kinds, print_hosts, print_status, read_report
+from runtime.report import (
+    human_bytes,
+    pid_alive,
+    print_error_kinds,
+    print_hosts,
+    print_status,
+    read_report,
+)
 from runtime.store import SQLiteStore
 
 __all__ = ["main", "print_summary"]
@@ -275,7 +282,7 @@ def _retry_failed(config: Config, kind: str | None) -> int:
         print(f"conveyor: {exc}", file=sys.stderr)
         return EXIT_CODES["bad_input"]
     run = report["run"]
-    if run.get("run_state") == "running" and run.get("pid") and _alive(int(run["pid"])):
+    if run.get("run_state") == "running" and run.get("pid") and pid_alive(int(run["pid"])):
         print(f"conveyor: a run (pid {run['pid']}) is using {state_dir}; stop it first",
               file=sys.stderr)  # fmt: skip
         return EXIT_CODES["bad_input"]
@@ -289,16 +296,6 @@ def _retry_failed(config: Config, kind: str | None) -> int:
         f"conveyor: {count} items {which} are pending again; `run` will try them", file=sys.stderr
     )
     return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != os.getpid()
 
 
 def _validate(config: Config) -> int:

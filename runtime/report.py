@@ -16,7 +16,14 @@ from typing import Any, TextIO
 
 from runtime.errors import ConveyorError
 
-__all__ = ["human_bytes", "print_error_kinds", "print_hosts", "print_status", "read_report"]
+__all__ = [
+    "human_bytes",
+    "pid_alive",
+    "print_error_kinds",
+    "print_hosts",
+    "print_status",
+    "read_report",
+]
 
 MAX_ROWS = 20
 
@@ -102,14 +109,15 @@ def print_error_kinds(kinds: list[dict[str, Any]], out: TextIO) -> None:
     _table(rows, out)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (and is not this one)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return pid != os.getpid()
 
 
 def _when(ts: float | None) -> str:
@@ -123,7 +131,7 @@ def print_status(report: dict[str, Any], out: TextIO) -> None:
     run = report["run"]
     state = run.get("run_state", "unknown")
     pid = run.get("pid")
-    if state == "running" and pid is not None and not _pid_alive(int(pid)):
+    if state == "running" and pid is not None and not pid_alive(int(pid)):
         state = f"stopped without finishing (process {pid} is gone); run again to resume"
     elif state == "running":
         state = f"running (pid {pid})"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +42,31 @@ def files_outside(root: Path, allowed: list[Path]) -> list[str]:
             if not any(p.is_relative_to(a) for a in allowed):
                 found.append(str(p))
     return found
+
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI_TIMEOUT = 120
+
+
+def run_cli(*args: str | Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """``python -m runtime ARGS`` from the repository root, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+        **kwargs,
+    )
+
+
+def start_cli(*args: str | Path) -> subprocess.Popen[str]:
+    """``python -m runtime ARGS`` in the background, stdout and stderr piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime", *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -18,9 +18,8 @@ from messages import RunFinished
 from runtime.cli import print_summary
 from runtime.pipeline import RunSummary
 from runtime.testing import LocalFileServer
-from tests.helpers import read_manifest
+from tests.helpers import read_manifest, run_cli, start_cli
 
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120
 
 
@@ -44,26 +43,8 @@ def write_run(
     return config
 
 
-def run(*args: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runtime", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-        **kwargs,
-    )  # type: ignore[call-overload]
-
-
-def start(*args: str | Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "runtime", *map(str, args)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+run = run_cli
+start = start_cli
 
 
 def committed_completed(state_dir: Path) -> set[str]:

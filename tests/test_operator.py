@@ -24,32 +24,12 @@ from runtime.display import LiveDisplay, ProgressLogger
 from runtime.metrics import Metrics
 from runtime.testing import capture_logs
 from tests.fault_server import FaultServer
-from tests.helpers import read_manifest
+from tests.helpers import ROOT, read_manifest, run_cli, start_cli
 
-ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 120
 
 
-def cli(*args: str | Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runtime", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-        **kwargs,
-    )
-
-
-def start_cli(*args: str | Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "runtime", *map(str, args)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+cli = run_cli
 
 
 def write_config(tmp_path: Path, entries: list[dict[str, Any]], extra: str = "") -> Path:
