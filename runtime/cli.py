@@ -298,6 +298,18 @@ def _retry_failed(config: Config, kind: str | None) -> int:
     return 0
 
 
+def _name_clash(name: str, names: set[str], dirs: set[str]) -> str | None:
+    if name in names:
+        return "is already used by an earlier entry"
+    if name in dirs:
+        return "is a directory of an earlier entry's path"
+    parts = name.split("/")
+    for i in range(1, len(parts)):
+        if "/".join(parts[:i]) in names:
+            return f"needs a directory where an earlier entry's file {'/'.join(parts[:i])!r} is"
+    return None
+
+
 def _validate(config: Config) -> int:
     """Check every entry of the input; print the bad ones with their lines."""
     path = Path(config.input.path)
@@ -307,6 +319,7 @@ def _validate(config: Config) -> int:
     bad: list[tuple[int, str]] = []
     ids: set[str] = set()
     names: set[str] = set()
+    dirs: set[str] = set()
     total = 0
     try:
         for batch in iter_batches(path, config.input.format):
@@ -316,12 +329,13 @@ def _validate(config: Config) -> int:
             for item in batch.items:
                 if item.id in ids:
                     bad.append((item.line, f"line {item.line}: duplicate id {item.id!r}"))
-                elif item.id not in derived and item.name in names:
-                    bad.append((item.line, f"line {item.line}: name {item.name!r} is "
-                                           "already used by an earlier entry"))  # fmt: skip
+                elif item.id not in derived and (clash := _name_clash(item.name, names, dirs)):
+                    bad.append((item.line, f"line {item.line}: name {item.name!r} {clash}"))
                 ids.add(item.id)
                 if item.id not in derived:
                     names.add(item.name)
+                    parts = item.name.split("/")
+                    dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
             total += len(batch.items) + len(batch.rejected)
     except ConveyorError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)

@@ -89,6 +89,12 @@ class SQLiteStore:
         self._in_tx = False
         self._cursor = 0
         self._outcomes: list[tuple[Any, ...]] = []
+        # Whether any stored name has a directory part: only then can a new name collide
+        # with a stored file used as a directory (``a`` vs ``a/b``), which costs a query.
+        self._has_dirs = (
+            self.db.execute("SELECT 1 FROM items WHERE instr(name, '/') > 0 LIMIT 1").fetchone()
+            is not None
+        )
 
     # -- transactions -------------------------------------------------------------------
 
@@ -157,6 +163,7 @@ class SQLiteStore:
         taken = self._taken_names([i.name for i in items])
         rows: list[tuple[Any, ...]] = []
         rejects = list(rejected)
+        batch_dirs: set[str] = set()  # directories implied by this batch's accepted names
         for item in items:
             prior = known.get(item.id)
             if prior is not None:
@@ -167,11 +174,11 @@ class SQLiteStore:
                 continue
             name = item.name
             attempt = 0
-            while name in taken or (name != item.name and self._name_taken(name)):
+            while (
+                clash := self._clash(name, taken, batch_dirs, check_db=name != item.name)
+            ) is not None:
                 if item.id not in derived_ids:
-                    rejects.append(
-                        self._dup(item, f"name {item.name!r} clashes with item {taken.get(name)!r}")
-                    )
+                    rejects.append(self._dup(item, f"name {item.name!r} clashes with {clash}"))
                     name = ""
                     break
                 name = _rename(item.name, item.id, attempt)
@@ -180,6 +187,10 @@ class SQLiteStore:
                 continue
             known[item.id] = (item.line, item.url)
             taken[name] = item.id
+            if "/" in name:
+                self._has_dirs = True
+                parts = name.split("/")
+                batch_dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
             rows.append((item.id, item.line, item.url, name, item.sha256, item.size))
         if rows:
             self._write(
@@ -242,6 +253,31 @@ class SQLiteStore:
     def _name_taken(self, name: str) -> bool:
         row = self.db.execute("SELECT 1 FROM items WHERE name = ?", (name,)).fetchone()
         return row is not None
+
+    def _clash(
+        self, name: str, taken: dict[str, str], batch_dirs: set[str], *, check_db: bool
+    ) -> str | None:
+        """What ``name`` collides with: another file of that name, a file where it needs a
+        directory (``a`` for ``a/b``), or files below it (``a/b`` for ``a``); else None."""
+        if name in taken:
+            return f"item {taken[name]!r}"
+        if check_db and self._name_taken(name):
+            return "another item"
+        if name in batch_dirs:
+            return "a directory of another item's path"
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in taken or self._name_taken(parent):
+                return f"item {taken.get(parent, parent)!r}, a file where a directory is needed"
+        if self._has_dirs:
+            below = self.db.execute(
+                "SELECT id FROM items WHERE name > ? AND name < ? LIMIT 1",
+                (name + "/", name + "0"),  # '0' follows '/': every 'name/...'
+            ).fetchone()
+            if below is not None:
+                return f"item {below[0]!r}, stored below it as a directory"
+        return None
 
     # -- dispatch -----------------------------------------------------------------------
 

@@ -317,15 +317,17 @@ def test_validate_lists_bad_entries_and_downloads_nothing(tmp_path: Path) -> Non
         '{"url": "http://a.test/5.bin", "name": "same.bin"}\n'
         '{"url": "http://a.test/6.bin", "name": "same.bin"}\n'
         '{"url": "http://a.test/7.bin", "name": "../escape"}\n'
+        '{"url": "http://a.test/8.bin", "name": "same.bin/inner"}\n'
     )
     config = tmp_path / "conveyor.toml"
     config.write_text('[input]\npath = "files.ndjson"\n[output]\ndir = "out"\n'
                       '[state]\ndir = "state"\n')  # fmt: skip
     result = cli("validate", config)
     assert result.returncode == 1, result.stderr
-    assert "8 entries, 3 usable, 5 bad" in result.stdout
+    assert "9 entries, 3 usable, 6 bad" in result.stdout
     bad_lines = [line.split(":")[0].strip() for line in result.stdout.splitlines()[1:]]
-    assert bad_lines == ["line 2", "line 3", "line 5", "line 7", "line 8"]
+    assert bad_lines == ["line 2", "line 3", "line 5", "line 7", "line 8", "line 9"]
+    assert "needs a directory where an earlier entry's file 'same.bin' is" in result.stdout
     assert "duplicate id 'x'" in result.stdout
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "state").exists()

@@ -75,3 +75,28 @@ def test_unreported_rejections_are_recovered(tmp_path: Path) -> None:
     (outcome,) = reopened.recover()
     assert (outcome.id, outcome.status, outcome.error) == ("line:4", "failed", "line 4: bad")
     assert reopened.open_count() == 1
+
+
+def test_a_file_and_a_directory_of_the_same_name_clash(tmp_path: Path) -> None:
+    """``a`` and ``a/b`` cannot both exist: the later entry is rejected, in one batch or
+    across batches and in either order; a derived name is renamed instead."""
+    store = SQLiteStore(tmp_path)
+    one = store.ingest([item("f", 1, name="a"), item("g", 2, name="a/b")], [], [])
+    assert one.added == 1
+    assert one.rejected[0].error.startswith("line 2: name 'a/b' clashes with item 'f'")
+    two = store.ingest([item("h", 3, name="x/y/z"), item("i", 4, name="x/y")], [], [])
+    assert two.added == 1
+    assert "line 4: name 'x/y' clashes with a directory" in two.rejected[0].error
+    three = store.ingest([item("j", 5, name="x"), item("k", 6, name="a/c/d")], [], [])
+    assert three.added == 0
+    assert "stored below it as a directory" in three.rejected[0].error
+    assert "a file where a directory is needed" in three.rejected[1].error
+    store.commit()
+
+    again = SQLiteStore(tmp_path)  # a resumed run knows the stored directories too
+    derived = again.ingest([item("m", 7, name="x")], [], ["m"])
+    assert derived.added == 1
+    stored = dict(again.db.execute("SELECT id, name FROM items WHERE id='m'").fetchall())
+    assert stored["m"] != "x"
+    assert stored["m"].startswith("x-")
+    again.close()
