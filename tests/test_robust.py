@@ -315,7 +315,8 @@ def dead_and_healthy(
         tmp_path,
         download={"workers": 4, "mailbox": 2, "per_host": 2},
         retry={"max_attempts": 2},
-        circuit={"failure_threshold": 2, "reset_timeout": 0.3, "give_up_after": give_up_after},
+        # probes 0.6 s apart: the dead host's last item ends seconds after the healthy ones
+        circuit={"failure_threshold": 2, "reset_timeout": 0.6, "give_up_after": give_up_after},
     )
     entries = [{"id": f"dead{i}", "url": f"{dead}/f{i}.bin"} for i in range(dead_items)]
     entries += [{"id": f"ok{i}", "url": server.url(f"/ok/ok{i}.bin")} for i in range(100)]
@@ -368,7 +369,8 @@ def test_a_host_that_stays_down_fails_its_items_without_requests(
 
 
 def test_slow_large_file_does_not_delay_small_files(tmp_path: Path, server: FaultServer) -> None:
-    """A slow 2 MB file (over large_threshold) moves to the large lane; 200 small ones flow."""
+    """Slow 3 MB and 2.5 MB files (over large_threshold) go to the large lane; 200 small
+    ones flow past them."""
     config = make_config(
         tmp_path,
         download={
@@ -379,12 +381,12 @@ def test_slow_large_file_does_not_delay_small_files(tmp_path: Path, server: Faul
             "per_host": 0,
         },
     )
-    entries = [{"id": "big", "url": server.url("/drip/big.bin?size=2000000&rate=100000")}]
+    entries = [{"id": "big", "url": server.url("/drip/big.bin?size=3000000&rate=100000")}]
     entries += [
         {
             "id": "known",
-            "url": server.url("/drip/known.bin?size=1500000&rate=100000"),
-            "size": 1500000,
+            "url": server.url("/drip/known.bin?size=2500000&rate=100000"),
+            "size": 2500000,
         }
     ]
     entries += [{"id": f"s{i}", "url": server.url(f"/ok/s{i}.bin?size=2000")} for i in range(200)]
@@ -402,7 +404,7 @@ def test_slow_large_file_does_not_delay_small_files(tmp_path: Path, server: Faul
     assert server.counts["/drip/known.bin"] == 1  # size known from the entry
     records = by_id(config)
     assert (records["big"]["status"], records["big"]["attempts"]) == ("completed", 1)
-    assert (Path(config.output.dir) / "big.bin").read_bytes() == body_of("big.bin", 2000000)
+    assert (Path(config.output.dir) / "big.bin").read_bytes() == body_of("big.bin", 3000000)
 
 
 def test_host_statistics_persist_across_runs(tmp_path: Path, server: FaultServer) -> None:
