@@ -12,7 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import messages
-from messages import MESSAGE_TYPES, CodecError, WorkItem, decode, encode
+from messages import (
+    MESSAGE_TYPES,
+    CodecError,
+    WorkItem,
+    decode,
+    decode_batch,
+    encode,
+    encode_batch,
+)
 from messages import types as mtypes
 
 json_like = st.recursive(
@@ -132,3 +140,25 @@ def test_encoding_a_foreign_object_fails() -> None:
     """Only conveyor messages can be encoded."""
     with pytest.raises(CodecError, match="not a conveyor message"):
         encode({"tag": "demand"})
+
+
+@given(st.lists(any_message, max_size=8))
+def test_batches_round_trip(batch: list[Any]) -> None:
+    """A pipe frame (a batch of messages, possibly empty) decodes to the same messages."""
+    assert decode_batch(encode_batch(batch)) == tuple(batch)
+
+
+@given(st.binary(max_size=64))
+def test_random_frames_never_raise_anything_but_codec_error(data: bytes) -> None:
+    try:
+        result = decode_batch(data)
+    except CodecError:
+        return
+    assert all(type(m) in MESSAGE_TYPES.values() for m in result)
+
+
+def test_a_frame_that_is_not_an_array_of_messages_is_refused() -> None:
+    with pytest.raises(CodecError, match="batch: expected an array"):
+        decode_batch(msgpack.packb({"tag": "demand"}))
+    with pytest.raises(CodecError, match=r"batch\[0\]: expected \[tag, fields\]"):
+        decode_batch(encode(messages.Demand(worker="w", n=1)))  # one message, not a batch
