@@ -398,24 +398,41 @@ BACKGROUND_HASH = 16 << 20
 
 
 class _BackgroundHash:
-    """Feeds a digest from a helper thread; ``update`` only queues the chunk."""
+    """Feeds a digest from a helper thread; ``update`` only collects the chunk.
+
+    Chunks travel in batches of about ``BATCH`` bytes (one queue hand-over, not one per
+    read), at most ``DEPTH`` batches waiting: memory stays below ~20 MiB per transfer.
+    """
+
+    BATCH = 4 << 20
+    DEPTH = 4
 
     def __init__(self, digest: Any) -> None:
         self.digest = digest
-        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=32)  # bounded memory
+        self.batches: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=self.DEPTH)
+        self.pending: list[bytes] = []
+        self.pending_size = 0
         self.thread = threading.Thread(target=self._run, name="conveyor-hash", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        while (chunk := self.chunks.get()) is not None:
-            self.digest.update(chunk)
+        while (batch := self.batches.get()) is not None:
+            for chunk in batch:
+                self.digest.update(chunk)
 
     def update(self, chunk: bytes) -> None:
-        self.chunks.put(chunk)
+        self.pending.append(chunk)
+        self.pending_size += len(chunk)
+        if self.pending_size >= self.BATCH:
+            self.batches.put(self.pending)
+            self.pending, self.pending_size = [], 0
 
     def finish(self) -> None:
-        """Wait until every queued chunk is hashed."""
-        self.chunks.put(None)
+        """Wait until every chunk is hashed."""
+        if self.pending:
+            self.batches.put(self.pending)
+            self.pending, self.pending_size = [], 0
+        self.batches.put(None)
         self.thread.join()
 
 

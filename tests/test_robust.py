@@ -421,6 +421,7 @@ def test_big_bodies_hashed_on_a_helper_thread_verify_and_resume(
 ) -> None:
     """With the helper-thread hash for every size: digests are right, also after a reset."""
     monkeypatch.setattr("actors.downloader.BACKGROUND_HASH", 1)
+    monkeypatch.setattr("actors.downloader._BackgroundHash.BATCH", 10_000)  # many batches
     body = body_of("h.bin", 300000)
     config = make_config(tmp_path, retry={"max_attempts": 3})
     run(
