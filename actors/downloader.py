@@ -16,6 +16,7 @@ import hashlib
 import os
 import queue
 import stat
+import sys
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -300,7 +301,6 @@ class Downloader(ChildActor):
         ):
             raise LaneChangeError(expected)
         validator = _validator(response.headers)
-        self.pending_validator = None
         if validator is not None and validator != item.validator:
             if expected is None or expected >= EARLY_VALIDATOR:
                 # Recorded before the body, so even a killed run resumes this file.
@@ -472,12 +472,13 @@ def _range_start(content_range: str | None) -> int | None:
         return None
 
 
-def _hash_into(digest: Any, path: Path, length: int) -> None:
+def _hash_into(digest: Any, path: Path, length: int = sys.maxsize) -> Any:
+    """Feed the first ``length`` bytes of ``path`` (all of it by default) to ``digest``."""
     with path.open("rb") as fh:
-        left = length
-        while left > 0 and (chunk := fh.read(min(left, 1 << 20))):
+        while length > 0 and (chunk := fh.read(min(length, 1 << 20))):
             digest.update(chunk)
-            left -= len(chunk)
+            length -= len(chunk)
+    return digest
 
 
 def _content_length(headers: Any) -> int | None:
@@ -505,8 +506,4 @@ def _verify(item: WorkItem, size: int, digest: str, expected: int | None) -> Non
 
 
 def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return str(_hash_into(hashlib.sha256(), path).hexdigest())

@@ -250,7 +250,6 @@ class DownloaderHost:
         self.index = index
         self.state_keeper = state_keeper
         self.supervisor = supervisor
-        self.workers: set[str] = set()
         self.stopping = False
         parent, self.process = _spawn(
             downloader_process_main, (config, transport_factory), f"conveyor-downloaders-{index}"
@@ -269,22 +268,21 @@ class DownloaderHost:
 
     def start_downloader(self, worker: str, index: int, lane: str) -> RemoteRef:
         """Start a downloader actor in the worker process; return where to send its work."""
-        self.workers.add(worker)
         self.pipe.send((StartDownloader(worker=worker, index=index, lane=lane),))
         return self.ref
-
-    def forget(self, worker: str) -> None:
-        """A downloader of this process crashed (its replacement gets a new name)."""
-        self.workers.discard(worker)
 
     def cancel(self) -> None:
         """Abort the transfers running there (shutdown grace over)."""
         self.pipe.send((Cancel(reason="abort", abort=True),))
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """Close the pipe (the process ends its actors and exits); kill it if it lingers."""
+    def hang_up(self) -> None:
+        """Say goodbye: the process ends its actors and exits (the reader sees it go)."""
         self.stopping = True
         self.pipe.close(keep_reading=True)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Hang up and wait for the process; kill it if it lingers."""
+        self.hang_up()
         self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()

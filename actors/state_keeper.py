@@ -367,13 +367,12 @@ class StateKeeper(pykka.ThreadingActor):
         """
         if not self.to_process:
             return
-        idle = [s for s in self.workers.values() if s.kind == "processor" and not s.held]
-        for i, slot in enumerate(idle):
+        idle = [(w, s) for w, s in self.workers.items() if s.kind == "processor" and not s.held]
+        for i, (worker, slot) in enumerate(idle):
             share = -(-len(self.to_process) // (len(idle) - i))  # ceil
             batch = tuple(self.to_process.popleft() for _ in range(min(share, PROCESS_BATCH)))
             if not batch:
                 return
-            worker = next(w for w, s in self.workers.items() if s is slot)
             for done in batch:
                 self.processing[done.item.id] = (worker, done)
                 slot.held.add(done.item.id)

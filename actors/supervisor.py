@@ -178,8 +178,7 @@ class Supervisor(pykka.ThreadingActor):
     def _stop_hosts(self) -> None:
         """Close every worker process's pipe, then wait for them (killing stragglers)."""
         for host in self.hosts:
-            host.stopping = True
-            host.pipe.close(keep_reading=True)
+            host.hang_up()
         for host in self.hosts:
             host.stop(timeout=2.0)
 
@@ -293,9 +292,7 @@ class Supervisor(pykka.ThreadingActor):
 
     def _crashed(self, crash: ChildCrashed) -> None:
         self.children.pop(crash.worker, None)
-        remote = self.remote.pop(crash.worker, None)
-        if remote is not None:
-            self.hosts[remote[0]].forget(crash.worker)
+        self.remote.pop(crash.worker, None)
         if self.finished or (self.error is not None and self.error[0] == "supervision"):
             return  # already ending on an escalation; the first error is the one to report
         log.error("child crashed", worker=crash.worker, error=crash.error)

@@ -24,11 +24,12 @@ from runtime.metrics import Metrics
 from runtime.pipeline import EXIT_CODES, Pipeline, RunSummary
 from runtime.report import (
     human_bytes,
-    pid_alive,
+    live_pid,
     print_error_kinds,
     print_hosts,
     print_status,
     read_report,
+    read_run,
 )
 from runtime.store import SQLiteStore
 
@@ -277,14 +278,12 @@ def _status(target: str, *, as_json: bool) -> int:
 def _retry_failed(config: Config, kind: str | None) -> int:
     state_dir = Path(config.state.dir)
     try:
-        report = read_report(state_dir)
+        pid = live_pid(read_run(state_dir))
     except ConveyorError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return EXIT_CODES["bad_input"]
-    run = report["run"]
-    if run.get("run_state") == "running" and run.get("pid") and pid_alive(int(run["pid"])):
-        print(f"conveyor: a run (pid {run['pid']}) is using {state_dir}; stop it first",
-              file=sys.stderr)  # fmt: skip
+    if pid is not None:
+        print(f"conveyor: a run (pid {pid}) is using {state_dir}; stop it first", file=sys.stderr)
         return EXIT_CODES["bad_input"]
     store = SQLiteStore(state_dir)
     try:

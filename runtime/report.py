@@ -18,11 +18,13 @@ from runtime.errors import ConveyorError
 
 __all__ = [
     "human_bytes",
+    "live_pid",
     "pid_alive",
     "print_error_kinds",
     "print_hosts",
     "print_status",
     "read_report",
+    "read_run",
 ]
 
 MAX_ROWS = 20
@@ -37,8 +39,8 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover - the loop returns
 
 
-def read_report(state_dir: Path) -> dict[str, Any]:
-    """Counts by status, failures by error kind (with an example url), hosts, run facts.
+def _query(state_dir: Path, read: Any) -> Any:
+    """Run ``read(db)`` on the state opened read-only.
 
     Raises:
         ConveyorError: there is no readable conveyor state in ``state_dir``.
@@ -49,21 +51,52 @@ def read_report(state_dir: Path) -> dict[str, Any]:
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
         try:
-            statuses = dict(db.execute("SELECT status, count(*) FROM items GROUP BY status"))
-            kinds = db.execute(
-                "SELECT COALESCE(error_kind, 'unknown'), count(*), min(url) FROM items "
-                "WHERE status='failed' GROUP BY 1 ORDER BY 2 DESC, 1"
-            ).fetchall()
-            hosts = {h: json.loads(s) for h, s in db.execute("SELECT host, stats FROM hosts")}
-            meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
+            return read(db)
         finally:
             db.close()
     except (sqlite3.Error, ValueError) as exc:
         raise ConveyorError(f"cannot read the state {path}: {exc}") from exc
+
+
+def _meta(db: sqlite3.Connection) -> dict[str, Any]:
+    return {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
+
+
+def read_run(state_dir: Path) -> dict[str, Any]:
+    """Only the facts about the run (state, pid, times), without scanning the items."""
+    result: dict[str, Any] = _query(state_dir, _meta)
+    return result
+
+
+def live_pid(run: dict[str, Any]) -> int | None:
+    """The pid of the run using this state, if it says it is running and still exists."""
+    pid = run.get("pid")
+    if run.get("run_state") == "running" and pid is not None and pid_alive(int(pid)):
+        return int(pid)
+    return None
+
+
+def read_report(state_dir: Path) -> dict[str, Any]:
+    """Counts by status, failures by error kind (with an example url), hosts, run facts.
+
+    Raises:
+        ConveyorError: there is no readable conveyor state in ``state_dir``.
+    """
+
+    def read(db: sqlite3.Connection) -> tuple[Any, ...]:
+        statuses = dict(db.execute("SELECT status, count(*) FROM items GROUP BY status"))
+        kinds = db.execute(
+            "SELECT COALESCE(error_kind, 'unknown'), count(*), min(url) FROM items "
+            "WHERE status='failed' GROUP BY 1 ORDER BY 2 DESC, 1"
+        ).fetchall()
+        hosts = {h: json.loads(s) for h, s in db.execute("SELECT host, stats FROM hosts")}
+        return statuses, kinds, hosts, _meta(db)
+
+    statuses, kinds, hosts, meta = _query(state_dir, read)
     items = {s: statuses.get(s, 0) for s in ("completed", "failed", "skipped")}
     items["pending"] = sum(n for s, n in statuses.items() if s not in items)
     return {
-        "state": str(path),
+        "state": str(Path(state_dir) / "state.sqlite3"),
         "items": items,
         "total": sum(statuses.values()),
         "error_kinds": [{"error_kind": k, "count": n, "example_url": u} for k, n, u in kinds],
@@ -130,9 +163,9 @@ def print_status(report: dict[str, Any], out: TextIO) -> None:
     """``python -m runtime status``: what a running or finished run has done."""
     run = report["run"]
     state = run.get("run_state", "unknown")
-    pid = run.get("pid")
-    if state == "running" and pid is not None and not pid_alive(int(pid)):
-        state = f"stopped without finishing (process {pid} is gone); run again to resume"
+    pid = live_pid(run)
+    if state == "running" and pid is None:
+        state = f"stopped without finishing (process {run.get('pid')} is gone); run again to resume"
     elif state == "running":
         state = f"running (pid {pid})"
     elif state == "finished":

@@ -81,13 +81,19 @@ class Scheduler:
         self.scan_exhausted = False
         self.dirty: set[str] = set()
         self.given_up: list[WorkItem] = []
+        self.down: set[str] = set()  # hosts whose breaker gave up
         self._seq = itertools.count()
 
     # -- hosts ----------------------------------------------------------------------------
 
     def host(self, url: str) -> HostState:
-        """The state of the url's host, created on first sight."""
+        """The state of the url's host, about to change (so saved with the next commit)."""
         key = host_of(url)
+        self.dirty.add(key)
+        return self._state(key)
+
+    def _state(self, key: str) -> HostState:
+        """The state of a host, created on first sight."""
         state = self.hosts.get(key)
         if state is None:
             c = self.config.circuit
@@ -95,26 +101,20 @@ class Scheduler:
                 breaker=CircuitBreaker(c.failure_threshold, c.reset_timeout, c.give_up_after)
             )
             self.hosts[key] = state
-        self.dirty.add(key)
+            self.dirty.add(key)
         return state
 
     def load_stats(self, saved: dict[str, dict[str, Any]]) -> None:
         """Continue the statistics of earlier runs (breakers start closed)."""
         for key, stats in saved.items():
-            c = self.config.circuit
-            self.hosts[key] = HostState(
-                breaker=CircuitBreaker(
-                    c.failure_threshold,
-                    c.reset_timeout,
-                    c.give_up_after,
-                    times_opened=stats.get("times_opened", 0),
-                ),
-                attempts=stats.get("attempts", 0),
-                successes=stats.get("successes", 0),
-                retries=stats.get("retries", 0),
-                bytes=stats.get("bytes", 0),
-                failures=dict(stats.get("failures", {})),
-            )
+            state = self._state(key)
+            state.breaker.times_opened = stats.get("times_opened", 0)
+            state.attempts = stats.get("attempts", 0)
+            state.successes = stats.get("successes", 0)
+            state.retries = stats.get("retries", 0)
+            state.bytes = stats.get("bytes", 0)
+            state.failures = dict(stats.get("failures", {}))
+        self.dirty.clear()  # nothing changed yet
 
     def allowed(self, host: HostState, now: float) -> bool:
         """Whether one more request may go to ``host`` now."""
@@ -136,10 +136,6 @@ class Scheduler:
 
     # -- queues ---------------------------------------------------------------------------
 
-    def has_work(self) -> bool:
-        """Whether anything is queued in memory (parked, waiting or ready)."""
-        return bool(self.ready or self.due or self.waiting or self.parked_count)
-
     def input_grew(self) -> None:
         """New pending items were stored: read on."""
         self.scan_exhausted = False
@@ -150,10 +146,6 @@ class Scheduler:
             heapq.heappush(self.waiting, (not_before, next(self._seq), item))
         else:
             self.due.append(item)
-
-    def next_wake(self) -> float | None:
-        """The earliest not-before time of a waiting retry."""
-        return self.waiting[0][0] if self.waiting else None
 
     def _candidate(self) -> WorkItem | None:
         if self.due:
@@ -167,7 +159,7 @@ class Scheduler:
 
     def _unpark(self, lane: str, now: float) -> WorkItem | None:
         for (item_lane, key), queue in self.parked.items():
-            if item_lane == lane and self.allowed(self.hosts[key], now) and queue:
+            if item_lane == lane and self.allowed(self.hosts[key], now):
                 item = queue.popleft()
                 if not queue:
                     del self.parked[(item_lane, key)]
@@ -188,8 +180,8 @@ class Scheduler:
                 return None
             item_lane = self.lane_of(item)
             key = host_of(item.url)
-            host = self.host(item.url)  # registers the host before its items can be parked
-            if host.breaker.given_up:
+            host = self._state(key)  # registers the host before its items can be parked
+            if key in self.down:
                 self.given_up.append(item)
                 continue
             if item_lane == lane and self.allowed(host, now):
@@ -201,7 +193,9 @@ class Scheduler:
     def take_given_up(self) -> list[WorkItem]:
         """Items of hosts that are down, to fail without a request (parked ones included)."""
         taken, self.given_up = self.given_up, []
-        for slot in [s for s in self.parked if self.hosts[s[1]].breaker.given_up]:
+        if not self.down:
+            return taken
+        for slot in [s for s in self.parked if s[1] in self.down]:
             queue = self.parked.pop(slot)
             self.parked_count -= len(queue)
             taken.extend(queue)
@@ -227,6 +221,7 @@ class Scheduler:
         host.successes += 1
         host.bytes += size
         host.breaker.succeeded()
+        self.down.discard(host_of(item.url))
 
     def failed(
         self, item: WorkItem, kind: str, retry_after: float | None, now: float, retried: bool
@@ -239,6 +234,8 @@ class Scheduler:
             host.retries += 1
         if kind in BREAKER_KINDS:
             host.breaker.failed(now)
+            if host.breaker.given_up:
+                self.down.add(host_of(item.url))
         else:
             host.breaker.released()
         if kind == "rate_limited" and retry_after:
