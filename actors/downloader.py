@@ -279,7 +279,7 @@ class Downloader(ChildActor):
         """Check status, range and size; return the write offset and the expected total."""
         cfg = self.config.download
         if response.status >= 400:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), self.clock.wall())
             raise HTTPStatusError(response.status, item.url, retry_after=retry_after)
         if response.status == 206 and offset:
             start = _range_start(response.headers.get("Content-Range"))

@@ -42,6 +42,7 @@ from messages import (
     decode_batch,
     encode_batch,
 )
+from runtime.clock import Clock
 from runtime.config import Config
 from runtime.logs import get_logger
 from runtime.transport import TransportFactory
@@ -137,16 +138,18 @@ def downloader_process_main(
     conn: multiprocessing.connection.Connection,
     config: Config,
     transport_factory: TransportFactory,
+    clock: Clock,
 ) -> None:
-    """Entry point of a downloader worker process: serve until the pipe closes."""
+    """Entry point of a downloader worker process: serve until the pipe closes.
+
+    ``clock`` is the pipeline's own clock, sent over (so it must pickle).
+    """
     from actors.downloader import Downloader
-    from runtime.clock import SystemClock
 
     _setup_child(config.log.level, config.log.format)
     pipe = _Pipe(conn)
     uplink = Uplink(pipe)
     cancel = threading.Event()
-    clock = SystemClock()
     local: dict[str, pykka.ActorRef[Any]] = {}
     try:
         while True:
@@ -244,6 +247,7 @@ class DownloaderHost:
         index: int,
         config: Config,
         transport_factory: TransportFactory,
+        clock: Clock,
         state_keeper: pykka.ActorRef[Any],
         supervisor: pykka.ActorRef[Any],
     ) -> None:
@@ -252,7 +256,9 @@ class DownloaderHost:
         self.supervisor = supervisor
         self.stopping = False
         parent, self.process = _spawn(
-            downloader_process_main, (config, transport_factory), f"conveyor-downloaders-{index}"
+            downloader_process_main,
+            (config, transport_factory, clock),
+            f"conveyor-downloaders-{index}",
         )
         self.pipe = _Pipe(parent)
         self.ref = RemoteRef(self)

@@ -20,7 +20,6 @@ import dataclasses
 import os
 import random
 import sqlite3
-import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -91,7 +90,7 @@ class StateKeeper(pykka.ThreadingActor):
         supervisor: pykka.ActorRef[Any],
         clock: Clock,
         on_event: EventSink | None = None,
-        rng: random.Random | None = None,
+        rng: random.Random,
     ) -> None:
         super().__init__()
         self.config = config
@@ -100,7 +99,7 @@ class StateKeeper(pykka.ThreadingActor):
         self.on_event = on_event or (lambda _m: None)
         self.workers: dict[str, _Worker] = {}
         self.post_processor: str | None = None
-        self.policy = RetryPolicy(config.retry, rng or random.Random())
+        self.policy = RetryPolicy(config.retry, rng)
         self.leases: dict[str, tuple[str, WorkItem]] = {}
         self.started: set[str] = set()  # leased items whose transfer began
         self.processing: dict[str, tuple[str, DownloadComplete]] = {}
@@ -139,7 +138,7 @@ class StateKeeper(pykka.ThreadingActor):
         state_dir = Path(self.config.state.dir)
         try:
             store = SQLiteStore(state_dir)
-            store.set_meta(run_state="running", pid=os.getpid(), started_at=time.time())
+            store.set_meta(run_state="running", pid=os.getpid(), started_at=self.clock.wall())
             store.commit()
             counts = store.counts()
             self.open_items = store.open_count()
@@ -323,7 +322,18 @@ class StateKeeper(pykka.ThreadingActor):
             return
         now = self.clock.now()
         decision = self.policy.decide(item.attempts, failed.permanent, failed.retry_after)
-        self.scheduler.failed(item, failed.error_kind, failed.retry_after, now, decision.retry)
+        paused = self.scheduler.failed(
+            item, failed.error_kind, failed.retry_after, now, decision.retry, self.clock.wall()
+        )
+        if paused:
+            key = host_of(item.url)
+            log.warning(
+                "host paused",
+                host=key,
+                seconds=round(paused, 3),
+                reason=self.scheduler.hosts[key].cooldown_reason,
+                item_id=item.id,
+            )
         if not decision.retry:
             self._report(
                 _outcome(
@@ -514,7 +524,7 @@ class StateKeeper(pykka.ThreadingActor):
         if self.store is not None:
             hosts = self.scheduler.take_dirty()
             self.store.save_hosts(hosts)
-            self.store.set_meta(last_commit_at=time.time())  # wall time, for `status`
+            self.store.set_meta(last_commit_at=self.clock.wall())  # wall time, for `status`
             self.store.commit()
             self._progress_events(hosts)
 
@@ -523,6 +533,7 @@ class StateKeeper(pykka.ThreadingActor):
         now = self.clock.now()
         for key, st in sorted(hosts.items()):
             not_before = self.scheduler.hosts[key].not_before
+            cooldown = max(0.0, not_before - now)
             self.on_event(
                 HostStatus(
                     host=key,
@@ -534,7 +545,8 @@ class StateKeeper(pykka.ThreadingActor):
                     bytes=st["bytes"],
                     breaker=st["breaker"],
                     times_opened=st["times_opened"],
-                    cooldown=max(0.0, not_before - now),
+                    cooldown=cooldown,
+                    cooldown_reason=st["cooldown_reason"] if cooldown else "",
                 )
             )
         self.on_event(
@@ -567,7 +579,7 @@ class StateKeeper(pykka.ThreadingActor):
         self.finished = True
         if self.store is not None:
             self.store.set_meta(
-                run_state="finished", reason=self.end_reason, finished_at=time.time()
+                run_state="finished", reason=self.end_reason, finished_at=self.clock.wall()
             )
         self._commit()
         summary = RunFinished(

@@ -91,7 +91,7 @@ class Supervisor(pykka.ThreadingActor):
         clock: Clock,
         on_event: EventSink | None,
         on_finished: FinishCallback,
-        rng: random.Random | None = None,
+        rng: random.Random,
     ) -> None:
         super().__init__()
         self.config = config
@@ -148,13 +148,15 @@ class Supervisor(pykka.ThreadingActor):
             self._start_child("processor", i)
         d = self.config.download
         if d.processes:
-            try:
-                pickle.dumps(self.transport_factory)
-            except Exception as exc:  # any pickling failure means the same
-                raise ConveyorError(
-                    "download.processes needs a transport factory that can be sent to a "
-                    f"worker process (picklable): {exc}"
-                ) from exc
+            for what, obj in (("transport factory", self.transport_factory),
+                              ("clock", self.clock)):  # fmt: skip
+                try:
+                    pickle.dumps(obj)
+                except Exception as exc:  # any pickling failure means the same
+                    raise ConveyorError(
+                        f"download.processes needs a {what} that can be sent to a "
+                        f"worker process (picklable): {exc}"
+                    ) from exc
             self.hosts = [self._new_host(i) for i in range(d.processes)]
         for i in range(d.workers + d.large_workers):  # the large-file lane comes last
             self._start_child("downloader", i)
@@ -171,6 +173,7 @@ class Supervisor(pykka.ThreadingActor):
             index=index,
             config=self.config,
             transport_factory=self.transport_factory,
+            clock=self.clock,
             state_keeper=self.state_keeper,
             supervisor=self.actor_ref,
         )

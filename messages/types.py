@@ -387,3 +387,5 @@ class HostStatus:
     """How often the breaker opened."""
     cooldown: float = 0.0
     """Seconds left of a Retry-After cool-down (0: none)."""
+    cooldown_reason: str = ""
+    """Why the host is cooling down (the 429 and its Retry-After), when it is."""

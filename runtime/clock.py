@@ -16,6 +16,10 @@ class Clock(Protocol):
         """Return monotonic seconds."""
         ...
 
+    def wall(self) -> float:
+        """Return wall-clock seconds since the epoch (for timestamps and HTTP dates)."""
+        ...
+
     def sleep(self, seconds: float) -> None:
         """Block the calling thread for ``seconds``."""
         ...
@@ -31,6 +35,10 @@ class SystemClock:
     def now(self) -> float:
         """Return ``time.monotonic()``."""
         return time.monotonic()
+
+    def wall(self) -> float:
+        """Return ``time.time()``."""
+        return time.time()
 
     def sleep(self, seconds: float) -> None:
         """Sleep for real."""

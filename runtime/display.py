@@ -151,7 +151,11 @@ class LiveDisplay:
                     f"{h.successes:,}",
                     f"{h.failures:,}",
                     h.breaker,
-                    f"{h.cooldown:.0f} s" if h.cooldown > 0 else "-",
+                    f"{h.cooldown:.0f} s ({h.cooldown_reason})"
+                    if h.cooldown > 0 and h.cooldown_reason
+                    else f"{h.cooldown:.0f} s"
+                    if h.cooldown > 0
+                    else "-",
                 )
             parts.append(hosts)
             if len(busy) > MAX_HOSTS:

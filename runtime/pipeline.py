@@ -23,6 +23,7 @@ import dataclasses
 import itertools
 import queue
 import random
+import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ class Pipeline:
         clock: Clock | None = None,
         on_event: Callable[[Any], None] | None = None,
         rng: random.Random | None = None,
+        seed: int | None = None,
     ) -> None:
         """Prepare a run; nothing starts before ``start()``.
 
@@ -103,7 +105,9 @@ class Pipeline:
             clock: time source (default: the system's monotonic clock).
             on_event: called from the StateKeeper's thread with every message it sees;
                 keep it quick.
-            rng: randomness for backoff jitter (seed it for reproducible runs).
+            rng: randomness for backoff jitter (seed it for reproducible runs). Default: a
+                ``random.Random`` seeded from ``seed``.
+            seed: the default rng's seed (default: a fresh random one, logged at start).
         """
         self.config = config
         self.clock = clock or SystemClock()
@@ -115,7 +119,8 @@ class Pipeline:
             )
         self.transport_factory = transport_factory
         self._on_event = on_event
-        self._rng = rng
+        self.seed = secrets.randbits(63) if seed is None else seed
+        self._rng = rng if rng is not None else random.Random(self.seed)
         self._events: queue.SimpleQueue[Any] | None = None
         self._done = threading.Event()
         self._summary: RunSummary | None = None

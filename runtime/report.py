@@ -20,6 +20,7 @@ __all__ = [
     "human_bytes",
     "live_pid",
     "pid_alive",
+    "print_cooldowns",
     "print_error_kinds",
     "print_hosts",
     "print_status",
@@ -142,6 +143,21 @@ def print_error_kinds(kinds: list[dict[str, Any]], out: TextIO) -> None:
     _table(rows, out)
 
 
+def print_cooldowns(
+    hosts: dict[str, dict[str, Any]], out: TextIO, now: float | None = None
+) -> None:
+    """Hosts paused by a Retry-After right now, with the end of the pause and its cause."""
+    now = time.time() if now is None else now
+    paused = sorted((h, st) for h, st in hosts.items() if (st.get("cooldown_until") or 0) > now)
+    for host, st in paused[:MAX_ROWS]:
+        left = st["cooldown_until"] - now
+        print(
+            f"\npaused   {host} for {left:.0f} s more (until {_when(st['cooldown_until'])}): "
+            f"{st.get('cooldown_reason') or 'cool-down'}",
+            file=out,
+        )
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this machine (and is not this one)."""
     try:
@@ -182,6 +198,7 @@ def print_status(report: dict[str, Any], out: TextIO) -> None:
     _table(rows, out)
     print_error_kinds(report["error_kinds"], out)
     print_hosts(report["hosts"], out)
+    print_cooldowns(report["hosts"], out)
     if items["failed"]:
         print("\nput failed items back for the next run: python -m runtime retry-failed CONFIG "
               "[--kind KIND]", file=out)  # fmt: skip

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import email.utils
 import random
-import time
 from dataclasses import dataclass
 
 import tenacity
@@ -75,8 +74,12 @@ class RetryPolicy:
         return RetryDecision(retry=True, delay=delay)
 
 
-def parse_retry_after(value: str | None, now_wall: float | None = None) -> float | None:
+def parse_retry_after(value: str | None, now_wall: float) -> float | None:
     """Parse ``Retry-After`` (delay-seconds or an HTTP-date) into seconds from now.
+
+    Args:
+        value: the header, if any.
+        now_wall: the wall-clock time (``Clock.wall()``) an HTTP-date is measured from.
 
     Returns None for a missing or unparsable header; never negative.
     """
@@ -91,5 +94,4 @@ def parse_retry_after(value: str | None, now_wall: float | None = None) -> float
         return None
     if when.tzinfo is None:
         return None
-    now = time.time() if now_wall is None else now_wall
-    return max(0.0, when.timestamp() - now)
+    return max(0.0, when.timestamp() - now_wall)

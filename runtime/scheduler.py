@@ -50,6 +50,10 @@ class HostState:
     retries: int = 0
     bytes: int = 0
     failures: dict[str, int] = field(default_factory=dict)
+    cooldown_reason: str = ""
+    """Why the host is cooling down (empty when it is not)."""
+    cooldown_until: float = 0.0
+    """Wall-clock end of the cool-down, for ``status`` (0: none)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Statistics as plain data."""
@@ -62,6 +66,8 @@ class HostState:
             "active": self.active,
             "breaker": self.breaker.state,
             "times_opened": self.breaker.times_opened,
+            "cooldown_until": self.cooldown_until,
+            "cooldown_reason": self.cooldown_reason,
         }
 
 
@@ -224,9 +230,23 @@ class Scheduler:
         self.down.discard(host_of(item.url))
 
     def failed(
-        self, item: WorkItem, kind: str, retry_after: float | None, now: float, retried: bool
-    ) -> None:
-        """An attempt failed; feed the breaker and the host's cool-down."""
+        self,
+        item: WorkItem,
+        kind: str,
+        retry_after: float | None,
+        now: float,
+        retried: bool,
+        wall: float = 0.0,
+    ) -> float:
+        """An attempt failed; feed the breaker and the host's cool-down.
+
+        A ``rate_limited`` answer pauses the whole host for its Retry-After, but never
+        longer than ``retry.max_retry_after``: one answer asking for an hour must not
+        freeze every other item of the host (that item alone fails ``rate_limited``).
+
+        Returns:
+            Seconds the host was paused by this failure (0 when it was not).
+        """
         host = self.host(item.url)
         host.active -= 1
         host.failures[kind] = host.failures.get(kind, 0) + 1
@@ -239,7 +259,15 @@ class Scheduler:
         else:
             host.breaker.released()
         if kind == "rate_limited" and retry_after:
-            host.not_before = max(host.not_before, now + retry_after)
+            cap = self.config.retry.max_retry_after
+            pause = min(retry_after, cap)
+            if now + pause > host.not_before:
+                host.not_before = now + pause
+                host.cooldown_until = wall + pause if wall else 0.0
+                capped = f" (capped by retry.max_retry_after = {cap:g} s)" * (pause < retry_after)
+                host.cooldown_reason = f"429 Retry-After: {retry_after:g} s{capped}"
+                return pause
+        return 0.0
 
     def released(self, item: WorkItem, large_size: int | None = None) -> None:
         """An attempt ended without an outcome (cancelled, crashed, moved lanes)."""

@@ -38,8 +38,11 @@ __all__ = [
 class FakeClock:
     """A clock for tests: ``advance()`` moves it; ``autojump`` makes ``sleep`` move it."""
 
-    def __init__(self, start: float = 1000.0, *, autojump: bool = True) -> None:
+    def __init__(
+        self, start: float = 1000.0, *, autojump: bool = True, wall_start: float = 1.8e9
+    ) -> None:
         self._now = start
+        self._wall_offset = wall_start - start
         self._autojump = autojump
         self._cond = threading.Condition()
 
@@ -47,6 +50,11 @@ class FakeClock:
         """Return the fake time."""
         with self._cond:
             return self._now
+
+    def wall(self) -> float:
+        """Return fake wall time: ``wall_start`` plus however far the clock has moved."""
+        with self._cond:
+            return self._now + self._wall_offset
 
     def advance(self, seconds: float) -> None:
         """Move time forward and wake sleepers whose time has come."""

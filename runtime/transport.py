@@ -231,10 +231,8 @@ class SimulatedTransportFactory:
         return _SimulatedTransport(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # In a worker process: the same seed and settings, that process's own clock.
-        from runtime.clock import SystemClock
-
-        return (SimulatedTransportFactory, (self.config, SystemClock()))
+        # In a worker process: the same seed, settings and clock (which must pickle).
+        return (SimulatedTransportFactory, (self.config, self.clock))
 
     def respond(self, url: str) -> Response:
         """Answer one simulated request."""

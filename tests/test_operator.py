@@ -395,3 +395,21 @@ def test_live_display_on_a_terminal_and_quiet(tmp_path: Path) -> None:
     assert code == 1, quiet[-2000:]
     assert "items" not in quiet.split("conveyor run:")[0]
     assert "conveyor run: done" in quiet
+
+
+def test_status_shows_a_paused_host_with_its_cause() -> None:
+    """``status`` names a host paused by Retry-After, how long is left and why."""
+    import io
+
+    from runtime.report import print_cooldowns
+
+    out = io.StringIO()
+    hosts = {
+        "a:80": {"cooldown_until": 1_000.0 + 25, "cooldown_reason": "429 Retry-After: 25 s"},
+        "b:80": {"cooldown_until": 900.0, "cooldown_reason": "429 Retry-After: 5 s"},
+    }
+    print_cooldowns(hosts, out, now=1_000.0)
+    text = out.getvalue()
+    assert "a:80 for 25 s more" in text
+    assert "429 Retry-After: 25 s" in text
+    assert "b:80" not in text  # its pause is over

@@ -211,14 +211,14 @@ def test_retry_after_beyond_the_cap_is_rate_limited() -> None:
 
 def test_parse_retry_after() -> None:
     now = 1_700_000_000.0
-    assert parse_retry_after("120") == 120.0
-    assert parse_retry_after(" 7 ") == 7.0
+    assert parse_retry_after("120", 0.0) == 120.0
+    assert parse_retry_after(" 7 ", 0.0) == 7.0
     date = email.utils.formatdate(now + 90, usegmt=True)
     assert parse_retry_after(date, now_wall=now) == pytest.approx(90.0)
     past = email.utils.formatdate(now - 90, usegmt=True)
     assert parse_retry_after(past, now_wall=now) == 0.0
     for bad in (None, "", "soon", "-5", "1.5e3"):
-        assert parse_retry_after(bad) is None
+        assert parse_retry_after(bad, 0.0) is None
 
 
 # -- the scheduler -----------------------------------------------------------------------

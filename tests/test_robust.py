@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from messages import DownloadComplete, DownloadStarted, Outcome
+from messages import DownloadComplete, DownloadStarted, HostStatus, Outcome
 from runtime import Pipeline
 from runtime.pipeline import RunSummary
+from runtime.testing import capture_logs
 from tests.fault_server import FaultServer, body_of
 from tests.helpers import make_config, read_manifest
 
@@ -124,6 +125,35 @@ def test_429_cools_down_the_whole_host(tmp_path: Path, server: FaultServer) -> N
     first_429 = server.times["/retry-after/2/a.bin"][0]
     assert server.times["/ok/b.bin"][0] - first_429 >= 2.0
     assert {r["status"] for r in by_id(config).values()} == {"completed"}
+
+
+def test_an_overlong_retry_after_pauses_its_host_no_longer_than_the_cap(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    """``429 Retry-After: 3600`` with ``max_retry_after = 2``: that item fails
+    ``rate_limited``; the host pauses 2 s (not an hour), says why, and its 20 healthy
+    items then complete."""
+    config = make_config(
+        tmp_path, download={"workers": 1, "mailbox": 1}, retry={"max_retry_after": 2.0}
+    )
+    entries = [{"id": "limited", "url": server.url("/retry-after/3600/limited.bin")}]
+    entries += [{"id": f"ok{i}", "url": server.url(f"/ok/ok{i}.bin")} for i in range(20)]
+    events: list[Any] = []
+    with capture_logs() as logs, Pipeline(config, on_event=events.append) as pipeline:
+        pipeline.submit(entries)
+        summary = pipeline.wait(30)  # an hour-long pause would time out here
+    assert (summary.finished.completed, summary.finished.failed) == (20, 1)
+    assert by_id(config)["limited"]["error_kind"] == "rate_limited"
+    first_ok = min(server.times[f"/ok/ok{i}.bin"][0] for i in range(20))
+    assert first_ok - server.times["/retry-after/3600/limited.bin"][0] >= 1.9
+    paused = [e for e in logs if e["event"] == "host paused"]
+    assert len(paused) == 1
+    assert paused[0]["seconds"] == 2.0
+    assert "3600" in paused[0]["reason"]
+    assert "max_retry_after" in paused[0]["reason"]
+    reasons = [e.cooldown_reason for e in events if isinstance(e, HostStatus) and e.cooldown]
+    assert reasons
+    assert all("429" in r for r in reasons)
 
 
 # -- stalls, resets, truncation and Range resume ---------------------------------------
