@@ -19,12 +19,12 @@ from runtime.display import LiveDisplay, ProgressLogger
 from runtime.errors import ConveyorError
 from runtime.events import EventStream, fan_out
 from runtime.inputs import iter_batches
+from runtime.lock import StateLock
 from runtime.logs import configure_cli_logging
 from runtime.metrics import Metrics
 from runtime.pipeline import EXIT_CODES, Pipeline, RunSummary
 from runtime.report import (
     human_bytes,
-    live_pid,
     print_error_kinds,
     print_hosts,
     print_status,
@@ -278,18 +278,16 @@ def _status(target: str, *, as_json: bool) -> int:
 def _retry_failed(config: Config, kind: str | None) -> int:
     state_dir = Path(config.state.dir)
     try:
-        pid = live_pid(read_run(state_dir))
+        read_run(state_dir)  # a clear error when there is no state yet
+        with StateLock.acquire(state_dir):
+            store = SQLiteStore(state_dir)
+            try:
+                count = store.retry_failed(kind)
+            finally:
+                store.close()
     except ConveyorError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return EXIT_CODES["bad_input"]
-    if pid is not None:
-        print(f"conveyor: a run (pid {pid}) is using {state_dir}; stop it first", file=sys.stderr)
-        return EXIT_CODES["bad_input"]
-    store = SQLiteStore(state_dir)
-    try:
-        count = store.retry_failed(kind)
-    finally:
-        store.close()
     which = f"with error kind {kind}" if kind else "failed"
     print(
         f"conveyor: {count} items {which} are pending again; `run` will try them", file=sys.stderr

@@ -4,19 +4,51 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import sys
 from pathlib import Path
 
 from runtime.config import load_config
+from runtime.errors import ConveyorError
+from runtime.lock import StateLock
 from runtime.testing import LocalFileServer
 
 __all__ = ["run_demo"]
 
 
-def _write_demo(root: Path, server: LocalFileServer, files: dict[str, bytes]) -> Path:
+MARK = ".conveyor-demo"
+"""Marks a directory the demo created; only such a directory is ever cleaned by it."""
+_OWN = frozenset({MARK, "files.ndjson", "conveyor.toml", "downloads", "state"})
+
+
+def _claim(root: Path) -> str | None:
+    """Make ``root`` the demo's directory; return why it cannot be, or None.
+
+    The demo deletes its earlier output and state before it starts (the server's port
+    changes every time), so it refuses a directory that holds anything it did not create.
+    """
+    if root.exists() and not root.is_dir():
+        return f"{root} exists and is not a directory"
+    entries = set(os.listdir(root)) if root.exists() else set()
+    if entries and MARK not in entries:
+        return (
+            f"{root} is not empty and was not created by the demo; "
+            "pick a new or empty directory with --dir"
+        )
+    foreign = sorted(entries - _OWN)
+    if foreign:
+        return (
+            f"{root} holds files the demo did not create ({', '.join(foreign[:5])}); "
+            "pick a new or empty directory with --dir"
+        )
     root.mkdir(parents=True, exist_ok=True)
+    (root / MARK).write_text("made by `python -m runtime demo`; safe to delete\n")
+    return None
+
+
+def _write_demo(root: Path, server: LocalFileServer, files: dict[str, bytes]) -> Path:
     with (root / "files.ndjson").open("w") as fh:
         for path, body in files.items():
             entry = {
@@ -46,8 +78,17 @@ def run_demo(directory: str, count: int) -> int:
     files = {f"/file-{i:04d}.bin": rng.randbytes(rng.randint(1_000, 200_000)) for i in range(count)}
     flaky = {path: 1 for i, path in enumerate(files) if i % 7 == 3}
     root = Path(directory).resolve()
-    for stale in ("downloads", "state"):  # the server's port changes: start afresh
-        shutil.rmtree(root / stale, ignore_errors=True)
+    try:
+        problem = _claim(root)
+        if problem is None:
+            with StateLock.acquire(root / "state"):  # not while another demo runs there
+                for stale in ("downloads", "state"):  # the server's port changes: start afresh
+                    shutil.rmtree(root / stale, ignore_errors=True)
+    except (OSError, ConveyorError) as exc:
+        problem = str(exc)
+    if problem is not None:
+        print(f"conveyor: demo: {problem}", file=sys.stderr)
+        return 2
     with LocalFileServer(files, fail_first=flaky) as server:
         config = load_config(_write_demo(root, server, files), environ={})
         print(

@@ -5,6 +5,7 @@ One root, so a host program can catch everything conveyor raises in one clause::
     ConveyorError
     ├── ConfigError            a config file or override that cannot be used
     ├── InputError             an input file that cannot be read at all
+    ├── StateLockedError       another run holds the state directory's lock
     ├── SupervisionError       a child kept crashing (restart intensity exceeded)
     └── FetchError             one transfer failed; carries error_kind and permanent
         ├── HTTPStatusError    the server answered with a 4xx/5xx status
@@ -31,6 +32,7 @@ __all__ = [
     "InputError",
     "LaneChangeError",
     "StalledError",
+    "StateLockedError",
     "SupervisionError",
     "TooLargeError",
     "TruncatedError",
@@ -47,6 +49,18 @@ class ConfigError(ConveyorError):
 
 class InputError(ConveyorError):
     """The input file cannot be read; the message names the file and line."""
+
+
+class StateLockedError(ConveyorError):
+    """Another process runs on this state directory.
+
+    Attributes:
+        pid: the pid that holds the lock, when it could be read.
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
 
 
 class SupervisionError(ConveyorError):

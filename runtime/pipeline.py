@@ -40,6 +40,7 @@ from runtime.clock import Clock, SystemClock
 from runtime.config import Config
 from runtime.errors import ConveyorError, InputError
 from runtime.inputs import iter_batches, parse_entry
+from runtime.lock import StateLock
 from runtime.transport import RequestsTransportFactory, SimulatedTransportFactory, TransportFactory
 
 __all__ = ["EXIT_CODES", "Pipeline", "RunSummary"]
@@ -130,6 +131,7 @@ class Pipeline:
         self._stopping = threading.Event()
         self._submitted = itertools.count(1)
         self._input_closed = False
+        self._lock: StateLock | None = None
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -137,24 +139,37 @@ class Pipeline:
         """Start the actors, and the input reader when ``input.path`` is set.
 
         Raises:
+            StateLockedError: another run is using ``state.dir``.
             ConveyorError: a plugin cannot be loaded or the state cannot be opened.
         """
         if self._supervisor is not None:
             raise RuntimeError("this pipeline was already started")
-        self._supervisor = Supervisor.start(
-            config=self.config,
-            transport_factory=self.transport_factory,
-            clock=self.clock,
-            on_event=self._event,
-            on_finished=self._finished,
-            rng=self._rng,
-        )
-        # The supervisor stops whatever it started when this raises.
-        self._state_keeper = self._supervisor.ask(Start(), block=True)
+        self._lock = self._take_lock()
+        try:
+            self._supervisor = Supervisor.start(
+                config=self.config,
+                transport_factory=self.transport_factory,
+                clock=self.clock,
+                on_event=self._event,
+                on_finished=self._finished,
+                rng=self._rng,
+            )
+            # The supervisor stops whatever it started when this raises.
+            self._state_keeper = self._supervisor.ask(Start(), block=True)
+        except BaseException:
+            self._lock.release()
+            raise
         if self.config.input.path:
             self._feeder = threading.Thread(target=self._feed, name="conveyor-feeder", daemon=True)
             self._feeder.start()
         return self
+
+    def _take_lock(self) -> StateLock:
+        state_dir = Path(self.config.state.dir)
+        try:
+            return StateLock.acquire(state_dir)
+        except OSError as exc:
+            raise ConveyorError(f"cannot open the state in {state_dir}: {exc}") from exc
 
     def __enter__(self) -> Pipeline:
         return self.start()
@@ -277,6 +292,8 @@ class Pipeline:
         self, summary: RunFinished, kind: str | None, error: str | None, stats: dict[str, Any]
     ) -> None:
         self._summary = RunSummary(finished=summary, error_kind=kind, error=error, stats=stats)
+        if self._lock is not None:
+            self._lock.release()  # the store is committed and closed: the next run may start
         self._done.set()
 
     def _feed(self) -> None:

@@ -259,6 +259,37 @@ def test_demo_runs_offline_and_succeeds(tmp_path: Path) -> None:
     assert sum(r["attempts"] == 2 for r in records) == 29  # the flaky ones, retried once
 
 
+def test_demo_refuses_a_directory_it_did_not_create(tmp_path: Path) -> None:
+    """``demo --dir`` on a directory with the user's files exits 2 and deletes nothing."""
+    mine = tmp_path / "mine"
+    (mine / "downloads").mkdir(parents=True)
+    (mine / "downloads" / "precious.bin").write_bytes(b"keep me")
+    (mine / "state").mkdir()
+    (mine / "notes.txt").write_text("mine")
+    result = run("demo", "--dir", mine, "--files", "5")
+    assert result.returncode == 2
+    assert "was not created by the demo" in result.stderr
+    assert (mine / "downloads" / "precious.bin").read_bytes() == b"keep me"
+    assert sorted(p.name for p in mine.iterdir()) == ["downloads", "notes.txt", "state"]
+
+
+def test_demo_runs_again_in_its_own_directory_but_not_with_foreign_files(
+    tmp_path: Path,
+) -> None:
+    """A second demo in the demo's own directory starts afresh; a file added there by
+    the user makes it refuse."""
+    demo = tmp_path / "demo"
+    for _ in range(2):
+        result = run("demo", "--dir", demo, "--files", "10")
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert len(read_manifest(demo / "state" / "manifest.jsonl")) == 12  # not appended to
+    (demo / "report.txt").write_text("mine")
+    result = run("demo", "--dir", demo, "--files", "10")
+    assert result.returncode == 2
+    assert "report.txt" in result.stderr
+    assert (demo / "report.txt").read_text() == "mine"
+
+
 def test_run_with_worker_processes(tmp_path: Path) -> None:
     """The CLI with downloaders and processors in worker processes: 200 files verify."""
     files = make_files(200, seed=3)

@@ -413,3 +413,32 @@ def test_status_shows_a_paused_host_with_its_cause() -> None:
     assert "a:80 for 25 s more" in text
     assert "429 Retry-After: 25 s" in text
     assert "b:80" not in text  # its pause is over
+
+
+def test_a_second_run_on_a_locked_state_exits_2_naming_the_pid(tmp_path: Path) -> None:
+    """Two real processes: while one runs, a second ``run`` and ``retry-failed`` on the same
+    state exit 2 naming the holder's pid, ``status`` still reads it; after ``kill -9`` the
+    kernel has dropped the lock and nothing stale is left."""
+    with FaultServer() as server:
+        config = write_config(
+            tmp_path,
+            [{"id": "slow", "url": server.url("/drip/slow.bin?size=10000000&rate=1000")}],
+            "[download]\nmin_speed = 1\n",
+        )
+        first = start_cli("run", config, "--quiet")
+        try:
+            assert server.wait_for("/drip/slow.bin", 1, TIMEOUT)
+            for args in (("run", config, "--quiet"), ("retry-failed", config)):
+                second = cli(*args)
+                assert second.returncode == 2, second.stdout + second.stderr
+                assert f"pid {first.pid}" in second.stderr
+                assert "in use by another run" in second.stderr
+            status = cli("status", config)
+            assert status.returncode == 0
+            assert f"running (pid {first.pid})" in status.stdout
+            assert server.counts["/drip/slow.bin"] == 1  # the second run requested nothing
+        finally:
+            first.kill()
+            first.communicate(timeout=TIMEOUT)
+        after = cli("retry-failed", config)
+        assert after.returncode == 0, after.stderr

@@ -276,3 +276,22 @@ def test_log_lines_about_an_item_carry_its_id(tmp_path: Path) -> None:
     assert failures
     assert all(e.get("item_id") == "item-a" for e in failures)
     assert failures[0]["error_kind"] == "http_5xx"
+
+
+def test_two_pipelines_on_one_state_the_second_is_refused_until_the_first_ends(
+    tmp_path: Path,
+) -> None:
+    """The state lock holds within one process too, and is released when a run ends."""
+    from runtime.errors import StateLockedError
+
+    config = make_config(tmp_path)
+    transport = ScriptedTransport({url("a"): [Ok(b"a")], url("b"): [Ok(b"b")]})
+    with Pipeline(config, transport_factory=transport) as first:
+        with pytest.raises(StateLockedError, match="in use by another run") as caught:
+            Pipeline(config, transport_factory=transport).start()
+        assert caught.value.pid is not None
+        first.submit([{"url": url("a"), "id": "a"}])
+        assert first.wait(TIMEOUT).exit_code == 0
+    with Pipeline(config, transport_factory=transport) as second:
+        second.submit([{"url": url("b"), "id": "b"}])
+        assert second.wait(TIMEOUT).exit_code == 0
