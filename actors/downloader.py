@@ -29,6 +29,7 @@ import structlog
 from actors.child import ChildActor
 from actors.control import tell
 from messages import (
+    HANDED_BACK,
     Demand,
     DownloadComplete,
     DownloadFailed,
@@ -99,6 +100,8 @@ class Downloader(ChildActor):
         self.pending_validator: str | None = None  # of a small transfer in progress
         self.safe_dirs: set[str] = set()
         self.announced: str | None = None  # the item whose DownloadStarted went out early
+        self.owed = 0  # demand for items handed back, sent when the running transfer ends
+        self.transfer_started = 0.0
         # Built here, in the starting thread: a failing on_start would stop us silently.
         self.transport: Transport | None = transport_factory()
 
@@ -137,16 +140,43 @@ class Downloader(ChildActor):
         if item.id != self.announced:
             tell(self.state_keeper, self._started(item))
         self.announced = None  # a retry of the same item later must be announced again
+        self.transfer_started = self.clock.now()
         with structlog.contextvars.bound_contextvars(item_id=item.id):
             result = self._download(item)
         self.queue.popleft()
         # One message per item: the result, new demand and the start of the next item.
-        batch: list[Any] = [result, Demand(worker=self.worker, n=1)]
+        batch: list[Any] = [result, Demand(worker=self.worker, n=1 + self.owed)]
+        self.owed = 0
         if self.queue:
             batch.append(self._started(self.queue[0]))
             self.announced = self.queue[0].id
             self.actor_ref.tell(_Work())
         tell(self.state_keeper, tuple(batch))
+
+    def _hand_back(self) -> None:
+        """Give back the items queued behind the running transfer (it is taking long).
+
+        They go back to the StateKeeper unstarted, so an idle downloader takes them; the
+        demand they used is asked for again only when this transfer ends, so they are not
+        granted straight back to a downloader that is still busy.
+        """
+        queued = [self.queue.pop() for _ in range(len(self.queue) - 1)]
+        self.owed += len(queued)
+        log.debug("handing back queued items", actor=self.worker, items=len(queued))
+        tell(
+            self.state_keeper,
+            tuple(
+                DownloadFailed(
+                    worker=self.worker,
+                    item=item,
+                    error_kind=HANDED_BACK,
+                    error="queued behind a long transfer; given back to another downloader",
+                    permanent=False,
+                    counts_attempt=False,
+                )
+                for item in reversed(queued)
+            ),
+        )
 
     def _started(self, item: WorkItem) -> DownloadStarted:
         return DownloadStarted(
@@ -374,6 +404,8 @@ class Downloader(ChildActor):
                     if now >= next_report:
                         next_report = now + cfg.progress_interval
                         self._progress(item, received, total)
+                    if len(self.queue) > 1 and now - self.transfer_started >= HAND_BACK_AFTER:
+                        self._hand_back()
             except FetchError as exc:
                 if exc.error_kind == "timeout" and received > offset:
                     # no byte for a whole read timeout in the middle of a body: a stall
@@ -387,6 +419,9 @@ class Downloader(ChildActor):
             ProgressUpdate(worker=self.worker, item_id=item.id, received=received, total=total),
         )
 
+
+HAND_BACK_AFTER = 0.5
+"""Seconds a transfer may run before the items queued behind it are handed back."""
 
 EARLY_VALIDATOR = 1 << 20
 """Bodies at least this large (or of unknown size) have their ETag/Last-Modified recorded

@@ -17,6 +17,7 @@ Flow of one item::
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import os
 import random
 import sqlite3
@@ -29,6 +30,7 @@ import pykka
 
 from actors.control import Attach, GetStats, InputClosed, Tick, WorkerLost, tell
 from messages import (
+    HANDED_BACK,
     Cancel,
     Demand,
     DownloadComplete,
@@ -241,20 +243,39 @@ class StateKeeper(pykka.ThreadingActor):
     # -- dispatch -----------------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        """Answer demand, one item at a time to the downloader holding the fewest.
+
+        An idle downloader is served before a busy one gets an item to queue behind its
+        running transfer, so nothing waits behind a transfer that is not its own while
+        another downloader could take it (a busy one still prefetches when there is
+        more work than idle downloaders).
+        """
         if not self.granting:
             return
-        hungry = [(w, s) for w, s in self.workers.items() if s.kind == "downloader" and s.credit]
-        for worker, slot in hungry:
-            batch: list[WorkItem] = []
-            now = self.clock.now()
-            while slot.credit > len(batch) and len(self.processing) < self.backlog_limit:
-                item = self.scheduler.next_for(slot.lane, now)
-                if item is None:
-                    break
-                self.scheduler.dispatched(item)
-                batch.append(dataclasses.replace(item, attempts=item.attempts + 1))
-            if not batch:
+        hungry = [
+            (len(s.held), i, w, s)
+            for i, (w, s) in enumerate(self.workers.items())
+            if s.kind == "downloader" and s.credit
+        ]
+        heapq.heapify(hungry)
+        batches: dict[str, list[WorkItem]] = {}
+        dry: set[str] = set()  # lanes with nothing to give now
+        now = self.clock.now()
+        while hungry and len(self.processing) < self.backlog_limit:
+            held, order, worker, slot = heapq.heappop(hungry)
+            if slot.lane in dry:
                 continue
+            item = self.scheduler.next_for(slot.lane, now)
+            if item is None:
+                dry.add(slot.lane)
+                continue
+            self.scheduler.dispatched(item)
+            batch = batches.setdefault(worker, [])
+            batch.append(dataclasses.replace(item, attempts=item.attempts + 1))
+            if len(batch) < slot.credit:
+                heapq.heappush(hungry, (held + 1, order, worker, slot))
+        for worker, batch in batches.items():
+            slot = self.workers[worker]
             slot.credit -= len(batch)
             for item in batch:
                 self.leases[item.id] = (worker, item)
@@ -315,8 +336,9 @@ class StateKeeper(pykka.ThreadingActor):
         item = self._release(failed.worker, failed.item.id)
         if item is None:
             return
-        self.on_event(failed)
-        if not failed.counts_attempt:  # cancelled, or moved to the large-file lane
+        if failed.error_kind != HANDED_BACK:  # not an attempt, and not news
+            self.on_event(failed)
+        if not failed.counts_attempt:  # cancelled, handed back, or moved to the large lane
             self.scheduler.released(item, failed.size)
             self.scheduler.requeue(dataclasses.replace(item, attempts=item.attempts - 1))
             return

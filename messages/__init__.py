@@ -2,6 +2,7 @@
 
 from messages.codec import MESSAGE_TYPES, CodecError, decode, decode_batch, encode, encode_batch
 from messages.types import (
+    HANDED_BACK,
     Cancel,
     Demand,
     DownloadComplete,
@@ -26,6 +27,7 @@ from messages.types import (
 )
 
 __all__ = [
+    "HANDED_BACK",
     "MESSAGE_TYPES",
     "Cancel",
     "CodecError",

@@ -161,6 +161,11 @@ class DownloadComplete:
     """True when a verified file was already in place and nothing was fetched."""
 
 
+HANDED_BACK = "handed_back"
+"""``DownloadFailed.error_kind`` of an item a downloader gives back unstarted, because it
+sat queued behind a transfer that is taking long (no attempt is spent)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DownloadFailed:
     """An attempt failed; the StateKeeper decides between retry and a terminal failure."""
@@ -178,7 +183,7 @@ class DownloadFailed:
     permanent: bool
     """True when retrying cannot help (a 404, a checksum mismatch, a bad name)."""
     counts_attempt: bool = True
-    """False for cancellations and lane changes, which do not spend an attempt."""
+    """False for cancellations, lane changes and hand-backs, which spend no attempt."""
     retry_after: float | None = None
     """Seconds the server asked to wait (``Retry-After``), when it did."""
     size: int | None = None

@@ -437,6 +437,62 @@ def test_slow_large_file_does_not_delay_small_files(tmp_path: Path, server: Faul
     assert (Path(config.output.dir) / "big.bin").read_bytes() == body_of("big.bin", 3000000)
 
 
+def test_a_small_item_of_another_host_never_waits_behind_a_slow_transfer(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    """mailbox 2, eight downloaders: a slow transfer and a small file of another host go
+    to different downloaders, so the small one finishes long before the slow one."""
+    config = make_config(
+        tmp_path, download={"workers": 8, "mailbox": 2, "min_speed": 1, "per_host": 0}
+    )
+    other_host = server.url("/ok/small.bin").replace("127.0.0.1", "localhost")
+    entries = [
+        {"id": "slow", "url": server.url("/drip/slow.bin?size=200000&rate=10000")},
+        {"id": "small", "url": other_host, "size": 10000},
+    ]
+    events: list[Any] = []
+    summary = run(config, entries, events)
+    assert summary.exit_code == 0
+    done = [e.item.id for e in events if isinstance(e, DownloadComplete)]
+    assert done == ["small", "slow"]
+    started = {e.item_id: e.worker for e in events if isinstance(e, DownloadStarted)}
+    assert started["small"] != started["slow"]
+
+
+def test_two_slow_transfers_run_side_by_side(tmp_path: Path, server: FaultServer) -> None:
+    """Two slow files with idle downloaders around run at once, not one after the other."""
+    config = make_config(
+        tmp_path, download={"workers": 8, "mailbox": 2, "min_speed": 1, "per_host": 0}
+    )
+    entries = [
+        {"id": f"slow{i}", "url": server.url(f"/drip/slow{i}.bin?size=100000&rate=10000")}
+        for i in range(2)
+    ]
+    assert run(config, entries).exit_code == 0
+    assert server.max_active == 2
+
+
+def test_items_queued_behind_a_slow_transfer_are_handed_back(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    """Two downloaders, mailbox 2: the item prefetched behind a slow transfer is handed
+    back (no attempt spent) and completes on the other downloader before the slow one."""
+    config = make_config(
+        tmp_path, download={"workers": 2, "mailbox": 2, "min_speed": 1, "per_host": 0}
+    )
+    entries = [{"id": "slow", "url": server.url("/drip/slow.bin?size=300000&rate=10000")}]
+    entries += [{"id": f"s{i}", "url": server.url(f"/ok/s{i}.bin")} for i in range(6)]
+    events: list[Any] = []
+    summary = run(config, entries, events)
+    assert summary.exit_code == 0
+    done = [e.item.id for e in events if isinstance(e, DownloadComplete)]
+    assert done[-1] == "slow"
+    records = by_id(config)
+    assert all(records[f"s{i}"]["attempts"] == 1 for i in range(6))
+    assert all(server.counts[f"/ok/s{i}.bin"] == 1 for i in range(6))
+    assert summary.stats["hosts"][next(iter(summary.stats["hosts"]))]["attempts"] == 7
+
+
 def test_host_statistics_persist_across_runs(tmp_path: Path, server: FaultServer) -> None:
     config = make_config(tmp_path)
     run(config, [{"id": "gone", "url": server.url("/status/404/gone.bin")}])
