@@ -72,10 +72,12 @@ class InputClosed:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InputFailed:
-    """Feeder → Supervisor: the input file cannot be read further."""
+    """Feeder → Supervisor: the input cannot be read further; end the run."""
 
     error: str
-    """The InputError's message (file and line)."""
+    """The InputError's message (file and line), or what broke the feeder."""
+    kind: str = "input"
+    """``input`` (a bad input file: exit 2) or ``feeder`` (anything else: exit 3)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

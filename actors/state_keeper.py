@@ -98,7 +98,7 @@ class StateKeeper(pykka.ThreadingActor):
         self.config = config
         self.supervisor = supervisor
         self.clock = clock
-        self.on_event = on_event or (lambda _m: None)
+        self._sink = on_event or (lambda _m: None)
         self.workers: dict[str, _Worker] = {}
         self.post_processor: str | None = None
         self.policy = RetryPolicy(config.retry, rng)
@@ -153,6 +153,16 @@ class StateKeeper(pykka.ThreadingActor):
         log.info("state opened", path=str(store.path), **counts)
         return store
 
+    def _emit(self, message: Any) -> None:
+        """Pass an event to the sink, unless the run already finished.
+
+        ``RunFinished`` is the last event of a run, always: a tick or a late result that
+        arrives after it (the ticker and aborted transfers run on their own threads) may
+        still be committed, but is not announced.
+        """
+        if not self.finished:
+            self._sink(message)
+
     def on_stop(self) -> None:
         """Commit whatever is left."""
         if self.store is not None:
@@ -183,10 +193,10 @@ class StateKeeper(pykka.ThreadingActor):
                     self.workers[worker].credit += n
             case DownloadStarted(item_id=item_id):
                 self.started.add(item_id)
-                self.on_event(message)
+                self._emit(message)
                 return None, False
             case ProgressUpdate():
-                self.on_event(message)
+                self._emit(message)
                 return None, False
             case ResumeInfo():
                 self._resume_info(message)
@@ -318,7 +328,7 @@ class StateKeeper(pykka.ThreadingActor):
     def _downloaded(self, done: DownloadComplete) -> None:
         if self._release(done.worker, done.item.id) is None:
             return
-        self.on_event(done)
+        self._emit(done)
         self.scheduler.succeeded(done.item, done.size, done.reused)
         if not done.reused:
             self.stats["bytes"] += done.size
@@ -337,7 +347,7 @@ class StateKeeper(pykka.ThreadingActor):
         if item is None:
             return
         if failed.error_kind != HANDED_BACK:  # not an attempt, and not news
-            self.on_event(failed)
+            self._emit(failed)
         if not failed.counts_attempt:  # cancelled, handed back, or moved to the large lane
             self.scheduler.released(item, failed.size)
             self.scheduler.requeue(dataclasses.replace(item, attempts=item.attempts - 1))
@@ -469,7 +479,7 @@ class StateKeeper(pykka.ThreadingActor):
         self.store.record_outcome(outcome)
         self.stats[outcome.status] += 1
         self.open_items -= 1
-        self.on_event(outcome)
+        self._emit(outcome)
 
     # -- children -----------------------------------------------------------------------
 
@@ -556,7 +566,7 @@ class StateKeeper(pykka.ThreadingActor):
         for key, st in sorted(hosts.items()):
             not_before = self.scheduler.hosts[key].not_before
             cooldown = max(0.0, not_before - now)
-            self.on_event(
+            self._emit(
                 HostStatus(
                     host=key,
                     active=st["active"],
@@ -571,7 +581,7 @@ class StateKeeper(pykka.ThreadingActor):
                     cooldown_reason=st["cooldown_reason"] if cooldown else "",
                 )
             )
-        self.on_event(
+        self._emit(
             RunProgress(
                 accepted=self.stats["accepted"],
                 completed=self.stats["completed"],
@@ -598,12 +608,14 @@ class StateKeeper(pykka.ThreadingActor):
         return stats
 
     def _finish(self) -> None:
-        self.finished = True
+        if self.finished:
+            return
         if self.store is not None:
             self.store.set_meta(
                 run_state="finished", reason=self.end_reason, finished_at=self.clock.wall()
             )
-        self._commit()
+        self._commit()  # with the last progress events
+        self.finished = True
         summary = RunFinished(
             accepted=self.stats["accepted"],
             completed=self.stats["completed"],
@@ -618,7 +630,7 @@ class StateKeeper(pykka.ThreadingActor):
             "run finished",
             **{f.name: getattr(summary, f.name) for f in dataclasses.fields(summary)},
         )
-        self.on_event(summary)
+        self._sink(summary)  # the last event of the run: _emit drops everything after it
         tell(self.supervisor, summary)
 
 

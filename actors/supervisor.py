@@ -284,8 +284,8 @@ class Supervisor(pykka.ThreadingActor):
                 )
             case GraceExpired():
                 self._abort("shutdown grace expired")
-            case InputFailed(error=error):
-                self.error = self.error or ("input", error)
+            case InputFailed(error=error, kind=kind):
+                self.error = self.error or (kind, error)
                 self._shutdown(error, self.config.supervisor.shutdown_grace)
             case RunFinished():
                 self._finish(message)

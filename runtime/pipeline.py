@@ -41,9 +41,12 @@ from runtime.config import Config
 from runtime.errors import ConveyorError, InputError
 from runtime.inputs import iter_batches, parse_entry
 from runtime.lock import StateLock
+from runtime.logs import get_logger
 from runtime.transport import RequestsTransportFactory, SimulatedTransportFactory, TransportFactory
 
 __all__ = ["EXIT_CODES", "Pipeline", "RunSummary"]
+
+log = get_logger("pipeline")
 
 EXIT_CODES = {
     "ok": 0,
@@ -62,7 +65,7 @@ class RunSummary:
     finished: RunFinished
     """Counts as committed to the store."""
     error_kind: str | None = None
-    """``input`` or ``supervision`` when the run ended on an error."""
+    """``input``, ``feeder`` or ``supervision`` when the run ended on an error."""
     error: str | None = None
     """The error message."""
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -297,6 +300,12 @@ class Pipeline:
         self._done.set()
 
     def _feed(self) -> None:
+        """Stream the input file into the StateKeeper (on the feeder thread).
+
+        Whatever stops it early ends the run: a bad file with an input error (exit 2),
+        anything else (a store error during ingest, a bug) with a run error (exit 3) —
+        never silently, which would leave ``wait()`` waiting forever.
+        """
         assert self._state_keeper is not None
         assert self._supervisor is not None
         try:
@@ -307,6 +316,13 @@ class Pipeline:
         except InputError as exc:
             tell(self._supervisor, InputFailed(error=str(exc)))
             return
-        except (pykka.ActorDeadError, ConveyorError):
+        except pykka.ActorDeadError:
             return  # the run ended while we were reading
+        except Exception as exc:  # noqa: BLE001 - anything else must end the run too
+            log.error("the input feeder failed", error=repr(exc))
+            tell(
+                self._supervisor,
+                InputFailed(error=f"reading the input failed: {exc!r}", kind="feeder"),
+            )
+            return
         tell(self._state_keeper, InputClosed())

@@ -295,3 +295,39 @@ def test_two_pipelines_on_one_state_the_second_is_refused_until_the_first_ends(
     with Pipeline(config, transport_factory=transport) as second:
         second.submit([{"url": url("b"), "id": "b"}])
         assert second.wait(TIMEOUT).exit_code == 0
+
+
+def test_a_failing_ingest_ends_the_run_with_a_run_error_and_committed_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feeder never dies silently: a store error during ingest ends the run (exit 3)
+    with the error named, and what was ingested before it is committed."""
+    import sqlite3
+
+    from runtime.store import SQLiteStore
+
+    real_ingest = SQLiteStore.ingest
+    calls = {"n": 0}
+
+    def failing_ingest(self: SQLiteStore, *args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        return real_ingest(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SQLiteStore, "ingest", failing_ingest)
+    entries = tmp_path / "in.ndjson"
+    entries.write_text("".join(f'{{"url": "http://sim.test/{i}"}}\n' for i in range(2500)))
+    config = make_config(tmp_path, input={"path": str(entries)})
+    with Pipeline(config, simulate=True) as pipeline:
+        summary = pipeline.wait(TIMEOUT)  # used to hang here forever
+    assert summary.exit_code == 3
+    assert summary.error_kind == "feeder"
+    assert summary.error is not None
+    assert "disk I/O error (injected)" in summary.error
+    db = sqlite3.connect(Path(config.state.dir) / "state.sqlite3")
+    (count,) = db.execute("SELECT count(*) FROM items").fetchone()
+    (run_state,) = db.execute("SELECT value FROM meta WHERE key='run_state'").fetchone()
+    db.close()
+    assert count == 1000  # the first batch, committed
+    assert run_state == '"finished"'

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -10,8 +12,11 @@ import pykka
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from actors.control import GetStats, InputClosed, Tick
+from actors.state_keeper import StateKeeper
+from messages import RunFinished
 from runtime import Pipeline
-from runtime.testing import Crash, Ok, ScriptedTransport, Status, Step, capture_logs
+from runtime.testing import Crash, FakeClock, Ok, ScriptedTransport, Status, Step, capture_logs
 from tests.helpers import make_config, read_manifest
 
 MAX_ATTEMPTS = 3
@@ -92,3 +97,66 @@ def test_every_item_ends_exactly_once(
     protocol_errors = [e for e in logs if "ProtocolError" in str(e.get("error", ""))]
     assert protocol_errors == []
     assert pykka.ActorRegistry.get_all() == []
+
+
+class _Inbox(pykka.ThreadingActor):
+    """Stands in for the supervisor: takes whatever it is told."""
+
+    def on_receive(self, message: object) -> None:
+        return None
+
+
+def test_a_tick_after_the_run_finished_announces_nothing(tmp_path: Path) -> None:
+    """A Tick that reaches the StateKeeper after RunFinished commits but emits no event."""
+    events: list[object] = []
+    keeper = StateKeeper.start(
+        config=make_config(tmp_path),
+        supervisor=_Inbox.start(),
+        clock=FakeClock(),
+        on_event=events.append,
+        rng=random.Random(0),
+    )
+    keeper.tell(InputClosed())
+    keeper.ask(GetStats())  # a barrier: InputClosed was handled
+    assert isinstance(events[-1], RunFinished)
+    seen = len(events)
+    keeper.tell(Tick())
+    keeper.ask(GetStats())
+    assert len(events) == seen
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(st.sampled_from(["ok", "transient"]), min_size=0, max_size=10),
+    jumps=st.lists(st.floats(0.0, 0.2), min_size=1, max_size=20),
+    workers=st.integers(1, 3),
+)
+def test_run_finished_is_always_the_last_event(
+    steps: list[str], jumps: list[float], workers: int
+) -> None:
+    """Fake time jumps at random moments (on events, so ticks land anywhere, also around
+    the end): whatever the timing, exactly one RunFinished ends the events."""
+    clock = FakeClock()
+    events: list[object] = []
+    moves = itertools.cycle(jumps)
+
+    def on_event(message: object) -> None:
+        events.append(message)
+        clock.advance(next(moves))  # wakes the ticker: a Tick at an arbitrary point
+
+    script: dict[str, list[Step]] = {
+        f"http://h.test/{i}": [STEPS[s], Ok(b"x")] for i, s in enumerate(steps)
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        config = make_config(Path(tmp), download={"workers": workers})
+        pipeline = Pipeline(
+            config, transport_factory=ScriptedTransport(script), clock=clock, on_event=on_event
+        )
+        with pipeline:
+            pipeline.submit([{"url": u, "id": str(i)} for i, u in enumerate(script)])
+            summary = pipeline.wait(15)
+        for _ in range(3):  # the ticker may still be running: give it chances to misbehave
+            clock.advance(1.0)
+    assert summary.finished.completed == len(steps)
+    finished = [i for i, e in enumerate(events) if isinstance(e, RunFinished)]
+    assert finished == [len(events) - 1]
