@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ from runtime.report import (
 )
 from runtime.store import SQLiteStore
 
-__all__ = ["main", "print_summary"]
+__all__ = ["check_input", "main", "print_summary"]
 
 _EPILOG = """\
 exit codes:
@@ -295,16 +296,37 @@ def _retry_failed(config: Config, kind: str | None) -> int:
     return 0
 
 
-def _name_clash(name: str, names: set[str], dirs: set[str]) -> str | None:
-    if name in names:
-        return "is already used by an earlier entry"
-    if name in dirs:
-        return "is a directory of an earlier entry's path"
-    parts = name.split("/")
-    for i in range(1, len(parts)):
-        if "/".join(parts[:i]) in names:
-            return f"needs a directory where an earlier entry's file {'/'.join(parts[:i])!r} is"
-    return None
+def check_input(config: Config) -> tuple[int, list[tuple[int, str]]]:
+    """Read the whole input through the same ingest a run uses, into a scratch store.
+
+    So ``validate`` and ``run`` can never disagree on which entries are bad (duplicate
+    ids, clashing names, unusable entries): there is one implementation of the rules.
+
+    Returns:
+        The number of entries, and ``(line, reason)`` of each bad one, in line order.
+
+    Raises:
+        InputError: the input cannot be read at all.
+    """
+    bad: list[tuple[int, str]] = []
+    total = 0
+    with tempfile.TemporaryDirectory(prefix="conveyor-validate-") as scratch:
+        store = SQLiteStore(Path(scratch))
+        try:
+            for batch in iter_batches(Path(config.input.path), config.input.format):
+                result = store.ingest(batch.items, batch.rejected, batch.derived_name_ids)
+                bad.extend((_line_of(o.id), o.error or "") for o in result.rejected)
+                total += len(batch.items) + len(batch.rejected)
+        finally:
+            store.close()
+    bad.sort()
+    return total, bad
+
+
+def _line_of(reject_id: str) -> int:
+    """The input line of a rejected entry (its id is ``line:N``)."""
+    _, _, line = reject_id.partition(":")
+    return int(line) if line.isdigit() else 0
 
 
 def _validate(config: Config) -> int:
@@ -313,31 +335,11 @@ def _validate(config: Config) -> int:
     if not config.input.path:
         print("conveyor: the config has no input.path", file=sys.stderr)
         return EXIT_CODES["bad_input"]
-    bad: list[tuple[int, str]] = []
-    ids: set[str] = set()
-    names: set[str] = set()
-    dirs: set[str] = set()
-    total = 0
     try:
-        for batch in iter_batches(path, config.input.format):
-            derived = set(batch.derived_name_ids)
-            for rejected in batch.rejected:
-                bad.append((rejected.line, rejected.error))
-            for item in batch.items:
-                if item.id in ids:
-                    bad.append((item.line, f"line {item.line}: duplicate id {item.id!r}"))
-                elif item.id not in derived and (clash := _name_clash(item.name, names, dirs)):
-                    bad.append((item.line, f"line {item.line}: name {item.name!r} {clash}"))
-                ids.add(item.id)
-                if item.id not in derived:
-                    names.add(item.name)
-                    parts = item.name.split("/")
-                    dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
-            total += len(batch.items) + len(batch.rejected)
+        total, bad = check_input(config)
     except ConveyorError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return EXIT_CODES["bad_input"]
-    bad.sort()
     print(f"{path}: {total} entries, {total - len(bad)} usable, {len(bad)} bad")
     for _, error in bad[:200]:
         print(f"  {error}")

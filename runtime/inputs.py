@@ -28,9 +28,13 @@ __all__ = [
     "iter_raw_entries",
     "parse_entry",
     "safe_name",
+    "shorten",
 ]
 
 MAX_COMPONENT_BYTES = 255
+PART_SUFFIX = ".part"
+MAX_FILE_NAME_BYTES = MAX_COMPONENT_BYTES - len(PART_SUFFIX)
+"""The last component must leave room for ``.part`` while the file downloads."""
 MAX_NAME_BYTES = 4096
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _READ_SIZE = 1 << 20
@@ -62,9 +66,14 @@ def safe_name(name: str) -> str:
         raise UnsafeNameError("name contains '..'")
     if not parts:
         raise UnsafeNameError("name has no file name in it")
-    for part in parts:
+    for part in parts[:-1]:
         if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
             raise UnsafeNameError(f"a path component is longer than {MAX_COMPONENT_BYTES} bytes")
+    if len(parts[-1].encode("utf-8")) > MAX_FILE_NAME_BYTES:
+        raise UnsafeNameError(
+            f"the file name is longer than {MAX_FILE_NAME_BYTES} bytes (it needs room for "
+            f"'{PART_SUFFIX}' while downloading, within the {MAX_COMPONENT_BYTES}-byte limit)"
+        )
     result = "/".join(parts)
     if len(result.encode("utf-8")) > MAX_NAME_BYTES:
         raise UnsafeNameError(f"name is longer than {MAX_NAME_BYTES} bytes")
@@ -79,12 +88,31 @@ def derive_id(url: str) -> str:
 
 
 def derive_name(url: str, item_id: str) -> str:
-    """Return the url's last path segment, made safe; the id when there is none."""
+    """Return the url's last path segment, made safe; the id when there is none.
+
+    A derived name never rejects an entry: one that is too long is shortened (keeping
+    its extension, adding a digest of the original so two long names stay distinct).
+    """
     segment = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-    try:
-        return safe_name(segment)
-    except UnsafeNameError:
-        return safe_name(item_id.replace("/", "_")) if item_id else "index"
+    for candidate in (segment, item_id.replace("/", "_")):
+        try:
+            return safe_name(shorten(candidate))
+        except UnsafeNameError:
+            continue
+    return "index"
+
+
+def shorten(name: str, limit: int = MAX_FILE_NAME_BYTES) -> str:
+    """Fit a single-component ``name`` into ``limit`` UTF-8 bytes, keeping its extension."""
+    if len(name.encode("utf-8")) <= limit:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem or len(ext) > 16:
+        stem, ext = name, ""
+    tail = "-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:12] + (f".{ext}" if ext else "")
+    room = limit - len(tail.encode("utf-8"))
+    cut = stem.encode("utf-8")[:room].decode("utf-8", "ignore")
+    return cut + tail
 
 
 def _check_url(url: Any) -> str:

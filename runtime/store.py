@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from messages import Outcome, Rejected, WorkItem
+from runtime.inputs import MAX_FILE_NAME_BYTES
 
 __all__ = ["TERMINAL", "IngestResult", "SQLiteStore"]
 
@@ -68,12 +69,16 @@ def _chunks(seq: Sequence[str]) -> Iterable[Sequence[str]]:
 
 
 def _rename(name: str, item_id: str, attempt: int) -> str:
-    """Give a derived name that clashes a suffix from the item id."""
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem or "/" in ext:
-        stem, ext = name, ""
+    """Give a derived name that clashes a suffix from the item id (within the length limit)."""
+    folder, slash, base = name.rpartition("/")
+    stem, dot, ext = base.rpartition(".")
+    if not dot or not stem:
+        stem, ext = base, ""
     suffix = f"-{item_id[:12]}" + (f"-{attempt}" if attempt else "")
-    return f"{stem}{suffix}.{ext}" if ext else f"{stem}{suffix}"
+    tail = f"{suffix}.{ext}" if ext else suffix
+    room = MAX_FILE_NAME_BYTES - len(tail.encode("utf-8"))
+    stem = stem.encode("utf-8")[: max(room, 1)].decode("utf-8", "ignore")
+    return f"{folder}{slash}{stem}{tail}"
 
 
 class SQLiteStore:
@@ -186,7 +191,7 @@ class SQLiteStore:
             if not name:
                 continue
             known[item.id] = (item.line, item.url)
-            taken[name] = item.id
+            taken[name] = (item.id, item.line)
             if "/" in name:
                 self._has_dirs = True
                 parts = name.split("/")
@@ -239,44 +244,50 @@ class SQLiteStore:
                 found[i] = (line, url)
         return found
 
-    def _taken_names(self, names: Sequence[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
+    def _taken_names(self, names: Sequence[str]) -> dict[str, tuple[str, int]]:
+        found: dict[str, tuple[str, int]] = {}
         for chunk in _chunks(names):
             marks = ",".join("?" * len(chunk))
-            for name, i in self.db.execute(
-                f"SELECT name, id FROM items WHERE name IN ({marks})",  # noqa: S608 - only ?s
+            for name, i, line in self.db.execute(
+                f"SELECT name, id, line FROM items WHERE name IN ({marks})",  # noqa: S608 - only ?s
                 chunk,
             ):
-                found[name] = i
+                found[name] = (i, line)
         return found
 
-    def _name_taken(self, name: str) -> bool:
-        row = self.db.execute("SELECT 1 FROM items WHERE name = ?", (name,)).fetchone()
-        return row is not None
+    def _holder(self, name: str) -> tuple[str, int] | None:
+        row = self.db.execute("SELECT id, line FROM items WHERE name = ?", (name,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    @staticmethod
+    def _who(holder: tuple[str, int]) -> str:
+        item_id, line = holder
+        return f"item {item_id!r} (line {line})" if line else f"item {item_id!r}"
 
     def _clash(
-        self, name: str, taken: dict[str, str], batch_dirs: set[str], *, check_db: bool
+        self, name: str, taken: dict[str, tuple[str, int]], batch_dirs: set[str], *, check_db: bool
     ) -> str | None:
         """What ``name`` collides with: another file of that name, a file where it needs a
         directory (``a`` for ``a/b``), or files below it (``a/b`` for ``a``); else None."""
         if name in taken:
-            return f"item {taken[name]!r}"
-        if check_db and self._name_taken(name):
-            return "another item"
+            return f"{self._who(taken[name])}, which has the same name"
+        if check_db and (holder := self._holder(name)) is not None:
+            return f"{self._who(holder)}, which has the same name"
         if name in batch_dirs:
             return "a directory of another item's path"
         parts = name.split("/")
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
-            if parent in taken or self._name_taken(parent):
-                return f"item {taken.get(parent, parent)!r}, a file where a directory is needed"
+            holder = taken.get(parent) or self._holder(parent)
+            if holder is not None:
+                return f"{self._who(holder)}, whose file {parent!r} is where a directory is needed"
         if self._has_dirs:
             below = self.db.execute(
-                "SELECT id FROM items WHERE name > ? AND name < ? LIMIT 1",
+                "SELECT id, line FROM items WHERE name > ? AND name < ? LIMIT 1",
                 (name + "/", name + "0"),  # '0' follows '/': every 'name/...'
             ).fetchone()
             if below is not None:
-                return f"item {below[0]!r}, stored below it as a directory"
+                return f"{self._who((below[0], below[1]))}, stored below it as a directory"
         return None
 
     # -- dispatch -----------------------------------------------------------------------

@@ -153,3 +153,32 @@ def test_large_inputs_are_streamed_not_loaded(tmp_path: Path, fmt: str) -> None:
     tracemalloc.stop()
     assert count == 200_000
     assert peak < size / 4, f"peak {peak} bytes for a {size}-byte file"
+
+
+@pytest.mark.parametrize("length", [251, 252, 255])
+def test_a_file_name_without_room_for_part_is_rejected(length: int) -> None:
+    """A last component of 251-255 bytes fits the file system but not with ``.part``:
+    rejected at ingest instead of failing ``filesystem`` three times."""
+    with pytest.raises(UnsafeNameError, match=r"room for '\.part'"):
+        safe_name("a" * length)
+    entry, _ = parse_entry({"url": "http://h/x", "name": "d/" + "é" * (length // 2 + 1)}, 4)
+    assert isinstance(entry, Rejected)
+    assert "line 4" in entry.error
+
+
+def test_long_names_that_can_be_written_pass() -> None:
+    """250 bytes for the file name and 255 for a directory are fine."""
+    assert safe_name("a" * 250) == "a" * 250
+    assert safe_name("d" * 255 + "/f.bin") == "d" * 255 + "/f.bin"
+
+
+def test_a_long_derived_name_is_shortened_not_rejected() -> None:
+    """A url whose last segment is too long gets a shortened name keeping its extension;
+    two such urls stay distinct."""
+    one = derive_name("http://h/" + "x" * 300 + "1.tar.gz", "id1")
+    two = derive_name("http://h/" + "x" * 300 + "2.tar.gz", "id2")
+    for name in (one, two):
+        assert len(name.encode()) <= 250
+        assert name.endswith(".gz")
+        assert safe_name(name) == name
+    assert one != two

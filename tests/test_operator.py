@@ -327,7 +327,7 @@ def test_validate_lists_bad_entries_and_downloads_nothing(tmp_path: Path) -> Non
     assert "9 entries, 3 usable, 6 bad" in result.stdout
     bad_lines = [line.split(":")[0].strip() for line in result.stdout.splitlines()[1:]]
     assert bad_lines == ["line 2", "line 3", "line 5", "line 7", "line 8", "line 9"]
-    assert "needs a directory where an earlier entry's file 'same.bin' is" in result.stdout
+    assert "whose file 'same.bin' is where a directory is needed" in result.stdout
     assert "duplicate id 'x'" in result.stdout
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "state").exists()

@@ -331,3 +331,23 @@ def test_a_failing_ingest_ends_the_run_with_a_run_error_and_committed_state(
     db.close()
     assert count == 1000  # the first batch, committed
     assert run_state == '"finished"'
+
+
+def test_the_longest_accepted_file_name_downloads(tmp_path: Path) -> None:
+    """A 250-byte file name (255 with ``.part``) is written; 251 is rejected at ingest
+    without a request."""
+    transport = ScriptedTransport({url("a"): [Ok(b"a")], url("b"): [Ok(b"b")]})
+    config = make_config(tmp_path)
+    with Pipeline(config, transport_factory=transport) as pipeline:
+        pipeline.submit(
+            [
+                {"url": url("a"), "id": "a", "name": "n" * 250},
+                {"url": url("b"), "id": "b", "name": "n" * 251},
+            ]
+        )
+        summary = pipeline.wait(TIMEOUT)
+    assert (summary.finished.completed, summary.finished.failed) == (1, 1)
+    assert (Path(config.output.dir) / ("n" * 250)).read_bytes() == b"a"
+    assert transport.requests[url("b")] == 0
+    failed = next(r for r in read_manifest(config.manifest_path) if r["status"] == "failed")
+    assert failed["error_kind"] == "invalid_entry"

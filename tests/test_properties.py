@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import sqlite3
 import tempfile
@@ -16,6 +17,7 @@ from actors.control import GetStats, InputClosed, Tick
 from actors.state_keeper import StateKeeper
 from messages import RunFinished
 from runtime import Pipeline
+from runtime.cli import check_input
 from runtime.testing import Crash, FakeClock, Ok, ScriptedTransport, Status, Step, capture_logs
 from tests.helpers import make_config, read_manifest
 
@@ -160,3 +162,65 @@ def test_run_finished_is_always_the_last_event(
     assert summary.finished.completed == len(steps)
     finished = [i for i, e in enumerate(events) if isinstance(e, RunFinished)]
     assert finished == [len(events) - 1]
+
+
+_ENTRY = st.one_of(
+    st.just("{not json"),
+    st.fixed_dictionaries(
+        {
+            "url": st.sampled_from(
+                [
+                    "http://sim.test/p",
+                    "http://sim.test/q",
+                    "http://sim.test/r/s",
+                    "ftp://sim.test/t",
+                ]
+            )
+        },
+        optional={
+            "id": st.sampled_from(["a", "b", "c", 7]),
+            "name": st.sampled_from(["n1", "n2", "n1/x", "n2/y/z", "x", "../up", "s"]),
+        },
+    ),
+)
+
+
+def _write_input(path: Path, entries: list[object]) -> None:
+    with path.open("w") as fh:
+        for entry in entries:
+            fh.write((entry if isinstance(entry, str) else json.dumps(entry)) + "\n")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(entries=st.lists(_ENTRY, min_size=1, max_size=12))
+def test_validate_rejects_exactly_the_lines_a_run_fails_as_invalid(entries: list[object]) -> None:
+    """One rule for duplicates and clashes: ``validate``'s bad lines are the run's
+    ``invalid_entry`` items, whatever the input."""
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_input(Path(tmp) / "in.ndjson", entries)
+        config = make_config(Path(tmp), input={"path": str(Path(tmp) / "in.ndjson")})
+        total, bad = check_input(config)
+        with Pipeline(config, simulate=True) as pipeline:
+            summary = pipeline.wait(15)
+        invalid = {
+            int(r["id"].removeprefix("line:"))
+            for r in read_manifest(config.manifest_path)
+            if r["error_kind"] == "invalid_entry"
+        }
+    assert total == summary.finished.accepted == len(entries)
+    assert {line for line, _ in bad} == invalid
+    assert len(bad) == len(invalid)
+
+
+def test_validate_and_run_agree_on_an_entry_rejected_for_its_name(tmp_path: Path) -> None:
+    """The case that found it: a rejected entry's id is not taken, so line 3 is fine."""
+    entries: list[object] = [
+        {"id": "a", "name": "n1", "url": "http://sim.test/1"},
+        {"id": "b", "name": "n1", "url": "http://sim.test/2"},
+        {"id": "b", "name": "n3", "url": "http://sim.test/3"},
+    ]
+    _write_input(tmp_path / "in.ndjson", entries)
+    config = make_config(tmp_path, input={"path": str(tmp_path / "in.ndjson")})
+    assert [line for line, _ in check_input(config)[1]] == [2]
+    with Pipeline(config, simulate=True) as pipeline:
+        assert pipeline.wait(15).finished.failed == 1

@@ -38,7 +38,9 @@ def test_a_given_name_that_clashes_is_rejected_a_derived_one_renamed(tmp_path: P
     store.ingest([item("a", 1, name="f.bin")], [], [])
     result = store.ingest([item("b", 2, name="f.bin"), item("c", 3, name="f.bin")], [], ["c"])
     assert result.added == 1
-    assert [r.error for r in result.rejected] == ["line 2: name 'f.bin' clashes with item 'a'"]
+    assert [r.error for r in result.rejected] == [
+        "line 2: name 'f.bin' clashes with item 'a' (line 1), which has the same name"
+    ]
     names = dict(store.db.execute("SELECT id, name FROM items WHERE name IS NOT NULL"))
     assert names["c"] == "f-c.bin"
 
@@ -83,14 +85,14 @@ def test_a_file_and_a_directory_of_the_same_name_clash(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path)
     one = store.ingest([item("f", 1, name="a"), item("g", 2, name="a/b")], [], [])
     assert one.added == 1
-    assert one.rejected[0].error.startswith("line 2: name 'a/b' clashes with item 'f'")
+    assert one.rejected[0].error.startswith("line 2: name 'a/b' clashes with item 'f' (line 1)")
     two = store.ingest([item("h", 3, name="x/y/z"), item("i", 4, name="x/y")], [], [])
     assert two.added == 1
     assert "line 4: name 'x/y' clashes with a directory" in two.rejected[0].error
     three = store.ingest([item("j", 5, name="x"), item("k", 6, name="a/c/d")], [], [])
     assert three.added == 0
     assert "stored below it as a directory" in three.rejected[0].error
-    assert "a file where a directory is needed" in three.rejected[1].error
+    assert "whose file 'a' is where a directory is needed" in three.rejected[1].error
     store.commit()
 
     again = SQLiteStore(tmp_path)  # a resumed run knows the stored directories too
