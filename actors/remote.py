@@ -199,7 +199,9 @@ def processor_process_main(
 
     _setup_child(config.log.level, config.log.format)
     p = config.processing
-    plugin = load_plugin(p.processor, p.processor_options, BaseProcessor, "processor")
+    plugin = load_plugin(
+        p.processor, p.processor_options, BaseProcessor, "processor", p.plugin_path
+    )
     while True:
         try:
             frame = conn.recv_bytes()

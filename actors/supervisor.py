@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 import random
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -133,6 +134,13 @@ class Supervisor(pykka.ThreadingActor):
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConveyorError(f"cannot create the output directory {out}: {exc}") from exc
+        try:  # a read-only directory would cost every item its attempts: say so now
+            with tempfile.TemporaryFile(dir=out, prefix=".conveyor-write-check-"):
+                pass
+        except OSError as exc:
+            raise ConveyorError(
+                f"cannot write to the output directory {out}: {exc.strerror or exc}"
+            ) from exc
         # Build every plugin first, so a bad plugin spec fails before anything runs.
         self._processor_plugin()
         self._post_processor_plugin()
@@ -188,14 +196,18 @@ class Supervisor(pykka.ThreadingActor):
     def _processor_plugin(self) -> BaseProcessor:
         p = self.config.processing
         plugin: BaseProcessor = load_plugin(
-            p.processor, p.processor_options, BaseProcessor, "processor"
+            p.processor, p.processor_options, BaseProcessor, "processor", p.plugin_path
         )
         return plugin
 
     def _post_processor_plugin(self) -> BasePostProcessor:
         p = self.config.processing
         plugin: BasePostProcessor = load_plugin(
-            p.post_processor, p.post_processor_options, BasePostProcessor, "post_processor"
+            p.post_processor,
+            p.post_processor_options,
+            BasePostProcessor,
+            "post_processor",
+            p.plugin_path,
         )
         return plugin
 

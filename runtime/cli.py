@@ -17,13 +17,14 @@ from typing import Any, TextIO
 
 from runtime.config import Config, load_config
 from runtime.display import LiveDisplay, ProgressLogger
-from runtime.errors import ConveyorError
+from runtime.errors import FAILURE_KINDS, ConveyorError
 from runtime.events import EventStream, fan_out
 from runtime.inputs import iter_batches
 from runtime.lock import StateLock
 from runtime.logs import configure_cli_logging
 from runtime.metrics import Metrics
 from runtime.pipeline import EXIT_CODES, Pipeline, RunSummary
+from runtime.plugins import BasePostProcessor, BaseProcessor, check_plugin
 from runtime.report import (
     human_bytes,
     print_error_kinds,
@@ -44,6 +45,22 @@ exit codes:
   3    the run ended on an internal error (a child kept crashing)
   130  interrupted (SIGINT/SIGTERM or the job stopped early); run again to resume
 """
+
+
+def _port(text: str) -> int:
+    """A TCP port number for argparse (1-65535)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not between 1 and 65535")
+    return port
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 item``, ``2 items``; ``many`` for irregular plurals (``entries``)."""
+    return f"{n} {word}" if n == 1 else f"{n} {many or word + 's'}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         metavar="N",
         help="serve Prometheus metrics on http://127.0.0.1:N/metrics during the run",
     )
@@ -150,7 +167,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return _main(parser, args)
+    except BrokenPipeError:
+        # The reader went away (``status | head``): not an error of ours. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "demo":
         from runtime.demo import run_demo
 
@@ -158,6 +187,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(args.dir, args.files)
     if args.command == "status":
         return _status(args.target, as_json=args.json)
+    if args.command == "run" and args.kind is not None and not args.retry_failed:
+        parser.error("--kind only works together with --retry-failed")
+    kind = getattr(args, "kind", None)
+    if kind is not None and kind not in FAILURE_KINDS:
+        print(
+            f"conveyor: unknown error kind {kind!r}; known kinds: {', '.join(FAILURE_KINDS)}",
+            file=sys.stderr,
+        )
+        return EXIT_CODES["bad_input"]
     try:
         config = load_config(args.config)
     except ConveyorError as exc:
@@ -167,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _retry_failed(config, args.kind)
     if args.command == "validate":
         return _validate(config)
+    problem = _input_problem(config)
+    if problem is not None:
+        print(f"conveyor: {problem}", file=sys.stderr)
+        return EXIT_CODES["bad_input"]
     level = "debug" if args.debug else config.log.level
     configure_cli_logging(level, args.log_format or config.log.format)
     if args.retry_failed and _retry_failed(config, args.kind) != 0:
@@ -178,6 +220,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         events=args.events,
         metrics_port=args.metrics_port,
     )
+
+
+def _input_problem(config: Config) -> str | None:
+    """Why the input file cannot be read at all (checked before anything is created)."""
+    try:
+        with Path(config.input.path).open("rb"):
+            pass
+    except IsADirectoryError:
+        return f"{config.input.path}: cannot open input: it is a directory"
+    except OSError as exc:
+        return f"{config.input.path}: cannot open input: {exc.strerror}"
+    return None
 
 
 def run_pipeline(
@@ -236,6 +290,8 @@ def run_pipeline(
         if metrics is not None:
             metrics.stop()
     report = _final_report(config, summary)
+    if summary.finished.accepted == 0 and summary.error is None:
+        print(f"conveyor: {config.input.path} has no entries; nothing to do", file=sys.stderr)
     print_summary(summary, out, report)
     return summary.exit_code
 
@@ -289,10 +345,14 @@ def _retry_failed(config: Config, kind: str | None) -> int:
     except ConveyorError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return EXIT_CODES["bad_input"]
-    which = f"with error kind {kind}" if kind else "failed"
+    items = plural(count, "item") + (f" with error kind {kind}" if kind else " that failed")
     print(
-        f"conveyor: {count} items {which} are pending again; `run` will try them", file=sys.stderr
+        f"conveyor: {items} {'is' if count == 1 else 'are'} pending again; `run` will try "
+        f"{'it' if count == 1 else 'them'}",
+        file=sys.stderr,
     )
+    if kind == "invalid_entry":
+        print("conveyor: rejected input entries stay failed: fix the input", file=sys.stderr)
     return 0
 
 
@@ -323,6 +383,19 @@ def check_input(config: Config) -> tuple[int, list[tuple[int, str]]]:
     return total, bad
 
 
+def _check_plugins(config: Config) -> None:
+    """Import the processor and post-processor classes and check their options."""
+    p = config.processing
+    check_plugin(p.processor, p.processor_options, BaseProcessor, "processor", p.plugin_path)
+    check_plugin(
+        p.post_processor,
+        p.post_processor_options,
+        BasePostProcessor,
+        "post_processor",
+        p.plugin_path,
+    )
+
+
 def _line_of(reject_id: str) -> int:
     """The input line of a rejected entry (its id is ``line:N``)."""
     _, _, line = reject_id.partition(":")
@@ -336,11 +409,14 @@ def _validate(config: Config) -> int:
         print("conveyor: the config has no input.path", file=sys.stderr)
         return EXIT_CODES["bad_input"]
     try:
+        _check_plugins(config)
         total, bad = check_input(config)
     except ConveyorError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return EXIT_CODES["bad_input"]
-    print(f"{path}: {total} entries, {total - len(bad)} usable, {len(bad)} bad")
+    print(f"{path}: {plural(total, 'entry', 'entries')}, {total - len(bad)} usable, {len(bad)} bad")
+    if not total:
+        print("  the input has no entries: a run would download nothing")
     for _, error in bad[:200]:
         print(f"  {error}")
     if len(bad) > 200:

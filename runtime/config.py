@@ -9,10 +9,11 @@ resolved against the directory of the config file, so a config works from any cw
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,9 @@ class ProcessingConfig:
     """Keyword arguments for the processor's constructor."""
     post_processor_options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the post-processor's constructor."""
+    plugin_path: tuple[str, ...] = ()
+    """Directories where plugin modules are found, relative to the config file (whose own
+    directory is always searched first); from the environment: separated by ``:``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -259,10 +263,24 @@ class Config:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{source}: [{name}] must be a table, got {_tname(value)}")
             merged[name] = dict(value)
-        _apply_environ(merged, environ or {}, sections)
-        built = {name: _build_section(name, merged.get(name, {}), source) for name in sections}
+        from_env = _apply_environ(merged, environ or {}, sections)
+
+        def where(section: str, key: str) -> str:
+            """Who set a key, for error messages: an environment variable or the file."""
+            var = from_env.get((section, key))
+            if var is not None:
+                return f"environment variable {var} ({section}.{key})"
+            return f"{source}: {section}.{key}"
+
+        built = {
+            name: _build_section(name, merged.get(name, {}), source, where) for name in sections
+        }
         config = cls(**built)
-        return _resolve_paths(_check_values(config, source), base_dir or Path.cwd())
+        return _resolve_paths(_check_values(config, source, where), base_dir or Path.cwd())
+
+
+Where = Callable[[str, str], str]
+"""Names who set ``section.key``: ``file: section.key`` or the environment variable."""
 
 
 def _tname(value: Any) -> str:
@@ -282,7 +300,7 @@ def _section_class(name: str) -> type[Any]:
     return cls
 
 
-def _build_section(name: str, values: Mapping[str, Any], source: str) -> Any:
+def _build_section(name: str, values: Mapping[str, Any], source: str, where: Where) -> Any:
     cls = _section_class(name)
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
@@ -291,7 +309,7 @@ def _build_section(name: str, values: Mapping[str, Any], source: str) -> Any:
             raise ConfigError(
                 f"{source}: unknown key {name}.{key}; known keys in [{name}]: " + ", ".join(hints)
             )
-        kwargs[key] = _coerce(value, hints[key], f"{source}: {name}.{key}")
+        kwargs[key] = _coerce(value, hints[key], where(name, key))
     return cls(**kwargs)
 
 
@@ -299,10 +317,16 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     expected = {int: "integer", float: "float", str: "string", bool: "boolean"}.get(hint)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
     if hint in (int, str, bool, float):
         if type(value) is not hint:
             raise ConfigError(f"{where} must be {expected}, got {_tname(value)} {value!r}")
         return value
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be an array of strings, got {_tname(value)}")
+        return tuple(value)
     if typing.get_origin(hint) is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where} must be a table, got {_tname(value)}")
@@ -322,19 +346,26 @@ def _parse_env(raw: str, hint: Any, where: str) -> Any:
         if hint is int:
             return int(raw)
         if hint is float:
-            return float(raw)
+            number = float(raw)
+            if not math.isfinite(number):
+                raise ConfigError(f"{where} must be a finite number, got {raw!r}")
+            return number
     except ValueError:
         name = {bool: "boolean", int: "integer", float: "float"}[hint]
         raise ConfigError(f"{where} must be {name}, got {raw!r}") from None
     if hint is str:
         return raw
+    if typing.get_origin(hint) is tuple:
+        return tuple(p for p in raw.split(os.pathsep) if p)
     raise ConfigError(f"{where} cannot be set from the environment (it is a table)")
 
 
 def _apply_environ(
     merged: dict[str, dict[str, Any]], environ: Mapping[str, str], sections: Mapping[str, Any]
-) -> None:
-    for var, raw in environ.items():
+) -> dict[tuple[str, str], str]:
+    """Apply ``CONVEYOR_<SECTION>_<KEY>`` variables; return which keys they set, and how."""
+    applied: dict[tuple[str, str], str] = {}
+    for var, raw in sorted(environ.items()):
         if not var.startswith("CONVEYOR_"):
             continue
         section, _, key = var[len("CONVEYOR_") :].lower().partition("_")
@@ -349,14 +380,16 @@ def _apply_environ(
         merged.setdefault(section, {})[key] = _parse_env(
             raw, hints[key], f"environment variable {var} ({section}.{key})"
         )
+        applied[(section, key)] = var
+    return applied
 
 
-def _check_values(config: Config, source: str) -> Config:
+def _check_values(config: Config, source: str, where: Where) -> Config:
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(config, section), key)
         if value not in choices:
             raise ConfigError(
-                f"{source}: {section}.{key} must be one of {', '.join(map(repr, choices))}, "
+                f"{where(section, key)} must be one of {', '.join(map(repr, choices))}, "
                 f"got {value!r}"
             )
     positive = [
@@ -376,7 +409,7 @@ def _check_values(config: Config, source: str) -> Config:
     ]
     for section, key in positive:
         if getattr(getattr(config, section), key) <= 0:
-            raise ConfigError(f"{source}: {section}.{key} must be greater than 0")
+            raise ConfigError(f"{where(section, key)} must be greater than 0")
     nonnegative = [
         ("supervisor", "max_restarts"),
         ("supervisor", "restart_window"),
@@ -398,17 +431,17 @@ def _check_values(config: Config, source: str) -> Config:
     ]
     for section, key in nonnegative:
         if getattr(getattr(config, section), key) < 0:
-            raise ConfigError(f"{source}: {section}.{key} must not be negative")
+            raise ConfigError(f"{where(section, key)} must not be negative")
     if not 0.0 <= config.simulate.failure_rate <= 1.0:
-        raise ConfigError(f"{source}: simulate.failure_rate must be between 0 and 1")
+        raise ConfigError(f"{where('simulate', 'failure_rate')} must be between 0 and 1")
     if config.simulate.max_size < config.simulate.min_size:
-        raise ConfigError(f"{source}: simulate.max_size must be at least simulate.min_size")
+        raise ConfigError(f"{where('simulate', 'max_size')} must be at least simulate.min_size")
     for key in ("processor", "post_processor"):
         spec = getattr(config.processing, key)
         module, sep, attr = spec.partition(":")
         if not (sep and module and attr):
             raise ConfigError(
-                f"{source}: processing.{key} must be 'package.module:Class', got {spec!r}"
+                f"{where('processing', key)} must be 'package.module:Class', got {spec!r}"
             )
     return config
 
@@ -423,7 +456,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         output=dataclasses.replace(config.output, dir=resolve(config.output.dir)),
         state=dataclasses.replace(config.state, dir=resolve(config.state.dir)),
         processing=dataclasses.replace(
-            config.processing, manifest=resolve(config.processing.manifest)
+            config.processing,
+            manifest=resolve(config.processing.manifest),
+            plugin_path=tuple(resolve(p) for p in config.processing.plugin_path),
         ),
     )
 
@@ -456,4 +491,12 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     )
     if not config.input.path:
         raise ConfigError(f"{file}: input.path is required (a JSON or NDJSON list of files)")
-    return config
+    return with_config_dir_on_plugin_path(config, file.resolve().parent)
+
+
+def with_config_dir_on_plugin_path(config: Config, folder: Path) -> Config:
+    """Search ``folder`` (a config file's directory) for plugins first."""
+    path = (str(folder), *(p for p in config.processing.plugin_path if p != str(folder)))
+    return dataclasses.replace(
+        config, processing=dataclasses.replace(config.processing, plugin_path=path)
+    )

@@ -23,6 +23,7 @@ with ``raise ... from exc``, into ``FetchError`` with a stable ``error_kind``.
 from __future__ import annotations
 
 __all__ = [
+    "FAILURE_KINDS",
     "CancelledError",
     "ChecksumError",
     "ConfigError",
@@ -37,6 +38,31 @@ __all__ = [
     "TooLargeError",
     "TruncatedError",
 ]
+
+
+FAILURE_KINDS = (
+    "connection",
+    "timeout",
+    "stalled",
+    "truncated",
+    "decoding",
+    "http_4xx",
+    "http_5xx",
+    "rate_limited",
+    "too_large",
+    "redirect",
+    "invalid_url",
+    "checksum_mismatch",
+    "size_mismatch",
+    "host_down",
+    "filesystem",
+    "unsafe_name",
+    "worker_crash",
+    "processing_error",
+    "post_process_error",
+    "invalid_entry",
+)
+"""Every ``error_kind`` a failed item can end with (the manifest's and ``status``'s)."""
 
 
 class ConveyorError(Exception):

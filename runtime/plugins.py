@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import sqlite3
+import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -33,7 +36,9 @@ __all__ = [
     "NullPostProcessor",
     "NullProcessor",
     "PluginContext",
+    "check_plugin",
     "load_plugin",
+    "plugin_class",
 ]
 
 
@@ -211,21 +216,60 @@ def _compact_jsonl(path: Path) -> None:
         os.replace(out, path)
 
 
-def load_plugin(spec: str, options: dict[str, Any], base: type[Any], key: str) -> Any:
-    """Import ``package.module:Class`` and build it with ``options``.
+def plugin_class(spec: str, base: type[Any], key: str, path: Sequence[str] = ()) -> type[Any]:
+    """Import the class of ``package.module:Class``, looking in ``path`` too.
+
+    Plugins are found on the import path of the process, to which the directories of
+    ``path`` (``processing.plugin_path``: the config file's directory first) are added
+    at the end, so a plugin module next to the config is found from any directory.
 
     Raises:
-        ConfigError: naming ``processing.<key>`` when the import, lookup or call fails.
+        ConfigError: naming ``processing.<key>`` when the import or lookup fails, or the
+            class is not a subclass of ``base``.
     """
+    for folder in path:
+        if folder not in sys.path:
+            sys.path.append(folder)
     module_name, _, attr = spec.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except ImportError as exc:
-        raise ConfigError(f"processing.{key}: cannot import {module_name!r}: {exc}") from exc
+        where = ", ".join(path) or "the current directory"
+        raise ConfigError(
+            f"processing.{key}: cannot import {module_name!r}: {exc} (plugins are looked "
+            f"for on the Python path and in processing.plugin_path: {where})"
+        ) from exc
     except AttributeError:
         raise ConfigError(f"processing.{key}: {module_name!r} has no {attr!r}") from None
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ConfigError(f"processing.{key}: {spec} is not a subclass of {base.__name__}")
+    return cls
+
+
+def check_plugin(
+    spec: str, options: dict[str, Any], base: type[Any], key: str, path: Sequence[str] = ()
+) -> None:
+    """Check that the plugin imports and takes ``options``, without building it.
+
+    Raises:
+        ConfigError: as ``plugin_class``, or naming ``processing.<key>_options``.
+    """
+    cls = plugin_class(spec, base, key, path)
+    try:
+        inspect.signature(cls).bind(**options)
+    except TypeError as exc:
+        raise ConfigError(f"processing.{key}_options: {spec} rejects the options: {exc}") from exc
+
+
+def load_plugin(
+    spec: str, options: dict[str, Any], base: type[Any], key: str, path: Sequence[str] = ()
+) -> Any:
+    """Import ``package.module:Class`` (see ``plugin_class``) and build it with ``options``.
+
+    Raises:
+        ConfigError: naming ``processing.<key>`` when the import, lookup or call fails.
+    """
+    cls = plugin_class(spec, base, key, path)
     try:
         return cls(**options)
     except TypeError as exc:

@@ -306,3 +306,114 @@ def test_run_with_worker_processes(tmp_path: Path) -> None:
     records = read_manifest(tmp_path / "state" / "manifest.jsonl")
     assert len(records) == 200
     assert all(r["result"]["sha256"] == r["sha256"] for r in records)
+
+
+# -- unchecked edges -----------------------------------------------------------------------
+
+
+def simple_config(tmp_path: Path, input_text: str | None = "") -> Path:
+    if input_text is not None:
+        (tmp_path / "files.ndjson").write_text(input_text)
+    config = tmp_path / "conveyor.toml"
+    config.write_text('[input]\npath = "files.ndjson"\n[output]\ndir = "out"\n'
+                      '[state]\ndir = "state"\n')  # fmt: skip
+    return config
+
+
+def test_a_port_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
+    """``--metrics-port 99999``: exit 2 with a message, no traceback."""
+    result = run("run", simple_config(tmp_path), "--metrics-port", "99999")
+    assert result.returncode == 2
+    assert "between 1 and 65535" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_kind_without_retry_failed_is_a_usage_error(tmp_path: Path) -> None:
+    """``run --kind X`` alone would be silently ignored: refuse it."""
+    result = run("run", simple_config(tmp_path), "--kind", "http_5xx")
+    assert result.returncode == 2
+    assert "--kind only works together with --retry-failed" in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_retry_failed_with_an_unknown_kind_lists_the_known_ones(tmp_path: Path) -> None:
+    """A typo in ``--kind`` is not a silent no-op."""
+    config = simple_config(tmp_path, '{"url": "http://sim.test/a"}\n')
+    assert run("run", config, "--simulate-downloads", "--quiet").returncode == 0
+    result = run("retry-failed", config, "--kind", "nonsense")
+    assert result.returncode == 2
+    assert "unknown error kind 'nonsense'" in result.stderr
+    assert "http_5xx" in result.stderr
+    assert "host_down" in result.stderr
+
+
+def test_run_with_a_missing_input_creates_nothing(tmp_path: Path) -> None:
+    """The same one-line error as ``validate``, exit 2, and no state or output dir."""
+    config = simple_config(tmp_path, None)
+    result = run("run", config, "--quiet")
+    validate = run("validate", config)
+    assert result.returncode == validate.returncode == 2
+    assert result.stderr.strip().splitlines() == validate.stderr.strip().splitlines()
+    assert "files.ndjson: cannot open input" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conveyor.toml"]
+
+
+def test_an_empty_input_says_so(tmp_path: Path) -> None:
+    """An empty list is not an error, but the user is told nothing was there."""
+    result = run("run", simple_config(tmp_path, ""), "--quiet")
+    assert result.returncode == 0
+    assert "has no entries; nothing to do" in result.stderr
+
+
+def test_a_read_only_output_directory_fails_at_start(tmp_path: Path) -> None:
+    """Unwritable output: exit 2 at once, not three failed requests per item."""
+    out = tmp_path / "out"
+    out.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere a mode allows nothing: mark it immutable
+        locked = subprocess.run(["chattr", "+i", str(out)], capture_output=True, check=False)
+        undo = ["chattr", "-i", str(out)]
+    else:
+        out.chmod(0o555)
+        locked = subprocess.CompletedProcess([], 0)
+        undo = ["chmod", "755", str(out)]
+    try:
+        if locked.returncode != 0 or _writable(out):
+            pytest.skip("cannot make a read-only directory on this file system")
+        with LocalFileServer({"/a.bin": b"a"}) as server:
+            config = simple_config(tmp_path, f'{{"url": "{server.url("/a.bin")}"}}\n')
+            result = run("run", config, "--quiet")
+            assert server.counts["/a.bin"] == 0
+        assert result.returncode == 2
+        assert f"cannot write to the output directory {out}" in result.stderr
+    finally:
+        subprocess.run(undo, check=False)
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        (folder / ".probe").write_bytes(b"")
+    except OSError:
+        return False
+    (folder / ".probe").unlink()
+    return True
+
+
+def test_status_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """``status --json | head -1`` on a big report: no BrokenPipeError traceback."""
+    from runtime.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "state")
+    store.save_hosts({f"host-{i}.test:80": {"attempts": i, "failures": {}} for i in range(3000)})
+    store.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "status", str(tmp_path / "state"), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"{"
+    proc.stdout.close()  # what `head -1` does after its line
+    _, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0
+    assert b"Traceback" not in stderr
+    assert b"BrokenPipeError" not in stderr

@@ -180,4 +180,32 @@ def _toml(value: object) -> str:
         return f'"{value}"'
     if isinstance(value, dict):
         return "{}" if not value else repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_infinite_and_nan_floats_are_rejected(tmp_path: Path, value: str) -> None:
+    """``inf``/``nan`` are TOML floats but no usable timeout, rate or interval."""
+    path = write(tmp_path, f'[input]\npath = "f.json"\n[download]\ntimeout = {value}\n')
+    with pytest.raises(ConfigError, match=r"download\.timeout must be a finite number"):
+        load_config(path, environ={})
+    ok = write(tmp_path, '[input]\npath = "f.json"\n')
+    with pytest.raises(ConfigError, match=r"CONVEYOR_RETRY_BACKOFF_MAX.*finite"):
+        load_config(ok, environ={"CONVEYOR_RETRY_BACKOFF_MAX": value})
+
+
+def test_a_bad_environment_value_names_the_variable_not_the_file(tmp_path: Path) -> None:
+    """A value that parses but is out of range blames the variable that set it."""
+    path = write(tmp_path, '[input]\npath = "f.json"\n[download]\nworkers = 4\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={"CONVEYOR_DOWNLOAD_WORKERS": "0"})
+    assert str(info.value) == (
+        "environment variable CONVEYOR_DOWNLOAD_WORKERS (download.workers) must be greater than 0"
+    )
+    with pytest.raises(ConfigError, match=r"^environment variable CONVEYOR_OUTPUT_IF_EXISTS"):
+        load_config(path, environ={"CONVEYOR_OUTPUT_IF_EXISTS": "sometimes"})
+    bad_file = write(tmp_path, '[input]\npath = "f.json"\n[download]\nworkers = 0\n')
+    with pytest.raises(ConfigError, match=r"conveyor\.toml: download\.workers must be greater"):
+        load_config(bad_file, environ={})

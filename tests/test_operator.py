@@ -304,7 +304,7 @@ def test_run_retry_failed_flag(tmp_path: Path) -> None:
         assert cli("run", config, "--quiet").returncode == 1
         result = cli("run", config, "--quiet", "--retry-failed")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "1 items failed are pending again" in result.stderr
+    assert "1 item that failed is pending again" in result.stderr
 
 
 def test_validate_lists_bad_entries_and_downloads_nothing(tmp_path: Path) -> None:
@@ -335,7 +335,7 @@ def test_validate_lists_bad_entries_and_downloads_nothing(tmp_path: Path) -> Non
     (tmp_path / "files.ndjson").write_text('{"url": "http://a.test/1.bin"}\n')
     clean = cli("validate", config)
     assert clean.returncode == 0
-    assert "1 entries, 1 usable, 0 bad" in clean.stdout
+    assert "1 entry, 1 usable, 0 bad" in clean.stdout
 
     (tmp_path / "files.ndjson").unlink()
     missing = cli("validate", config)
@@ -442,3 +442,52 @@ def test_a_second_run_on_a_locked_state_exits_2_naming_the_pid(tmp_path: Path) -
             first.communicate(timeout=TIMEOUT)
         after = cli("retry-failed", config)
         assert after.returncode == 0, after.stderr
+
+
+def test_plugins_are_found_next_to_the_config_and_in_plugin_path(tmp_path: Path) -> None:
+    """Run from another directory: a processor module beside the config and a
+    post-processor in ``processing.plugin_path`` load; ``validate`` catches a typo."""
+    project = tmp_path / "project"
+    (project / "lib").mkdir(parents=True)
+    (project / "shout_plugin.py").write_text(
+        "from runtime import BaseProcessor\n\n"
+        "class Shout(BaseProcessor):\n"
+        "    def process(self, downloaded):\n"
+        "        return {'shout': downloaded.name.upper()}\n"
+    )
+    (project / "lib" / "tally_plugin.py").write_text(
+        "import json\nfrom runtime import BasePostProcessor\n\n"
+        "class Tally(BasePostProcessor):\n"
+        "    def __init__(self, out):\n        self.out, self.lines = out, []\n"
+        "    def post_process(self, outcome):\n"
+        "        self.lines.append(outcome.result.get('shout', outcome.error_kind))\n"
+        "    def close(self):\n"
+        "        open(self.out, 'w').write(json.dumps(sorted(self.lines)))\n"
+    )
+    config = write_config(
+        project,
+        [{"id": "a", "url": "http://sim.test/a.bin"}, {"id": "b", "url": "http://sim.test/b"}],
+        '[processing]\nprocessor = "shout_plugin:Shout"\n'
+        'post_processor = "tally_plugin:Tally"\nplugin_path = ["lib"]\n'
+        f"post_processor_options = {{ out = {json.dumps(str(project / 'tally.json'))} }}\n",
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    checked = subprocess.run([sys.executable, "-m", "runtime", "validate", str(config)],
+                             cwd=elsewhere, capture_output=True, text=True, timeout=TIMEOUT,
+                             check=False)  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "runtime", "run", str(config), "--simulate-downloads", "--quiet"],
+        cwd=elsewhere, capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads((project / "tally.json").read_text()) == ["A.BIN", "B"]
+
+    config.write_text(config.read_text().replace("shout_plugin:Shout", "shout_plugin:Shuot"))
+    typo = subprocess.run([sys.executable, "-m", "runtime", "validate", str(config)],
+                          cwd=elsewhere, capture_output=True, text=True, timeout=TIMEOUT,
+                          check=False)  # fmt: skip
+    assert typo.returncode == 2
+    assert "processing.processor" in typo.stderr
+    assert "'Shuot'" in typo.stderr
