@@ -156,8 +156,8 @@ class Supervisor(pykka.ThreadingActor):
             self._start_child("processor", i)
         d = self.config.download
         if d.processes:
-            for what, obj in (("transport factory", self.transport_factory),
-                              ("clock", self.clock)):  # fmt: skip
+            for what, obj in (("clock", self.clock),
+                              ("transport factory", self.transport_factory)):  # fmt: skip
                 try:
                     pickle.dumps(obj)
                 except Exception as exc:  # any pickling failure means the same

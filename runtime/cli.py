@@ -15,7 +15,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from runtime.config import Config, load_config
+from runtime import __version__
+from runtime.config import Config, config_from_flags, load_config
 from runtime.display import LiveDisplay, ProgressLogger
 from runtime.errors import FAILURE_KINDS, ConveyorError
 from runtime.events import EventStream, fan_out
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser(
         "run",
@@ -81,7 +83,32 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("config", help="TOML config file (see the README's config reference)")
+    run.add_argument(
+        "config",
+        nargs="?",
+        help="TOML config file (see the README's config reference); optional with --input",
+    )
+    quick = run.add_argument_group(
+        "without a config file (or over it)",
+        "These override the config file's values; CONVEYOR_<SECTION>_<KEY> environment "
+        "variables override both. Paths given here are relative to the current directory.",
+    )
+    quick.add_argument("--input", metavar="FILE", help="the list of files (input.path)")
+    quick.add_argument(
+        "--output", metavar="DIR", help="where files land (output.dir; default ./downloads)"
+    )
+    quick.add_argument(
+        "--state",
+        metavar="DIR",
+        help="the resumable state (state.dir; without a config: <output>.state)",
+    )
+    quick.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="any config key, e.g. --set download.workers=16 (repeatable)",
+    )
     run.add_argument(
         "--simulate-downloads",
         action="store_true",
@@ -118,6 +145,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--kind", help="with --retry-failed: only items that failed with this error kind"
+    )
+    run.add_argument(
+        "--recheck",
+        nargs="?",
+        const="size",
+        choices=("size", "full"),
+        help="first check that every completed item's file is still in the output directory "
+        "with its recorded size (--recheck=full: and sha256); put missing or changed ones "
+        "back to pending (a changed file is removed) so this run downloads them again",
     )
     status = sub.add_parser(
         "status",
@@ -197,7 +233,8 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         )
         return EXIT_CODES["bad_input"]
     try:
-        config = load_config(args.config)
+        run = args.command == "run"
+        config = _run_config(parser, args) if run else load_config(args.config)
     except ConveyorError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return EXIT_CODES["bad_input"]
@@ -213,13 +250,38 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     configure_cli_logging(level, args.log_format or config.log.format)
     if args.retry_failed and _retry_failed(config, args.kind) != 0:
         return EXIT_CODES["bad_input"]
+    if args.config is None:
+        print(
+            f"conveyor: state in {config.state.dir} (run the same command again to resume)",
+            file=sys.stderr,
+        )
     return run_pipeline(
         config,
         simulate=args.simulate_downloads,
         quiet=args.quiet,
         events=args.events,
         metrics_port=args.metrics_port,
+        recheck=args.recheck,
     )
+
+
+def _run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Config:
+    """The config of ``run``: the file (if any), then the flags, then the environment."""
+    overrides: dict[str, tuple[str, str]] = {}
+    for flag, key in (("input", "input.path"), ("output", "output.dir"), ("state", "state.dir")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = (str(Path(value).resolve()), f"--{flag}")
+    for setting in args.set:
+        key, sep, value = setting.partition("=")
+        if not sep or "." not in key:
+            parser.error(f"--set takes SECTION.KEY=VALUE, got {setting!r}")
+        overrides[key.strip()] = (value, f"--set {key.strip()}")
+    if args.config is None:
+        if "input.path" not in overrides:
+            parser.error("give a config file or --input FILE")
+        return config_from_flags(overrides)
+    return load_config(args.config, overrides=overrides)
 
 
 def _input_problem(config: Config) -> str | None:
@@ -242,6 +304,7 @@ def run_pipeline(
     quiet: bool = False,
     events: str | None = None,
     metrics_port: int | None = None,
+    recheck: str | None = None,
 ) -> int:
     """Run one pipeline in the foreground with signal handling; return the exit code."""
     out = out or (sys.stderr if events == "-" else sys.stdout)
@@ -270,7 +333,7 @@ def run_pipeline(
             display = LiveDisplay(large_threshold=config.download.large_threshold)
         else:
             progress = ProgressLogger()
-    pipeline = Pipeline(config, simulate=simulate,
+    pipeline = Pipeline(config, simulate=simulate, recheck=recheck,
                         on_event=fan_out(display, progress, stream, metrics))  # fmt: skip
     _install_signals(pipeline)
     try:
@@ -278,6 +341,13 @@ def run_pipeline(
     except ConveyorError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return EXIT_CODES["bad_input"]
+    if pipeline.rechecked is not None:
+        checked, pending = pipeline.rechecked
+        print(
+            f"conveyor: recheck: {plural(checked, 'file')} checked, {len(pending)} missing or "
+            f"changed, pending again",
+            file=sys.stderr,
+        )
     if display is not None:
         display.start()
     try:

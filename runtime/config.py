@@ -32,6 +32,7 @@ __all__ = [
     "SimulateConfig",
     "StateConfig",
     "SupervisorConfig",
+    "config_from_flags",
     "load_config",
 ]
 
@@ -240,6 +241,7 @@ class Config:
         source: str = "<config>",
         base_dir: Path | None = None,
         environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, tuple[str, str]] | None = None,
     ) -> Config:
         """Build a config from a parsed TOML-like mapping.
 
@@ -248,6 +250,8 @@ class Config:
             source: name used in error messages (the file path).
             base_dir: directory that relative paths are resolved against (default: cwd).
             environ: environment for ``CONVEYOR_<SECTION>_<KEY>`` overrides (default: none).
+            overrides: ``{"section.key": (text, who)}`` from the command line, applied
+                over ``data`` and under ``environ``; ``who`` names the flag in errors.
 
         Raises:
             ConfigError: unknown section or key, wrong type, invalid value.
@@ -263,14 +267,12 @@ class Config:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{source}: [{name}] must be a table, got {_tname(value)}")
             merged[name] = dict(value)
-        from_env = _apply_environ(merged, environ or {}, sections)
+        setters = _apply_overrides(merged, overrides or {}, sections)
+        setters.update(_apply_environ(merged, environ or {}, sections))
 
         def where(section: str, key: str) -> str:
-            """Who set a key, for error messages: an environment variable or the file."""
-            var = from_env.get((section, key))
-            if var is not None:
-                return f"environment variable {var} ({section}.{key})"
-            return f"{source}: {section}.{key}"
+            """Who set a key, for error messages: the file, a flag or a variable."""
+            return setters.get((section, key)) or f"{source}: {section}.{key}"
 
         built = {
             name: _build_section(name, merged.get(name, {}), source, where) for name in sections
@@ -377,10 +379,33 @@ def _apply_environ(
                 f"environment variable {var}: unknown key {section}.{key}; known keys: "
                 + ", ".join(hints)
             )
-        merged.setdefault(section, {})[key] = _parse_env(
-            raw, hints[key], f"environment variable {var} ({section}.{key})"
-        )
-        applied[(section, key)] = var
+        who = f"environment variable {var} ({section}.{key})"
+        merged.setdefault(section, {})[key] = _parse_env(raw, hints[key], who)
+        applied[(section, key)] = who
+    return applied
+
+
+def _apply_overrides(
+    merged: dict[str, dict[str, Any]],
+    overrides: Mapping[str, tuple[str, str]],
+    sections: Mapping[str, Any],
+) -> dict[tuple[str, str], str]:
+    """Apply ``section.key`` values given as text on the command line; return who set what."""
+    applied: dict[tuple[str, str], str] = {}
+    for dotted, (raw, who) in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in sections:
+            raise ConfigError(
+                f"{who}: unknown section {section!r}; expected one of " + ", ".join(sections)
+            )
+        hints = typing.get_type_hints(_section_class(section))
+        if key not in hints:
+            raise ConfigError(
+                f"{who}: unknown key {section}.{key}; known keys in [{section}]: "
+                + ", ".join(hints)
+            )
+        merged.setdefault(section, {})[key] = _parse_env(raw, hints[key], who)
+        applied[(section, key)] = who
     return applied
 
 
@@ -463,12 +488,18 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     )
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, tuple[str, str]] | None = None,
+) -> Config:
     """Read a TOML config file, apply environment overrides, check it.
 
     Args:
         path: the TOML file.
         environ: variables to read ``CONVEYOR_*`` overrides from (default ``os.environ``).
+        overrides: command-line values (see ``Config.from_mapping``): over the file,
+            under the environment.
 
     Raises:
         ConfigError: the file is missing, not TOML, or has a bad key or value.
@@ -488,10 +519,36 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         source=str(file),
         base_dir=file.resolve().parent,
         environ=os.environ if environ is None else environ,
+        overrides=overrides,
     )
     if not config.input.path:
         raise ConfigError(f"{file}: input.path is required (a JSON or NDJSON list of files)")
     return with_config_dir_on_plugin_path(config, file.resolve().parent)
+
+
+def config_from_flags(
+    overrides: Mapping[str, tuple[str, str]], environ: Mapping[str, str] | None = None
+) -> Config:
+    """A config from command-line values alone (``run --input FILE`` without a file).
+
+    Paths are relative to the current directory. Unless set, the state lives next to the
+    output directory: ``<output.dir>.state``.
+
+    Raises:
+        ConfigError: a bad value, or no ``input.path``.
+    """
+    env = os.environ if environ is None else environ
+    config = Config.from_mapping(
+        {}, source="command line", base_dir=Path.cwd(), environ=env, overrides=overrides
+    )
+    if not config.input.path:
+        raise ConfigError("give a config file or --input FILE (a JSON or NDJSON list of files)")
+    state_set = "state.dir" in overrides or "CONVEYOR_STATE_DIR" in env
+    if not state_set:
+        config = dataclasses.replace(
+            config, state=dataclasses.replace(config.state, dir=config.output.dir + ".state")
+        )
+    return config
 
 
 def with_config_dir_on_plugin_path(config: Config, folder: Path) -> Config:

@@ -24,6 +24,7 @@ import itertools
 import queue
 import random
 import secrets
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from runtime.errors import ConveyorError, InputError
 from runtime.inputs import iter_batches, parse_entry
 from runtime.lock import StateLock
 from runtime.logs import get_logger
+from runtime.store import SQLiteStore
 from runtime.transport import RequestsTransportFactory, SimulatedTransportFactory, TransportFactory
 
 __all__ = ["EXIT_CODES", "Pipeline", "RunSummary"]
@@ -99,6 +101,7 @@ class Pipeline:
         on_event: Callable[[Any], None] | None = None,
         rng: random.Random | None = None,
         seed: int | None = None,
+        recheck: str | None = None,
     ) -> None:
         """Prepare a run; nothing starts before ``start()``.
 
@@ -112,6 +115,9 @@ class Pipeline:
             rng: randomness for backoff jitter (seed it for reproducible runs). Default: a
                 ``random.Random`` seeded from ``seed``.
             seed: the default rng's seed (default: a fresh random one, logged at start).
+            recheck: before starting, check that every completed item's file is still in
+                the output directory with its recorded size (``"size"``) or also its
+                sha256 (``"full"``), and put missing or changed ones back to pending.
         """
         self.config = config
         self.clock = clock or SystemClock()
@@ -135,6 +141,11 @@ class Pipeline:
         self._submitted = itertools.count(1)
         self._input_closed = False
         self._lock: StateLock | None = None
+        if recheck not in (None, "size", "full"):
+            raise ValueError(f"recheck must be None, 'size' or 'full', not {recheck!r}")
+        self._recheck = recheck
+        self.rechecked: tuple[int, list[str]] | None = None
+        """After ``start()`` with ``recheck``: files checked and ids put back to pending."""
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -148,7 +159,10 @@ class Pipeline:
         if self._supervisor is not None:
             raise RuntimeError("this pipeline was already started")
         self._lock = self._take_lock()
+        log.info("run starting", seed=self.seed, state=self.config.state.dir)
         try:
+            if self._recheck is not None:
+                self.rechecked = self._run_recheck(self._recheck == "full")
             self._supervisor = Supervisor.start(
                 config=self.config,
                 transport_factory=self.transport_factory,
@@ -166,6 +180,19 @@ class Pipeline:
             self._feeder = threading.Thread(target=self._feed, name="conveyor-feeder", daemon=True)
             self._feeder.start()
         return self
+
+    def _run_recheck(self, full: bool) -> tuple[int, list[str]]:
+        state_dir = Path(self.config.state.dir)
+        try:
+            store = SQLiteStore(state_dir)
+            try:
+                result = store.recheck(Path(self.config.output.dir), full)
+            finally:
+                store.close()
+        except (OSError, sqlite3.Error) as exc:
+            raise ConveyorError(f"cannot recheck the state in {state_dir}: {exc}") from exc
+        log.info("recheck", checked=result[0], pending_again=len(result[1]), full=full)
+        return result
 
     def _take_lock(self) -> StateLock:
         state_dir = Path(self.config.state.dir)

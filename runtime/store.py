@@ -14,8 +14,12 @@ written yet; a resumed run reports it again.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import sqlite3
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +83,29 @@ def _rename(name: str, item_id: str, attempt: int) -> str:
     room = MAX_FILE_NAME_BYTES - len(tail.encode("utf-8"))
     stem = stem.encode("utf-8")[: max(room, 1)].decode("utf-8", "ignore")
     return f"{folder}{slash}{stem}{tail}"
+
+
+def _inside(folder: Path, root: Path) -> bool:
+    """Whether ``folder`` resolves (symlinks included) to ``root`` or below it."""
+    real, real_root = os.path.realpath(folder), os.path.realpath(root)
+    return real == real_root or real.startswith(real_root + os.sep)
+
+
+def _file_matches(path: Path, size: int | None, sha256: str | None, full: bool) -> bool:
+    """Whether ``path`` is a regular file of ``size`` bytes (and ``sha256`` when ``full``)."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or (size is not None and st.st_size != size):
+        return False
+    if not full or sha256 is None:
+        return True
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest() == sha256
 
 
 class SQLiteStore:
@@ -353,6 +380,38 @@ class SQLiteStore:
         count = self._write(sql, params).rowcount
         self.commit()
         return int(count)
+
+    def recheck(self, out_dir: Path, full: bool = False) -> tuple[int, list[str]]:
+        """Put completed/skipped items whose file is gone or changed back to pending.
+
+        A file must exist under ``out_dir`` with the recorded size (and, when ``full``,
+        the recorded sha256); a changed one is removed. Committed before returning.
+
+        Returns:
+            How many files were checked, and the ids put back to pending.
+        """
+        rows = self.db.execute(
+            "SELECT id, name, final_size, final_sha256 FROM items "
+            "WHERE status IN ('completed', 'skipped') AND name IS NOT NULL ORDER BY seq"
+        ).fetchall()
+        bad = []
+        for item_id, name, size, sha in rows:
+            path = out_dir / name
+            if not _file_matches(path, size, sha, full):
+                bad.append(item_id)
+                # A changed file would be taken as already in place: remove it, so the
+                # item is downloaded again (a directory in its place is left alone).
+                if _inside(path.parent, out_dir):  # never touch a file outside the output
+                    with contextlib.suppress(IsADirectoryError, FileNotFoundError):
+                        path.unlink()
+        self._write(
+            "UPDATE items SET status='pending', attempts=0, error_kind=NULL, error=NULL, "
+            "path=NULL, final_size=NULL, final_sha256=NULL WHERE id=?",
+            [(i,) for i in bad],
+            many=True,
+        )
+        self.commit()
+        return len(rows), bad
 
     def load_hosts(self) -> dict[str, dict[str, Any]]:
         """Per-host statistics of earlier runs on this state."""

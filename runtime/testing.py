@@ -14,7 +14,7 @@ import http.server
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from structlog.testing import capture_logs
@@ -109,9 +109,10 @@ class Stall:
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    """Answer with an HTTP error status."""
+    """Answer with an HTTP error status (and ``headers``, e.g. ``Retry-After``)."""
 
     code: int
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +135,15 @@ Step = Ok | Stall | Status | Fail | Crash
 
 class _ScriptedResponse:
     def __init__(
-        self, status: int, body: bytes, cut_after: int | None, stall: float | None = None
+        self,
+        status: int,
+        body: bytes,
+        cut_after: int | None,
+        stall: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.status = status
-        self.headers: Mapping[str, str] = {"Content-Length": str(len(body))}
+        self.headers: Mapping[str, str] = {"Content-Length": str(len(body)), **(headers or {})}
         self._body = body
         self._cut = cut_after
         self._stall = stall
@@ -187,8 +193,8 @@ class ScriptedTransport:
                 return _ScriptedResponse(200, body, cut)
             case Stall(first=first, every=every):
                 return _ScriptedResponse(200, first, None, stall=every)
-            case Status(code=code):
-                return _ScriptedResponse(code, b"", None)
+            case Status(code=code, headers=headers):
+                return _ScriptedResponse(code, b"", None, headers=headers)
             case Fail(error_kind=kind, permanent=permanent):
                 raise FetchError(f"scripted {kind}", error_kind=kind, permanent=permanent)
             case Crash(message=message):

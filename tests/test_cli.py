@@ -417,3 +417,88 @@ def test_status_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert b"Traceback" not in stderr
     assert b"BrokenPipeError" not in stderr
+
+
+# -- recheck, version, runs without a config ------------------------------------------------
+
+
+def test_recheck_fetches_deleted_and_changed_files_again(tmp_path: Path) -> None:
+    """A plain rerun trusts the state; ``--recheck`` finds deleted or resized files and
+    ``--recheck=full`` also same-size changes, and only those are downloaded again."""
+    files = make_files(6, seed=11)
+    with LocalFileServer(files) as server:
+        config = write_run(tmp_path, server, files)
+        assert run("run", config, "--quiet").returncode == 0
+        out = tmp_path / "out"
+        (out / "f0000.bin").unlink()
+        (out / "f0001.bin").write_bytes(b"short")
+        body = bytearray((out / "f0002.bin").read_bytes())
+        body[0] ^= 0xFF
+        (out / "f0002.bin").write_bytes(bytes(body))
+
+        assert run("run", config, "--quiet").returncode == 0
+        assert server.counts.total() == 6  # nothing noticed without --recheck
+        result = run("run", config, "--quiet", "--recheck")
+        assert result.returncode == 0, result.stderr
+        assert "6 files checked, 2 missing or changed" in result.stderr
+        assert (server.counts["/f0000.bin"], server.counts["/f0001.bin"]) == (2, 2)
+        assert server.counts["/f0002.bin"] == 1  # same size: only a full recheck sees it
+        result = run("run", config, "--quiet", "--recheck=full")
+        assert result.returncode == 0, result.stderr
+        assert "1 missing or changed" in result.stderr
+        assert server.counts["/f0002.bin"] == 2
+        assert server.counts.total() == 9
+    assert_all_verified(out, files)
+
+
+def test_version_flag_and_attribute() -> None:
+    """``--version`` and ``runtime.__version__`` report the installed package's version."""
+    from importlib import metadata
+
+    import runtime
+
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"conveyor {metadata.version('conveyor')}"
+    assert runtime.__version__ == metadata.version("conveyor")
+
+
+def test_run_without_a_config_file(tmp_path: Path) -> None:
+    """``run --input FILE --output DIR``: downloads, keeps its state beside the output,
+    resumes on a rerun, and takes ``--set``; a bad ``--set`` names itself."""
+    files = make_files(4, seed=5)
+    with LocalFileServer(files) as server:
+        write_run(tmp_path, server, files)  # for files.ndjson
+        argv = [sys.executable, "-m", "runtime", "run", "--input", "files.ndjson",
+                "--output", "got", "--set", "download.workers=2", "--quiet"]  # fmt: skip
+        first = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
+                               timeout=TIMEOUT, check=False)  # fmt: skip
+        assert first.returncode == 0, first.stderr
+        assert f"state in {tmp_path / 'got.state'}" in first.stderr
+        assert_all_verified(tmp_path / "got", files)
+        assert (tmp_path / "got.state" / "state.sqlite3").is_file()
+        again = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
+                               timeout=TIMEOUT, check=False)  # fmt: skip
+        assert again.returncode == 0
+        assert server.counts.total() == 4  # resumed: nothing fetched twice
+    bad = run("run", "--input", tmp_path / "files.ndjson", "--set", "download.workers=0")
+    assert bad.returncode == 2
+    assert "--set download.workers must be greater than 0" in bad.stderr
+    neither = run("run")
+    assert neither.returncode == 2
+    assert "give a config file or --input FILE" in neither.stderr
+
+
+def test_flags_override_the_file_and_the_environment_overrides_both(tmp_path: Path) -> None:
+    """Order of precedence: file < command line < environment."""
+    files = make_files(2, seed=9)
+    with LocalFileServer(files) as server:
+        config = write_run(tmp_path, server, files)
+        flagged = run("run", config, "--output", tmp_path / "by-flag", "--quiet")
+        assert flagged.returncode == 0, flagged.stderr
+        assert_all_verified(tmp_path / "by-flag", files)
+        env = {**os.environ, "CONVEYOR_OUTPUT_DIR": "by-env", "CONVEYOR_STATE_DIR": "s2"}
+        by_env = run("run", config, "--output", tmp_path / "by-flag2", "--quiet", env=env)
+        assert by_env.returncode == 0, by_env.stderr
+        assert_all_verified(tmp_path / "by-env", files)
+        assert not (tmp_path / "by-flag2").exists()

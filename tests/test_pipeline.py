@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pykka
 import pytest
 import structlog
 
-from messages import DownloadComplete, DownloadStarted, Outcome, RunFinished
-from runtime import ConfigError, ConveyorError, Pipeline
+from messages import DownloadComplete, DownloadFailed, DownloadStarted, Outcome, RunFinished
+from runtime import Config, ConfigError, ConveyorError, Pipeline
 from runtime.testing import Crash, Fail, Ok, ScriptedTransport, Stall, Status, capture_logs
 from tests.helpers import files_outside, make_config, read_manifest
 
@@ -351,3 +354,68 @@ def test_the_longest_accepted_file_name_downloads(tmp_path: Path) -> None:
     assert transport.requests[url("b")] == 0
     failed = next(r for r in read_manifest(config.manifest_path) if r["status"] == "failed")
     assert failed["error_kind"] == "invalid_entry"
+
+
+def test_an_http_date_retry_after_is_read_on_the_injected_clock(tmp_path: Path) -> None:
+    """``Retry-After: <HTTP-date>`` 40 s ahead of the *fake* wall clock waits 40 fake
+    seconds: no real time is read anywhere on the way."""
+    import email.utils
+
+    from runtime.testing import FakeClock
+
+    clock = FakeClock(wall_start=1_900_000_000.0)  # years from the real date
+    date = email.utils.formatdate(clock.wall() + 40, usegmt=True)
+    script = ScriptedTransport({url("d"): [Status(429, {"Retry-After": date}), Ok(b"d")]})
+    asked: list[float] = []
+
+    class Connection:
+        def open(self, target: str, headers: Mapping[str, str]) -> Any:
+            asked.append(clock.now())
+            return script.answer(target)
+
+        def close(self) -> None:
+            pass
+
+    limited = threading.Event()
+
+    def on_event(message: object) -> None:
+        if isinstance(message, DownloadFailed):
+            limited.set()
+
+    config = make_config(tmp_path, retry={"max_retry_after": 60.0})
+    with Pipeline(config, transport_factory=Connection, clock=clock, on_event=on_event) as pipeline:
+        pipeline.submit([{"url": url("d"), "id": "d"}])
+        pipeline.close_input()
+        assert limited.wait(TIMEOUT)  # the 429 was read before fake time moves
+        while not pipeline.done:  # fake time moves only here
+            clock.advance(5.0)
+            with contextlib.suppress(TimeoutError):
+                pipeline.wait(0.05)
+        summary = pipeline.wait(TIMEOUT)
+    assert summary.finished.completed == 1
+    assert len(asked) == 2
+    assert 40.0 <= asked[1] - asked[0] <= 45.0
+
+
+def test_worker_processes_use_the_pipelines_clock_or_refuse_to_start(tmp_path: Path) -> None:
+    """A downloader process gets the pipeline's own clock; one that cannot travel there
+    (a FakeClock shares threads with the test) is a clear error, not a silent real clock."""
+    from runtime.testing import FakeClock
+
+    config = make_config(tmp_path, download={"processes": 1})
+    with pytest.raises(ConveyorError, match="needs a clock that can be sent"):
+        Pipeline(config, simulate=True, clock=FakeClock()).start()
+    assert wait_for_no_actors()
+
+
+def test_the_run_rng_is_seeded_and_can_be_given() -> None:
+    """Jitter draws from one RNG per run: seeded from ``seed`` (reproducible), else a
+    fresh seed the pipeline reports."""
+    import random
+
+    config = Config()
+    assert Pipeline(config, seed=7)._rng.random() == random.Random(7).random()
+    chosen = random.Random(3)
+    assert Pipeline(config, rng=chosen)._rng is chosen
+    free = Pipeline(config)
+    assert free._rng.random() == random.Random(free.seed).random()
