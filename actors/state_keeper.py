@@ -66,6 +66,9 @@ PROCESS_BATCH = 32
 """Most files handed to one processor in one message."""
 REPORT_BATCH = 512
 """Most outcomes handed to the post-processor in one message."""
+REPORT_QUEUE = 4 * REPORT_BATCH
+"""Most outcomes waiting for the post-processor in memory; rejected input entries and
+items of down hosts wait in the store (or unread) beyond it."""
 
 EventSink = Callable[[Any], None]
 """Receives every message the StateKeeper sees, for progress displays and the API."""
@@ -108,6 +111,7 @@ class StateKeeper(pykka.ThreadingActor):
         self.to_process: deque[DownloadComplete] = deque()  # downloaded, no processor yet
         self.reporting: dict[str, Outcome] = {}
         self.unsent_reports: deque[Outcome] = deque()
+        self.rejects_waiting = 0  # rejected entries stored but not yet in unsent_reports
         self.granting = True
         self.input_closed = False
         self.finished = False
@@ -144,7 +148,7 @@ class StateKeeper(pykka.ThreadingActor):
             store.commit()
             counts = store.counts()
             self.open_items = store.open_count()
-            self.unsent_reports.extend(store.recover())
+            self.rejects_waiting = store.count_rejects()
         except (OSError, sqlite3.Error) as exc:
             raise ConveyorError(f"cannot open the state in {state_dir}: {exc}") from exc
         self.stats["accepted"] = sum(counts.values())
@@ -233,6 +237,7 @@ class StateKeeper(pykka.ThreadingActor):
         self._dispatch()
         self._fail_given_up()
         self._feed_processors()
+        self._load_rejects()
         self._send_reports()
         self._check_finished()
 
@@ -246,7 +251,7 @@ class StateKeeper(pykka.ThreadingActor):
         self.open_items += new
         if result.added:
             self.scheduler.input_grew()
-        self.unsent_reports.extend(result.rejected)
+        self.rejects_waiting += len(result.rejected)  # reported from the store, in blocks
         self._pump()
         return result.added
 
@@ -294,8 +299,15 @@ class StateKeeper(pykka.ThreadingActor):
             tell(slot.ref, Grant(worker=worker, items=tuple(batch)))
 
     def _fail_given_up(self) -> None:
-        """Fail, without a request, the items of hosts whose probes kept failing."""
-        for item in self.scheduler.take_given_up():
+        """Fail, without a request, the items of hosts whose probes kept failing.
+
+        Only as many as the report queue has room for: a dead host with a million items
+        is failed block by block at the post-processor's pace, not read into memory.
+        """
+        room = REPORT_QUEUE - len(self.unsent_reports)
+        if room <= 0:
+            return
+        for item in self.scheduler.take_given_up(room):
             key = host_of(item.url)
             breaker = self.scheduler.hosts[key].breaker
             self._report(
@@ -452,6 +464,15 @@ class StateKeeper(pykka.ThreadingActor):
     def _report(self, outcome: Outcome) -> None:
         self.unsent_reports.append(outcome)
 
+    def _load_rejects(self) -> None:
+        """Bring the next block of stored rejected entries to the report queue."""
+        if not self.rejects_waiting or len(self.unsent_reports) >= REPORT_BATCH:
+            return
+        assert self.store is not None
+        block = self.store.next_rejects(REPORT_BATCH)
+        self.unsent_reports.extend(block)
+        self.rejects_waiting = self.rejects_waiting - len(block) if block else 0
+
     def _send_reports(self) -> None:
         """Send waiting outcomes to the post-processor, one batch at a time."""
         pp = self.workers.get(self.post_processor) if self.post_processor else None
@@ -541,7 +562,13 @@ class StateKeeper(pykka.ThreadingActor):
             self._finish()
 
     def _busy(self) -> bool:
-        return bool(self.leases or self.processing or self.reporting or self.unsent_reports)
+        return bool(
+            self.leases
+            or self.processing
+            or self.reporting
+            or self.unsent_reports
+            or self.rejects_waiting
+        )
 
     def _check_finished(self) -> None:
         if self.finished:

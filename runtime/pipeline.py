@@ -50,6 +50,9 @@ __all__ = ["EXIT_CODES", "Pipeline", "RunSummary"]
 
 log = get_logger("pipeline")
 
+EVENTS_BUFFER = 10_000
+"""Most events waiting for a reader of ``Pipeline.events()``."""
+
 EXIT_CODES = {
     "ok": 0,
     "failed_items": 1,
@@ -131,7 +134,7 @@ class Pipeline:
         self._on_event = on_event
         self.seed = secrets.randbits(63) if seed is None else seed
         self._rng = rng if rng is not None else random.Random(self.seed)
-        self._events: queue.SimpleQueue[Any] | None = None
+        self._events: queue.Queue[Any] | None = None
         self._done = threading.Event()
         self._summary: RunSummary | None = None
         self._supervisor: pykka.ActorRef[Any] | None = None
@@ -254,18 +257,25 @@ class Pipeline:
         """Iterate over the messages the StateKeeper sees, until ``RunFinished``.
 
         Call it before ``start()`` to see every event; later calls see events from then on.
+        At most ``EVENTS_BUFFER`` events wait for the reader: a reader that falls behind
+        slows the run down rather than filling memory, so read from a thread of its own
+        (or use ``on_event``). Closing the iterator (``break`` out of the loop, or
+        ``close()``) lets the run go on without it.
         """
         if self._events is None:
-            self._events = queue.SimpleQueue()
+            self._events = queue.Queue(maxsize=EVENTS_BUFFER)
         return self._drain(self._events)
 
-    @staticmethod
-    def _drain(events: queue.SimpleQueue[Any]) -> Iterator[Any]:
-        while True:
-            message = events.get()
-            yield message
-            if isinstance(message, RunFinished):
-                return
+    def _drain(self, events: queue.Queue[Any]) -> Iterator[Any]:
+        try:
+            while True:
+                message = events.get()
+                yield message
+                if isinstance(message, RunFinished):
+                    return
+        finally:
+            if self._events is events:
+                self._events = None  # nobody reads it any more: stop filling it
 
     def stats(self) -> dict[str, Any]:
         """Return the StateKeeper's live counters."""
@@ -315,8 +325,14 @@ class Pipeline:
     def _event(self, message: Any) -> None:
         if self._on_event is not None:
             self._on_event(message)
-        if self._events is not None:
-            self._events.put(message)
+        events = self._events
+        while events is not None:
+            try:
+                events.put(message, timeout=0.1)  # a full buffer: the reader is behind
+                return
+            except queue.Full:
+                if self._events is not events or self._done.is_set():
+                    return  # the reader let go
 
     def _finished(
         self, summary: RunFinished, kind: str | None, error: str | None, stats: dict[str, Any]

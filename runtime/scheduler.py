@@ -30,6 +30,9 @@ BREAKER_KINDS = frozenset({"connection", "timeout", "stalled", "truncated", "htt
 PARK_LIMIT = 10_000
 """Most items held aside for blocked hosts; past it, dispatch waits instead of reading on."""
 
+GIVE_UP_LIMIT = 1_024
+"""Most items of down hosts held before they are failed; past it, reading waits too."""
+
 
 def host_of(url: str) -> str:
     """The breaker and statistics key of a url: ``host:port``."""
@@ -180,7 +183,7 @@ class Scheduler:
         item = self._unpark(lane, now)
         if item is not None:
             return item
-        while self.parked_count < PARK_LIMIT:
+        while self.parked_count < PARK_LIMIT and len(self.given_up) < GIVE_UP_LIMIT:
             item = self._candidate()
             if item is None:
                 return None
@@ -196,15 +199,21 @@ class Scheduler:
             self.parked_count += 1
         return None
 
-    def take_given_up(self) -> list[WorkItem]:
-        """Items of hosts that are down, to fail without a request (parked ones included)."""
-        taken, self.given_up = self.given_up, []
+    def take_given_up(self, limit: int) -> list[WorkItem]:
+        """Up to ``limit`` items of hosts that are down, to fail without a request (parked
+        ones included); the rest stay for a later call."""
+        taken, self.given_up = self.given_up[:limit], self.given_up[limit:]
         if not self.down:
             return taken
         for slot in [s for s in self.parked if s[1] in self.down]:
-            queue = self.parked.pop(slot)
-            self.parked_count -= len(queue)
-            taken.extend(queue)
+            queue = self.parked[slot]
+            while queue and len(taken) < limit:
+                taken.append(queue.popleft())
+                self.parked_count -= 1
+            if not queue:
+                del self.parked[slot]
+            if len(taken) >= limit:
+                break
         return taken
 
     # -- outcomes -------------------------------------------------------------------------

@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS items (
     path TEXT,
     final_size INTEGER,
     final_sha256 TEXT,
-    validator TEXT
+    validator TEXT,
+    reject_name TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS items_name ON items(name) WHERE name IS NOT NULL;
 CREATE INDEX IF NOT EXISTS items_status ON items(status, seq);
@@ -118,6 +119,10 @@ class SQLiteStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(items)")}
+        if "reject_name" not in columns:  # a state written by an earlier version
+            self.db.execute("ALTER TABLE items ADD COLUMN reject_name TEXT")
+        self._reject_cursor = 0
         self._in_tx = False
         self._cursor = 0
         self._outcomes: list[tuple[Any, ...]] = []
@@ -154,16 +159,29 @@ class SQLiteStore:
 
     # -- start of a run -----------------------------------------------------------------
 
-    def recover(self) -> list[Outcome]:
-        """Return the rejected entries whose report may not have been written."""
+    def count_rejects(self) -> int:
+        """Rejected entries whose report may not have been written yet."""
+        row = self.db.execute("SELECT count(*) FROM items WHERE status='reporting'").fetchone()
+        return int(row[0])
+
+    def next_rejects(self, limit: int) -> list[Outcome]:
+        """The next ``limit`` rejected entries to report, in input order.
+
+        Rejected entries wait here rather than in memory, so an input full of bad lines
+        never piles up outcomes faster than the post-processor takes them.
+        """
         rows = self.db.execute(
-            "SELECT id, url, COALESCE(name, ''), error FROM items WHERE status='reporting'"
+            "SELECT seq, id, url, COALESCE(reject_name, ''), error FROM items "
+            "WHERE status='reporting' AND seq > ? ORDER BY seq LIMIT ?",
+            (self._reject_cursor, limit),
         ).fetchall()
+        if rows:
+            self._reject_cursor = rows[-1][0]
         return [
             Outcome(
                 id=i, url=u, name=n, path="", status="failed", error_kind="invalid_entry", error=e
             )
-            for i, u, n, e in rows
+            for _, i, u, n, e in rows
         ]
 
     def counts(self) -> dict[str, int]:
@@ -242,9 +260,10 @@ class SQLiteStore:
         outcomes = []
         for r in rejects:
             cur = self._write(
-                "INSERT OR IGNORE INTO items (id, line, url, status, error_kind, error) "
-                "VALUES (?, ?, ?, 'reporting', 'invalid_entry', ?)",
-                (r.id, r.line, r.url, r.error),
+                "INSERT OR IGNORE INTO items "
+                "(id, line, url, status, error_kind, error, reject_name) "
+                "VALUES (?, ?, ?, 'reporting', 'invalid_entry', ?, ?)",
+                (r.id, r.line, r.url, r.error, r.name or None),
             )
             if cur.rowcount:
                 outcomes.append(

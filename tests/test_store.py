@@ -74,9 +74,23 @@ def test_unreported_rejections_are_recovered(tmp_path: Path) -> None:
     store.ingest([], [Rejected(id="line:4", line=4, url="ftp://x", error="line 4: bad")], [])
     store.close()
     reopened = SQLiteStore(tmp_path)
-    (outcome,) = reopened.recover()
+    assert reopened.count_rejects() == 1
+    (outcome,) = reopened.next_rejects(10)
     assert (outcome.id, outcome.status, outcome.error) == ("line:4", "failed", "line 4: bad")
+    assert reopened.next_rejects(10) == []  # handed out once
     assert reopened.open_count() == 1
+
+
+def test_rejects_are_handed_out_in_blocks_in_input_order(tmp_path: Path) -> None:
+    """The StateKeeper takes stored rejections a block at a time, names included."""
+    store = SQLiteStore(tmp_path)
+    rejects = [Rejected(id=f"line:{n}", line=n, url="", name=f"n{n}", error="bad")
+               for n in range(1, 8)]  # fmt: skip
+    store.ingest([], rejects, [])
+    first, second, third = store.next_rejects(3), store.next_rejects(3), store.next_rejects(3)
+    assert [o.id for o in first + second + third] == [f"line:{n}" for n in range(1, 8)]
+    assert [len(first), len(second), len(third)] == [3, 3, 1]
+    assert first[0].name == "n1"
 
 
 def test_a_file_and_a_directory_of_the_same_name_clash(tmp_path: Path) -> None:
