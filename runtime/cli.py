@@ -59,6 +59,26 @@ def _port(text: str) -> int:
     return port
 
 
+class _RecheckAction(argparse.Action):
+    """``--recheck`` (size), ``--recheck=full``; ``--recheck CONFIG`` keeps CONFIG."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        value = values if isinstance(values, str) else "size"
+        if value not in ("size", "full"):
+            if getattr(namespace, "recheck_config", None) is None:
+                namespace.recheck_config = value  # `run --recheck conveyor.toml`
+                value = "size"
+            else:
+                parser.error(f"--recheck takes nothing or 'full', got {value!r}")
+        setattr(namespace, self.dest, value)
+
+
 def plural(n: int, word: str, many: str | None = None) -> str:
     """``1 item``, ``2 items``; ``many`` for irregular plurals (``entries``)."""
     return f"{n} {word}" if n == 1 else f"{n} {many or word + 's'}"
@@ -88,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         help="TOML config file (see the README's config reference); optional with --input",
     )
+    run.set_defaults(recheck_config=None)
     quick = run.add_argument_group(
         "without a config file (or over it)",
         "These override the config file's values; CONVEYOR_<SECTION>_<KEY> environment "
@@ -150,7 +171,8 @@ def _parser() -> argparse.ArgumentParser:
         "--recheck",
         nargs="?",
         const="size",
-        choices=("size", "full"),
+        action=_RecheckAction,
+        metavar="full",
         help="first check that every completed item's file is still in the output directory "
         "with its recorded size (--recheck=full: and sha256); put missing or changed ones "
         "back to pending (a changed file is removed) so this run downloads them again",
@@ -267,6 +289,10 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Config:
     """The config of ``run``: the file (if any), then the flags, then the environment."""
+    if args.recheck_config is not None:
+        if args.config is not None:
+            parser.error(f"--recheck takes nothing or 'full', got {args.recheck_config!r}")
+        args.config = args.recheck_config
     overrides: dict[str, tuple[str, str]] = {}
     for flag, key in (("input", "input.path"), ("output", "output.dir"), ("state", "state.dir")):
         value = getattr(args, flag)

@@ -438,7 +438,7 @@ def test_recheck_fetches_deleted_and_changed_files_again(tmp_path: Path) -> None
 
         assert run("run", config, "--quiet").returncode == 0
         assert server.counts.total() == 6  # nothing noticed without --recheck
-        result = run("run", config, "--quiet", "--recheck")
+        result = run("run", "--recheck", config, "--quiet")  # the config may follow it
         assert result.returncode == 0, result.stderr
         assert "6 files checked, 2 missing or changed" in result.stderr
         assert (server.counts["/f0000.bin"], server.counts["/f0001.bin"]) == (2, 2)
