@@ -212,6 +212,7 @@ class Downloader(ChildActor):
                 counts_attempt=not isinstance(exc, CancelledError | LaneChangeError),
                 retry_after=exc.retry_after,
                 size=exc.size if isinstance(exc, LaneChangeError) else None,
+                scope=exc.scope,
             )
         except OSError as exc:
             log.warning("file system error", error=str(exc))
@@ -283,6 +284,7 @@ class Downloader(ChildActor):
             offset, expected = self._check_response(item, response, offset)
             size, digest = self._stream(item, response, part, offset, expected)
         except FetchError as exc:
+            exc.scope = "url"  # the host answered: this transfer is what failed
             if exc.permanent:  # a transient failure keeps the part for a Range resume
                 part.unlink(missing_ok=True)
             elif self.pending_validator is not None:
@@ -295,7 +297,8 @@ class Downloader(ChildActor):
             response.close()
         try:
             _verify(item, size, digest, expected)
-        except FetchError:
+        except FetchError as exc:
+            exc.scope = "url"
             part.unlink(missing_ok=True)
             raise
         os.replace(part, dest)

@@ -341,7 +341,8 @@ class StateKeeper(pykka.ThreadingActor):
         if self._release(done.worker, done.item.id) is None:
             return
         self._emit(done)
-        self.scheduler.succeeded(done.item, done.size, done.reused)
+        if self.scheduler.succeeded(done.item, done.size, done.reused):
+            self._revive(host_of(done.item.url))
         if not done.reused:
             self.stats["bytes"] += done.size
         if done.reused and self.config.output.if_exists == "skip":
@@ -367,7 +368,13 @@ class StateKeeper(pykka.ThreadingActor):
         now = self.clock.now()
         decision = self.policy.decide(item.attempts, failed.permanent, failed.retry_after)
         paused = self.scheduler.failed(
-            item, failed.error_kind, failed.retry_after, now, decision.retry, self.clock.wall()
+            item,
+            failed.error_kind,
+            failed.retry_after,
+            now,
+            decision.retry,
+            self.clock.wall(),
+            failed.scope,
         )
         if paused:
             key = host_of(item.url)
@@ -501,6 +508,47 @@ class StateKeeper(pykka.ThreadingActor):
         self.stats[outcome.status] += 1
         self.open_items -= 1
         self._emit(outcome)
+        if outcome.error_kind == "host_down" and host_of(outcome.url) not in self.scheduler.down:
+            self._reopen([outcome.id])  # its host came back while this was being recorded
+
+    # -- a host that was down is up again ------------------------------------------------
+
+    def _revive(self, key: str) -> None:
+        """Put back to pending every item this run failed ``host_down`` for ``key``.
+
+        A late success proved the host serves files after all: items not yet reported
+        simply go back to dispatch; items already recorded are reopened (the manifest's
+        ``host_down`` line is superseded by the item's next outcome).
+        """
+        keep: deque[Outcome] = deque()
+        waiting: list[str] = []
+        for outcome in self.unsent_reports:
+            if outcome.error_kind == "host_down" and host_of(outcome.url) == key:
+                waiting.append(outcome.id)
+            else:
+                keep.append(outcome)
+        self.unsent_reports = keep
+        assert self.store is not None
+        for item in self.store.items_by_id(waiting):
+            self.scheduler.requeue(item)
+        recorded = [i for i, u in self.store.failed_host_down_this_run() if host_of(u) == key]
+        self._reopen(recorded)
+        log.warning(
+            "host is up again; its host_down items are pending again",
+            host=key,
+            items=len(waiting) + len(recorded),
+        )
+
+    def _reopen(self, ids: list[str]) -> None:
+        """Make recorded ``host_down`` items pending again and dispatch them."""
+        if not ids:
+            return
+        assert self.store is not None
+        self.store.reopen(ids)
+        for item in self.store.items_by_id(ids):
+            self.scheduler.requeue(item)
+        self.stats["failed"] -= len(ids)
+        self.open_items += len(ids)
 
     # -- children -----------------------------------------------------------------------
 
@@ -606,6 +654,9 @@ class StateKeeper(pykka.ThreadingActor):
                     times_opened=st["times_opened"],
                     cooldown=cooldown,
                     cooldown_reason=st["cooldown_reason"] if cooldown else "",
+                    window=st["window"],
+                    window_failures=st["window_failures"],
+                    breaker_reason=st["breaker_reason"],
                 )
             )
         self._emit(

@@ -188,6 +188,10 @@ class DownloadFailed:
     """Seconds the server asked to wait (``Retry-After``), when it did."""
     size: int | None = None
     """The body's size when the response announced it (moves an item to the large lane)."""
+    scope: str = "host"
+    """``host``: the host did not answer (refused, timed out) — evidence against the host
+    every time; ``url``: it answered but this transfer failed (a 5xx, a broken body) —
+    counted against the host only on the item's first failure."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -394,3 +398,9 @@ class HostStatus:
     """Seconds left of a Retry-After cool-down (0: none)."""
     cooldown_reason: str = ""
     """Why the host is cooling down (the 429 and its Retry-After), when it is."""
+    window: int = 0
+    """Requests in the breaker's window."""
+    window_failures: int = 0
+    """Failures among them."""
+    breaker_reason: str = ""
+    """Why the breaker opened, while it is not closed (``62 % of last 50 failed …``)."""

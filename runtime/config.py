@@ -138,8 +138,15 @@ class RetryConfig:
 class CircuitConfig:
     """``[circuit]``: the per-host circuit breaker."""
 
-    failure_threshold: int = 5
-    """Consecutive transient failures of a host that open its breaker."""
+    window: int = 50
+    """How many of a host's latest requests its breaker judges (a sliding window)."""
+    min_requests: int = 20
+    """Requests the window must hold before the breaker may open."""
+    failure_rate: float = 0.5
+    """The breaker opens when more than this share of the window failed (0 to 1)."""
+    failure_threshold: int = 0
+    """Deprecated: N opens the breaker after N failures in a row, as before (the same as
+    ``window = min_requests = N`` and ``failure_rate = (N-1)/N``); 0: not used."""
     reset_timeout: float = 30.0
     """Seconds an open breaker waits before one probe request (half-open)."""
     give_up_after: int = 3
@@ -421,7 +428,6 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
         ("download", "workers"),
         ("download", "mailbox"),
         ("retry", "max_attempts"),
-        ("circuit", "failure_threshold"),
         ("download", "max_redirects"),
         ("download", "stall_window"),
         ("download", "timeout"),
@@ -452,11 +458,13 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
         ("retry", "max_retry_after"),
         ("circuit", "reset_timeout"),
         ("circuit", "give_up_after"),
+        ("circuit", "failure_threshold"),
         ("supervisor", "job_timeout"),
     ]
     for section, key in nonnegative:
         if getattr(getattr(config, section), key) < 0:
             raise ConfigError(f"{where(section, key)} must not be negative")
+    config = _check_circuit(config, where)
     if not 0.0 <= config.simulate.failure_rate <= 1.0:
         raise ConfigError(f"{where('simulate', 'failure_rate')} must be between 0 and 1")
     if config.simulate.max_size < config.simulate.min_size:
@@ -468,6 +476,38 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
             raise ConfigError(
                 f"{where('processing', key)} must be 'package.module:Class', got {spec!r}"
             )
+    return config
+
+
+def _check_circuit(config: Config, where: Where) -> Config:
+    """Check the breaker's window and map the old ``failure_threshold`` onto it."""
+    c = config.circuit
+    if c.failure_threshold:
+        defaults = CircuitConfig()
+        if (c.window, c.min_requests, c.failure_rate) != (
+            defaults.window,
+            defaults.min_requests,
+            defaults.failure_rate,
+        ):
+            raise ConfigError(
+                f"{where('circuit', 'failure_threshold')} cannot be combined with "
+                "circuit.window, circuit.min_requests or circuit.failure_rate: the breaker "
+                "now judges the failure rate of a window; drop failure_threshold"
+            )
+        n = c.failure_threshold  # N in a row == more than (N-1)/N of the last N
+        c = dataclasses.replace(c, window=n, min_requests=n, failure_rate=(n - 1) / n)
+        return dataclasses.replace(config, circuit=c)
+    if c.window < 1:
+        raise ConfigError(f"{where('circuit', 'window')} must be greater than 0")
+    if not 1 <= c.min_requests <= c.window:
+        raise ConfigError(
+            f"{where('circuit', 'min_requests')} must be between 1 and circuit.window ({c.window})"
+        )
+    if not 0.0 <= c.failure_rate < 1.0:
+        raise ConfigError(
+            f"{where('circuit', 'failure_rate')} must be at least 0 and below 1 (the "
+            "breaker opens when more than this share of the window failed)"
+        )
     return config
 
 

@@ -27,7 +27,7 @@ from messages import (
     RunProgress,
 )
 from runtime.logs import get_logger
-from runtime.report import human_bytes
+from runtime.report import breaker_text, human_bytes
 
 __all__ = ["LiveDisplay", "ProgressLogger", "ProgressModel"]
 
@@ -150,7 +150,14 @@ class LiveDisplay:
                     str(h.active),
                     f"{h.successes:,}",
                     f"{h.failures:,}",
-                    h.breaker,
+                    breaker_text(
+                        {
+                            "breaker": h.breaker,
+                            "window": h.window,
+                            "window_failures": h.window_failures,
+                            "breaker_reason": h.breaker_reason,
+                        }
+                    ),
                     f"{h.cooldown:.0f} s ({h.cooldown_reason})"
                     if h.cooldown > 0 and h.cooldown_reason
                     else f"{h.cooldown:.0f} s"

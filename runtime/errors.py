@@ -99,11 +99,15 @@ class FetchError(ConveyorError):
     Attributes:
         error_kind: stable failure class written to the manifest.
         permanent: True when retrying the same request cannot succeed.
+        scope: ``host`` when the failure says the host is unwell (no connection, no
+            answer), ``url`` when the host answered and only this URL's transfer failed
+            (an error status, a broken body).
     """
 
     error_kind: str = "connection"
     permanent: bool = False
     retry_after: float | None = None
+    scope: str = "host"
 
     def __init__(
         self,
@@ -135,6 +139,7 @@ class HTTPStatusError(FetchError):
             retry_after=retry_after,
         )
         self.status = status
+        self.scope = "url"  # the host answered
 
 
 class TruncatedError(FetchError):

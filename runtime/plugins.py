@@ -140,8 +140,9 @@ class JsonlManifest(BasePostProcessor):
     """Append one JSON line per terminal item to the manifest.
 
     Delivery is at-least-once: after a crash an item may be recorded again by the resumed
-    run. When the manifest already existed at ``open``, ``close`` compacts it to one line
-    per id (the last one wins) without loading it into memory.
+    run, and an item failed ``host_down`` is tried again if its host comes back. When the
+    manifest already existed at ``open``, or a ``host_down`` line was written, ``close``
+    compacts it to one line per id (the last one wins) without loading it into memory.
     """
 
     FIELDS = (
@@ -163,6 +164,7 @@ class JsonlManifest(BasePostProcessor):
         self.path: Path | None = None
         self.fh: IO[str] | None = None
         self.resumed = False
+        self.supersedable = False
 
     def open(self, context: PluginContext) -> None:
         """Open the manifest for appending."""
@@ -174,6 +176,8 @@ class JsonlManifest(BasePostProcessor):
     def post_process(self, outcome: Outcome) -> None:
         """Write the outcome's line."""
         assert self.fh is not None, "open() was not called"
+        if outcome.error_kind == "host_down":
+            self.supersedable = True  # its host may come back and the item end otherwise
         record = asdict(outcome)
         self.fh.write(json.dumps({k: record[k] for k in self.FIELDS}, ensure_ascii=False) + "\n")
 
@@ -188,7 +192,7 @@ class JsonlManifest(BasePostProcessor):
             return
         self.fh.close()
         self.fh = None
-        if self.resumed and self.path is not None:
+        if (self.resumed or self.supersedable) and self.path is not None:
             _compact_jsonl(self.path)
 
 

@@ -34,6 +34,18 @@ GIVE_UP_LIMIT = 1_024
 """Most items of down hosts held before they are failed; past it, reading waits too."""
 
 
+PROBE_SCAN = 256
+"""Parked items looked at for a fresh half-open probe before taking any."""
+
+
+def _first_fresh(queue: deque[WorkItem]) -> int | None:
+    """Index of the first item that has not been attempted yet, within ``PROBE_SCAN``."""
+    for i, item in enumerate(itertools.islice(queue, PROBE_SCAN)):
+        if not item.attempts:
+            return i
+    return None
+
+
 def host_of(url: str) -> str:
     """The breaker and statistics key of a url: ``host:port``."""
     parts = urlsplit(url)
@@ -69,6 +81,9 @@ class HostState:
             "active": self.active,
             "breaker": self.breaker.state,
             "times_opened": self.breaker.times_opened,
+            "window": len(self.breaker.outcomes),
+            "window_failures": self.breaker.failures,
+            "breaker_reason": self.breaker.reason if self.breaker.state != "closed" else "",
             "cooldown_until": self.cooldown_until,
             "cooldown_reason": self.cooldown_reason,
         }
@@ -107,7 +122,13 @@ class Scheduler:
         if state is None:
             c = self.config.circuit
             state = HostState(
-                breaker=CircuitBreaker(c.failure_threshold, c.reset_timeout, c.give_up_after)
+                breaker=CircuitBreaker(
+                    window=c.window,
+                    min_requests=c.min_requests,
+                    failure_rate=c.failure_rate,
+                    reset_timeout=c.reset_timeout,
+                    give_up_after=c.give_up_after,
+                )
             )
             self.hosts[key] = state
             self.dirty.add(key)
@@ -166,38 +187,54 @@ class Scheduler:
             self.scan_exhausted = not self.ready
         return self.ready.popleft() if self.ready else None
 
-    def _unpark(self, lane: str, now: float) -> WorkItem | None:
+    def _unpark(self, lane: str, now: float, *, fresh_probes: bool) -> WorkItem | None:
+        """A parked item of ``lane`` whose host may take it now.
+
+        With ``fresh_probes``, a half-open host's probe must be an item that has not
+        failed yet (looked for among the first ``PROBE_SCAN`` parked ones), so a probe
+        does not keep re-testing a known-bad URL; without, any item will do.
+        """
         for (item_lane, key), queue in self.parked.items():
-            if item_lane == lane and self.allowed(self.hosts[key], now):
-                item = queue.popleft()
-                if not queue:
-                    del self.parked[(item_lane, key)]
-                self.parked_count -= 1
-                return item
+            if item_lane != lane or not self.allowed(self.hosts[key], now):
+                continue
+            probe = self.hosts[key].breaker.state == "half_open"
+            at = _first_fresh(queue) if probe else 0
+            if at is None:
+                if fresh_probes:
+                    continue
+                at = 0
+            item = queue[at]
+            del queue[at]
+            if not queue:
+                del self.parked[(item_lane, key)]
+            self.parked_count -= 1
+            return item
         return None
 
     def next_for(self, lane: str, now: float) -> WorkItem | None:
         """The next item a downloader of ``lane`` may take now, or None."""
         while self.waiting and self.waiting[0][0] <= now:
             self.due.append(heapq.heappop(self.waiting)[2])
-        item = self._unpark(lane, now)
+        item = self._unpark(lane, now, fresh_probes=True)
         if item is not None:
             return item
         while self.parked_count < PARK_LIMIT and len(self.given_up) < GIVE_UP_LIMIT:
             item = self._candidate()
             if item is None:
-                return None
+                break
             item_lane = self.lane_of(item)
             key = host_of(item.url)
             host = self._state(key)  # registers the host before its items can be parked
             if key in self.down:
                 self.given_up.append(item)
                 continue
-            if item_lane == lane and self.allowed(host, now):
+            probe = host.breaker.state == "half_open"
+            if item_lane == lane and self.allowed(host, now) and not (probe and item.attempts):
                 return item
             self.parked.setdefault((item_lane, key), deque()).append(item)
             self.parked_count += 1
-        return None
+        # Nothing fresh came: a half-open host probes with an item that failed before.
+        return self._unpark(lane, now, fresh_probes=False)
 
     def take_given_up(self, limit: int) -> list[WorkItem]:
         """Up to ``limit`` items of hosts that are down, to fail without a request (parked
@@ -225,18 +262,31 @@ class Scheduler:
         host.attempts += 1
         host.breaker.dispatched()
 
-    def succeeded(self, item: WorkItem, size: int, reused: bool) -> None:
-        """A download completed."""
+    def succeeded(self, item: WorkItem, size: int, reused: bool) -> bool:
+        """A download completed.
+
+        Returns:
+            Whether this success brought a host that was down back up: its items set
+            aside to fail ``host_down`` are pending again (the caller revives the ones
+            it already failed).
+        """
         host = self.host(item.url)
         host.active -= 1
         if reused:
             host.attempts -= 1  # nothing was requested
             host.breaker.released()
-            return
+            return False
         host.successes += 1
         host.bytes += size
         host.breaker.succeeded()
-        self.down.discard(host_of(item.url))
+        key = host_of(item.url)
+        if key not in self.down:
+            return False
+        self.down.discard(key)
+        kept = [i for i in self.given_up if host_of(i.url) != key]
+        self.due.extend(i for i in self.given_up if host_of(i.url) == key)
+        self.given_up = kept
+        return True
 
     def failed(
         self,
@@ -246,8 +296,11 @@ class Scheduler:
         now: float,
         retried: bool,
         wall: float = 0.0,
+        scope: str = "host",
     ) -> float:
         """An attempt failed; feed the breaker and the host's cool-down.
+
+        ``scope`` is the failure's (see ``DownloadFailed.scope``).
 
         A ``rate_limited`` answer pauses the whole host for its Retry-After, but never
         longer than ``retry.max_retry_after``: one answer asking for an hour must not
@@ -261,12 +314,16 @@ class Scheduler:
         host.failures[kind] = host.failures.get(kind, 0) + 1
         if retried:
             host.retries += 1
-        if kind in BREAKER_KINDS:
-            host.breaker.failed(now)
+        if kind not in BREAKER_KINDS:
+            host.breaker.released()
+        elif scope == "host" or item.attempts <= 1:
+            # Host-level evidence counts every time; a URL-level failure only as the
+            # item's first, so one broken URL's retries cannot open the breaker.
+            host.breaker.failed(now, kind)
             if host.breaker.given_up:
                 self.down.add(host_of(item.url))
         else:
-            host.breaker.released()
+            host.breaker.ignored()
         if kind == "rate_limited" and retry_after:
             cap = self.config.retry.max_retry_after
             pause = min(retry_after, cap)

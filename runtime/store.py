@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS items (
     final_size INTEGER,
     final_sha256 TEXT,
     validator TEXT,
-    reject_name TEXT
+    reject_name TEXT,
+    run_no INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS items_name ON items(name) WHERE name IS NOT NULL;
 CREATE INDEX IF NOT EXISTS items_status ON items(status, seq);
@@ -120,8 +121,10 @@ class SQLiteStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(items)")}
-        if "reject_name" not in columns:  # a state written by an earlier version
-            self.db.execute("ALTER TABLE items ADD COLUMN reject_name TEXT")
+        for column, kind in (("reject_name", "TEXT"), ("run_no", "INTEGER")):
+            if column not in columns:  # a state written by an earlier version
+                self.db.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
+        self.run_no = 0
         self._reject_cursor = 0
         self._in_tx = False
         self._cursor = 0
@@ -158,6 +161,13 @@ class SQLiteStore:
         self.db.close()
 
     # -- start of a run -----------------------------------------------------------------
+
+    def begin_run(self) -> int:
+        """Number this run (outcomes remember which run recorded them); return it."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='run_no'").fetchone()
+        self.run_no = (json.loads(row[0]) if row else 0) + 1
+        self.set_meta(run_no=self.run_no)
+        return self.run_no
 
     def count_rejects(self) -> int:
         """Rejected entries whose report may not have been written yet."""
@@ -432,6 +442,40 @@ class SQLiteStore:
         self.commit()
         return len(rows), bad
 
+    def failed_host_down_this_run(self) -> list[tuple[str, str]]:
+        """``(id, url)`` of the items this run recorded as failed ``host_down``."""
+        self._flush_outcomes()
+        return self.db.execute(
+            "SELECT id, url FROM items WHERE status='failed' AND error_kind='host_down' "
+            "AND run_no=?",
+            (self.run_no,),
+        ).fetchall()
+
+    def reopen(self, ids: Sequence[str]) -> None:
+        """Make terminal items pending again (their host turned out to be up)."""
+        self._flush_outcomes()
+        self._write(
+            "UPDATE items SET status='pending', error_kind=NULL, error=NULL WHERE id=?",
+            [(i,) for i in ids],
+            many=True,
+        )
+
+    def items_by_id(self, ids: Sequence[str]) -> list[WorkItem]:
+        """The stored items with these ids (as they would be dispatched)."""
+        found: list[WorkItem] = []
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                "SELECT id, url, name, sha256, size, line, attempts, validator "  # noqa: S608
+                f"FROM items WHERE id IN ({marks}) ORDER BY seq",
+                chunk,
+            ).fetchall()
+            found += [
+                WorkItem(id=i, url=u, name=n, sha256=h, size=s, line=ln, attempts=a, validator=v)
+                for i, u, n, h, s, ln, a, v in rows
+            ]
+        return found
+
     def load_hosts(self) -> dict[str, dict[str, Any]]:
         """Per-host statistics of earlier runs on this state."""
         return {h: json.loads(s) for h, s in self.db.execute("SELECT host, stats FROM hosts")}
@@ -447,6 +491,7 @@ class SQLiteStore:
                 outcome.path or None,
                 outcome.size,
                 outcome.sha256,
+                self.run_no,
                 outcome.id,
             )
         )
@@ -456,7 +501,7 @@ class SQLiteStore:
             rows, self._outcomes = self._outcomes, []
             self._write(
                 "UPDATE items SET status=?, attempts=?, error_kind=?, error=?, path=?, "
-                "final_size=?, final_sha256=? WHERE id=?",
+                "final_size=?, final_sha256=?, run_no=? WHERE id=?",
                 rows,
                 many=True,
             )

@@ -6,6 +6,7 @@ see ``body_of``; ``?size=N`` sets the size, default 10,000 bytes):
 - ``/ok/<name>``                   200, with ETag and Range support (206)
 - ``/status/<code>/<name>``        always ``code``
 - ``/fail-first/<k>/<code>/<name>`` ``code`` for the first k requests, then ``/ok``
+- ``/outage/<name>``                503 while ``outage`` is set (a test clears it), then ok
 - ``/retry-after/<value>/<name>``  first request 429 with ``Retry-After: <value>``
                                    (``date:<secs>`` sends an HTTP-date secs ahead), then ok
 - ``/reset/<name>?at=M``           first request: M bytes, then a TCP reset; then ok
@@ -66,6 +67,7 @@ class FaultServer:
         self.max_active = 0
         self._lock = threading.Condition()
         self.stop = threading.Event()
+        self.outage = threading.Event()
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -139,6 +141,11 @@ class FaultServer:
                 self._ok(h, name, size)
             case "status":
                 self._plain(h, int(args[0]), b"status\n")
+            case "outage":
+                if self.outage.is_set():
+                    self._plain(h, 503, b"down for maintenance\n")
+                else:
+                    self._ok(h, name, size)
             case "fail-first":
                 if n <= int(args[0]):
                     self._plain(h, int(args[1]), b"failing\n")

@@ -89,6 +89,9 @@ def test_summary_prints_hosts_with_breakers_and_failures() -> None:
             "bytes": 2048,
             "breaker": "open" if i == 0 else "closed",
             "times_opened": 2 if i == 0 else 0,
+            "breaker_reason": "60 % of last 20 failed (http_5xx 12)" if i == 0 else "",
+            "window": 0 if i == 0 else 20,
+            "window_failures": 0 if i == 0 else 1,
             "failures": {"http_5xx": 4, "stalled": 1} if i == 0 else {},
         }
         for i in range(25)
@@ -100,10 +103,10 @@ def test_summary_prints_hosts_with_breakers_and_failures() -> None:
     assert "retries     7" in text
     lines = text.splitlines()
     first = next(i for i, line in enumerate(lines) if line.split()[:1] == ["host"])
-    assert lines[first + 1].split() == [
-        "h0.test:80", "100", "90", "3", "2.0", "KiB", "open", "(opened", "2x)", "http_5xx",
-        "4,", "stalled", "1",
-    ]  # fmt: skip
+    assert "  open: 60 % of last 20 failed (http_5xx 12); opened 2x  " in lines[first + 1]
+    assert lines[first + 1].split()[:6] == ["h0.test:80", "100", "90", "3", "2.0", "KiB"]
+    assert lines[first + 1].split()[-4:] == ["http_5xx", "4,", "stalled", "1"]
+    assert "  closed, 5 % of last 20 failed  " in lines[first + 2]
     assert "... and 5 more hosts" in text
 
 

@@ -209,3 +209,32 @@ def test_a_bad_environment_value_names_the_variable_not_the_file(tmp_path: Path)
     bad_file = write(tmp_path, '[input]\npath = "f.json"\n[download]\nworkers = 0\n')
     with pytest.raises(ConfigError, match=r"conveyor\.toml: download\.workers must be greater"):
         load_config(bad_file, environ={})
+
+
+def test_the_old_failure_threshold_keeps_its_meaning(tmp_path: Path) -> None:
+    """``failure_threshold = N`` still opens after N failures in a row: it becomes a
+    window of N that must be all failures; combined with the new keys it is an error."""
+    path = write(tmp_path, '[input]\npath = "f.json"\n[circuit]\nfailure_threshold = 4\n')
+    c = load_config(path, environ={}).circuit
+    assert (c.window, c.min_requests) == (4, 4)
+    assert 3 / 4 <= c.failure_rate < 1.0  # more than 3 of 4 failed: all 4
+    mixed = write(
+        tmp_path, '[input]\npath = "f.json"\n[circuit]\nfailure_threshold = 4\nwindow = 10\n'
+    )
+    with pytest.raises(ConfigError, match=r"circuit\.failure_threshold cannot be combined"):
+        load_config(mixed, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("window = 0", r"circuit\.window must be greater than 0"),
+        ("min_requests = 60", r"circuit\.min_requests must be between 1 and circuit\.window"),
+        ("failure_rate = 1.0", r"circuit\.failure_rate must be at least 0 and below 1"),
+    ],
+)
+def test_breaker_window_keys_are_checked(tmp_path: Path, text: str, message: str) -> None:
+    """A window that could never open, or opens on nothing, is a config error."""
+    path = write(tmp_path, f'[input]\npath = "f.json"\n[circuit]\n{text}\n')
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, environ={})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import random
 from pathlib import Path
@@ -20,28 +21,37 @@ from tests.helpers import make_config
 
 # -- the circuit breaker against a reference model ----------------------------------------
 
-THRESHOLD = 3
+WINDOW = 5
+MIN_REQUESTS = 3
+RATE = 0.5
 RESET = 10.0
 
 
 class BreakerMachine(RuleBasedStateMachine):
     """Requests go out when the breaker allows them and end in any order.
 
-    The reference model is the transition table of the README, kept as plain fields:
-    consecutive failures counted while closed; open for RESET seconds; then exactly one
-    probe; whatever outcome arrives while half-open decides.
+    The reference model keeps the window as a plain list and recomputes the failure rate
+    from it after every failure: closed until at least MIN_REQUESTS of the last WINDOW
+    outcomes are in and more than RATE of them failed; open for RESET seconds; then exactly one
+    probe, whose counted outcome decides; an ignored failure frees the probe slot.
     """
 
     give_up_after = 0
 
     @initialize()
     def setup(self) -> None:
-        self.breaker = CircuitBreaker(THRESHOLD, RESET, self.give_up_after)
+        self.breaker = CircuitBreaker(
+            window=WINDOW,
+            min_requests=MIN_REQUESTS,
+            failure_rate=RATE,
+            reset_timeout=RESET,
+            give_up_after=self.give_up_after,
+        )
         self.m_probe_failures = 0
         self.now = 0.0
-        self.in_flight: list[str] = []  # the breaker state each was sent in
+        self.in_flight = 0
         self.m_state = "closed"
-        self.m_failures = 0
+        self.m_window: list[str] = []
         self.m_opened_at = 0.0
         self.m_opened = 0
         self.m_probe = False
@@ -49,10 +59,17 @@ class BreakerMachine(RuleBasedStateMachine):
     def _m_open(self) -> None:
         self.m_state, self.m_opened_at, self.m_probe = "open", self.now, False
         self.m_opened += 1
+        self.m_window = []
 
     def _m_tick(self) -> None:
         if self.m_state == "open" and self.now - self.m_opened_at >= RESET:
             self.m_state, self.m_probe = "half_open", False
+
+    def _m_record(self, kind: str) -> None:
+        self.m_window = [*self.m_window, kind][-WINDOW:]
+        failed = sum(1 for k in self.m_window if k)
+        if kind and len(self.m_window) >= MIN_REQUESTS and failed / len(self.m_window) > RATE:
+            self._m_open()
 
     @rule(dt=st.sampled_from([0.0, 0.5, 3.0, RESET, 25.0]))
     def advance(self, dt: float) -> None:
@@ -67,28 +84,34 @@ class BreakerMachine(RuleBasedStateMachine):
             self.breaker.dispatched()
             if self.m_state == "half_open":
                 self.m_probe = True
-            self.in_flight.append(self.m_state)
+            self.in_flight += 1
 
     @precondition(lambda self: self.in_flight)
-    @rule(index=st.integers(0, 100), outcome=st.sampled_from(["ok", "fail", "released"]))
-    def finish(self, index: int, outcome: str) -> None:
-        self.in_flight.pop(index % len(self.in_flight))
+    @rule(
+        outcome=st.sampled_from(["ok", "fail", "ignored", "released"]),
+        kind=st.sampled_from(["connection", "timeout", "http_5xx"]),
+    )
+    def finish(self, outcome: str, kind: str) -> None:
+        self.in_flight -= 1
         self._m_tick()
         if outcome == "ok":
             self.breaker.succeeded()
-            self.m_state, self.m_failures, self.m_probe = "closed", 0, False
-            self.m_probe_failures = 0
+            if self.m_state != "closed":
+                self.m_window = []
+            self.m_state, self.m_probe, self.m_probe_failures = "closed", False, 0
+            self._m_record("")
         elif outcome == "fail":
-            self.breaker.failed(self.now)
+            self.breaker.failed(self.now, kind)
             if self.m_state == "half_open":
                 self.m_probe_failures += 1
                 self._m_open()
                 if self.give_up_after and self.m_probe_failures >= self.give_up_after:
                     self.m_state = "down"
-            else:
-                self.m_failures += 1
-                if self.m_state == "closed" and self.m_failures >= THRESHOLD:
-                    self._m_open()
+            elif self.m_state == "closed":
+                self._m_record(kind)
+        elif outcome == "ignored":
+            self.breaker.ignored()
+            self.m_probe = False
         else:
             self.breaker.released()
             self.m_probe = False
@@ -102,6 +125,8 @@ class BreakerMachine(RuleBasedStateMachine):
         assert self.breaker.state == self.m_state
         assert self.breaker.times_opened == self.m_opened
         assert self.breaker.probe_failures == self.m_probe_failures
+        assert list(self.breaker.outcomes) == self.m_window
+        assert self.breaker.failures == sum(1 for k in self.m_window if k)
         if self.m_state == "open":
             assert self.now - self.m_opened_at < RESET
 
@@ -113,22 +138,51 @@ class GivingUpBreakerMachine(BreakerMachine):
 
 
 TestBreaker = BreakerMachine.TestCase
-TestBreaker.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+TestBreaker.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
 TestGivingUpBreaker = GivingUpBreakerMachine.TestCase
-TestGivingUpBreaker.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+TestGivingUpBreaker.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
+
+
+def breaker(**overrides: float) -> CircuitBreaker:
+    values: dict[str, float] = {"window": 10, "min_requests": 4, "failure_rate": 0.5,
+                                "reset_timeout": 5.0, **overrides}  # fmt: skip
+    return CircuitBreaker(
+        window=int(values["window"]),
+        min_requests=int(values["min_requests"]),
+        failure_rate=values["failure_rate"],
+        reset_timeout=values["reset_timeout"],
+        give_up_after=int(values.get("give_up_after", 0)),
+    )
+
+
+def test_breaker_opens_on_the_failure_rate_of_its_window_and_says_why() -> None:
+    """Not before min_requests; then when more than failure_rate of the window failed."""
+    b = breaker()
+    for _ in range(3):
+        b.failed(0.0, "connection")
+    assert b.state == "closed"  # 3 < min_requests, however bad
+    b.succeeded()
+    b.succeeded()
+    assert (b.state, b.rate) == ("closed", 0.6)  # only a failure is judged
+    assert b.describe() == "60 % of last 5 failed (connection 3)"
+    b.succeeded()
+    b.failed(1.0, "timeout")  # 4 of 7 > 0.5
+    assert b.state == "open"
+    assert b.reason == "57 % of last 7 failed (connection 3, timeout 1)"
 
 
 def test_breaker_opens_waits_probes_and_closes() -> None:
-    b = CircuitBreaker(failure_threshold=2, reset_timeout=5.0)
-    b.failed(0.0)
+    b = breaker(min_requests=2)
+    b.failed(0.0, "timeout")
     assert b.allows(0.0)
-    b.failed(1.0)
+    b.failed(1.0, "timeout")
     assert (b.state, b.allows(1.0), b.allows(5.9)) == ("open", False, False)
+    assert b.reason == "100 % of last 2 failed (timeout 2)"
     assert b.allows(6.0)
     assert b.state == "half_open"
     b.dispatched()
     assert not b.allows(6.0)  # one probe at a time
-    b.failed(7.0)
+    b.failed(7.0, "timeout")
     assert (b.state, b.times_opened, b.allows(11.9)) == ("open", 2, False)
     assert b.allows(12.0)
     b.dispatched()
@@ -137,24 +191,36 @@ def test_breaker_opens_waits_probes_and_closes() -> None:
 
 
 def test_breaker_gives_up_after_failed_probes() -> None:
-    b = CircuitBreaker(failure_threshold=1, reset_timeout=5.0, give_up_after=2)
-    b.failed(0.0)
+    b = breaker(min_requests=1, give_up_after=2)
+    b.failed(0.0, "connection")
     for t in (5.0, 10.0):
         assert b.allows(t)
         b.dispatched()
-        b.failed(t)
+        b.failed(t, "connection")
     assert (b.state, b.given_up, b.allows(100.0)) == ("down", True, False)
     b.succeeded()  # a late answer from an earlier request: the host is up after all
     assert (b.state, b.allows(100.0)) == ("closed", True)
 
 
-def test_success_resets_the_consecutive_count() -> None:
-    b = CircuitBreaker(failure_threshold=3, reset_timeout=5.0)
-    for _ in range(5):
-        b.failed(0.0)
-        b.failed(0.0)
-        b.succeeded()
-    assert b.state == "closed"
+def test_a_few_failures_among_many_successes_never_open_it() -> None:
+    """2 % failures, however they cluster, stay far below the rate."""
+    b = breaker(window=50, min_requests=20)
+    for i in range(500):
+        if i % 50 < 1:
+            b.failed(float(i), "http_5xx")
+        else:
+            b.succeeded()
+    assert (b.state, b.times_opened) == ("closed", 0)
+
+
+def test_an_ignored_failure_frees_the_probe_without_reopening() -> None:
+    """A half-open probe that fails on a known-bad URL says nothing about the host."""
+    b = breaker(min_requests=1)
+    b.failed(0.0, "http_5xx")
+    assert b.allows(5.0)
+    b.dispatched()
+    b.ignored()
+    assert (b.state, b.times_opened, b.allows(5.0)) == ("half_open", 1, True)
 
 
 # -- the retry policy --------------------------------------------------------------------
@@ -235,7 +301,7 @@ def scheduler(tmp_path: Path, queue: list[WorkItem], **download: object) -> Sche
     config = make_config(
         tmp_path,
         download={"per_host": 2, "large_threshold": 1000, **download},
-        circuit={"failure_threshold": 1, "reset_timeout": 10.0},
+        circuit={"window": 1, "min_requests": 1, "failure_rate": 0.0, "reset_timeout": 10.0},
     )
 
     def fetch(n: int) -> list[WorkItem]:
@@ -302,3 +368,56 @@ def test_lane_change_moves_an_item_to_the_large_lane(tmp_path: Path) -> None:
     assert drain(s, "small", 0.0) == []
     assert drain(s, "large", 0.0) == ["a-0"]
     assert s.hosts[host_of(item.url)].attempts == 1
+
+
+def windowed(tmp_path: Path, queue: list[WorkItem]) -> Scheduler:
+    config = make_config(
+        tmp_path,
+        download={"per_host": 0},
+        circuit={"window": 4, "min_requests": 4, "failure_rate": 0.5, "reset_timeout": 10.0},
+    )
+
+    def fetch(n: int) -> list[WorkItem]:
+        taken = queue[:n]
+        del queue[:n]
+        return taken
+
+    return Scheduler(config, fetch)
+
+
+def test_url_level_failures_count_once_per_item_host_level_every_time(tmp_path: Path) -> None:
+    """A broken URL's retries do not count against its host; refused connections do."""
+    s = windowed(tmp_path, [])
+    url = WorkItem(id="u", url="http://h/u", name="u")
+    breaker = s._state(host_of(url.url)).breaker
+    for attempt in (1, 2, 3, 4, 5):
+        s.dispatched(url)
+        s.failed(dataclasses.replace(url, attempts=attempt), "http_5xx", None, 0.0, True,
+                 scope="url")  # fmt: skip
+    assert (breaker.failures, breaker.state) == (1, "closed")  # only the first counted
+    for attempt in (2, 3, 4):
+        s.dispatched(url)
+        s.failed(dataclasses.replace(url, attempts=attempt), "connection", None, 0.0, True,
+                 scope="host")  # fmt: skip
+    assert breaker.state == "open"
+    assert breaker.reason == "100 % of last 4 failed (connection 3, http_5xx 1)"
+
+
+def test_a_half_open_host_probes_with_an_item_that_has_not_failed(tmp_path: Path) -> None:
+    """The retry of a known-bad URL waits; a fresh item of the host goes first."""
+    fresh = WorkItem(id="fresh", url="http://h/fresh", name="fresh")
+    s = windowed(tmp_path, [fresh])
+    bad = WorkItem(id="bad", url="http://h/bad", name="bad", attempts=1)
+    breaker = s._state(host_of(bad.url)).breaker
+    for _ in range(4):
+        breaker.failed(0.0, "connection")
+    assert breaker.state == "open"
+    s.requeue(bad)
+    assert s.next_for("small", 5.0) is None  # open: both wait
+    probe = s.next_for("small", 10.0)
+    assert probe is not None
+    assert probe.id == "fresh"
+    s.dispatched(probe)
+    assert s.next_for("small", 10.0) is None  # one probe at a time
+    s.failed(probe, "http_5xx", None, 10.0, True, scope="url")
+    assert s.next_for("small", 20.0) == bad  # no fresh one left: the known-bad one probes

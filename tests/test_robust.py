@@ -5,9 +5,11 @@ Every test counts requests server-side; the transport is the real ``requests`` o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 from messages import DownloadComplete, DownloadStarted, HostStatus, Outcome
 from runtime import Pipeline
 from runtime.pipeline import RunSummary
-from runtime.testing import capture_logs
+from runtime.testing import FakeClock, capture_logs
 from tests.fault_server import FaultServer, body_of
 from tests.helpers import make_config, read_manifest
 
@@ -393,6 +395,152 @@ def test_a_host_that_stays_down_fails_its_items_without_requests(
     assert stats["breaker"] == "down"
     down = next(r for r in records.values() if r["error_kind"] == "host_down")
     assert "3 probes in a row failed" in down["error"]
+
+
+@pytest.mark.parametrize("order", ["spread", "first"])
+def test_a_few_broken_urls_do_not_open_the_breaker_of_a_healthy_host(
+    tmp_path: Path, server: FaultServer, order: str
+) -> None:
+    """500 healthy files and 10 URLs that always answer 503, one host, default breaker,
+    fake clock: fake time moves 20 ms per finished item, so the broken URLs retry among
+    the healthy ones; were the host paused, nothing would finish and time would stand
+    still. All 500 complete, the breaker never opens, and the 10 fail ``http_5xx`` after
+    their own attempts."""
+    clock = FakeClock()
+    config = make_config(
+        tmp_path,
+        download={"workers": 8, "mailbox": 2, "per_host": 0},
+        retry={"backoff_initial": 1.0, "max_attempts": 3},
+        circuit={"reset_timeout": 30.0},
+    )
+    good = [{"id": f"ok{i}", "url": server.url(f"/ok/ok{i}.bin?size=2000")} for i in range(500)]
+    bad = [{"id": f"bad{i}", "url": server.url(f"/status/503/bad{i}.bin")} for i in range(10)]
+    entries = bad + good if order == "first" else list(good)
+    if order == "spread":
+        for n, entry in enumerate(bad):
+            entries.insert(n * 51 + 25, entry)
+    healthy_done = threading.Event()
+    done: set[str] = set()
+
+    def on_event(message: Any) -> None:
+        if isinstance(message, Outcome):
+            clock.advance(0.02)
+            if message.status == "completed":
+                done.add(message.id)
+                if len(done) == 500:
+                    healthy_done.set()
+
+    with Pipeline(config, clock=clock, on_event=on_event) as pipeline:
+        pipeline.submit(entries)
+        pipeline.close_input()
+        assert healthy_done.wait(30), f"{len(done)} of 500 completed; the host paused"
+        while not pipeline.done:  # now let the broken URLs' backoff run out
+            clock.advance(5.0)
+            with contextlib.suppress(TimeoutError):
+                pipeline.wait(0.05)
+        summary = pipeline.wait(TIMEOUT)
+    (host,) = summary.stats["hosts"].values()
+    assert (host["times_opened"], host["breaker"]) == (0, "closed")
+    records = by_id(config)
+    for i in range(10):
+        assert (records[f"bad{i}"]["error_kind"], records[f"bad{i}"]["attempts"]) == (
+            "http_5xx",
+            3,
+        )
+        assert server.counts[f"/status/503/bad{i}.bin"] == 3
+    assert summary.finished.completed == 500
+
+
+def test_a_half_open_probe_is_a_fresh_item(tmp_path: Path, server: FaultServer) -> None:
+    """A host whose breaker opened probes with an item that has not failed yet, not with
+    the retry of a known-bad URL."""
+    clock = FakeClock()
+    config = make_config(
+        tmp_path,
+        download={"workers": 1, "mailbox": 1, "per_host": 0},
+        retry={"backoff_initial": 0.0, "max_attempts": 5},
+        circuit={"window": 2, "min_requests": 2, "failure_rate": 0.5, "reset_timeout": 10.0},
+    )
+    entries = [{"id": f"bad{i}", "url": server.url(f"/status/503/bad{i}.bin")} for i in range(2)]
+    entries += [{"id": "ok", "url": server.url("/ok/ok.bin")}]
+    probes = threading.Event()
+
+    def on_event(message: Any) -> None:
+        if isinstance(message, HostStatus) and message.breaker == "open":
+            probes.set()
+
+    with Pipeline(config, clock=clock, on_event=on_event) as pipeline:
+        pipeline.submit(entries)
+        pipeline.close_input()
+        assert server.wait_for("/status/503/bad1.bin", 1, TIMEOUT)
+        while not pipeline.done:
+            clock.advance(11.0)
+            with contextlib.suppress(TimeoutError):
+                pipeline.wait(0.05)
+        summary = pipeline.wait(TIMEOUT)
+    assert probes.is_set()
+    assert by_id(config)["ok"]["status"] == "completed"
+    ok_at = server.times["/ok/ok.bin"][0]
+    # the probe after the breaker opened went to the fresh item, not to a bad retry
+    retries = [t for i in range(2) for t in server.times[f"/status/503/bad{i}.bin"][1:]]
+    assert all(t > ok_at for t in retries)
+    assert summary.finished.failed == 2
+
+
+def test_a_dead_host_opens_on_its_failure_rate_and_gives_up(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    """With the window keys: refused connections are host-level evidence every time, so
+    a dead host opens after min_requests, probes, gives up, and its items end fast."""
+    dead = f"http://127.0.0.1:{closed_port()}"
+    config = make_config(
+        tmp_path,
+        download={"workers": 4, "mailbox": 2, "per_host": 2},
+        retry={"max_attempts": 2},
+        circuit={"window": 10, "min_requests": 4, "reset_timeout": 0.3, "give_up_after": 2},
+    )
+    entries = [{"id": f"dead{i}", "url": f"{dead}/f{i}.bin"} for i in range(100)]
+    entries += [{"id": f"ok{i}", "url": server.url(f"/ok/ok{i}.bin")} for i in range(50)]
+    summary = run(config, entries)
+    stats = summary.stats["hosts"][dead.removeprefix("http://")]
+    records = by_id(config)
+    assert all(records[f"ok{i}"]["status"] == "completed" for i in range(50))
+    kinds = [records[f"dead{i}"]["error_kind"] for i in range(100)]
+    assert kinds.count("host_down") >= 90
+    assert stats["attempts"] <= 4 + 2 + 2  # min_requests, the other in flight, probes
+    assert stats["breaker"] == "down"
+
+
+def test_a_host_that_comes_back_gets_its_host_down_items_again(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    """An outage gives a host up while one slow transfer is still running; when that
+    transfer succeeds (the outage is over), the items failed ``host_down`` meanwhile are
+    pending again and complete — none stays ``host_down``, one manifest line each."""
+    config = make_config(
+        tmp_path,
+        download={"workers": 4, "mailbox": 1, "per_host": 0, "min_speed": 1},
+        retry={"max_attempts": 2},
+        circuit={"window": 4, "min_requests": 4, "reset_timeout": 0.05, "give_up_after": 2},
+    )
+    entries = [{"id": "slow", "url": server.url("/drip/slow.bin?size=20000&rate=1000")}]
+    entries += [{"id": f"f{i}", "url": server.url(f"/outage/f{i}.bin")} for i in range(30)]
+    downs = threading.Event()
+
+    def on_event(message: Any) -> None:
+        if isinstance(message, Outcome) and message.error_kind == "host_down":
+            server.outage.clear()  # the host recovers while it counts as down
+            downs.set()
+
+    server.outage.set()
+    with Pipeline(config, on_event=on_event) as pipeline:
+        pipeline.submit(entries)
+        summary = pipeline.wait(TIMEOUT)
+    assert downs.is_set()  # the host was given up while the slow transfer ran...
+    records = read_manifest(config.manifest_path)
+    assert len(records) == 31  # ...the superseded host_down lines are gone...
+    assert {r["status"] for r in records} == {"completed"}  # ...and every item came back
+    assert summary.finished.completed == 31
 
 
 # -- the large-file lane ------------------------------------------------------------------
