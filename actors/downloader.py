@@ -39,9 +39,9 @@ from messages import (
     ResumeInfo,
     WorkItem,
 )
-from runtime.clock import Clock
-from runtime.config import Config
-from runtime.errors import (
+from runtime.core.clock import Clock
+from runtime.core.config import Config
+from runtime.core.errors import (
     CancelledError,
     ChecksumError,
     FetchError,
@@ -51,9 +51,9 @@ from runtime.errors import (
     TooLargeError,
     TruncatedError,
 )
-from runtime.logs import get_logger
-from runtime.retry import parse_retry_after
-from runtime.transport import Response, Transport, TransportFactory
+from runtime.core.logs import get_logger
+from runtime.core.retry import parse_retry_after
+from runtime.core.transport import Response, Transport, TransportFactory
 
 __all__ = ["Downloader", "ProtocolError"]
 

@@ -15,8 +15,8 @@ import structlog
 from actors.child import ChildActor
 from actors.control import tell
 from messages import Outcome, PostProcessed, PostProcessFailed
-from runtime.logs import get_logger
-from runtime.plugins import BasePostProcessor, PluginContext
+from runtime.core.logs import get_logger
+from runtime.core.plugins import BasePostProcessor, PluginContext
 
 __all__ = ["PostProcessor"]
 

@@ -15,8 +15,8 @@ import structlog
 from actors.child import ChildActor
 from actors.control import tell
 from messages import DownloadComplete, ProcessingComplete, ProcessingFailed
-from runtime.logs import get_logger
-from runtime.plugins import BaseProcessor, Downloaded
+from runtime.core.logs import get_logger
+from runtime.core.plugins import BaseProcessor, Downloaded
 
 __all__ = ["Processor", "process_one"]
 

@@ -33,6 +33,8 @@ import pykka
 
 from actors.child import ChildActor
 from actors.control import ChildCrashed, tell
+from actors.downloader import Downloader
+from actors.processor import process_one
 from messages import (
     Cancel,
     DownloadComplete,
@@ -42,10 +44,11 @@ from messages import (
     decode_batch,
     encode_batch,
 )
-from runtime.clock import Clock
-from runtime.config import Config
-from runtime.logs import get_logger
-from runtime.transport import TransportFactory
+from runtime.core.clock import Clock
+from runtime.core.config import Config
+from runtime.core.logs import configure_cli_logging, get_logger
+from runtime.core.plugins import BaseProcessor, load_plugin
+from runtime.core.transport import TransportFactory
 
 __all__ = [
     "DownloaderHost",
@@ -128,8 +131,6 @@ class Uplink:
 
 
 def _setup_child(log_level: str, log_format: str) -> None:
-    from runtime.logs import configure_cli_logging
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides about Ctrl-C
     configure_cli_logging(log_level, "json" if log_format == "auto" else log_format)
 
@@ -144,8 +145,6 @@ def downloader_process_main(
 
     ``clock`` is the pipeline's own clock, sent over (so it must pickle).
     """
-    from actors.downloader import Downloader
-
     _setup_child(config.log.level, config.log.format)
     pipe = _Pipe(conn)
     uplink = Uplink(pipe)
@@ -194,9 +193,6 @@ def processor_process_main(
     conn: multiprocessing.connection.Connection, config: Config, worker: str
 ) -> None:
     """Entry point of a processor process: process batches until the pipe closes."""
-    from actors.processor import process_one
-    from runtime.plugins import BaseProcessor, load_plugin
-
     _setup_child(config.log.level, config.log.format)
     p = config.processing
     plugin = load_plugin(

@@ -50,13 +50,13 @@ from messages import (
     RunProgress,
     WorkItem,
 )
-from runtime.clock import Clock
-from runtime.config import Config
-from runtime.errors import ConveyorError
-from runtime.logs import get_logger
-from runtime.retry import RetryPolicy
-from runtime.scheduler import Scheduler, host_of
-from runtime.store import SQLiteStore
+from runtime.core.clock import Clock
+from runtime.core.config import Config
+from runtime.core.errors import ConveyorError
+from runtime.core.logs import get_logger
+from runtime.core.retry import RetryPolicy
+from runtime.core.scheduler import Scheduler, host_of
+from runtime.core.store import SQLiteStore
 
 __all__ = ["EventSink", "StateKeeper"]
 

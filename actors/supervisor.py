@@ -43,12 +43,12 @@ from actors.processor import Processor
 from actors.remote import DownloaderHost, ProcessLost, RemoteProcessor
 from actors.state_keeper import EventSink, StateKeeper
 from messages import Cancel, RunFinished
-from runtime.clock import Clock
-from runtime.config import Config
-from runtime.errors import ConveyorError
-from runtime.logs import get_logger
-from runtime.plugins import BasePostProcessor, BaseProcessor, PluginContext, load_plugin
-from runtime.transport import TransportFactory
+from runtime.core.clock import Clock
+from runtime.core.config import Config
+from runtime.core.errors import ConveyorError
+from runtime.core.logs import get_logger
+from runtime.core.plugins import BasePostProcessor, BaseProcessor, PluginContext, load_plugin
+from runtime.core.transport import TransportFactory
 
 __all__ = ["Start", "Supervisor"]
 

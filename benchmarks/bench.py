@@ -495,7 +495,7 @@ def main() -> None:
 
 
 def _config_keys() -> set[str]:
-    from runtime.config import DownloadConfig
+    from runtime.core.config import DownloadConfig
 
     return set(DownloadConfig.__dataclass_fields__)
 

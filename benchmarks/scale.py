@@ -18,7 +18,7 @@ from typing import Any
 
 from messages import DownloadStarted, Outcome
 from runtime import Pipeline
-from runtime.config import load_config
+from runtime.core.config import load_config
 
 
 def main() -> None:

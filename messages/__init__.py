@@ -26,6 +26,9 @@ from messages.types import (
     WorkItem,
 )
 
+__conveyor_package__ = True
+"""Marks this package as conveyor's (``runtime`` checks it: see ``_check_own_packages``)."""
+
 __all__ = [
     "HANDED_BACK",
     "MESSAGE_TYPES",

@@ -10,9 +10,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from runtime.config import load_config
-from runtime.errors import ConveyorError
-from runtime.lock import StateLock
+from runtime.core.config import load_config
+from runtime.core.errors import ConveyorError
+from runtime.core.lock import StateLock
+from runtime.foreground import run_pipeline
 from runtime.testing import LocalFileServer
 
 __all__ = ["run_demo"]
@@ -72,8 +73,6 @@ def _write_demo(root: Path, server: LocalFileServer, files: dict[str, bytes]) ->
 
 def run_demo(directory: str, count: int) -> int:
     """Serve ``count`` generated files (every 7th fails once first) and download them."""
-    from runtime.cli import run_pipeline
-
     rng = random.Random(7)
     files = {f"/file-{i:04d}.bin": rng.randbytes(rng.randint(1_000, 200_000)) for i in range(count)}
     flaky = {path: 1 for i, path in enumerate(files) if i % 7 == 3}

@@ -26,7 +26,7 @@ from messages import (
     RunFinished,
     RunProgress,
 )
-from runtime.logs import get_logger
+from runtime.core.logs import get_logger
 from runtime.report import breaker_text, human_bytes
 
 __all__ = ["LiveDisplay", "ProgressLogger", "ProgressModel"]

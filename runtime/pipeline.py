@@ -37,14 +37,18 @@ import pykka
 from actors.control import GetStats, InputClosed, InputFailed, Shutdown, tell
 from actors.supervisor import Start, Supervisor
 from messages import Enqueue, Rejected, RunFinished, WorkItem
-from runtime.clock import Clock, SystemClock
-from runtime.config import Config
-from runtime.errors import ConveyorError, InputError
-from runtime.inputs import iter_batches, parse_entry
-from runtime.lock import StateLock
-from runtime.logs import get_logger
-from runtime.store import SQLiteStore
-from runtime.transport import RequestsTransportFactory, SimulatedTransportFactory, TransportFactory
+from runtime.core.clock import Clock, SystemClock
+from runtime.core.config import Config
+from runtime.core.errors import ConveyorError, InputError
+from runtime.core.inputs import iter_batches, parse_entry
+from runtime.core.lock import StateLock
+from runtime.core.logs import get_logger
+from runtime.core.store import SQLiteStore
+from runtime.core.transport import (
+    RequestsTransportFactory,
+    SimulatedTransportFactory,
+    TransportFactory,
+)
 
 __all__ = ["EXIT_CODES", "Pipeline", "RunSummary"]
 

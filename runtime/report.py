@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from runtime.errors import ConveyorError
+from runtime.core.errors import ConveyorError
 
 __all__ = [
     "breaker_text",

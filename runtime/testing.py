@@ -19,8 +19,8 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from runtime.errors import FetchError
-from runtime.transport import Response, Transport
+from runtime.core.errors import FetchError
+from runtime.core.transport import Response, Transport
 
 __all__ = [
     "Crash",

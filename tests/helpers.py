@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runtime.config import Config
+from runtime.core.config import Config
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:

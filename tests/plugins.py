@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from messages import Outcome
-from runtime.config import Config
-from runtime.plugins import BasePostProcessor, BaseProcessor, Downloaded
-from runtime.transport import RequestsTransport, Response, Transport
+from runtime.core.config import Config
+from runtime.core.plugins import BasePostProcessor, BaseProcessor, Downloaded
+from runtime.core.transport import RequestsTransport, Response, Transport
 
 
 class FailingProcessor(BaseProcessor):

@@ -403,7 +403,7 @@ def _writable(folder: Path) -> bool:
 
 def test_status_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     """``status --json | head -1`` on a big report: no BrokenPipeError traceback."""
-    from runtime.store import SQLiteStore
+    from runtime.core.store import SQLiteStore
 
     store = SQLiteStore(tmp_path / "state")
     store.save_hosts({f"host-{i}.test:80": {"attempts": i, "failures": {}} for i in range(3000)})

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import Config, load_config
-from runtime.errors import ConfigError
+from runtime.core.config import Config, load_config
+from runtime.core.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from messages import Rejected, WorkItem
-from runtime.errors import InputError
-from runtime.inputs import (
+from runtime.core.errors import InputError
+from runtime.core.inputs import (
     UnsafeNameError,
     derive_name,
     iter_batches,

@@ -285,7 +285,7 @@ def test_two_pipelines_on_one_state_the_second_is_refused_until_the_first_ends(
     tmp_path: Path,
 ) -> None:
     """The state lock holds within one process too, and is released when a run ends."""
-    from runtime.errors import StateLockedError
+    from runtime.core.errors import StateLockedError
 
     config = make_config(tmp_path)
     transport = ScriptedTransport({url("a"): [Ok(b"a")], url("b"): [Ok(b"b")]})
@@ -307,7 +307,7 @@ def test_a_failing_ingest_ends_the_run_with_a_run_error_and_committed_state(
     with the error named, and what was ingested before it is committed."""
     import sqlite3
 
-    from runtime.store import SQLiteStore
+    from runtime.core.store import SQLiteStore
 
     real_ingest = SQLiteStore.ingest
     calls = {"n": 0}

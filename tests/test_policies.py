@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from messages import WorkItem
-from runtime.breaker import CircuitBreaker
-from runtime.config import RetryConfig
-from runtime.retry import RetryPolicy, parse_retry_after
-from runtime.scheduler import Scheduler, host_of
+from runtime.core.breaker import CircuitBreaker
+from runtime.core.config import RetryConfig
+from runtime.core.retry import RetryPolicy, parse_retry_after
+from runtime.core.scheduler import Scheduler, host_of
 from tests.helpers import make_config
 
 # -- the circuit breaker against a reference model ----------------------------------------

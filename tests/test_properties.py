@@ -195,7 +195,7 @@ def _write_input(path: Path, entries: list[object]) -> None:
             fh.write((entry if isinstance(entry, str) else json.dumps(entry)) + "\n")
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(entries=st.lists(_ENTRY, min_size=1, max_size=12))
 def test_validate_rejects_exactly_the_lines_a_run_fails_as_invalid(entries: list[object]) -> None:
     """One rule for duplicates and clashes: ``validate``'s bad lines are the run's

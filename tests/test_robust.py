@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from messages import DownloadComplete, DownloadStarted, HostStatus, Outcome
+from messages import DownloadComplete, DownloadFailed, DownloadStarted, HostStatus, Outcome
 from runtime import Pipeline
 from runtime.pipeline import RunSummary
 from runtime.testing import FakeClock, capture_logs
@@ -452,38 +452,45 @@ def test_a_few_broken_urls_do_not_open_the_breaker_of_a_healthy_host(
 
 
 def test_a_half_open_probe_is_a_fresh_item(tmp_path: Path, server: FaultServer) -> None:
-    """A host whose breaker opened probes with an item that has not failed yet, not with
-    the retry of a known-bad URL."""
+    """Two broken URLs open their host's breaker (window 2); when it turns half-open their
+    retries are due too, but the probe goes to the item that has not failed yet."""
     clock = FakeClock()
     config = make_config(
         tmp_path,
         download={"workers": 1, "mailbox": 1, "per_host": 0},
-        retry={"backoff_initial": 0.0, "max_attempts": 5},
+        retry={"backoff_initial": 1.0, "max_attempts": 3},
         circuit={"window": 2, "min_requests": 2, "failure_rate": 0.5, "reset_timeout": 10.0},
     )
     entries = [{"id": f"bad{i}", "url": server.url(f"/status/503/bad{i}.bin")} for i in range(2)]
     entries += [{"id": "ok", "url": server.url("/ok/ok.bin")}]
-    probes = threading.Event()
+    both_failed = threading.Event()
+    failures: list[str] = []
 
     def on_event(message: Any) -> None:
-        if isinstance(message, HostStatus) and message.breaker == "open":
-            probes.set()
+        if isinstance(message, DownloadFailed):
+            failures.append(message.item.id)
+            if len(failures) == 2:
+                both_failed.set()
 
     with Pipeline(config, clock=clock, on_event=on_event) as pipeline:
         pipeline.submit(entries)
         pipeline.close_input()
-        assert server.wait_for("/status/503/bad1.bin", 1, TIMEOUT)
+        # Fake time stands still until both first failures are in: the breaker is open
+        # and both retries wait for their backoff.
+        assert both_failed.wait(TIMEOUT)
+        assert failures == ["bad0", "bad1"]
         while not pipeline.done:
-            clock.advance(11.0)
+            clock.advance(11.0)  # past the backoff and the reset timeout at once
             with contextlib.suppress(TimeoutError):
                 pipeline.wait(0.05)
         summary = pipeline.wait(TIMEOUT)
-    assert probes.is_set()
+    (host,) = summary.stats["hosts"].values()
+    assert host["times_opened"] == 1
     assert by_id(config)["ok"]["status"] == "completed"
     ok_at = server.times["/ok/ok.bin"][0]
-    # the probe after the breaker opened went to the fresh item, not to a bad retry
     retries = [t for i in range(2) for t in server.times[f"/status/503/bad{i}.bin"][1:]]
-    assert all(t > ok_at for t in retries)
+    assert len(retries) == 4
+    assert all(t > ok_at for t in retries)  # the probe was the fresh item
     assert summary.finished.failed == 2
 
 
@@ -674,7 +681,7 @@ def test_big_bodies_hashed_on_a_helper_thread_verify_and_resume(
 def test_trust_env_auto_looks_at_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from runtime.transport import _trust_env
+    from runtime.core.transport import _trust_env
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY",

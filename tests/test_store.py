@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from messages import Outcome, Rejected, WorkItem
-from runtime.store import SQLiteStore
+from runtime.core.store import SQLiteStore
 
 
 def item(i: str, line: int, name: str | None = None, url: str | None = None) -> WorkItem:
@@ -116,3 +116,23 @@ def test_a_file_and_a_directory_of_the_same_name_clash(tmp_path: Path) -> None:
     assert stored["m"] != "x"
     assert stored["m"].startswith("x-")
     again.close()
+
+
+def test_an_entry_sharing_an_id_with_a_derived_one_keeps_its_given_name(tmp_path: Path) -> None:
+    """Line 2 gives a name that clashes; line 3 has the same id and a derived name. Line
+    2 is rejected (its name was given, not derived) — it used to be renamed forever."""
+    from runtime.core.inputs import parse_entry
+
+    entries = [
+        {"url": "http://h/r/s", "id": "c", "name": "n1"},
+        {"url": "http://h/q", "id": "a", "name": "n1/x"},
+        {"url": "http://h/r/s", "id": "a"},
+    ]
+    parsed = [parse_entry(e, line) for line, e in enumerate(entries, start=1)]
+    items = [p for p, _ in parsed]
+    derived = [p.id for p, was_derived in parsed if was_derived]
+    result = SQLiteStore(tmp_path).ingest(items, [], derived)  # type: ignore[arg-type]
+    assert result.added == 2
+    (reject,) = result.rejected
+    assert reject.id == "line:2"
+    assert "whose file 'n1' is where a directory is needed" in (reject.error or "")

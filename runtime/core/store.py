@@ -20,13 +20,14 @@ import json
 import os
 import sqlite3
 import stat
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from messages import Outcome, Rejected, WorkItem
-from runtime.inputs import MAX_FILE_NAME_BYTES
+from runtime.core.inputs import MAX_FILE_NAME_BYTES, derive_name
 
 __all__ = ["TERMINAL", "IngestResult", "SQLiteStore"]
 
@@ -57,6 +58,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS hosts (host TEXT PRIMARY KEY, stats TEXT NOT NULL);
 """
 _VARS = 500  # parameters per IN (...) query, well below SQLite's limit
+_MAX_RENAMES = 100  # a derived name still clashing after this many suffixes is rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +221,7 @@ class SQLiteStore:
         gave it, made unique when derived.
         """
         derived_ids = set(derived)
+        id_counts = Counter(i.id for i in items)
         known = self._existing_ids([i.id for i in items])
         taken = self._taken_names([i.name for i in items])
         rows: list[tuple[Any, ...]] = []
@@ -233,11 +236,16 @@ class SQLiteStore:
                 rejects.append(self._dup(item, f"duplicate id {item.id!r} (first seen on {where})"))
                 continue
             name = item.name
+            # Derived names are known by id; when two entries of the batch share an id, the
+            # one that *gave* its name is not derived, whatever the other line did.
+            is_derived = item.id in derived_ids and (
+                id_counts[item.id] == 1 or name == derive_name(item.url, item.id)
+            )
             attempt = 0
             while (
                 clash := self._clash(name, taken, batch_dirs, check_db=name != item.name)
             ) is not None:
-                if item.id not in derived_ids:
+                if not is_derived or attempt >= _MAX_RENAMES:
                     rejects.append(self._dup(item, f"name {item.name!r} clashes with {clash}"))
                     name = ""
                     break

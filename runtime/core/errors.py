@@ -16,7 +16,7 @@ One root, so a host program can catch everything conveyor raises in one clause::
         ├── LaneChangeError    too large for the small-file lane (not a failure)
         └── CancelledError     the transfer was cancelled (shutdown)
 
-``requests`` exceptions never leave ``runtime.transport``: they are translated there,
+``requests`` exceptions never leave ``runtime.core.transport``: they are translated there,
 with ``raise ... from exc``, into ``FetchError`` with a stable ``error_kind``.
 """
 

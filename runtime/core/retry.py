@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import tenacity
 
-from runtime.config import RetryConfig
+from runtime.core.config import RetryConfig
 
 __all__ = ["RetryDecision", "RetryPolicy", "parse_retry_after"]
 

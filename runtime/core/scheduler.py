@@ -19,8 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from messages import WorkItem
-from runtime.breaker import CircuitBreaker
-from runtime.config import Config
+from runtime.core.breaker import CircuitBreaker
+from runtime.core.config import Config
 
 __all__ = ["BREAKER_KINDS", "HostState", "Scheduler", "host_of"]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ConfigError
+from runtime.core.errors import ConfigError
 
 __all__ = [
     "CircuitConfig",

@@ -18,7 +18,7 @@ from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 from messages import Enqueue, Rejected, WorkItem
-from runtime.errors import InputError
+from runtime.core.errors import InputError
 
 __all__ = [
     "UnsafeNameError",

@@ -21,9 +21,9 @@ import requests
 import requests.adapters
 import urllib3.exceptions
 
-from runtime.clock import Clock
-from runtime.config import Config, SimulateConfig
-from runtime.errors import FetchError
+from runtime.core.clock import Clock
+from runtime.core.config import Config, SimulateConfig
+from runtime.core.errors import FetchError
 
 __all__ = [
     "RequestsTransport",

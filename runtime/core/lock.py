@@ -13,7 +13,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from runtime.errors import StateLockedError
+from runtime.core.errors import StateLockedError
 
 __all__ = ["LOCK_FILE", "StateLock"]
 

@@ -1,0 +1,280 @@
+"""Processor and post-processor plugins, and the built-in ones.
+
+A plugin is named ``package.module:Class`` in the config and built with the keyword
+arguments of ``processing.processor_options`` / ``processing.post_processor_options``.
+
+- ``BaseProcessor.process(downloaded) -> dict``: runs on every downloaded file, in one of
+  ``processing.workers`` processor actors. Whatever it raises fails that item only.
+- ``BasePostProcessor``: ``open(context)``, ``post_process(outcome)``, ``close()``; one
+  instance sees every terminal outcome (completed, failed or skipped), one at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from messages import Outcome
+from runtime.core.errors import ConfigError
+
+__all__ = [
+    "BasePostProcessor",
+    "BaseProcessor",
+    "ChecksumProcessor",
+    "Downloaded",
+    "JsonlManifest",
+    "NullPostProcessor",
+    "NullProcessor",
+    "PluginContext",
+    "check_plugin",
+    "load_plugin",
+    "plugin_class",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Downloaded:
+    """A file that is verified and in place, as a processor sees it."""
+
+    id: str
+    """The item's id."""
+    url: str
+    """Where it came from."""
+    name: str
+    """Its name inside the output directory."""
+    path: str
+    """Absolute path of the file."""
+    size: int
+    """Bytes in the file."""
+    sha256: str
+    """Digest computed while downloading."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PluginContext:
+    """Where a post-processor may write."""
+
+    output_dir: Path
+    """The run's output directory."""
+    state_dir: Path
+    """The run's state directory."""
+    manifest: Path
+    """The configured manifest path."""
+
+
+class BaseProcessor:
+    """Turn a downloaded file into a result dict (JSON-like values only)."""
+
+    def process(self, downloaded: Downloaded) -> dict[str, Any]:
+        """Process one file; raise to fail this item."""
+        raise NotImplementedError
+
+
+class BasePostProcessor:
+    """Record every terminal outcome: the single serialisation point of a run."""
+
+    def open(self, context: PluginContext) -> None:
+        """Prepare before the first outcome (open files, connections)."""
+
+    def post_process(self, outcome: Outcome) -> None:
+        """Record one outcome; raise to fail this item."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Make the outcomes recorded so far durable.
+
+        Called after each batch, before the StateKeeper is told they were recorded (and
+        then commits them as terminal); raise to fail the whole batch.
+        """
+
+    def close(self) -> None:
+        """Flush and release after the last outcome."""
+
+
+class NullProcessor(BaseProcessor):
+    """Do nothing with the file."""
+
+    def process(self, downloaded: Downloaded) -> dict[str, Any]:
+        """Return an empty result."""
+        return {}
+
+
+class ChecksumProcessor(BaseProcessor):
+    """Read the file back and report its sha256 and size, as found on disk."""
+
+    def __init__(self, chunk_size: int = 1 << 20) -> None:
+        self.chunk_size = chunk_size
+
+    def process(self, downloaded: Downloaded) -> dict[str, Any]:
+        """Hash the file on disk; fail when it differs from what was downloaded."""
+        digest = hashlib.sha256()
+        size = 0
+        with open(downloaded.path, "rb") as fh:
+            while chunk := fh.read(self.chunk_size):
+                digest.update(chunk)
+                size += len(chunk)
+        hexdigest = digest.hexdigest()
+        if hexdigest != downloaded.sha256 or size != downloaded.size:
+            raise ValueError(f"file on disk changed after download: {downloaded.path}")
+        return {"sha256": hexdigest, "size": size}
+
+
+class NullPostProcessor(BasePostProcessor):
+    """Record nothing (the state store still has every outcome)."""
+
+    def post_process(self, outcome: Outcome) -> None:
+        """Drop the outcome."""
+
+
+class JsonlManifest(BasePostProcessor):
+    """Append one JSON line per terminal item to the manifest.
+
+    Delivery is at-least-once: after a crash an item may be recorded again by the resumed
+    run, and an item failed ``host_down`` is tried again if its host comes back. When the
+    manifest already existed at ``open``, or a ``host_down`` line was written, ``close``
+    compacts it to one line per id (the last one wins) without loading it into memory.
+    """
+
+    FIELDS = (
+        "id",
+        "url",
+        "name",
+        "path",
+        "status",
+        "size",
+        "sha256",
+        "error_kind",
+        "error",
+        "attempts",
+        "result",
+    )
+
+    def __init__(self, path: str = "") -> None:
+        self.path_option = path
+        self.path: Path | None = None
+        self.fh: IO[str] | None = None
+        self.resumed = False
+        self.supersedable = False
+
+    def open(self, context: PluginContext) -> None:
+        """Open the manifest for appending."""
+        self.path = Path(self.path_option) if self.path_option else context.manifest
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.resumed = self.path.exists() and self.path.stat().st_size > 0
+        self.fh = self.path.open("a", encoding="utf-8")
+
+    def post_process(self, outcome: Outcome) -> None:
+        """Write the outcome's line."""
+        assert self.fh is not None, "open() was not called"
+        if outcome.error_kind == "host_down":
+            self.supersedable = True  # its host may come back and the item end otherwise
+        record = asdict(outcome)
+        self.fh.write(json.dumps({k: record[k] for k in self.FIELDS}, ensure_ascii=False) + "\n")
+
+    def flush(self) -> None:
+        """Flush the written lines to the file."""
+        if self.fh is not None:
+            self.fh.flush()
+
+    def close(self) -> None:
+        """Close the file, compacting it when this run appended to an earlier one."""
+        if self.fh is None:
+            return
+        self.fh.close()
+        self.fh = None
+        if (self.resumed or self.supersedable) and self.path is not None:
+            _compact_jsonl(self.path)
+
+
+def _compact_jsonl(path: Path) -> None:
+    """Rewrite a JSONL manifest keeping the last line per id, in first-seen order."""
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        db = sqlite3.connect(Path(tmp) / "compact.sqlite3")
+        db.execute("CREATE TABLE m (id TEXT PRIMARY KEY, pos INTEGER, text TEXT)")
+        with path.open(encoding="utf-8") as fh:
+            for pos, text in enumerate(fh):
+                try:
+                    key = str(json.loads(text)["id"])
+                except (ValueError, KeyError, TypeError):
+                    key = f"\x00unparsable:{pos}"  # keep lines we cannot read, untouched
+                db.execute(
+                    "INSERT INTO m VALUES (?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET text=excluded.text",
+                    (key, pos, text),
+                )
+        out = path.with_name(path.name + ".compact")
+        with out.open("w", encoding="utf-8") as fh:
+            for (text,) in db.execute("SELECT text FROM m ORDER BY pos"):
+                fh.write(text)
+        db.close()
+        os.replace(out, path)
+
+
+def plugin_class(spec: str, base: type[Any], key: str, path: Sequence[str] = ()) -> type[Any]:
+    """Import the class of ``package.module:Class``, looking in ``path`` too.
+
+    Plugins are found on the import path of the process, to which the directories of
+    ``path`` (``processing.plugin_path``: the config file's directory first) are added
+    at the end, so a plugin module next to the config is found from any directory.
+
+    Raises:
+        ConfigError: naming ``processing.<key>`` when the import or lookup fails, or the
+            class is not a subclass of ``base``.
+    """
+    for folder in path:
+        if folder not in sys.path:
+            sys.path.append(folder)
+    module_name, _, attr = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except ImportError as exc:
+        where = ", ".join(path) or "the current directory"
+        raise ConfigError(
+            f"processing.{key}: cannot import {module_name!r}: {exc} (plugins are looked "
+            f"for on the Python path and in processing.plugin_path: {where})"
+        ) from exc
+    except AttributeError:
+        raise ConfigError(f"processing.{key}: {module_name!r} has no {attr!r}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"processing.{key}: {spec} is not a subclass of {base.__name__}")
+    return cls
+
+
+def check_plugin(
+    spec: str, options: dict[str, Any], base: type[Any], key: str, path: Sequence[str] = ()
+) -> None:
+    """Check that the plugin imports and takes ``options``, without building it.
+
+    Raises:
+        ConfigError: as ``plugin_class``, or naming ``processing.<key>_options``.
+    """
+    cls = plugin_class(spec, base, key, path)
+    try:
+        inspect.signature(cls).bind(**options)
+    except TypeError as exc:
+        raise ConfigError(f"processing.{key}_options: {spec} rejects the options: {exc}") from exc
+
+
+def load_plugin(
+    spec: str, options: dict[str, Any], base: type[Any], key: str, path: Sequence[str] = ()
+) -> Any:
+    """Import ``package.module:Class`` (see ``plugin_class``) and build it with ``options``.
+
+    Raises:
+        ConfigError: naming ``processing.<key>`` when the import, lookup or call fails.
+    """
+    cls = plugin_class(spec, base, key, path)
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise ConfigError(f"processing.{key}_options: {spec} rejected the options: {exc}") from exc
