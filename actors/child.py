@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 
 import pykka
 
-from actors.control import ChildCrashed, tell
+from actors.control import tell
+from messages.control import ChildCrashed
 
 __all__ = ["ChildActor"]
 

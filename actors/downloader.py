@@ -19,7 +19,6 @@ import stat
 import sys
 import threading
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from messages import (
     ResumeInfo,
     WorkItem,
 )
+from messages.control import TakeNext
 from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.errors import (
@@ -62,11 +62,6 @@ log = get_logger("downloader")
 
 class ProtocolError(RuntimeError):
     """A peer broke the pipeline's protocol (a bug, so it crashes the actor)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Work:
-    """Self-message: take the next queued item."""
 
 
 class Downloader(ChildActor):
@@ -127,8 +122,8 @@ class Downloader(ChildActor):
                         f"mailbox is {self.config.download.mailbox}"
                     )
                 if was_idle:
-                    self.actor_ref.tell(_Work())
-            case _Work():
+                    self.actor_ref.tell(TakeNext())
+            case TakeNext():
                 self._work_one()
             case _:
                 log.warning("unexpected message", actor=self.worker, message=repr(message))
@@ -150,7 +145,7 @@ class Downloader(ChildActor):
         if self.queue:
             batch.append(self._started(self.queue[0]))
             self.announced = self.queue[0].id
-            self.actor_ref.tell(_Work())
+            self.actor_ref.tell(TakeNext())
         tell(self.state_keeper, tuple(batch))
 
     def _hand_back(self) -> None:

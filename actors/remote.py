@@ -32,7 +32,7 @@ from typing import Any
 import pykka
 
 from actors.child import ChildActor
-from actors.control import ChildCrashed, tell
+from actors.control import tell
 from actors.downloader import Downloader
 from actors.processor import process_one
 from messages import (
@@ -44,6 +44,7 @@ from messages import (
     decode_batch,
     encode_batch,
 )
+from messages.control import ChildCrashed, ProcessLost
 from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.logs import configure_cli_logging, get_logger
@@ -52,7 +53,6 @@ from runtime.core.transport import TransportFactory
 
 __all__ = [
     "DownloaderHost",
-    "ProcessLost",
     "RemoteProcessor",
     "RemoteRef",
     "Uplink",
@@ -63,14 +63,6 @@ __all__ = [
 log = get_logger("remote")
 
 _CONTEXT = multiprocessing.get_context("spawn")  # no fork of a process full of threads
-
-
-class ProcessLost:
-    """Reader thread → Supervisor: a downloader worker process is gone."""
-
-    def __init__(self, host: int, error: str) -> None:
-        self.host = host
-        self.error = error
 
 
 class _Pipe:
@@ -324,7 +316,7 @@ class DownloaderHost:
             code = self.process.exitcode
             if code is not None and code < 0:
                 error = f"the worker process was killed by signal {-code}"
-            tell(self.supervisor, ProcessLost(self.index, error))
+            tell(self.supervisor, ProcessLost(host=self.index, error=error))
 
 
 class RemoteProcessor(ChildActor):

@@ -28,7 +28,7 @@ from typing import Any
 
 import pykka
 
-from actors.control import Attach, GetStats, InputClosed, Tick, WorkerLost, tell
+from actors.control import tell
 from messages import (
     HANDED_BACK,
     Cancel,
@@ -50,6 +50,7 @@ from messages import (
     RunProgress,
     WorkItem,
 )
+from messages.control import Attach, GetStats, InputClosed, Tick, WorkerLost
 from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.errors import ConveyorError

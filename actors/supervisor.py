@@ -26,23 +26,25 @@ from typing import Any
 
 import pykka
 
-from actors.control import (
+from actors.control import tell
+from actors.downloader import Downloader
+from actors.post_processor import PostProcessor
+from actors.processor import Processor
+from actors.remote import DownloaderHost, RemoteProcessor
+from actors.state_keeper import EventSink, StateKeeper
+from messages import Cancel, RunFinished
+from messages.control import (
     Attach,
     ChildCrashed,
     GetStats,
     GraceExpired,
     InputFailed,
+    ProcessLost,
     Shutdown,
+    Start,
     Tick,
     WorkerLost,
-    tell,
 )
-from actors.downloader import Downloader
-from actors.post_processor import PostProcessor
-from actors.processor import Processor
-from actors.remote import DownloaderHost, ProcessLost, RemoteProcessor
-from actors.state_keeper import EventSink, StateKeeper
-from messages import Cancel, RunFinished
 from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.errors import ConveyorError
@@ -50,16 +52,12 @@ from runtime.core.logs import get_logger
 from runtime.core.plugins import BasePostProcessor, BaseProcessor, PluginContext, load_plugin
 from runtime.core.transport import TransportFactory
 
-__all__ = ["Start", "Supervisor"]
+__all__ = ["Supervisor"]
 
 log = get_logger("supervisor")
 
 FinishCallback = Callable[[RunFinished, str | None, str | None, dict[str, Any]], None]
 """Called once at the end with the summary, an error kind, an error message and stats."""
-
-
-class Start:
-    """Ask the supervisor to start every child (errors come back to the asker)."""
 
 
 class _SupervisedStateKeeper(StateKeeper):

@@ -1,6 +1,21 @@
-"""Typed messages of the conveyor pipeline and their msgpack codec."""
+"""Every message of the conveyor pipeline — data (``types``, with the msgpack codec) and
+in-process control (``control``) — importable from here."""
 
 from messages.codec import MESSAGE_TYPES, CodecError, decode, decode_batch, encode, encode_batch
+from messages.control import (
+    Attach,
+    ChildCrashed,
+    GetStats,
+    GraceExpired,
+    InputClosed,
+    InputFailed,
+    ProcessLost,
+    Shutdown,
+    Start,
+    TakeNext,
+    Tick,
+    WorkerLost,
+)
 from messages.types import (
     HANDED_BACK,
     Cancel,
@@ -32,18 +47,25 @@ __conveyor_package__ = True
 __all__ = [
     "HANDED_BACK",
     "MESSAGE_TYPES",
+    "Attach",
     "Cancel",
+    "ChildCrashed",
     "CodecError",
     "Demand",
     "DownloadComplete",
     "DownloadFailed",
     "DownloadStarted",
     "Enqueue",
+    "GetStats",
+    "GraceExpired",
     "Grant",
     "HostStatus",
+    "InputClosed",
+    "InputFailed",
     "Outcome",
     "PostProcessFailed",
     "PostProcessed",
+    "ProcessLost",
     "ProcessingComplete",
     "ProcessingFailed",
     "ProgressUpdate",
@@ -51,9 +73,14 @@ __all__ = [
     "ResumeInfo",
     "RunFinished",
     "RunProgress",
+    "Shutdown",
+    "Start",
     "StartDownloader",
+    "TakeNext",
+    "Tick",
     "WorkItem",
     "WorkerCrashed",
+    "WorkerLost",
     "decode",
     "decode_batch",
     "encode",

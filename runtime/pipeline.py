@@ -34,9 +34,10 @@ from typing import Any
 
 import pykka
 
-from actors.control import GetStats, InputClosed, InputFailed, Shutdown, tell
-from actors.supervisor import Start, Supervisor
+from actors.control import tell
+from actors.supervisor import Supervisor
 from messages import Enqueue, Rejected, RunFinished, WorkItem
+from messages.control import GetStats, InputClosed, InputFailed, Shutdown, Start
 from runtime.core.clock import Clock, SystemClock
 from runtime.core.config import Config
 from runtime.core.errors import ConveyorError, InputError

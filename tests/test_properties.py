@@ -13,9 +13,9 @@ import pykka
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.control import GetStats, InputClosed, Tick
 from actors.state_keeper import StateKeeper
 from messages import RunFinished
+from messages.control import GetStats, InputClosed, Tick
 from runtime import Pipeline
 from runtime.cli import check_input
 from runtime.testing import Crash, FakeClock, Ok, ScriptedTransport, Status, Step, capture_logs

@@ -1,0 +1,125 @@
+"""In-process control messages: the supervisor, its children and the host talking.
+
+Unlike the data messages in ``messages.types``, these carry actor refs or exist only
+inside one process, so they have no ``TAG`` and never go through the codec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "Attach",
+    "ChildCrashed",
+    "GetStats",
+    "GraceExpired",
+    "InputClosed",
+    "InputFailed",
+    "ProcessLost",
+    "Shutdown",
+    "Start",
+    "TakeNext",
+    "Tick",
+    "WorkerLost",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attach:
+    """Supervisor → StateKeeper: a child is running and may be sent work."""
+
+    worker: str
+    """Logical id of this instance (name and generation, e.g. ``downloader-3.1``)."""
+    kind: str
+    """``downloader``, ``processor`` or ``post_processor``."""
+    ref: Any
+    """Where to send its work: an actor ref, or a ``RemoteRef`` into a worker process."""
+    credit: int = 0
+    """Initial demand (a downloader's mailbox)."""
+    lane: str = "small"
+    """A downloader's lane: ``small`` or ``large`` (files over download.large_threshold)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerLost:
+    """Supervisor → StateKeeper: a child crashed; give its work to others."""
+
+    worker: str
+    """The crashed instance."""
+    error: str
+    """What it crashed with."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildCrashed:
+    """Child → Supervisor, from ``on_failure``: restart me."""
+
+    worker: str
+    """The crashed instance."""
+    kind: str
+    """Its kind."""
+    index: int
+    """Its slot among children of that kind."""
+    error: str
+    """The exception, as ``Type: message``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputClosed:
+    """Feeder → StateKeeper: no more input will come."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputFailed:
+    """Feeder → Supervisor: the input cannot be read further; end the run."""
+
+    error: str
+    """The InputError's message (file and line), or what broke the feeder."""
+    kind: str = "input"
+    """``input`` (a bad input file: exit 2) or ``feeder`` (anything else: exit 3)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tick:
+    """Ticker → StateKeeper: time for a group commit and timed work."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetStats:
+    """Ask the StateKeeper for its counters (returns a dict)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shutdown:
+    """Pipeline → Supervisor: stop granting, let in-flight work finish within ``grace``."""
+
+    reason: str = "interrupted"
+    """Recorded as the run's end reason."""
+    grace: float | None = None
+    """Seconds to wait before abandoning in-flight transfers (default from config)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GraceExpired:
+    """Timer → Supervisor: the shutdown grace is over."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Start:
+    """Host → Supervisor (ask): start every child; errors come back to the asker."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessLost:
+    """Reader thread → Supervisor: a downloader worker process is gone."""
+
+    host: int
+    """The worker process's index."""
+    error: str
+    """How it went (exit code, signal, a broken frame)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TakeNext:
+    """Downloader → itself: take the next queued item (lets a Grant in between)."""
