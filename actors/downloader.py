@@ -39,6 +39,7 @@ from messages import (
     WorkItem,
 )
 from messages.control import TakeNext
+from messages.types import Lane
 from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.errors import (
@@ -80,7 +81,7 @@ class Downloader(ChildActor):
         transport_factory: TransportFactory,
         clock: Clock,
         cancel: threading.Event,
-        lane: str = "small",
+        lane: Lane = "small",
     ) -> None:
         super().__init__(worker=worker, index=index, supervisor=supervisor)
         self.config = config

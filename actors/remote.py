@@ -45,6 +45,7 @@ from messages import (
     encode_batch,
 )
 from messages.control import ChildCrashed, ProcessLost
+from messages.types import Lane
 from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.logs import configure_cli_logging, get_logger
@@ -262,7 +263,7 @@ class DownloaderHost:
         """The worker process's pid."""
         return self.process.pid
 
-    def start_downloader(self, worker: str, index: int, lane: str) -> RemoteRef:
+    def start_downloader(self, worker: str, index: int, lane: Lane) -> RemoteRef:
         """Start a downloader actor in the worker process; return where to send its work."""
         self.pipe.send((StartDownloader(worker=worker, index=index, lane=lane),))
         return self.ref

@@ -51,6 +51,7 @@ from messages import (
     WorkItem,
 )
 from messages.control import Attach, GetStats, InputClosed, Tick, WorkerLost
+from messages.types import ErrorKind, Lane, Status
 from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.errors import ConveyorError
@@ -80,7 +81,7 @@ class _Worker:
     kind: str
     ref: pykka.ActorRef[Any]
     credit: int = 0
-    lane: str = "small"
+    lane: Lane = "small"
     held: set[str] = dataclasses.field(default_factory=set)
 
 
@@ -716,11 +717,11 @@ class StateKeeper(pykka.ThreadingActor):
 def _outcome(
     item: WorkItem,
     *,
-    status: str,
+    status: Status,
     path: str = "",
     size: int | None = None,
     sha256: str | None = None,
-    error_kind: str | None = None,
+    error_kind: ErrorKind | None = None,
     error: str | None = None,
     result: dict[str, Any] | None = None,
 ) -> Outcome:

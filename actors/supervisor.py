@@ -45,6 +45,7 @@ from messages.control import (
     Tick,
     WorkerLost,
 )
+from messages.types import Lane
 from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.errors import ConveyorError
@@ -217,7 +218,7 @@ class Supervisor(pykka.ThreadingActor):
         common: dict[str, Any] = {"worker": worker, "index": index, "supervisor": self.actor_ref}
         ref: Any
         credit = 0
-        lane = "small"
+        lane: Lane = "small"
         if kind == "downloader" and self.hosts:
             lane = "large" if index >= self.config.download.workers else "small"
             host = index % len(self.hosts)

@@ -63,6 +63,15 @@ def _check_for(hint: Any) -> Check:
             _fail(where, names, value)
 
         return check_union
+    if origin is typing.Literal:
+        allowed = typing.get_args(hint)
+
+        def check_literal(value: Any, where: str) -> Any:
+            if isinstance(value, str) and value in allowed:
+                return value
+            raise CodecError(f"{where}: expected one of {', '.join(allowed)}, got {value!r}")
+
+        return check_literal
     if origin is tuple:
         inner = _check_for(typing.get_args(hint)[0])
 

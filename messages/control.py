@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from messages.types import Lane
+
 __all__ = [
     "Attach",
     "ChildCrashed",
@@ -37,7 +39,7 @@ class Attach:
     """Where to send its work: an actor ref, or a ``RemoteRef`` into a worker process."""
     credit: int = 0
     """Initial demand (a downloader's mailbox)."""
-    lane: str = "small"
+    lane: Lane = "small"
     """A downloader's lane: ``small`` or ``large`` (files over download.large_threshold)."""
 
 

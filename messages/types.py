@@ -12,7 +12,44 @@ so the codec can check every field on the way in.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+Status = Literal["completed", "failed", "skipped"]
+"""The terminal status of an item."""
+
+Lane = Literal["small", "large"]
+"""A downloader's lane: small files, or files over ``download.large_threshold``."""
+
+Scope = Literal["host", "url"]
+"""What a failed attempt says something about (see ``DownloadFailed.scope``)."""
+
+ErrorKind = Literal[
+    "connection",
+    "timeout",
+    "stalled",
+    "truncated",
+    "decoding",
+    "http_4xx",
+    "http_5xx",
+    "rate_limited",
+    "too_large",
+    "redirect",
+    "invalid_url",
+    "checksum_mismatch",
+    "size_mismatch",
+    "host_down",
+    "filesystem",
+    "unsafe_name",
+    "worker_crash",
+    "processing_error",
+    "post_process_error",
+    "invalid_entry",
+    "large_file",
+    "cancelled",
+    "handed_back",
+]
+"""Why an attempt or an item failed. The last three end no item: a move to the large
+lane, a cancelled transfer, an item handed back unstarted."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,7 +198,7 @@ class DownloadComplete:
     """True when a verified file was already in place and nothing was fetched."""
 
 
-HANDED_BACK = "handed_back"
+HANDED_BACK: ErrorKind = "handed_back"
 """``DownloadFailed.error_kind`` of an item a downloader gives back unstarted, because it
 sat queued behind a transfer that is taking long (no attempt is spent)."""
 
@@ -176,7 +213,7 @@ class DownloadFailed:
     """The downloader that tried."""
     item: WorkItem
     """The item as granted."""
-    error_kind: str
+    error_kind: ErrorKind
     """Stable, machine-readable failure class (``http_4xx``, ``connection``, …)."""
     error: str
     """Human-readable detail."""
@@ -188,7 +225,7 @@ class DownloadFailed:
     """Seconds the server asked to wait (``Retry-After``), when it did."""
     size: int | None = None
     """The body's size when the response announced it (moves an item to the large lane)."""
-    scope: str = "host"
+    scope: Scope = "host"
     """``host``: the host did not answer (refused, timed out) — evidence against the host
     every time; ``url``: it answered but this transfer failed (a 5xx, a broken body) —
     counted against the host only on the item's first failure."""
@@ -236,13 +273,13 @@ class Outcome:
     """The item's name inside the output directory."""
     path: str
     """Absolute path of the final file, or empty when there is none."""
-    status: str
+    status: Status
     """``completed``, ``failed`` or ``skipped``."""
     size: int | None = None
     """Bytes in the final file."""
     sha256: str | None = None
     """Digest of the final file."""
-    error_kind: str | None = None
+    error_kind: ErrorKind | None = None
     """Failure class for failed items."""
     error: str | None = None
     """Failure detail for failed items."""
@@ -260,7 +297,7 @@ class PostProcessed:
 
     item_id: str
     """The item recorded."""
-    status: str
+    status: Status
     """The terminal status recorded."""
 
 
@@ -322,7 +359,7 @@ class StartDownloader:
     """Logical id of the new instance (``downloader-3.2``)."""
     index: int
     """Its slot."""
-    lane: str = "small"
+    lane: Lane = "small"
     """``small`` or ``large``."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
+from messages.types import ErrorKind
 from runtime.core.errors import FetchError
 from runtime.core.transport import Response, Transport
 
@@ -119,7 +120,7 @@ class Status:
 class Fail:
     """Raise a transport-level ``FetchError``."""
 
-    error_kind: str = "connection"
+    error_kind: ErrorKind = "connection"
     permanent: bool = False
 
 

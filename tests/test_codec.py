@@ -38,6 +38,8 @@ def _strategy(hint: Any) -> st.SearchStrategy[Any]:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, __import__("types").UnionType):
         return st.one_of(*[_strategy(a) for a in typing.get_args(hint)])
+    if origin is typing.Literal:
+        return st.sampled_from(typing.get_args(hint))
     if origin is tuple:
         return st.lists(_strategy(typing.get_args(hint)[0]), max_size=3).map(tuple)
     if origin is dict:
@@ -162,3 +164,20 @@ def test_a_frame_that_is_not_an_array_of_messages_is_refused() -> None:
         decode_batch(msgpack.packb({"tag": "demand"}))
     with pytest.raises(CodecError, match=r"batch\[0\]: expected \[tag, fields\]"):
         decode_batch(encode(messages.Demand(worker="w", n=1)))  # one message, not a batch
+
+
+def test_closed_vocabularies_are_checked_on_decode() -> None:
+    """Status, error kind, lane and scope are Literal types: a value outside them is a
+    CodecError naming the field, not a message that later confuses an actor."""
+    import msgpack
+
+    from messages import CodecError, Outcome, decode, encode
+
+    good = Outcome(id="a", url="http://h/a", name="a", path="", status="failed",
+                   error_kind="http_5xx")  # fmt: skip
+    assert decode(encode(good)) == good
+    tag, fields = msgpack.unpackb(encode(good))
+    for key, bad in (("status", "done"), ("error_kind", "oops")):
+        raw = msgpack.packb([tag, {**fields, key: bad}])
+        with pytest.raises(CodecError, match=key):
+            decode(raw)

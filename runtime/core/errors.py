@@ -22,6 +22,10 @@ with ``raise ... from exc``, into ``FetchError`` with a stable ``error_kind``.
 
 from __future__ import annotations
 
+import typing
+
+from messages.types import ErrorKind, Scope
+
 __all__ = [
     "FAILURE_KINDS",
     "CancelledError",
@@ -40,27 +44,8 @@ __all__ = [
 ]
 
 
-FAILURE_KINDS = (
-    "connection",
-    "timeout",
-    "stalled",
-    "truncated",
-    "decoding",
-    "http_4xx",
-    "http_5xx",
-    "rate_limited",
-    "too_large",
-    "redirect",
-    "invalid_url",
-    "checksum_mismatch",
-    "size_mismatch",
-    "host_down",
-    "filesystem",
-    "unsafe_name",
-    "worker_crash",
-    "processing_error",
-    "post_process_error",
-    "invalid_entry",
+FAILURE_KINDS: tuple[ErrorKind, ...] = tuple(
+    k for k in typing.get_args(ErrorKind) if k not in ("large_file", "cancelled", "handed_back")
 )
 """Every ``error_kind`` a failed item can end with (the manifest's and ``status``'s)."""
 
@@ -104,16 +89,16 @@ class FetchError(ConveyorError):
             (an error status, a broken body).
     """
 
-    error_kind: str = "connection"
+    error_kind: ErrorKind = "connection"
     permanent: bool = False
     retry_after: float | None = None
-    scope: str = "host"
+    scope: Scope = "host"
 
     def __init__(
         self,
         message: str,
         *,
-        error_kind: str | None = None,
+        error_kind: ErrorKind | None = None,
         permanent: bool | None = None,
         retry_after: float | None = None,
     ) -> None:
@@ -130,8 +115,8 @@ class HTTPStatusError(FetchError):
 
     def __init__(self, status: int, url: str, retry_after: float | None = None) -> None:
         transient = status >= 500 or status in (408, 429)
-        kinds = {429: "rate_limited", 408: "timeout"}
-        kind = kinds.get(status, "http_5xx" if status >= 500 else "http_4xx")
+        kinds: dict[int, ErrorKind] = {429: "rate_limited", 408: "timeout"}
+        kind: ErrorKind = kinds.get(status, "http_5xx" if status >= 500 else "http_4xx")
         super().__init__(
             f"HTTP {status} for {url}",
             error_kind=kind,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import tenacity
 
+from messages.types import ErrorKind
 from runtime.core.config import RetryConfig
 
 __all__ = ["RetryDecision", "RetryPolicy", "parse_retry_after"]
@@ -28,7 +29,7 @@ class RetryDecision:
     """Whether the item gets another attempt."""
     delay: float = 0.0
     """Seconds to wait before it, when it does."""
-    error_kind: str | None = None
+    error_kind: ErrorKind | None = None
     """A replacement error kind for a terminal failure (``rate_limited``), if any."""
     error: str | None = None
     """A replacement message for that failure."""

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from messages import WorkItem
+from messages.types import Lane
 from runtime.core.breaker import CircuitBreaker
 from runtime.core.config import Config
 
@@ -155,7 +156,7 @@ class Scheduler:
             return False
         return host.breaker.allows(now)
 
-    def lane_of(self, item: WorkItem) -> str:
+    def lane_of(self, item: WorkItem) -> Lane:
         """``large`` for items known to exceed ``download.large_threshold``."""
         if item.id in self.large_ids:
             return "large"
@@ -187,7 +188,7 @@ class Scheduler:
             self.scan_exhausted = not self.ready
         return self.ready.popleft() if self.ready else None
 
-    def _unpark(self, lane: str, now: float, *, fresh_probes: bool) -> WorkItem | None:
+    def _unpark(self, lane: Lane, now: float, *, fresh_probes: bool) -> WorkItem | None:
         """A parked item of ``lane`` whose host may take it now.
 
         With ``fresh_probes``, a half-open host's probe must be an item that has not
@@ -211,7 +212,7 @@ class Scheduler:
             return item
         return None
 
-    def next_for(self, lane: str, now: float) -> WorkItem | None:
+    def next_for(self, lane: Lane, now: float) -> WorkItem | None:
         """The next item a downloader of ``lane`` may take now, or None."""
         while self.waiting and self.waiting[0][0] <= now:
             self.due.append(heapq.heappop(self.waiting)[2])

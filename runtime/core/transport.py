@@ -21,6 +21,7 @@ import requests
 import requests.adapters
 import urllib3.exceptions
 
+from messages.types import ErrorKind
 from runtime.core.clock import Clock
 from runtime.core.config import Config, SimulateConfig
 from runtime.core.errors import FetchError
@@ -81,7 +82,7 @@ def translate(exc: BaseException, url: str) -> FetchError:
     ):
         return FetchError(text, error_kind="timeout")
     if isinstance(exc, requests.exceptions.ChunkedEncodingError | urllib3.exceptions.ProtocolError):
-        kind = "truncated" if "IncompleteRead" in text else "connection"
+        kind: ErrorKind = "truncated" if "IncompleteRead" in text else "connection"
         return FetchError(text, error_kind=kind)
     if isinstance(exc, requests.exceptions.ContentDecodingError | urllib3.exceptions.DecodeError):
         return FetchError(text, error_kind="decoding")
