@@ -38,7 +38,7 @@ from messages import (
     ResumeInfo,
     WorkItem,
 )
-from messages.control import TakeNext
+from messages.control import Batch, TakeNext
 from messages.types import Lane
 from runtime.core.clock import Clock
 from runtime.core.config import Config
@@ -147,7 +147,7 @@ class Downloader(ChildActor):
             batch.append(self._started(self.queue[0]))
             self.announced = self.queue[0].id
             self.actor_ref.tell(TakeNext())
-        tell(self.state_keeper, tuple(batch))
+        tell(self.state_keeper, Batch(messages=tuple(batch)))
 
     def _hand_back(self) -> None:
         """Give back the items queued behind the running transfer (it is taking long).
@@ -159,20 +159,18 @@ class Downloader(ChildActor):
         queued = [self.queue.pop() for _ in range(len(self.queue) - 1)]
         self.owed += len(queued)
         log.debug("handing back queued items", actor=self.worker, items=len(queued))
-        tell(
-            self.state_keeper,
-            tuple(
-                DownloadFailed(
-                    worker=self.worker,
-                    item=item,
-                    error_kind=HANDED_BACK,
-                    error="queued behind a long transfer; given back to another downloader",
-                    permanent=False,
-                    counts_attempt=False,
-                )
-                for item in reversed(queued)
-            ),
+        returned = tuple(
+            DownloadFailed(
+                worker=self.worker,
+                item=item,
+                error_kind=HANDED_BACK,
+                error="queued behind a long transfer; given back to another downloader",
+                permanent=False,
+                counts_attempt=False,
+            )
+            for item in reversed(queued)
         )
+        tell(self.state_keeper, Batch(messages=returned))
 
     def _started(self, item: WorkItem) -> DownloadStarted:
         return DownloadStarted(

@@ -15,6 +15,7 @@ import structlog
 from actors.child import ChildActor
 from actors.control import tell
 from messages import Outcome, PostProcessed, PostProcessFailed
+from messages.control import Batch, RecordOutcomes
 from runtime.core.logs import get_logger
 from runtime.core.plugins import BasePostProcessor, PluginContext
 
@@ -62,8 +63,8 @@ class PostProcessor(ChildActor):
         match message:
             case Outcome():
                 tell(self.state_keeper, self._record_batch((message,))[0])
-            case tuple():  # a batch of outcomes, answered with one batch
-                tell(self.state_keeper, tuple(self._record_batch(message)))
+            case RecordOutcomes(outcomes=outcomes):  # a block, answered with one batch
+                tell(self.state_keeper, Batch(messages=tuple(self._record_batch(outcomes))))
             case _:
                 log.warning("unexpected message", actor=self.worker, message=repr(message))
 

@@ -15,6 +15,7 @@ import structlog
 from actors.child import ChildActor
 from actors.control import tell
 from messages import DownloadComplete, ProcessingComplete, ProcessingFailed
+from messages.control import Batch, ProcessFiles
 from runtime.core.logs import get_logger
 from runtime.core.plugins import BaseProcessor, Downloaded
 
@@ -47,12 +48,12 @@ class Processor(ChildActor):
             case DownloadComplete():
                 with structlog.contextvars.bound_contextvars(item_id=message.item.id):
                     tell(self.state_keeper, self._process(message))
-            case tuple():  # a batch of files, answered with one batch
+            case ProcessFiles(files=files):  # a block of files, answered with one batch
                 replies = []
-                for done in message:
+                for done in files:
                     with structlog.contextvars.bound_contextvars(item_id=done.item.id):
                         replies.append(self._process(done))
-                tell(self.state_keeper, tuple(replies))
+                tell(self.state_keeper, Batch(messages=tuple(replies)))
             case _:
                 log.warning("unexpected message", actor=self.worker, message=repr(message))
 

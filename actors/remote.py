@@ -44,7 +44,7 @@ from messages import (
     decode_batch,
     encode_batch,
 )
-from messages.control import ChildCrashed, ProcessLost
+from messages.control import Batch, ChildCrashed, ProcessFiles, ProcessLost
 from messages.types import Lane
 from runtime.core.clock import Clock
 from runtime.core.config import Config
@@ -114,12 +114,12 @@ class Uplink:
         self.pipe = pipe
 
     def tell(self, message: Any) -> None:
-        """Frame ``message`` (or a tuple of them) for the main process."""
+        """Frame ``message`` (or a ``Batch`` of them) for the main process."""
         if isinstance(message, ChildCrashed):
             message = WorkerCrashed(
                 worker=message.worker, kind=message.kind, index=message.index, error=message.error
             )
-        if not self.pipe.send(message if isinstance(message, tuple) else (message,)):
+        if not self.pipe.send(message.messages if isinstance(message, Batch) else (message,)):
             raise pykka.ActorDeadError("the main process is gone")
 
 
@@ -225,7 +225,7 @@ class RemoteRef:
 
     def tell(self, message: Any) -> None:
         """Send a Grant (or Cancel) to the worker process."""
-        if not self.host.pipe.send(message if isinstance(message, tuple) else (message,)):
+        if not self.host.pipe.send((message,)):
             raise pykka.ActorDeadError(f"worker process {self.host.index} is gone")
 
 
@@ -301,7 +301,9 @@ class DownloaderHost:
                 break
             crashes = [m for m in messages if isinstance(m, WorkerCrashed)]
             rest = tuple(m for m in messages if not isinstance(m, WorkerCrashed))
-            if rest and not tell(self.state_keeper, rest if len(rest) > 1 else rest[0]):
+            if rest and not tell(
+                self.state_keeper, Batch(messages=rest) if len(rest) > 1 else rest[0]
+            ):
                 return
             for crash in crashes:
                 tell(
@@ -342,16 +344,20 @@ class RemoteProcessor(ChildActor):
 
     def on_receive(self, message: Any) -> Any:
         """Forward a batch of files; relay the results."""
-        files = message if isinstance(message, tuple) else (message,)
-        if not files or not all(isinstance(f, DownloadComplete) for f in files):
-            log.warning("unexpected message", actor=self.worker, message=repr(message))
-            return
+        match message:
+            case ProcessFiles(files=files):
+                pass
+            case DownloadComplete():
+                files = (message,)
+            case _:
+                log.warning("unexpected message", actor=self.worker, message=repr(message))
+                return
         try:
             self.conn.send_bytes(encode_batch(files))
             replies = decode_batch(self.conn.recv_bytes())
         except (EOFError, OSError) as exc:
             raise RuntimeError(f"processor process {self.process.pid} died: {exc!r}") from exc
-        tell(self.state_keeper, replies)
+        tell(self.state_keeper, Batch(messages=replies))
 
     def on_stop(self) -> None:
         """End the process."""

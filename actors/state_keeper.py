@@ -50,7 +50,16 @@ from messages import (
     RunProgress,
     WorkItem,
 )
-from messages.control import Attach, GetStats, InputClosed, Tick, WorkerLost
+from messages.control import (
+    Attach,
+    Batch,
+    GetStats,
+    InputClosed,
+    ProcessFiles,
+    RecordOutcomes,
+    Tick,
+    WorkerLost,
+)
 from messages.types import ErrorKind, Lane, Status
 from runtime.core.clock import Clock
 from runtime.core.config import Config
@@ -176,13 +185,13 @@ class StateKeeper(pykka.ThreadingActor):
             self.store = None
 
     def on_receive(self, message: Any) -> Any:
-        """Dispatch one message, or a batch of them (a tuple); the only place state changes.
+        """Dispatch one message, or a ``Batch`` of them; the only place state changes.
 
         Actors send related messages together (a result, new demand and the next item's
         start; a batch of processed files) so one wake-up of this thread handles them all.
         """
-        if isinstance(message, tuple):
-            for one in message:
+        if isinstance(message, Batch):
+            for one in message.messages:
                 self._handle(one)
             self._pump()
             return None
@@ -439,7 +448,7 @@ class StateKeeper(pykka.ThreadingActor):
             for done in batch:
                 self.processing[done.item.id] = (worker, done)
                 slot.held.add(done.item.id)
-            tell(slot.ref, batch)
+            tell(slot.ref, ProcessFiles(files=batch))
 
     def _processed(self, message: ProcessingComplete | ProcessingFailed) -> None:
         entry = self.processing.pop(message.item_id, None)
@@ -492,7 +501,7 @@ class StateKeeper(pykka.ThreadingActor):
         for outcome in batch:
             self.reporting[outcome.id] = outcome
             pp.held.add(outcome.id)
-        tell(pp.ref, batch)
+        tell(pp.ref, RecordOutcomes(outcomes=batch))
 
     def _recorded(self, message: PostProcessed | PostProcessFailed) -> None:
         outcome = self.reporting.pop(message.item_id, None)

@@ -9,16 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from messages.types import Lane
+from messages.types import DownloadComplete, Lane, Outcome
 
 __all__ = [
     "Attach",
+    "Batch",
     "ChildCrashed",
     "GetStats",
     "GraceExpired",
     "InputClosed",
     "InputFailed",
+    "ProcessFiles",
     "ProcessLost",
+    "RecordOutcomes",
     "Shutdown",
     "Start",
     "TakeNext",
@@ -125,3 +128,31 @@ class ProcessLost:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TakeNext:
     """Downloader → itself: take the next queued item (lets a Grant in between)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Batch:
+    """Several messages for one actor, handled in one wake-up.
+
+    A downloader sends its result, its new demand and the start of its next item
+    together; processors and the post-processor answer a block of work with one batch.
+    """
+
+    messages: tuple[Any, ...]
+    """The messages, in order."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessFiles:
+    """StateKeeper → Processor: a block of downloaded files (answered with one Batch)."""
+
+    files: tuple[DownloadComplete, ...]
+    """The files, each processed on its own."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordOutcomes:
+    """StateKeeper → PostProcessor: a block of terminal outcomes (answered with one Batch)."""
+
+    outcomes: tuple[Outcome, ...]
+    """The outcomes, recorded in order."""
