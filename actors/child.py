@@ -1,7 +1,8 @@
-"""The base of every supervised child: report a crash to the supervisor."""
+"""The base of every supervised child: who it is, whom it answers, how it reports a crash."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -10,7 +11,32 @@ import pykka
 from actors.control import tell
 from messages.control import ChildCrashed
 
-__all__ = ["ChildActor"]
+__all__ = ["ChildActor", "ChildContext", "report_crash"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildContext:
+    """What every child needs to know, built once by its supervisor per start."""
+
+    worker: str
+    """Logical id of this instance: kind, slot and generation (``downloader-3.2``)."""
+    index: int
+    """Its slot among the children of its kind."""
+    supervisor: Any
+    """Where crashes go (an actor ref, or the uplink of a worker process)."""
+    state_keeper: Any
+    """Where results go (likewise)."""
+
+
+def report_crash(
+    supervisor: Any, worker: str, kind: str, index: int, exception: BaseException | None
+) -> None:
+    """Tell ``supervisor`` that a child crashed with ``exception`` (restart or escalate)."""
+    name = type(exception).__name__ if exception is not None else "Error"
+    tell(
+        supervisor,
+        ChildCrashed(worker=worker, kind=kind, index=index, error=f"{name}: {exception}"),
+    )
 
 
 class ChildActor(pykka.ThreadingActor):
@@ -19,11 +45,13 @@ class ChildActor(pykka.ThreadingActor):
     use_daemon_thread = True
     kind: ClassVar[str] = "child"
 
-    def __init__(self, *, worker: str, index: int, supervisor: pykka.ActorRef[Any]) -> None:
+    def __init__(self, *, child: ChildContext) -> None:
         super().__init__()
-        self.worker = worker
-        self.index = index
-        self.supervisor = supervisor
+        self.child = child
+        self.worker = child.worker
+        self.index = child.index
+        self.supervisor = child.supervisor
+        self.state_keeper = child.state_keeper
 
     def on_failure(
         self,
@@ -32,16 +60,7 @@ class ChildActor(pykka.ThreadingActor):
         traceback: TracebackType | None,
     ) -> None:
         """Tell the supervisor, which restarts this slot and re-dispatches its work."""
-        name = exception_type.__name__ if exception_type else "Error"
-        tell(
-            self.supervisor,
-            ChildCrashed(
-                worker=self.worker,
-                kind=self.kind,
-                index=self.index,
-                error=f"{name}: {exception_value}",
-            ),
-        )
+        report_crash(self.supervisor, self.worker, self.kind, self.index, exception_value)
         self.cleanup()
 
     def cleanup(self) -> None:

@@ -22,10 +22,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import pykka
 import structlog
 
-from actors.child import ChildActor
+from actors.child import ChildActor, ChildContext
 from actors.control import tell
 from messages import (
     HANDED_BACK,
@@ -73,20 +72,16 @@ class Downloader(ChildActor):
     def __init__(
         self,
         *,
-        worker: str,
-        index: int,
+        child: ChildContext,
         config: Config,
-        state_keeper: pykka.ActorRef[Any],
-        supervisor: pykka.ActorRef[Any],
         transport_factory: TransportFactory,
         clock: Clock,
         cancel: threading.Event,
         lane: Lane = "small",
     ) -> None:
-        super().__init__(worker=worker, index=index, supervisor=supervisor)
+        super().__init__(child=child)
         self.config = config
         self.lane = lane
-        self.state_keeper = state_keeper
         self.transport_factory = transport_factory
         self.clock = clock
         self.cancel = cancel

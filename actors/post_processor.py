@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pykka
 import structlog
 
-from actors.child import ChildActor
+from actors.child import ChildActor, ChildContext
 from actors.control import tell
 from messages import Outcome, PostProcessed, PostProcessFailed
 from messages.control import Batch, RecordOutcomes
@@ -32,15 +31,11 @@ class PostProcessor(ChildActor):
     def __init__(
         self,
         *,
-        worker: str,
-        index: int,
-        supervisor: pykka.ActorRef[Any],
-        state_keeper: pykka.ActorRef[Any],
+        child: ChildContext,
         plugin: BasePostProcessor,
         context: PluginContext,
     ) -> None:
-        super().__init__(worker=worker, index=index, supervisor=supervisor)
-        self.state_keeper = state_keeper
+        super().__init__(child=child)
         self.plugin = plugin
         self.context = context
         # Opened here, in the starting thread, so an unwritable manifest fails the start

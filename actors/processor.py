@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
-import pykka
 import structlog
 
-from actors.child import ChildActor
+from actors.child import ChildActor, ChildContext
 from actors.control import tell
 from messages import DownloadComplete, ProcessingComplete, ProcessingFailed
 from messages.control import Batch, ProcessFiles
@@ -32,14 +31,10 @@ class Processor(ChildActor):
     def __init__(
         self,
         *,
-        worker: str,
-        index: int,
-        supervisor: pykka.ActorRef[Any],
-        state_keeper: pykka.ActorRef[Any],
+        child: ChildContext,
         plugin: BaseProcessor,
     ) -> None:
-        super().__init__(worker=worker, index=index, supervisor=supervisor)
-        self.state_keeper = state_keeper
+        super().__init__(child=child)
         self.plugin = plugin
 
     def on_receive(self, message: Any) -> Any:

@@ -31,7 +31,7 @@ from typing import Any
 
 import pykka
 
-from actors.child import ChildActor
+from actors.child import ChildActor, ChildContext
 from actors.control import tell
 from actors.downloader import Downloader
 from actors.processor import process_one
@@ -160,12 +160,11 @@ def downloader_process_main(
                             tell(ref, message)
                     case StartDownloader(worker=worker, index=index, lane=lane):
                         local[worker] = Downloader.start(
-                            worker=worker,
-                            index=index,
+                            child=ChildContext(
+                                worker=worker, index=index, supervisor=uplink, state_keeper=uplink
+                            ),
                             lane=lane,
                             config=config,
-                            state_keeper=uplink,
-                            supervisor=uplink,
                             transport_factory=transport_factory,
                             clock=clock,
                             cancel=cancel,
@@ -330,16 +329,12 @@ class RemoteProcessor(ChildActor):
     def __init__(
         self,
         *,
-        worker: str,
-        index: int,
-        supervisor: pykka.ActorRef[Any],
-        state_keeper: pykka.ActorRef[Any],
+        child: ChildContext,
         config: Config,
     ) -> None:
-        super().__init__(worker=worker, index=index, supervisor=supervisor)
-        self.state_keeper = state_keeper
+        super().__init__(child=child)
         self.conn, self.process = _spawn(
-            processor_process_main, (config, worker), f"conveyor-{worker}"
+            processor_process_main, (config, child.worker), f"conveyor-{child.worker}"
         )
 
     def on_receive(self, message: Any) -> Any:

@@ -26,6 +26,7 @@ from typing import Any
 
 import pykka
 
+from actors.child import ChildContext, report_crash
 from actors.control import tell
 from actors.downloader import Downloader
 from actors.post_processor import PostProcessor
@@ -70,12 +71,7 @@ class _SupervisedStateKeeper(StateKeeper):
         exception_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        tell(
-            self.supervisor,
-            ChildCrashed(
-                worker="state_keeper", kind="state_keeper", index=0, error=f"{exception_value!r}"
-            ),
-        )
+        report_crash(self.supervisor, "state_keeper", "state_keeper", 0, exception_value)
 
 
 class Supervisor(pykka.ThreadingActor):
@@ -215,7 +211,9 @@ class Supervisor(pykka.ThreadingActor):
         gen = self.generation.get((kind, index), 0) + 1
         self.generation[(kind, index)] = gen
         worker = f"{kind}-{index}.{gen}"
-        common: dict[str, Any] = {"worker": worker, "index": index, "supervisor": self.actor_ref}
+        child = ChildContext(
+            worker=worker, index=index, supervisor=self.actor_ref, state_keeper=self.state_keeper
+        )
         ref: Any
         credit = 0
         lane: Lane = "small"
@@ -233,23 +231,18 @@ class Supervisor(pykka.ThreadingActor):
         if kind == "downloader":
             lane = "large" if index >= self.config.download.workers else "small"
             ref = Downloader.start(
+                child=child,
                 lane=lane,
-                **common,
                 config=self.config,
-                state_keeper=self.state_keeper,
                 transport_factory=self.transport_factory,
                 clock=self.clock,
                 cancel=self.cancel,
             )
             credit = self.config.download.mailbox
         elif kind == "processor" and self.config.processing.mode == "process":
-            ref = RemoteProcessor.start(
-                **common, state_keeper=self.state_keeper, config=self.config
-            )
+            ref = RemoteProcessor.start(child=child, config=self.config)
         elif kind == "processor":
-            ref = Processor.start(
-                **common, state_keeper=self.state_keeper, plugin=self._processor_plugin()
-            )
+            ref = Processor.start(child=child, plugin=self._processor_plugin())
         else:
             context = PluginContext(
                 output_dir=Path(self.config.output.dir),
@@ -257,8 +250,7 @@ class Supervisor(pykka.ThreadingActor):
                 manifest=self.config.manifest_path,
             )
             ref = PostProcessor.start(
-                **common,
-                state_keeper=self.state_keeper,
+                child=child,
                 plugin=self._post_processor_plugin(),
                 context=context,
             )
