@@ -41,6 +41,7 @@ from messages.control import (
     GraceExpired,
     InputFailed,
     ProcessLost,
+    RunFailed,
     Shutdown,
     Start,
     Tick,
@@ -49,7 +50,7 @@ from messages.control import (
 from messages.types import Lane
 from runtime.core.clock import Clock
 from runtime.core.config import Config
-from runtime.core.errors import ConveyorError
+from runtime.core.errors import ConveyorError, InputError, SupervisionError
 from runtime.core.logs import get_logger
 from runtime.core.plugins import BasePostProcessor, BaseProcessor, PluginContext, load_plugin
 from runtime.core.transport import TransportFactory
@@ -58,8 +59,8 @@ __all__ = ["Supervisor"]
 
 log = get_logger("supervisor")
 
-FinishCallback = Callable[[RunFinished, str | None, str | None, dict[str, Any]], None]
-"""Called once at the end with the summary, an error kind, an error message and stats."""
+FinishCallback = Callable[[RunFinished, RunFailed | None, dict[str, Any]], None]
+"""Called once at the end with the summary, the error the run ended on (if any), stats."""
 
 
 class _SupervisedStateKeeper(StateKeeper):
@@ -102,7 +103,7 @@ class Supervisor(pykka.ThreadingActor):
         self.generation: dict[tuple[str, int], int] = {}
         self.restarts: deque[float] = deque()
         self.state_keeper: pykka.ActorRef[Any] | None = None
-        self.error: tuple[str, str] | None = None
+        self.failure: RunFailed | None = None  # the first error the run is ending on
         self.finished = False
         self.shutting_down = False
         self.hosts: list[DownloaderHost] = []  # download.processes worker processes
@@ -288,7 +289,8 @@ class Supervisor(pykka.ThreadingActor):
             case GraceExpired():
                 self._abort("shutdown grace expired")
             case InputFailed(error=error, kind=kind):
-                self.error = self.error or (kind, error)
+                exc = InputError(error) if kind == "input" else ConveyorError(error)
+                self.failure = self.failure or RunFailed(kind=kind, error=exc)
                 self._shutdown(error, self.config.supervisor.shutdown_grace)
             case RunFinished():
                 self._finish(message)
@@ -299,14 +301,13 @@ class Supervisor(pykka.ThreadingActor):
     def _crashed(self, crash: ChildCrashed) -> None:
         self.children.pop(crash.worker, None)
         self.remote.pop(crash.worker, None)
-        if self.finished or (self.error is not None and self.error[0] == "supervision"):
+        if self.finished or (self.failure is not None and self.failure.kind == "supervision"):
             return  # already ending on an escalation; the first error is the one to report
         log.error("child crashed", worker=crash.worker, error=crash.error)
         if crash.kind == "state_keeper":
-            self.error = ("supervision", f"the state keeper crashed: {crash.error}")
-            self._finish(
-                RunFinished(accepted=0, completed=0, failed=0, skipped=0, reason=self.error[1])
-            )
+            message = f"the state keeper crashed: {crash.error}"
+            self.failure = RunFailed(kind="supervision", error=SupervisionError(message))
+            self._finish(RunFinished(accepted=0, completed=0, failed=0, skipped=0, reason=message))
             return
         if not self._count_restart(f"{crash.worker}: {crash.error}"):
             return
@@ -353,7 +354,7 @@ class Supervisor(pykka.ThreadingActor):
                 f"{window:g}s (supervisor.max_restarts = "
                 f"{self.config.supervisor.max_restarts}); last crash: {what}"
             )
-            self.error = ("supervision", message)
+            self.failure = RunFailed(kind="supervision", error=SupervisionError(message))
             self._abort(message)
             return False
         return True
@@ -391,10 +392,10 @@ class Supervisor(pykka.ThreadingActor):
         self._stop_hosts()
         if not self.finished:
             self.finished = True
+            error = SupervisionError(f"the supervisor crashed: {exception_value!r}")
             self.on_finished(
                 RunFinished(accepted=0, completed=0, failed=0, skipped=0, reason="error"),
-                "supervision",
-                f"the supervisor crashed: {exception_value!r}",
+                RunFailed(kind="supervision", error=error),
                 {},
             )
         for ref in [*self.children.values(), self.state_keeper]:
@@ -429,6 +430,5 @@ class Supervisor(pykka.ThreadingActor):
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 stats = self.state_keeper.ask(GetStats(), block=True, timeout=30)
                 self.state_keeper.stop(block=True, timeout=30)
-        kind, error = self.error if self.error else (None, None)
-        self.on_finished(summary, kind, error, stats)
+        self.on_finished(summary, self.failure, stats)
         self.actor_ref.stop(block=False)

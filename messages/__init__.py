@@ -77,6 +77,8 @@ __all__ = [
     "ProgressUpdate",
     "Rejected",
     "ResumeInfo",
+    "RunErrorKind",
+    "RunFailed",
     "RunFinished",
     "RunProgress",
     "Scope",

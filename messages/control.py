@@ -7,7 +7,7 @@ inside one process, so they have no ``TAG`` and never go through the codec.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from messages.types import DownloadComplete, Lane, Outcome
 
@@ -22,6 +22,8 @@ __all__ = [
     "ProcessFiles",
     "ProcessLost",
     "RecordOutcomes",
+    "RunErrorKind",
+    "RunFailed",
     "Shutdown",
     "Start",
     "TakeNext",
@@ -81,7 +83,7 @@ class InputFailed:
 
     error: str
     """The InputError's message (file and line), or what broke the feeder."""
-    kind: str = "input"
+    kind: Literal["input", "feeder"] = "input"
     """``input`` (a bad input file: exit 2) or ``feeder`` (anything else: exit 3)."""
 
 
@@ -156,3 +158,19 @@ class RecordOutcomes:
 
     outcomes: tuple[Outcome, ...]
     """The outcomes, recorded in order."""
+
+
+RunErrorKind = Literal["input", "feeder", "supervision"]
+"""Why a run ended on an error: a bad input file, a broken input feeder, or a child (or
+the StateKeeper, or the supervisor) that kept crashing."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFailed:
+    """Supervisor → host, with the end of the run: the error the run ended on."""
+
+    kind: RunErrorKind
+    """What failed."""
+    error: Exception
+    """The error itself: an ``InputError``, or a ``SupervisionError`` for ``supervision``
+    (a ``ConveyorError`` for ``feeder``)."""

@@ -37,7 +37,15 @@ import pykka
 from actors.control import tell
 from actors.supervisor import Supervisor
 from messages import Enqueue, Rejected, RunFinished, WorkItem
-from messages.control import GetStats, InputClosed, InputFailed, Shutdown, Start
+from messages.control import (
+    GetStats,
+    InputClosed,
+    InputFailed,
+    RunErrorKind,
+    RunFailed,
+    Shutdown,
+    Start,
+)
 from runtime.core.clock import Clock, SystemClock
 from runtime.core.config import Config
 from runtime.core.errors import ConveyorError, InputError
@@ -74,12 +82,14 @@ class RunSummary:
 
     finished: RunFinished
     """Counts as committed to the store."""
-    error_kind: str | None = None
+    error_kind: RunErrorKind | None = None
     """``input``, ``feeder`` or ``supervision`` when the run ended on an error."""
     error: str | None = None
     """The error message."""
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The StateKeeper's final counters (retries, the most items one downloader held, …)."""
+    exception: Exception | None = None
+    """The error itself (an ``InputError``, a ``SupervisionError``, …), when there was one."""
 
     @property
     def exit_code(self) -> int:
@@ -340,9 +350,15 @@ class Pipeline:
                     return  # the reader let go
 
     def _finished(
-        self, summary: RunFinished, kind: str | None, error: str | None, stats: dict[str, Any]
+        self, summary: RunFinished, failure: RunFailed | None, stats: dict[str, Any]
     ) -> None:
-        self._summary = RunSummary(finished=summary, error_kind=kind, error=error, stats=stats)
+        self._summary = RunSummary(
+            finished=summary,
+            error_kind=failure.kind if failure else None,
+            error=str(failure.error) if failure else None,
+            stats=stats,
+            exception=failure.error if failure else None,
+        )
         if self._lock is not None:
             self._lock.release()  # the store is committed and closed: the next run may start
         self._done.set()

@@ -15,7 +15,7 @@ import pytest
 import structlog
 
 from messages import DownloadComplete, DownloadFailed, DownloadStarted, Outcome, RunFinished
-from runtime import Config, ConfigError, ConveyorError, Pipeline
+from runtime import Config, ConfigError, ConveyorError, Pipeline, SupervisionError
 from runtime.testing import Crash, Fail, Ok, ScriptedTransport, Stall, Status, capture_logs
 from tests.helpers import files_outside, make_config, read_manifest
 
@@ -142,6 +142,8 @@ def test_exceeding_restart_intensity_ends_the_run_with_a_clear_error(tmp_path: P
     assert "restart intensity exceeded: 3 restarts within 60s" in summary.error
     assert "bug in transport" in summary.error
     assert summary.exit_code == 3
+    assert isinstance(summary.exception, SupervisionError)  # the typed error, not just text
+    assert str(summary.exception) == summary.error
 
 
 @pytest.mark.parametrize(
@@ -326,6 +328,7 @@ def test_a_failing_ingest_ends_the_run_with_a_run_error_and_committed_state(
         summary = pipeline.wait(TIMEOUT)  # used to hang here forever
     assert summary.exit_code == 3
     assert summary.error_kind == "feeder"
+    assert isinstance(summary.exception, ConveyorError)
     assert summary.error is not None
     assert "disk I/O error (injected)" in summary.error
     db = sqlite3.connect(Path(config.state.dir) / "state.sqlite3")
