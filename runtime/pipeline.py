@@ -53,11 +53,8 @@ from runtime.core.inputs import iter_batches, parse_entry
 from runtime.core.lock import StateLock
 from runtime.core.logs import get_logger
 from runtime.core.store import SQLiteStore
-from runtime.core.transport import (
-    RequestsTransportFactory,
-    SimulatedTransportFactory,
-    TransportFactory,
-)
+from runtime.core.transport import RequestsTransportFactory, TransportFactory
+from runtime.testing import SimulatedTransportFactory
 
 __all__ = ["EXIT_CODES", "Pipeline", "RunSummary"]
 

@@ -2,6 +2,8 @@
 
 - ``FakeClock``: time that moves only when told (``advance``), or jumps on ``sleep``.
 - ``ScriptedTransport``: answers each url from a script of steps, counting requests.
+- ``SimulatedTransportFactory``: the seeded offline transport of ``--simulate-downloads``
+  (sizes, latencies and failures from ``[simulate]``).
 - ``LocalFileServer``: a real HTTP server on 127.0.0.1 serving in-memory files, with
   flaky routes and server-side request counts.
 - ``capture_logs``: structlog's log capture, re-exported.
@@ -10,7 +12,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.server
+import random
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,6 +24,8 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from messages.types import ErrorKind
+from runtime.core.clock import Clock
+from runtime.core.config import SimulateConfig
 from runtime.core.errors import FetchError
 from runtime.core.transport import Response, Transport
 
@@ -30,6 +36,7 @@ __all__ = [
     "LocalFileServer",
     "Ok",
     "ScriptedTransport",
+    "SimulatedTransportFactory",
     "Stall",
     "Status",
     "capture_logs",
@@ -212,6 +219,81 @@ class _ScriptedConnection:
 
     def close(self) -> None:
         pass
+
+
+# -- the seeded simulator (``--simulate-downloads``) ------------------------------------
+
+
+_SIM_BLOCK = random.Random(0).randbytes(65536)
+
+
+class _SimulatedResponse:
+    def __init__(self, status: int, size: int, seed: int) -> None:
+        self.status = status
+        self.size = size
+        self.headers: Mapping[str, str] = {"Content-Length": str(size)}
+        self._seed = seed
+
+    def iter_bytes(self, chunk_size: int) -> Iterator[bytes]:
+        # A fixed random block behind a per-url prefix: distinct bodies, no per-request
+        # cost of generating random bytes (that dominated simulated runs).
+        step = max(1, min(chunk_size, len(_SIM_BLOCK)))
+        block = self._seed.to_bytes(8, "big") + _SIM_BLOCK[8:step]
+        left = self.size
+        while left > 0:
+            piece = block[: min(left, len(block))]
+            left -= len(piece)
+            yield piece
+
+    def close(self) -> None:
+        pass
+
+
+class _SimulatedTransport:
+    def __init__(self, factory: SimulatedTransportFactory) -> None:
+        self._factory = factory
+
+    def open(self, url: str, headers: Mapping[str, str]) -> Response:
+        return self._factory.respond(url)
+
+    def close(self) -> None:
+        pass
+
+
+class SimulatedTransportFactory:
+    """Offline transports whose sizes, latencies and failures follow one seed.
+
+    Each url's n-th request draws from ``Random(seed, url, n)``, so a run is the same
+    whichever downloader serves which item.
+    """
+
+    def __init__(self, config: SimulateConfig, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._requests: dict[str, int] = {}
+
+    def __call__(self) -> Transport:
+        """Return a transport for one downloader."""
+        return _SimulatedTransport(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # In a worker process: the same seed, settings and clock (which must pickle).
+        return (SimulatedTransportFactory, (self.config, self.clock))
+
+    def respond(self, url: str) -> Response:
+        """Answer one simulated request."""
+        with self._lock:
+            n = self._requests.get(url, 0)
+            self._requests[url] = n + 1
+        digest = hashlib.sha256(f"{self.config.seed}\x00{url}".encode()).digest()
+        url_seed = int.from_bytes(digest[:8], "big")
+        size = random.Random(url_seed).randint(self.config.min_size, self.config.max_size)
+        if self.config.latency:
+            self.clock.sleep(self.config.latency)
+        if random.Random(url_seed + n + 1).random() < self.config.failure_rate:
+            return _SimulatedResponse(503, 0, url_seed)
+        return _SimulatedResponse(200, size, url_seed)
 
 
 # -- a real HTTP server ------------------------------------------------------------------

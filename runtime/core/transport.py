@@ -9,28 +9,23 @@ scripted transports all exercise the same download logic. Nothing from ``request
 
 from __future__ import annotations
 
-import hashlib
 import os
-import random
-import threading
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 import requests
 import requests.adapters
 import urllib3.exceptions
 
 from messages.types import ErrorKind
-from runtime.core.clock import Clock
-from runtime.core.config import Config, SimulateConfig
+from runtime.core.config import Config
 from runtime.core.errors import FetchError
 
 __all__ = [
     "RequestsTransport",
     "RequestsTransportFactory",
     "Response",
-    "SimulatedTransportFactory",
     "Transport",
     "TransportFactory",
     "translate",
@@ -176,75 +171,3 @@ class RequestsTransportFactory:
     def __call__(self) -> Transport:
         """Return a transport for one downloader."""
         return RequestsTransport(self.config)
-
-
-_SIM_BLOCK = random.Random(0).randbytes(65536)
-
-
-class _SimulatedResponse:
-    def __init__(self, status: int, size: int, seed: int) -> None:
-        self.status = status
-        self.size = size
-        self.headers: Mapping[str, str] = {"Content-Length": str(size)}
-        self._seed = seed
-
-    def iter_bytes(self, chunk_size: int) -> Iterator[bytes]:
-        # A fixed random block behind a per-url prefix: distinct bodies, no per-request
-        # cost of generating random bytes (that dominated simulated runs).
-        step = max(1, min(chunk_size, len(_SIM_BLOCK)))
-        block = self._seed.to_bytes(8, "big") + _SIM_BLOCK[8:step]
-        left = self.size
-        while left > 0:
-            piece = block[: min(left, len(block))]
-            left -= len(piece)
-            yield piece
-
-    def close(self) -> None:
-        pass
-
-
-class _SimulatedTransport:
-    def __init__(self, factory: SimulatedTransportFactory) -> None:
-        self._factory = factory
-
-    def open(self, url: str, headers: Mapping[str, str]) -> Response:
-        return self._factory.respond(url)
-
-    def close(self) -> None:
-        pass
-
-
-class SimulatedTransportFactory:
-    """Offline transports whose sizes, latencies and failures follow one seed.
-
-    Each url's n-th request draws from ``Random(seed, url, n)``, so a run is the same
-    whichever downloader serves which item.
-    """
-
-    def __init__(self, config: SimulateConfig, clock: Clock) -> None:
-        self.config = config
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._requests: dict[str, int] = {}
-
-    def __call__(self) -> Transport:
-        """Return a transport for one downloader."""
-        return _SimulatedTransport(self)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # In a worker process: the same seed, settings and clock (which must pickle).
-        return (SimulatedTransportFactory, (self.config, self.clock))
-
-    def respond(self, url: str) -> Response:
-        """Answer one simulated request."""
-        with self._lock:
-            n = self._requests.get(url, 0)
-            self._requests[url] = n + 1
-        digest = hashlib.sha256(f"{self.config.seed}\x00{url}".encode()).digest()
-        url_seed = int.from_bytes(digest[:8], "big")
-        size = random.Random(url_seed).randint(self.config.min_size, self.config.max_size)
-        if self.config.latency:
-            self.clock.sleep(self.config.latency)
-        if random.Random(url_seed + n + 1).random() < self.config.failure_rate:
-            return _SimulatedResponse(503, 0, url_seed)
-        return _SimulatedResponse(200, size, url_seed)
