@@ -4,22 +4,29 @@
 - ``ScriptedTransport``: answers each url from a script of steps, counting requests.
 - ``SimulatedTransportFactory``: the seeded offline transport of ``--simulate-downloads``
   (sizes, latencies and failures from ``[simulate]``).
-- ``LocalFileServer``: a real HTTP server on 127.0.0.1 serving in-memory files, with
-  flaky routes and server-side request counts.
+- ``FaultServer`` (also ``LocalFileServer``): a real HTTP server on 127.0.0.1 serving
+  in-memory files and fault routes (error statuses, Retry-After, stalls, resets, slow
+  drips, redirects, endless and gzip bodies), with server-side request counts.
 - ``capture_logs``: structlog's log capture, re-exported.
 """
 
 from __future__ import annotations
 
-import contextlib
+import email.utils
+import gzip
 import hashlib
 import http.server
 import random
+import socket
+import struct
 import threading
-from collections import Counter
+import time
+import zlib
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from structlog.testing import capture_logs
 
@@ -33,12 +40,14 @@ __all__ = [
     "Crash",
     "Fail",
     "FakeClock",
+    "FaultServer",
     "LocalFileServer",
     "Ok",
     "ScriptedTransport",
     "SimulatedTransportFactory",
     "Stall",
     "Status",
+    "body_of",
     "capture_logs",
 ]
 
@@ -299,28 +308,69 @@ class SimulatedTransportFactory:
 # -- a real HTTP server ------------------------------------------------------------------
 
 
-class LocalFileServer:
-    """Serve in-memory files over HTTP on 127.0.0.1, with failure injection.
+GiB = 1 << 30
 
-    ``files`` maps a path (``/a.bin``) to its body. ``fail_first`` maps a path to how many
-    of its first requests get a 503. ``delay`` makes every response wait that many
-    seconds (a real sleep in the server thread, to keep a run in flight). ``counts``
-    holds the server-side request count of every path.
+
+def body_of(name: str, size: int) -> bytes:
+    """The body every route serves for ``name`` at ``size`` bytes."""
+    seed = hashlib.sha256(name.encode()).digest()
+    block = b"".join(hashlib.sha256(seed + bytes([i])).digest() for i in range(128))
+    return (block * (size // len(block) + 1))[:size]
+
+
+class FaultServer:
+    """A real HTTP server on 127.0.0.1 for tests and the demo, with failure injection.
+
+    It serves ``files`` (a path such as ``/a.bin`` → its body; ``fail_first`` maps a path
+    to how many of its first requests get a 503) and these routes (``<name>`` is any file
+    name; bodies are ``body_of(name, size)``, ``?size=N`` sets the size, default 10,000):
+
+    - ``/ok/<name>``                   200, with ETag and Range support (206)
+    - ``/status/<code>/<name>``        always ``code``
+    - ``/fail-first/<k>/<code>/<name>`` ``code`` for the first k requests, then ``/ok``
+    - ``/outage/<name>``                503 while ``outage`` is set (a test clears it), then ok
+    - ``/retry-after/<value>/<name>``  first request 429 with ``Retry-After: <value>``
+                                       (``date:<secs>`` sends an HTTP-date secs ahead), then ok
+    - ``/reset/<name>?at=M``           first request: M bytes, then a TCP reset; then ok
+    - ``/truncate/<name>?at=M``        first request: M bytes of a longer Content-Length, then
+                                       close; ``&always=1`` every time
+    - ``/stall/<name>?at=M&secs=S``    first request: M bytes then silence for S seconds
+    - ``/drip/<name>?rate=B``          B bytes per 0.1 s (a slow but live transfer), with
+                                       ETag and Range support
+    - ``/redirect/<n>/<name>``         a chain of n redirects to ``/ok/<name>``
+    - ``/loop/<name>``                 redirects to itself
+    - ``/to-ftp/<name>``               redirects to an ftp:// url
+    - ``/huge/<name>``                 ``Content-Length`` of 100 GiB, endless body
+    - ``/endless/<name>``              chunked, endless body
+    - ``/gzip/<name>``                 ``Content-Encoding: gzip`` of the body
+    - ``/gzip-bomb/<name>?mb=M``       a small gzip body that inflates to M MiB of zeros
+    - ``/chunked/<name>``              the body in chunked transfer encoding
+
+    ``counts`` holds requests per path; ``times`` their arrival (``time.monotonic``);
+    ``ranges`` the Range header each request carried; ``max_active`` the most requests that
+    were in progress at once.
+
+    ``delay`` makes every response wait that many seconds first.
     """
 
     def __init__(
         self,
-        files: Mapping[str, bytes],
+        files: Mapping[str, bytes] | None = None,
         *,
         fail_first: Mapping[str, int] | None = None,
         delay: float = 0.0,
     ) -> None:
-        self.files = dict(files)
+        self.files = dict(files or {})
         self.fail_first = dict(fail_first or {})
         self.delay = delay
         self.counts: Counter[str] = Counter()
+        self.times: defaultdict[str, list[float]] = defaultdict(list)
+        self.ranges: defaultdict[str, list[str | None]] = defaultdict(list)
+        self.active = 0
+        self.max_active = 0
         self._lock = threading.Condition()
-        self._stop = threading.Event()
+        self.stop = threading.Event()
+        self.outage = threading.Event()
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -328,18 +378,31 @@ class LocalFileServer:
             disable_nagle_algorithm = True  # headers and body go out in separate writes
 
             def do_GET(self) -> None:
-                owner._serve(self)
+                owner.serve(self)
+
+            def do_HEAD(self) -> None:
+                owner.serve(self)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
             def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # clients that hang up early (a killed run) are expected here
+                pass  # clients that abort transfers are the point of this server
 
         self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FaultServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
     @property
     def base_url(self) -> str:
@@ -356,42 +419,203 @@ class LocalFileServer:
         with self._lock:
             return self._lock.wait_for(lambda: self.counts.total() >= n, timeout)
 
-    def _serve(self, handler: http.server.BaseHTTPRequestHandler) -> None:
-        path = handler.path.split("?", 1)[0]
+    def wait_for(self, path: str, n: int, timeout: float) -> bool:
+        """Block until ``path`` was requested ``n`` times."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self.counts[path] >= n, timeout)
+
+    # -- routing --------------------------------------------------------------------------
+
+    def serve(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            self.handle(h)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(h.path)
+        path = parts.path
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         with self._lock:
             self.counts[path] += 1
             n = self.counts[path]
+            self.times[path].append(time.monotonic())
+            self.ranges[path].append(h.headers.get("Range"))
             self._lock.notify_all()
         if self.delay:
-            self._stop.wait(self.delay)
-        body = self.files.get(path)
-        if body is None:
-            status, body = 404, b"not found"
-        elif n <= self.fail_first.get(path, 0):
-            status, body = 503, b"try again"
+            self.stop.wait(self.delay)
+        if path in self.files:
+            if n <= self.fail_first.get(path, 0):
+                self._plain(h, 503, b"try again\n")
+            else:
+                self._plain(h, 200, self.files[path])
+            return
+        segs = path.strip("/").split("/")
+        route, args, name = segs[0], segs[1:-1], segs[-1]
+        size = int(query.get("size", "10000"))
+        first = n == 1
+        match route:
+            case "ok":
+                self._ok(h, name, size)
+            case "status":
+                self._plain(h, int(args[0]), b"status\n")
+            case "outage":
+                if self.outage.is_set():
+                    self._plain(h, 503, b"down for maintenance\n")
+                else:
+                    self._ok(h, name, size)
+            case "fail-first":
+                if n <= int(args[0]):
+                    self._plain(h, int(args[1]), b"failing\n")
+                else:
+                    self._ok(h, name, size)
+            case "retry-after":
+                if first:
+                    value = args[0]
+                    if value.startswith("date:"):
+                        when = time.time() + float(value[5:])
+                        value = email.utils.formatdate(when, usegmt=True)
+                    self._plain(h, 429, b"slow down\n", {"Retry-After": value})
+                else:
+                    self._ok(h, name, size)
+            case "reset" | "truncate" | "stall":
+                if first or query.get("always") == "1":
+                    self._broken(
+                        h,
+                        route,
+                        name,
+                        size,
+                        int(query.get("at", "1000")),
+                        float(query.get("secs", "30")),
+                    )
+                else:
+                    self._ok(h, name, size)
+            case "drip":
+                self._ok(h, name, size, rate=int(query.get("rate", "10000")))
+            case "redirect":
+                hops = int(args[0])
+                target = f"/redirect/{hops - 1}/{name}" if hops > 1 else f"/ok/{name}"
+                self._plain(
+                    h, 302, b"", {"Location": target + (f"?{parts.query}" if parts.query else "")}
+                )
+            case "loop":
+                self._plain(h, 302, b"", {"Location": path})
+            case "to-ftp":
+                self._plain(h, 302, b"", {"Location": f"ftp://127.0.0.1/{name}"})
+            case "huge":
+                self._endless(h, {"Content-Length": str(100 * GiB)})
+            case "endless":
+                self._endless(h, {"Transfer-Encoding": "chunked"}, chunked=True)
+            case "gzip":
+                data = gzip.compress(body_of(name, size))
+                self._plain(h, 200, data, {"Content-Encoding": "gzip"})
+            case "gzip-bomb":
+                mib = int(query.get("mb", "64"))
+                comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+                data = b"".join(comp.compress(b"\0" * (1 << 20)) for _ in range(mib))
+                self._plain(h, 200, data + comp.flush(), {"Content-Encoding": "gzip"})
+            case "chunked":
+                self._chunked(h, body_of(name, size))
+            case _:
+                self._plain(h, 404, b"no such route\n")
+
+    # -- responses ------------------------------------------------------------------------
+
+    def _plain(
+        self, h: Any, status: int, body: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        h.send_response(status)
+        for key, value in (headers or {}).items():
+            h.send_header(key, value)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if h.command != "HEAD":
+            self._write(h, body)
+
+    @staticmethod
+    def _write(h: Any, data: bytes) -> bool:
+        try:
+            h.wfile.write(data)
+            h.wfile.flush()
+        except OSError:
+            return False
+        return True
+
+    def _ok(self, h: Any, name: str, size: int, rate: int = 0) -> None:
+        body = body_of(name, size)
+        etag = _etag(body)
+        start = 0
+        wanted = h.headers.get("Range")
+        if_range = h.headers.get("If-Range")
+        if wanted and wanted.startswith("bytes=") and (if_range is None or if_range == etag):
+            start = int(wanted[6:].split("-")[0])
+        if 0 < start < size:
+            h.send_response(206)
+            h.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
         else:
-            status = 200
-        handler.send_response(status)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.send_header("Content-Type", "application/octet-stream")
-        handler.end_headers()
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            handler.wfile.write(body)
+            start = 0
+            h.send_response(200)
+        h.send_header("ETag", etag)
+        h.send_header("Accept-Ranges", "bytes")
+        h.send_header("Content-Length", str(size - start))
+        h.end_headers()
+        if h.command == "HEAD":
+            return
+        if not rate:
+            self._write(h, body[start:])
+            return
+        for i in range(start, size, rate):
+            if not self._write(h, body[i : i + rate]):
+                return
+            if i + rate < size and self.stop.wait(0.1):
+                return
 
-    def __enter__(self) -> LocalFileServer:
-        self.thread.start()
-        return self
+    def _broken(self, h: Any, kind: str, name: str, size: int, at: int, secs: float) -> None:
+        body = body_of(name, size)
+        etag = _etag(body)
+        h.send_response(200)
+        h.send_header("ETag", etag)
+        h.send_header("Accept-Ranges", "bytes")
+        h.send_header("Content-Length", str(size))
+        h.end_headers()
+        if not self._write(h, body[:at]):
+            return
+        if kind == "stall":
+            self.stop.wait(secs)
+        elif kind == "reset":
+            self.stop.wait(0.2)  # let the client read what was sent before the reset
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        h.close_connection = True
+        h.connection.close()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _endless(self, h: Any, headers: dict[str, str], chunked: bool = False) -> None:
+        h.send_response(200)
+        for key, value in headers.items():
+            h.send_header(key, value)
+        h.end_headers()
+        block = b"z" * 65536
+        frame = f"{len(block):x}\r\n".encode() + block + b"\r\n" if chunked else block
+        while not self.stop.is_set() and self._write(h, frame):
+            pass
+        h.close_connection = True
 
-    def start(self) -> LocalFileServer:
-        """Start serving in a background thread."""
-        self.thread.start()
-        return self
+    def _chunked(self, h: Any, body: bytes) -> None:
+        h.send_response(200)
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        for i in range(0, len(body), 4096):
+            piece = body[i : i + 4096]
+            self._write(h, f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        self._write(h, b"0\r\n\r\n")
 
-    def close(self) -> None:
-        """Stop serving and close the socket."""
-        self._stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+
+
+LocalFileServer = FaultServer
+"""The name this server had when it served only in-memory files (still works)."""

@@ -22,8 +22,7 @@ from rich.console import Console
 from messages import DownloadComplete, HostStatus, ProgressUpdate, RunProgress, WorkItem
 from runtime.display import LiveDisplay, ProgressLogger
 from runtime.metrics import Metrics
-from runtime.testing import capture_logs
-from tests.fault_server import FaultServer
+from runtime.testing import FaultServer, capture_logs
 from tests.helpers import ROOT, read_manifest, run_cli, start_cli
 
 TIMEOUT = 120

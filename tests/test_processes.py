@@ -17,8 +17,7 @@ import pytest
 from messages import DownloadStarted
 from runtime import ConveyorError, Pipeline
 from runtime.pipeline import RunSummary
-from runtime.testing import ScriptedTransport, capture_logs
-from tests.fault_server import FaultServer, body_of
+from runtime.testing import FaultServer, ScriptedTransport, body_of, capture_logs
 from tests.helpers import make_config, read_manifest
 from tests.plugins import CrashOnceTransportFactory
 

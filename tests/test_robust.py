@@ -18,8 +18,7 @@ import pytest
 from messages import DownloadComplete, DownloadFailed, DownloadStarted, HostStatus, Outcome
 from runtime import Pipeline
 from runtime.pipeline import RunSummary
-from runtime.testing import FakeClock, capture_logs
-from tests.fault_server import FaultServer, body_of
+from runtime.testing import FakeClock, FaultServer, body_of, capture_logs
 from tests.helpers import make_config, read_manifest
 
 TIMEOUT = 60
