@@ -58,7 +58,7 @@ from runtime.core.plugins import (  # noqa: E402
     PluginContext,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for type checkers only: at run time these come from __getattr__
     from runtime.pipeline import EXIT_CODES, Pipeline, RunSummary
 
 try:
