@@ -47,7 +47,6 @@ class ChildActor(pykka.ThreadingActor):
 
     def __init__(self, *, child: ChildContext) -> None:
         super().__init__()
-        self.child = child
         self.worker = child.worker
         self.index = child.index
         self.supervisor = child.supervisor

@@ -89,6 +89,18 @@ def _rename(name: str, item_id: str, attempt: int) -> str:
     return f"{folder}{slash}{stem}{tail}"
 
 
+_ITEM_COLUMNS = "id, url, name, sha256, size, line, attempts, validator"
+"""The columns a ``WorkItem`` is read back from, in ``_work_item``'s order."""
+
+
+def _work_item(row: Sequence[Any]) -> WorkItem:
+    """A stored item, as it is dispatched (the ``_ITEM_COLUMNS`` of one row)."""
+    i, u, n, h, size, line, attempts, validator = row
+    return WorkItem(
+        id=i, url=u, name=n, sha256=h, size=size, line=line, attempts=attempts, validator=validator
+    )
+
+
 def _inside(folder: Path, root: Path) -> bool:
     """Whether ``folder`` resolves (symlinks included) to ``root`` or below it."""
     real, real_root = os.path.realpath(folder), os.path.realpath(root)
@@ -359,16 +371,13 @@ class SQLiteStore:
     def next_pending(self, limit: int) -> list[WorkItem]:
         """Return up to ``limit`` pending items after the cursor, in input order."""
         rows = self.db.execute(
-            "SELECT seq, id, url, name, sha256, size, line, attempts, validator FROM items "
+            f"SELECT seq, {_ITEM_COLUMNS} FROM items "  # noqa: S608 - a constant
             "WHERE status='pending' AND seq > ? ORDER BY seq LIMIT ?",
             (self._cursor, limit),
         ).fetchall()
         if rows:
             self._cursor = rows[-1][0]
-        return [
-            WorkItem(id=i, url=u, name=n, sha256=h, size=s, line=ln, attempts=a, validator=v)
-            for _, i, u, n, h, s, ln, a, v in rows
-        ]
+        return [_work_item(row[1:]) for row in rows]
 
     # -- status changes -----------------------------------------------------------------
 
@@ -474,14 +483,10 @@ class SQLiteStore:
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
             rows = self.db.execute(
-                "SELECT id, url, name, sha256, size, line, attempts, validator "  # noqa: S608
-                f"FROM items WHERE id IN ({marks}) ORDER BY seq",
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE id IN ({marks}) ORDER BY seq",  # noqa: S608
                 chunk,
             ).fetchall()
-            found += [
-                WorkItem(id=i, url=u, name=n, sha256=h, size=s, line=ln, attempts=a, validator=v)
-                for i, u, n, h, s, ln, a, v in rows
-            ]
+            found += [_work_item(row) for row in rows]
         return found
 
     def load_hosts(self) -> dict[str, dict[str, Any]]:
