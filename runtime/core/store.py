@@ -24,12 +24,12 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from messages import Outcome, Rejected, WorkItem
 from runtime.core.inputs import MAX_FILE_NAME_BYTES, derive_name
 
-__all__ = ["TERMINAL", "IngestResult", "SQLiteStore"]
+__all__ = ["TERMINAL", "IngestResult", "SQLiteStore", "Store"]
 
 TERMINAL = ("completed", "failed", "skipped")
 _SCHEMA = """
@@ -69,6 +69,84 @@ class IngestResult:
     """New items now pending."""
     rejected: tuple[Outcome, ...]
     """New terminal ``invalid_entry`` outcomes to report."""
+
+
+class Store(Protocol):
+    """What the ledger needs from durable state; ``SQLiteStore`` is the implementation.
+
+    Writes go into one open transaction that ``commit`` makes durable (the group
+    commit); reads see the store's own uncommitted writes.
+    """
+
+    def ingest(
+        self, items: Sequence[WorkItem], rejected: Sequence[Rejected], derived: Iterable[str]
+    ) -> IngestResult:
+        """Record a block of input (new items pending, bad ones terminal rejects)."""
+        ...
+
+    def next_pending(self, limit: int) -> list[WorkItem]:
+        """Up to ``limit`` pending items not yet read, in input order."""
+        ...
+
+    def items_by_id(self, ids: Sequence[str]) -> list[WorkItem]:
+        """Stored items, as they would be dispatched."""
+        ...
+
+    def count_rejects(self) -> int:
+        """Rejected entries whose report may not have been written yet."""
+        ...
+
+    def next_rejects(self, limit: int) -> list[Outcome]:
+        """The next block of rejected entries to report."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Items per stored status."""
+        ...
+
+    def open_count(self) -> int:
+        """Items not yet terminal."""
+        ...
+
+    def record_attempt(self, item_id: str, attempts: int, error_kind: str, error: str) -> None:
+        """A failed attempt of an item that stays pending."""
+        ...
+
+    def record_validator(self, item_id: str, validator: str | None) -> None:
+        """How to resume an item's partial file."""
+        ...
+
+    def record_outcome(self, outcome: Outcome) -> None:
+        """An item is terminal."""
+        ...
+
+    def reopen(self, ids: Sequence[str]) -> None:
+        """Terminal items are pending again."""
+        ...
+
+    def failed_host_down_this_run(self) -> list[tuple[str, str]]:
+        """``(id, url)`` of the items this run recorded as failed ``host_down``."""
+        ...
+
+    def load_hosts(self) -> dict[str, dict[str, Any]]:
+        """Per-host statistics of earlier runs."""
+        ...
+
+    def save_hosts(self, hosts: dict[str, dict[str, Any]]) -> None:
+        """Per-host statistics."""
+        ...
+
+    def set_meta(self, **values: Any) -> None:
+        """Facts about the run, for ``status``."""
+        ...
+
+    def commit(self) -> None:
+        """Make everything written so far durable."""
+        ...
+
+    def close(self) -> None:
+        """Commit and let go of the store."""
+        ...
 
 
 def _chunks(seq: Sequence[str]) -> Iterable[Sequence[str]]:

@@ -1,0 +1,669 @@
+"""The ledger: every item's life cycle, as plain state (no actors, no threads).
+
+The StateKeeper actor owns one ``Ledger`` and feeds it every event of a run; the ledger
+decides what happens next — which items go to which downloader, which files to which
+processor, which outcomes to the post-processor, what to write to the store — and
+returns those decisions as ``Effects`` for the actor to carry out. Being pure, it is
+tested on its own against a reference model (``tests/test_ledger.py``).
+
+Flow of one item::
+
+    pending ─grant─▶ leased ─downloaded─▶ processing ─processed─▶ reporting
+       ▲               │                                            │
+       └─retry─────────┘ failed (transient, attempts left)  recorded ▼
+                                                      completed | failed | skipped
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import random
+from collections import deque
+from typing import Any
+
+from messages import (
+    HANDED_BACK,
+    DownloadComplete,
+    DownloadFailed,
+    Enqueue,
+    Grant,
+    HostStatus,
+    Outcome,
+    PostProcessed,
+    PostProcessFailed,
+    ProcessingComplete,
+    ProcessingFailed,
+    ResumeInfo,
+    RunFinished,
+    RunProgress,
+    WorkItem,
+)
+from messages.control import ProcessFiles, RecordOutcomes
+from messages.types import ErrorKind, Lane, Status
+from runtime.core.clock import Clock
+from runtime.core.config import Config
+from runtime.core.logs import get_logger
+from runtime.core.retry import RetryPolicy
+from runtime.core.scheduler import Scheduler, host_of
+from runtime.core.store import Store
+
+__all__ = ["PROCESS_BATCH", "REPORT_BATCH", "REPORT_QUEUE", "Effects", "Ledger"]
+
+log = get_logger("ledger")
+
+PROCESS_BATCH = 32
+"""Most files handed to one processor in one message."""
+REPORT_BATCH = 512
+"""Most outcomes handed to the post-processor in one message."""
+REPORT_QUEUE = 4 * REPORT_BATCH
+"""Most outcomes waiting for the post-processor in memory; rejected input entries and
+items of down hosts wait in the store (or unread) beyond it."""
+
+
+@dataclasses.dataclass(slots=True)
+class Effects:
+    """What the owner of a ledger must do after feeding it events."""
+
+    sends: list[tuple[str, Any]]
+    """Messages to workers, by worker name, in order."""
+    events: list[Any]
+    """Messages for the event sink (displays, the API), in order."""
+    finished: RunFinished | None
+    """The run's summary, once: the run is over."""
+
+
+@dataclasses.dataclass(slots=True)
+class _Worker:
+    kind: str
+    credit: int = 0
+    lane: Lane = "small"
+    held: set[str] = dataclasses.field(default_factory=set)
+
+
+class Ledger:
+    """See the module docstring."""
+
+    def __init__(self, config: Config, store: Store, clock: Clock, rng: random.Random) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = store
+        self.policy = RetryPolicy(config.retry, rng)
+        self.workers: dict[str, _Worker] = {}
+        self.post_processor: str | None = None
+        self.leases: dict[str, tuple[str, WorkItem]] = {}
+        self.started: set[str] = set()  # leased items whose transfer began
+        self.processing: dict[str, tuple[str, DownloadComplete]] = {}
+        self.to_process: deque[DownloadComplete] = deque()  # downloaded, no processor yet
+        self.reporting: dict[str, Outcome] = {}
+        self.unsent_reports: deque[Outcome] = deque()
+        self.granting = True
+        self.input_closed = False
+        self.finished = False
+        self.end_reason = "done"
+        self.run_started = clock.now()
+        self._sends: list[tuple[str, Any]] = []
+        self._events: list[Any] = []
+        self._summary: RunFinished | None = None
+        store.set_meta(run_state="running", started_at=clock.wall())
+        counts = store.counts()
+        self.open_items = store.open_count()
+        self.rejects_waiting = store.count_rejects()  # stored, not yet in unsent_reports
+        self.stats: dict[str, int] = {
+            "accepted": sum(counts.values()),
+            "completed": counts.get("completed", 0),
+            "failed": counts.get("failed", 0),
+            "skipped": counts.get("skipped", 0),
+            "bytes": 0,
+            "retries": 0,
+            "max_leased": 0,
+        }
+        self.backlog_limit = config.processing.backlog or 4 * config.processing.workers
+        self.scheduler = Scheduler(config, store.next_pending)
+        self.scheduler.load_stats(store.load_hosts())
+        log.info("state opened", **counts)
+
+    # -- the owner's side ---------------------------------------------------------------
+
+    def take(self) -> Effects:
+        """The effects of everything fed in since the last call."""
+        effects = Effects(self._sends, self._events, self._summary)
+        self._sends, self._events, self._summary = [], [], None
+        return effects
+
+    def emit(self, message: Any) -> None:
+        """Pass an event on, unless the run already finished.
+
+        ``RunFinished`` is the last event of a run, always: a tick or a late result that
+        arrives after it may still be committed, but is not announced.
+        """
+        if not self.finished:
+            self._events.append(message)
+
+    def pump(self) -> None:
+        """Move work forward after any event, then check whether the run is over."""
+        self._dispatch()
+        self._fail_given_up()
+        self._feed_processors()
+        self._load_rejects()
+        self._send_reports()
+        self._check_finished()
+
+    # -- workers ------------------------------------------------------------------------
+
+    def attach(self, worker: str, kind: str, credit: int = 0, lane: Lane = "small") -> None:
+        """A worker is running and may be sent work."""
+        self.workers[worker] = _Worker(kind=kind, credit=credit, lane=lane)
+        if kind == "post_processor":
+            self.post_processor = worker
+
+    def demand(self, worker: str, n: int) -> None:
+        """A downloader may take ``n`` more items."""
+        if worker in self.workers:
+            self.workers[worker].credit += n
+
+    def worker_lost(self, worker: str, error: str) -> None:
+        """A worker crashed: give what it held to others."""
+        slot = self.workers.pop(worker, None)
+        if slot is None:
+            return
+        log.warning(
+            "worker lost; re-dispatching its items",
+            worker=worker,
+            items=len(slot.held),
+            error=error,
+        )
+        for item_id in sorted(slot.held):
+            if slot.kind == "downloader":
+                self._lease_lost(item_id, error)
+            elif slot.kind == "processor":
+                _, done = self.processing[item_id]
+                self.processing[item_id] = ("", done)
+                self.to_process.appendleft(done)
+            elif slot.kind == "post_processor":
+                self.unsent_reports.appendleft(self.reporting.pop(item_id))
+        if slot.kind == "post_processor":
+            self.post_processor = None
+
+    def _lease_lost(self, item_id: str, error: str) -> None:
+        _, item = self.leases.pop(item_id)
+        self.scheduler.released(item)
+        if item_id not in self.started:  # still queued: the crash was not its attempt
+            self.scheduler.requeue(dataclasses.replace(item, attempts=item.attempts - 1))
+            return
+        self.started.discard(item_id)
+        if item.attempts >= self.config.retry.max_attempts:
+            self._report(
+                _outcome(
+                    item,
+                    status="failed",
+                    error_kind="worker_crash",
+                    error=f"downloader crashed: {error}",
+                )
+            )
+        else:
+            self.scheduler.requeue(item)
+
+    # -- ingest -------------------------------------------------------------------------
+
+    def enqueue(self, batch: Enqueue) -> int:
+        """Store a block of input; return how many new items are pending."""
+        result = self.store.ingest(batch.items, batch.rejected, batch.derived_name_ids)
+        new = result.added + len(result.rejected)
+        self.stats["accepted"] += new
+        self.open_items += new
+        if result.added:
+            self.scheduler.input_grew()
+        self.rejects_waiting += len(result.rejected)  # reported from the store, in blocks
+        return result.added
+
+    def close_input(self) -> None:
+        """No more input will come."""
+        self.input_closed = True
+
+    # -- dispatch -----------------------------------------------------------------------
+
+    def grant(self, lane: Lane, now: float) -> WorkItem | None:
+        """Lease the next item a downloader of ``lane`` may take now (attempt counted)."""
+        item = self.scheduler.next_for(lane, now)
+        if item is None:
+            return None
+        self.scheduler.dispatched(item)
+        return dataclasses.replace(item, attempts=item.attempts + 1)
+
+    def _dispatch(self) -> None:
+        """Answer demand, one item at a time to the downloader holding the fewest.
+
+        An idle downloader is served before a busy one gets an item to queue behind its
+        running transfer, so nothing waits behind a transfer that is not its own while
+        another downloader could take it (a busy one still prefetches when there is
+        more work than idle downloaders).
+        """
+        if not self.granting:
+            return
+        hungry = [
+            (len(s.held), i, w, s)
+            for i, (w, s) in enumerate(self.workers.items())
+            if s.kind == "downloader" and s.credit
+        ]
+        heapq.heapify(hungry)
+        batches: dict[str, list[WorkItem]] = {}
+        dry: set[str] = set()  # lanes with nothing to give now
+        now = self.clock.now()
+        while hungry and len(self.processing) < self.backlog_limit:
+            held, order, worker, slot = heapq.heappop(hungry)
+            if slot.lane in dry:
+                continue
+            item = self.grant(slot.lane, now)
+            if item is None:
+                dry.add(slot.lane)
+                continue
+            batch = batches.setdefault(worker, [])
+            batch.append(item)
+            if len(batch) < slot.credit:
+                heapq.heappush(hungry, (held + 1, order, worker, slot))
+        for worker, batch in batches.items():
+            slot = self.workers[worker]
+            slot.credit -= len(batch)
+            for item in batch:
+                self.leases[item.id] = (worker, item)
+                slot.held.add(item.id)
+            self.stats["max_leased"] = max(self.stats["max_leased"], len(slot.held))
+            self._sends.append((worker, Grant(worker=worker, items=tuple(batch))))
+
+    def _fail_given_up(self) -> None:
+        """Fail, without a request, the items of hosts whose probes kept failing.
+
+        Only as many as the report queue has room for: a dead host with a million items
+        is failed block by block at the post-processor's pace, not read into memory.
+        """
+        room = REPORT_QUEUE - len(self.unsent_reports)
+        if room <= 0:
+            return
+        for item in self.scheduler.take_given_up(room):
+            key = host_of(item.url)
+            breaker = self.scheduler.hosts[key].breaker
+            self._report(
+                _outcome(
+                    item,
+                    status="failed",
+                    error_kind="host_down",
+                    error=f"{key} is down: {breaker.probe_failures} probes in a row failed "
+                    f"(circuit.give_up_after); no request was sent for this item",
+                )
+            )
+
+    # -- downloads ----------------------------------------------------------------------
+
+    def started_transfer(self, item_id: str) -> None:
+        """A leased item's transfer began (a crash from now on costs it an attempt)."""
+        if item_id in self.leases:
+            self.started.add(item_id)
+
+    def _release(self, worker: str, item_id: str) -> WorkItem | None:
+        lease = self.leases.get(item_id)
+        if lease is None or lease[0] != worker:
+            log.warning(
+                "result for an item not leased to the sender", worker=worker, item_id=item_id
+            )
+            return None
+        del self.leases[item_id]
+        self.started.discard(item_id)
+        slot = self.workers.get(worker)
+        if slot is not None:
+            slot.held.discard(item_id)
+        return lease[1]
+
+    def downloaded(self, done: DownloadComplete) -> None:
+        """A leased item is on disk."""
+        if self._release(done.worker, done.item.id) is None:
+            return
+        self.emit(done)
+        if self.scheduler.succeeded(done.item, done.size, done.reused):
+            self._revive(host_of(done.item.url))
+        if not done.reused:
+            self.stats["bytes"] += done.size
+        if done.reused and self.config.output.if_exists == "skip":
+            self._report(
+                _outcome(
+                    done.item, status="skipped", path=done.path, size=done.size, sha256=done.sha256
+                )
+            )
+            return
+        self.processing[done.item.id] = ("", done)
+        self.to_process.append(done)
+
+    def download_failed(self, failed: DownloadFailed) -> None:
+        """A leased item's attempt failed, or the item came back unstarted."""
+        item = self._release(failed.worker, failed.item.id)
+        if item is None:
+            return
+        if failed.error_kind != HANDED_BACK:  # not an attempt, and not news
+            self.emit(failed)
+        if not failed.counts_attempt:  # cancelled, handed back, or moved to the large lane
+            self.scheduler.released(item, failed.size)
+            self.scheduler.requeue(dataclasses.replace(item, attempts=item.attempts - 1))
+            return
+        now = self.clock.now()
+        decision = self.policy.decide(item.attempts, failed.permanent, failed.retry_after)
+        paused = self.scheduler.failed(
+            item,
+            failed.error_kind,
+            failed.retry_after,
+            now,
+            decision.retry,
+            self.clock.wall(),
+            failed.scope,
+        )
+        if paused:
+            key = host_of(item.url)
+            log.warning(
+                "host paused",
+                host=key,
+                seconds=round(paused, 3),
+                reason=self.scheduler.hosts[key].cooldown_reason,
+                item_id=item.id,
+            )
+        if not decision.retry:
+            self._report(
+                _outcome(
+                    item,
+                    status="failed",
+                    error_kind=decision.error_kind or failed.error_kind,
+                    error=decision.error or failed.error,
+                )
+            )
+            return
+        self.store.record_attempt(item.id, item.attempts, failed.error_kind, failed.error)
+        self.stats["retries"] += 1
+        log.info(
+            "retry scheduled",
+            item_id=item.id,
+            error_kind=failed.error_kind,
+            attempt=item.attempts,
+            delay=round(decision.delay, 3),
+        )
+        self.scheduler.requeue(item, now + decision.delay if decision.delay > 0 else 0.0)
+
+    def resume_info(self, info: ResumeInfo) -> None:
+        """Remember how to resume a leased item's partial file."""
+        lease = self.leases.get(info.item_id)
+        if lease is None or lease[0] != info.worker:
+            return
+        self.leases[info.item_id] = (
+            lease[0],
+            dataclasses.replace(lease[1], validator=info.validator),
+        )
+        self.store.record_validator(info.item_id, info.validator)
+
+    # -- processing and reporting ---------------------------------------------------------
+
+    def _feed_processors(self) -> None:
+        """Hand waiting files to idle processors, in batches split evenly among them.
+
+        A processor gets its next batch only after answering the last one, so batches
+        grow with the load and shrink to single files when the pipeline is quiet.
+        """
+        if not self.to_process:
+            return
+        idle = [(w, s) for w, s in self.workers.items() if s.kind == "processor" and not s.held]
+        for i, (worker, slot) in enumerate(idle):
+            share = -(-len(self.to_process) // (len(idle) - i))  # ceil
+            batch = tuple(self.to_process.popleft() for _ in range(min(share, PROCESS_BATCH)))
+            if not batch:
+                return
+            for done in batch:
+                self.processing[done.item.id] = (worker, done)
+                slot.held.add(done.item.id)
+            self._sends.append((worker, ProcessFiles(files=batch)))
+
+    def processed(self, message: ProcessingComplete | ProcessingFailed) -> None:
+        """A processor finished a file."""
+        entry = self.processing.get(message.item_id)
+        if entry is None or entry[0] != message.worker:  # unknown, or given to another
+            log.warning("processing result for an unknown item", item_id=message.item_id)
+            return
+        del self.processing[message.item_id]
+        worker, done = entry
+        if worker in self.workers:
+            self.workers[worker].held.discard(message.item_id)
+        if isinstance(message, ProcessingComplete):
+            outcome = _outcome(
+                done.item,
+                status="completed",
+                path=done.path,
+                size=done.size,
+                sha256=done.sha256,
+                result=message.result,
+            )
+        else:
+            outcome = _outcome(
+                done.item,
+                status="failed",
+                path=done.path,
+                size=done.size,
+                sha256=done.sha256,
+                error_kind="processing_error",
+                error=message.error,
+            )
+        self._report(outcome)
+
+    def _report(self, outcome: Outcome) -> None:
+        self.unsent_reports.append(outcome)
+
+    def _load_rejects(self) -> None:
+        """Bring the next block of stored rejected entries to the report queue."""
+        if not self.rejects_waiting or len(self.unsent_reports) >= REPORT_BATCH:
+            return
+        block = self.store.next_rejects(REPORT_BATCH)
+        self.unsent_reports.extend(block)
+        self.rejects_waiting = self.rejects_waiting - len(block) if block else 0
+
+    def _send_reports(self) -> None:
+        """Send waiting outcomes to the post-processor, one batch at a time."""
+        pp = self.workers.get(self.post_processor) if self.post_processor else None
+        if pp is None or pp.held or not self.unsent_reports:
+            return
+        n = min(len(self.unsent_reports), REPORT_BATCH)
+        batch = tuple(self.unsent_reports.popleft() for _ in range(n))
+        for outcome in batch:
+            self.reporting[outcome.id] = outcome
+            pp.held.add(outcome.id)
+        assert self.post_processor is not None
+        self._sends.append((self.post_processor, RecordOutcomes(outcomes=batch)))
+
+    def recorded(self, message: PostProcessed | PostProcessFailed) -> None:
+        """The post-processor recorded an outcome: the item is terminal."""
+        outcome = self.reporting.pop(message.item_id, None)
+        if outcome is None:
+            log.warning("post-processing result for an unknown item", item_id=message.item_id)
+            return
+        if self.post_processor in self.workers:
+            self.workers[self.post_processor].held.discard(message.item_id)
+        if isinstance(message, PostProcessFailed):
+            outcome = dataclasses.replace(
+                outcome, status="failed", error_kind="post_process_error", error=message.error
+            )
+        self.store.record_outcome(outcome)
+        self.stats[outcome.status] += 1
+        self.open_items -= 1
+        self.emit(outcome)
+        if outcome.error_kind == "host_down" and host_of(outcome.url) not in self.scheduler.down:
+            self._reopen([outcome.id])  # its host came back while this was being recorded
+
+    # -- a host that was down is up again ------------------------------------------------
+
+    def _revive(self, key: str) -> None:
+        """Put back to pending every item this run failed ``host_down`` for ``key``.
+
+        A late success proved the host serves files after all: items not yet reported
+        simply go back to dispatch; items already recorded are reopened (the manifest's
+        ``host_down`` line is superseded by the item's next outcome).
+        """
+        keep: deque[Outcome] = deque()
+        waiting: list[str] = []
+        for outcome in self.unsent_reports:
+            if outcome.error_kind == "host_down" and host_of(outcome.url) == key:
+                waiting.append(outcome.id)
+            else:
+                keep.append(outcome)
+        self.unsent_reports = keep
+        for item in self.store.items_by_id(waiting):
+            self.scheduler.requeue(item)
+        recorded = [i for i, u in self.store.failed_host_down_this_run() if host_of(u) == key]
+        self._reopen(recorded)
+        log.warning(
+            "host is up again; its host_down items are pending again",
+            host=key,
+            items=len(waiting) + len(recorded),
+        )
+
+    def _reopen(self, ids: list[str]) -> None:
+        """Make recorded ``host_down`` items pending again and dispatch them."""
+        if not ids:
+            return
+        self.store.reopen(ids)
+        for item in self.store.items_by_id(ids):
+            self.scheduler.requeue(item)
+        self.stats["failed"] -= len(ids)
+        self.open_items += len(ids)
+
+    # -- the end --------------------------------------------------------------------------
+
+    def cancel(self, reason: str, abort: bool) -> None:
+        """Stop granting (the first reason is the one reported); end now if ``abort``."""
+        self.granting = False
+        if self.end_reason == "done":
+            self.end_reason = reason
+        if abort:
+            self.finish()
+
+    def busy(self) -> bool:
+        """Whether any item is between pending and terminal."""
+        return bool(
+            self.leases
+            or self.processing
+            or self.reporting
+            or self.unsent_reports
+            or self.rejects_waiting
+        )
+
+    def _check_finished(self) -> None:
+        if self.finished:
+            return
+        drained = not self.busy()
+        stopped = not self.granting
+        all_done = self.input_closed and self.open_items == 0
+        if drained and (stopped or all_done):
+            self.finish()
+
+    def commit(self) -> None:
+        """Write everything to the store (the group commit) and tell where the run stands."""
+        hosts = self.scheduler.take_dirty()
+        self.store.save_hosts(hosts)
+        self.store.set_meta(last_commit_at=self.clock.wall())  # wall time, for `status`
+        self.store.commit()
+        self._progress_events(hosts)
+
+    def _progress_events(self, hosts: dict[str, dict[str, Any]]) -> None:
+        """Tell displays where the run stands (once per commit, so at a bounded rate)."""
+        now = self.clock.now()
+        for key, st in sorted(hosts.items()):
+            not_before = self.scheduler.hosts[key].not_before
+            cooldown = max(0.0, not_before - now)
+            self.emit(
+                HostStatus(
+                    host=key,
+                    active=st["active"],
+                    attempts=st["attempts"],
+                    successes=st["successes"],
+                    failures=sum(st["failures"].values()),
+                    retries=st["retries"],
+                    bytes=st["bytes"],
+                    breaker=st["breaker"],
+                    times_opened=st["times_opened"],
+                    cooldown=cooldown,
+                    cooldown_reason=st["cooldown_reason"] if cooldown else "",
+                    window=st["window"],
+                    window_failures=st["window_failures"],
+                    breaker_reason=st["breaker_reason"],
+                )
+            )
+        self.emit(
+            RunProgress(
+                accepted=self.stats["accepted"],
+                completed=self.stats["completed"],
+                failed=self.stats["failed"],
+                skipped=self.stats["skipped"],
+                pending=self.open_items,
+                downloading=len(self.leases),
+                processing=len(self.processing),
+                bytes=self.stats["bytes"],
+                retries=self.stats["retries"],
+                elapsed=now - self.run_started,
+            )
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters and per-host statistics, as plain data."""
+        stats: dict[str, Any] = dict(self.stats)
+        stats.update(
+            pending=self.open_items,
+            leased=len(self.leases),
+            processing=len(self.processing),
+            reporting=len(self.reporting),
+            hosts=self.scheduler.host_stats(),
+        )
+        return stats
+
+    def finish(self) -> None:
+        """End the run: final commit, then the summary (the last event)."""
+        if self.finished:
+            return
+        self.store.set_meta(
+            run_state="finished", reason=self.end_reason, finished_at=self.clock.wall()
+        )
+        self.commit()  # with the last progress events
+        self.finished = True
+        summary = RunFinished(
+            accepted=self.stats["accepted"],
+            completed=self.stats["completed"],
+            failed=self.stats["failed"],
+            skipped=self.stats["skipped"],
+            pending=self.open_items,
+            bytes=self.stats["bytes"],
+            elapsed=self.clock.now() - self.run_started,
+            reason=self.end_reason,
+        )
+        log.info(
+            "run finished",
+            **{f.name: getattr(summary, f.name) for f in dataclasses.fields(summary)},
+        )
+        self._events.append(summary)  # the last event of the run: emit drops the rest
+        self._summary = summary
+
+
+def _outcome(
+    item: WorkItem,
+    *,
+    status: Status,
+    path: str = "",
+    size: int | None = None,
+    sha256: str | None = None,
+    error_kind: ErrorKind | None = None,
+    error: str | None = None,
+    result: dict[str, Any] | None = None,
+) -> Outcome:
+    return Outcome(
+        id=item.id,
+        url=item.url,
+        name=item.name,
+        path=path,
+        status=status,
+        size=size,
+        sha256=sha256,
+        error_kind=error_kind,
+        error=error,
+        attempts=item.attempts,
+        result=result or {},
+    )
