@@ -1,0 +1,399 @@
+"""The ledger on its own: a hypothesis state machine against a reference model.
+
+The machine plays every other actor of a run — downloaders that finish, fail, hand items
+back or crash, a processor, the post-processor, the ticker — and feeds the ledger the
+messages they would send, in any order hypothesis picks. A small reference model follows
+each item (pending → leased → downloaded → processing → reporting → terminal) from what
+the ledger *sends*, and checks after every step that the ledger never leases an item
+twice, never exceeds a mailbox or ``download.per_host``, keeps every breaker in a valid
+state, and, once the machine lets everything finish, ends every accepted item exactly once.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from messages import (
+    HANDED_BACK,
+    DownloadComplete,
+    DownloadFailed,
+    Enqueue,
+    Grant,
+    Outcome,
+    PostProcessed,
+    PostProcessFailed,
+    ProcessingComplete,
+    ProcessingFailed,
+    RunFinished,
+    WorkItem,
+)
+from messages.control import ProcessFiles, RecordOutcomes
+from messages.types import ErrorKind
+from runtime.core.ledger import Ledger
+from runtime.core.scheduler import host_of
+from runtime.core.store import SQLiteStore
+from runtime.testing import FakeClock
+from tests.helpers import make_config
+
+HOSTS = ("a.test", "b.test", "c.test")
+MAX_ATTEMPTS = 3
+PER_HOST = 2
+MAILBOX = 2
+TERMINAL = ("completed", "failed", "skipped")
+FAILURES: tuple[ErrorKind, ...] = (
+    "http_5xx",
+    "http_4xx",
+    "rate_limited",
+    HANDED_BACK,
+    "connection",
+)
+
+
+@dataclass
+class Model:
+    """Where each item is, as far as the ledger's sends say."""
+
+    state: dict[str, str] = field(default_factory=dict)  # id -> pending|leased|...|terminal
+    holder: dict[str, str] = field(default_factory=dict)  # id -> worker holding it
+    attempts: Counter[str] = field(default_factory=Counter)
+    expected: dict[str, set[str | None]] = field(default_factory=dict)  # id -> allowed error kinds
+    terminal: Counter[str] = field(default_factory=Counter)  # id -> terminal records
+    host_down: set[str] = field(default_factory=set)  # terminal ids last failed host_down
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """See the module docstring."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp(prefix="ledger-"))
+        self.config = make_config(
+            self.tmp,
+            download={"workers": 2, "mailbox": MAILBOX, "per_host": PER_HOST},
+            retry={"max_attempts": MAX_ATTEMPTS, "backoff_initial": 0.5},
+            circuit={"window": 4, "min_requests": 2, "reset_timeout": 5.0, "give_up_after": 2},
+        )
+        self.clock = FakeClock()
+        self.store = SQLiteStore(Path(self.config.state.dir))
+        self.ledger = Ledger(self.config, self.store, self.clock, random.Random(0))
+        self.model = Model()
+        self.downloaders: dict[str, list[WorkItem]] = {}
+        self.processor: list[DownloadComplete] = []
+        self.reports: list[Outcome] = []
+        self.generation = 0
+        self.next_id = 0
+        self.summary: RunFinished | None = None
+        self.steps = 0
+
+    def teardown(self) -> None:
+        self.store.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _attach_downloader(self) -> None:
+        self.generation += 1
+        name = f"downloader-{self.generation}"
+        self.downloaders[name] = []
+        self.ledger.attach(name, "downloader", MAILBOX)
+
+    def _settle(self) -> None:
+        """Let the ledger move work, then take its sends into the model."""
+        self.steps += 1
+        self.ledger.pump()
+        effects = self.ledger.take()
+        self._sync_reopened()
+        m = self.model
+        for worker, message in effects.sends:
+            match message:
+                case Grant(items=items):
+                    held = self.downloaders[worker]
+                    for item in items:
+                        assert m.state.get(item.id) == "pending", (item.id, m.state.get(item.id))
+                        m.attempts[item.id] += 1
+                        assert item.attempts == m.attempts[item.id]
+                        m.state[item.id] = "leased"
+                        m.holder[item.id] = worker
+                        held.append(item)
+                    assert len(held) <= MAILBOX
+                case ProcessFiles(files=files):
+                    for done in files:
+                        assert m.state[done.item.id] == "downloaded"
+                        m.state[done.item.id] = "processing"
+                        self.processor.append(done)
+                case RecordOutcomes(outcomes=outcomes):
+                    for outcome in outcomes:
+                        assert m.state[outcome.id] in ("pending", "reporting"), outcome
+                        if m.state[outcome.id] == "pending":  # failed without a request
+                            assert outcome.error_kind == "host_down", outcome
+                        else:
+                            assert outcome.error_kind in m.expected[outcome.id], outcome
+                        m.state[outcome.id] = "recording"
+                        self.reports.append(outcome)
+                case _:
+                    raise AssertionError(f"unexpected send {message!r}")
+        for event in effects.events:
+            assert self.summary is None, "an event after RunFinished"
+            if isinstance(event, Outcome):
+                m.terminal[event.id] += 1
+                if event.error_kind == "host_down":
+                    m.host_down.add(event.id)
+        if effects.finished is not None:
+            self.summary = effects.finished
+
+    def _sync_reopened(self) -> None:
+        """Items failed ``host_down`` whose host came back are pending again: their
+        record is superseded by the next one (the only way an item ends twice)."""
+        m = self.model
+        if not m.host_down:
+            return
+        ids = sorted(m.host_down)
+        marks = ",".join("?" * len(ids))
+        rows = self.store.db.execute(
+            f"SELECT id FROM items WHERE status='pending' AND id IN ({marks})",  # noqa: S608
+            ids,
+        )
+        for (i,) in rows:
+            m.host_down.discard(i)
+            m.terminal[i] -= 1
+            m.state[i] = "pending"
+
+    def _take(self, worker: str, index: int) -> WorkItem:
+        held = self.downloaders[worker]
+        return held.pop(index % len(held))
+
+    def _held(self) -> list[str]:
+        return [w for w, held in self.downloaders.items() if held]
+
+    # -- rules --------------------------------------------------------------------------
+
+    @initialize()
+    def start(self) -> None:
+        self.ledger.attach("processor-0", "processor")
+        self.ledger.attach("post_processor", "post_processor")
+        self._attach_downloader()
+        self._attach_downloader()
+        self._settle()
+
+    @rule(hosts=st.lists(st.sampled_from(HOSTS), min_size=1, max_size=6))
+    def enqueue(self, hosts: list[str]) -> None:
+        if self.ledger.input_closed:
+            return
+        items = []
+        for host in hosts:
+            self.next_id += 1
+            i = f"i{self.next_id}"
+            items.append(WorkItem(id=i, url=f"http://{host}/{i}", name=i, line=self.next_id))
+            self.model.state[i] = "pending"
+        assert self.ledger.enqueue(Enqueue(items=tuple(items))) == len(items)
+        self._settle()
+
+    @precondition(lambda self: self._held())
+    @rule(data=st.data(), reused=st.booleans())
+    def download_ok(self, data: st.DataObject, reused: bool) -> None:
+        worker = data.draw(st.sampled_from(self._held()))
+        item = self._take(worker, data.draw(st.integers(0, MAILBOX)))
+        self.model.state[item.id] = "downloaded"
+        self.model.expected[item.id] = {"processing_error", "post_process_error"}
+        self.ledger.downloaded(
+            DownloadComplete(
+                worker=worker, item=item, path=item.name, size=3, sha256="h", reused=reused
+            )
+        )
+        self.ledger.demand(worker, 1)
+        if reused and self.config.output.if_exists == "skip":
+            self.model.state[item.id] = "reporting"
+            self.model.expected[item.id] = {None, "post_process_error"}
+        self._settle()
+
+    @precondition(lambda self: self._held())
+    @rule(
+        data=st.data(),
+        kind=st.sampled_from(FAILURES),
+    )
+    def download_fails(self, data: st.DataObject, kind: ErrorKind) -> None:
+        worker = data.draw(st.sampled_from(self._held()))
+        item = self._take(worker, data.draw(st.integers(0, MAILBOX)))
+        m = self.model
+        handed_back = kind == HANDED_BACK
+        permanent = kind == "http_4xx"
+        if handed_back:
+            m.attempts[item.id] -= 1
+            m.state[item.id] = "pending"
+        elif permanent or m.attempts[item.id] >= MAX_ATTEMPTS:
+            m.state[item.id] = "reporting"
+            m.expected[item.id] = {kind, "post_process_error"}
+        else:
+            m.state[item.id] = "pending"
+        self.ledger.download_failed(
+            DownloadFailed(
+                worker=worker,
+                item=item,
+                error_kind=kind,
+                error=kind,
+                permanent=permanent,
+                counts_attempt=not handed_back,
+                retry_after=3.0 if kind == "rate_limited" else None,
+            )
+        )
+        self.ledger.demand(worker, 1)
+        self._settle()
+
+    @precondition(lambda self: self._held())
+    @rule(data=st.data(), began=st.booleans())
+    def downloader_crashes(self, data: st.DataObject, began: bool) -> None:
+        worker = data.draw(st.sampled_from(self._held()))
+        held = self.downloaders.pop(worker)
+        m = self.model
+        if began:  # its first item's transfer was running: that attempt counts
+            self.ledger.started_transfer(held[0].id)
+        for n, item in enumerate(held):
+            if n == 0 and began and m.attempts[item.id] >= MAX_ATTEMPTS:
+                m.state[item.id] = "reporting"
+                m.expected[item.id] = {"worker_crash", "post_process_error"}
+                continue
+            if not (n == 0 and began):
+                m.attempts[item.id] -= 1
+            m.state[item.id] = "pending"
+        self.ledger.worker_lost(worker, "boom")
+        self._attach_downloader()
+        self._settle()
+
+    @precondition(lambda self: self.processor)
+    @rule(data=st.data(), ok=st.booleans())
+    def processed(self, data: st.DataObject, ok: bool) -> None:
+        done = self.processor.pop(data.draw(st.integers(0, len(self.processor) - 1)))
+        i = done.item.id
+        self.model.state[i] = "reporting"
+        self.model.expected[i] = (
+            {"processing_error", "post_process_error"}
+            if not ok
+            else {
+                "post_process_error",
+                None,
+            }
+        )
+        message: ProcessingComplete | ProcessingFailed = (
+            ProcessingComplete(worker="processor-0", item_id=i)
+            if ok
+            else ProcessingFailed(worker="processor-0", item_id=i, error="bad")
+        )
+        self.ledger.processed(message)
+        self._settle()
+
+    @precondition(lambda self: self.reports)
+    @rule(data=st.data(), ok=st.booleans())
+    def recorded(self, data: st.DataObject, ok: bool) -> None:
+        outcome = self.reports.pop(data.draw(st.integers(0, len(self.reports) - 1)))
+        self.model.state[outcome.id] = "terminal"
+        if ok:
+            self.ledger.recorded(PostProcessed(item_id=outcome.id, status=outcome.status))
+        else:
+            self.ledger.recorded(PostProcessFailed(item_id=outcome.id, error="disk full"))
+        self._settle()
+        if self.model.state[outcome.id] == "terminal":
+            assert self.model.terminal[outcome.id] == 1
+
+    @rule(seconds=st.sampled_from([0.1, 1.0, 6.0]))
+    def tick(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.ledger.commit()
+        self._settle()
+
+    @rule()
+    def close_input(self) -> None:
+        self.ledger.close_input()
+        self._settle()
+
+    # -- invariants ---------------------------------------------------------------------
+
+    @invariant()
+    def hosts_are_consistent(self) -> None:
+        leased = Counter(host_of(item.url) for held in self.downloaders.values() for item in held)
+        for key, host in self.ledger.scheduler.hosts.items():
+            assert host.active == leased[key], (key, host.active, leased[key])
+            assert 0 <= host.active <= PER_HOST
+            assert host.breaker.state in ("closed", "open", "half_open", "down")
+        assert set(self.ledger.leases) == {
+            item.id for held in self.downloaders.values() for item in held
+        }
+
+    @invariant()
+    def nothing_ends_twice(self) -> None:
+        assert all(n <= 1 for n in self.model.terminal.values())
+
+    @invariant()
+    def counts_add_up(self) -> None:
+        s = self.ledger.stats
+        open_items = sum(1 for v in self.model.state.values() if v != "terminal")
+        if self.summary is None:
+            assert self.ledger.open_items == open_items
+        assert s["completed"] + s["failed"] + s["skipped"] + self.ledger.open_items == len(
+            self.model.state
+        )
+
+    # -- the end: let everything finish -------------------------------------------------
+
+    @precondition(lambda self: self.steps >= 30 and self.summary is None)
+    @rule()
+    def finish_everything(self) -> None:
+        """Every downloader succeeds from now on; every item must end exactly once."""
+        self.ledger.close_input()
+        self._settle()
+        for _ in range(10_000):
+            if self.summary is not None:
+                break
+            if worker := next(iter(self._held()), None):
+                item = self._take(worker, 0)
+                self.model.state[item.id] = "downloaded"
+                self.model.expected[item.id] = {"post_process_error"}
+                self.ledger.downloaded(
+                    DownloadComplete(worker=worker, item=item, path=item.name, size=3, sha256="h")
+                )
+                self.ledger.demand(worker, 1)
+            elif self.processor:
+                done = self.processor.pop()
+                self.model.state[done.item.id] = "reporting"
+                self.model.expected[done.item.id] = {None}
+                self.ledger.processed(
+                    ProcessingComplete(worker="processor-0", item_id=done.item.id)
+                )
+            elif self.reports:
+                outcome = self.reports.pop(0)
+                self.model.state[outcome.id] = "terminal"
+                self.ledger.recorded(PostProcessed(item_id=outcome.id, status=outcome.status))
+            else:
+                self.clock.advance(6.0)
+                self.ledger.commit()
+            self._settle()
+        assert self.summary is not None, "the run never finished"
+        assert self.summary.pending == 0
+        ended = {i for i, v in self.model.state.items() if v == "terminal"}
+        assert ended == set(self.model.state), set(self.model.state) - ended
+        assert all(self.model.terminal[i] == 1 for i in self.model.state)
+        counts = self.store.counts()
+        assert sum(counts.get(s, 0) for s in TERMINAL) == len(self.model.state)
+
+
+LedgerMachine.TestCase.settings = settings(
+    max_examples=200,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_ledger_against_the_model = LedgerMachine.TestCase
