@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import email.utils
 import random
@@ -297,19 +298,38 @@ def items(host: str, n: int, size: int | None = None) -> list[WorkItem]:
     ]
 
 
+class Queue:
+    """Pending items per host, as the store keeps them."""
+
+    def __init__(self, queue: list[WorkItem]) -> None:
+        self.rows: dict[str, list[tuple[int, WorkItem]]] = {}
+        for seq, item in enumerate(queue, 1):
+            self.rows.setdefault(host_of(item.url), []).append((seq, item))
+
+    def pending_hosts(self) -> list[str]:
+        return sorted(self.rows)
+
+    def pending_of(
+        self, host: str, large: bool, threshold: int, after: int, limit: int
+    ) -> list[tuple[int, WorkItem]]:
+        rows = self.rows.get(host, [])
+        start = bisect.bisect_right([seq for seq, _ in rows], after)
+        found = []
+        for seq, item in rows[start:]:
+            if large == (item.size is not None and item.size > threshold):
+                found.append((seq, item))
+                if len(found) == limit:
+                    break
+        return found
+
+
 def scheduler(tmp_path: Path, queue: list[WorkItem], **download: object) -> Scheduler:
     config = make_config(
         tmp_path,
         download={"per_host": 2, "large_threshold": 1000, **download},
         circuit={"window": 1, "min_requests": 1, "failure_rate": 0.0, "reset_timeout": 10.0},
     )
-
-    def fetch(n: int) -> list[WorkItem]:
-        taken = queue[:n]
-        del queue[:n]
-        return taken
-
-    return Scheduler(config, fetch)
+    return Scheduler(config, Queue(queue))
 
 
 def drain(s: Scheduler, lane: str, now: float) -> list[str]:
@@ -320,9 +340,9 @@ def drain(s: Scheduler, lane: str, now: float) -> list[str]:
     return out
 
 
-def test_per_host_limit_parks_instead_of_blocking_other_hosts(tmp_path: Path) -> None:
+def test_per_host_limit_holds_its_host_only_and_hosts_take_turns(tmp_path: Path) -> None:
     s = scheduler(tmp_path, items("a", 5) + items("b", 2))
-    assert drain(s, "small", 0.0) == ["a-0", "a-1", "b-0", "b-1"]
+    assert drain(s, "small", 0.0) == ["a-0", "b-0", "a-1", "b-1"]
     s.succeeded(WorkItem(id="a-0", url="http://a/0", name="a-0"), 10, reused=False)
     assert drain(s, "small", 0.0) == ["a-2"]
     assert s.hosts[host_of("http://a/0")].active == 2
@@ -376,13 +396,7 @@ def windowed(tmp_path: Path, queue: list[WorkItem]) -> Scheduler:
         download={"per_host": 0},
         circuit={"window": 4, "min_requests": 4, "failure_rate": 0.5, "reset_timeout": 10.0},
     )
-
-    def fetch(n: int) -> list[WorkItem]:
-        taken = queue[:n]
-        del queue[:n]
-        return taken
-
-    return Scheduler(config, fetch)
+    return Scheduler(config, Queue(queue))
 
 
 def test_url_level_failures_count_once_per_item_host_level_every_time(tmp_path: Path) -> None:
@@ -421,3 +435,24 @@ def test_a_half_open_host_probes_with_an_item_that_has_not_failed(tmp_path: Path
     assert s.next_for("small", 10.0) is None  # one probe at a time
     s.failed(probe, "http_5xx", None, 10.0, True, scope="url")
     assert s.next_for("small", 20.0) == bad  # no fresh one left: the known-bad one probes
+
+
+def test_a_cooling_host_with_many_items_holds_nothing_and_delays_no_other(
+    tmp_path: Path,
+) -> None:
+    """Work waits per host in the store: a host paused by a 429 keeps its 100,000 items
+    there (a few in memory at most) and every other host's items flow meanwhile."""
+    s = scheduler(tmp_path, items("a", 100_000) + items("b", 3) + items("c", 3), per_host=0)
+    first = s.next_for("small", 0.0)
+    assert first is not None
+    assert first.id == "a-0"
+    s.dispatched(first)
+    s.failed(first, "rate_limited", 60.0, 0.0, retried=True)
+    s.requeue(first, 60.0)
+    assert sorted(drain(s, "small", 1.0)) == ["b-0", "b-1", "b-2", "c-0", "c-1", "c-2"]
+    assert sum(len(q) for q in s.queued.values()) <= s.block
+    assert drain(s, "small", 59.0) == []
+    retry = s.next_for("small", 60.0)
+    assert retry is not None
+    assert retry.id == "a-0"  # its turn again
+    assert [s.next_for("small", 60.0) for _ in range(2)] == items("a", 3)[1:]

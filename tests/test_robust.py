@@ -526,7 +526,7 @@ def test_a_host_that_comes_back_gets_its_host_down_items_again(
     config = make_config(
         tmp_path,
         download={"workers": 4, "mailbox": 1, "per_host": 0, "min_speed": 1},
-        retry={"max_attempts": 2},
+        retry={"max_attempts": 2, "backoff_initial": 1.0},  # retries wait out the outage
         circuit={"window": 4, "min_requests": 4, "reset_timeout": 0.05, "give_up_after": 2},
     )
     entries = [{"id": "slow", "url": server.url("/drip/slow.bin?size=20000&rate=1000")}]

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from messages import Outcome, Rejected, WorkItem
+from runtime.core.scheduler import host_of
 from runtime.core.store import SQLiteStore
 
 
@@ -45,13 +46,30 @@ def test_a_given_name_that_clashes_is_rejected_a_derived_one_renamed(tmp_path: P
     assert names["c"] == "f-c.bin"
 
 
-def test_pending_items_come_back_in_input_order_once(tmp_path: Path) -> None:
-    """The dispatch cursor hands each pending item out once per run."""
+def test_pending_items_are_read_per_host_in_input_order(tmp_path: Path) -> None:
+    """Each host's pending items come back in input order, from a position on, by lane."""
     store = SQLiteStore(tmp_path)
-    store.ingest([item(str(i), i + 1) for i in range(5)], [], [])
-    got = [w.id for w in store.next_pending(3)] + [w.id for w in store.next_pending(3)]
-    assert got == ["0", "1", "2", "3", "4"]
-    assert store.next_pending(3) == []
+    urls = ["http://a/1", "http://b/1", "http://a/2", "http://A:80/3", "https://a/4"]
+    store.ingest([item(str(i), i + 1, url=u) for i, u in enumerate(urls)], [], [])
+    assert store.pending_hosts() == ["a:443", "a:80", "b:80"]
+    first = store.pending_of("a:80", False, 100, 0, 2)
+    assert [w.id for _, w in first] == ["0", "2"]
+    rest = store.pending_of("a:80", False, 100, first[-1][0], 2)
+    assert [w.id for _, w in rest] == ["3"]
+    assert store.pending_of("a:80", True, 100, 0, 10) == []  # no large items
+    store.record_outcome(Outcome(id="1", url=urls[1], name="1", path="", status="failed"))
+    store.commit()
+    assert store.pending_hosts() == ["a:443", "a:80"]
+
+
+def test_a_state_from_before_hosts_were_stored_gets_them(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path)
+    store.ingest([item("x", 1)], [], [])
+    store.db.execute("DROP INDEX items_host")
+    store.db.execute("ALTER TABLE items DROP COLUMN host")
+    store.close()
+    store = SQLiteStore(tmp_path)
+    assert [w.id for _, w in store.pending_of(host_of(item("x", 1).url), False, 9, 0, 5)] == ["x"]
 
 
 def test_changes_are_visible_to_others_only_after_commit(tmp_path: Path) -> None:

@@ -119,7 +119,7 @@ class Ledger:
             "max_leased": 0,
         }
         self.backlog_limit = config.processing.backlog or 4 * config.processing.workers
-        self.scheduler = Scheduler(config, store.next_pending)
+        self.scheduler = Scheduler(config, store)
         self.scheduler.load_stats(store.load_hosts())
         log.info("state opened", **counts)
 
@@ -213,7 +213,7 @@ class Ledger:
         self.stats["accepted"] += new
         self.open_items += new
         if result.added:
-            self.scheduler.input_grew()
+            self.scheduler.input_grew(result.hosts)
         self.rejects_waiting += len(result.rejected)  # reported from the store, in blocks
         return result.added
 

@@ -1,11 +1,12 @@
 """What may be dispatched next: per-host limits, breakers, cool-downs, backoff and lanes.
 
-The StateKeeper owns one ``Scheduler`` (plain state, no threads) and asks it for the next
-item a downloader of a given lane may take. Items that cannot go now — their host's breaker
-is open, the host is cooling down after a 429, it is at ``download.per_host``, or the item
-belongs to the other lane — are *parked* per (lane, host) instead of blocking the queue, so
-a blocked host never holds up the others (no head-of-line blocking). Retries wait in a heap
-until their not-before time.
+The ledger owns one ``Scheduler`` (plain state, no threads) and asks it for the next item a
+downloader of a given lane may take. Pending work is queued **per host, in the store**:
+the scheduler reads a host's items in small blocks only when that host may take a request,
+and goes round-robin over the hosts that may, so a host that is cooling down, has an open
+breaker or is at ``download.per_host`` holds nothing in memory and delays no other host,
+however many items it has. In memory are only those small blocks, the items in flight and
+the retries waiting for their not-before time.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from messages import WorkItem
@@ -23,20 +24,31 @@ from messages.types import Lane
 from runtime.core.breaker import CircuitBreaker
 from runtime.core.config import Config
 
-__all__ = ["BREAKER_KINDS", "HostState", "Scheduler", "host_of"]
+__all__ = ["BREAKER_KINDS", "HostState", "PendingSource", "Scheduler", "host_of"]
 
 BREAKER_KINDS = frozenset({"connection", "timeout", "stalled", "truncated", "http_5xx"})
 """Failure kinds that say something about the host's health and count for its breaker."""
 
-PARK_LIMIT = 10_000
-"""Most items held aside for blocked hosts; past it, dispatch waits instead of reading on."""
-
-GIVE_UP_LIMIT = 1_024
-"""Most items of down hosts held before they are failed; past it, reading waits too."""
-
+LANES: tuple[Lane, ...] = ("small", "large")
 
 PROBE_SCAN = 256
-"""Parked items looked at for a fresh half-open probe before taking any."""
+"""Queued items of a host looked at for a fresh half-open probe before taking any."""
+
+
+class PendingSource(Protocol):
+    """Where pending items wait, per host (the store)."""
+
+    def pending_hosts(self) -> list[str]:
+        """Every host that has pending items."""
+        ...
+
+    def pending_of(
+        self, host: str, large: bool, threshold: int, after: int, limit: int
+    ) -> list[tuple[int, WorkItem]]:
+        """Up to ``limit`` pending items of ``host`` after position ``after``, in input
+        order, with their positions; only those over ``threshold`` bytes when ``large``,
+        else only the others."""
+        ...
 
 
 def _first_fresh(queue: deque[WorkItem]) -> int | None:
@@ -93,21 +105,26 @@ class HostState:
 class Scheduler:
     """See the module docstring."""
 
-    def __init__(self, config: Config, fetch: Callable[[int], list[WorkItem]]) -> None:
+    def __init__(self, config: Config, source: PendingSource) -> None:
         self.config = config
-        self.fetch = fetch
+        self.source = source
         self.hosts: dict[str, HostState] = {}
-        self.ready: deque[WorkItem] = deque()
-        self.due: deque[WorkItem] = deque()
-        self.waiting: list[tuple[float, int, WorkItem]] = []
-        self.parked: dict[tuple[str, str], deque[WorkItem]] = {}
-        self.parked_count = 0
+        per_host = config.download.per_host
+        self.block = min(64, max(4, 2 * per_host)) if per_host else 64
+        """Items read from the store per host and lane at a time."""
+        self.queued: dict[tuple[Lane, str], deque[WorkItem]] = {}
+        self.cursor: dict[tuple[Lane, str], int] = {}
+        self.unread: set[tuple[Lane, str]] = set()  # may have pending items not read yet
+        self.ring: dict[Lane, deque[str]] = {lane: deque() for lane in LANES}
+        self.in_ring: set[tuple[Lane, str]] = set()
+        self.sleeping: list[tuple[float, str]] = []  # hosts blocked until a time
+        self.wake_at: dict[str, float] = {}
+        self.waiting: list[tuple[float, int, WorkItem]] = []  # retries, by not-before time
         self.large_ids: set[str] = set()
-        self.scan_exhausted = False
         self.dirty: set[str] = set()
-        self.given_up: list[WorkItem] = []
         self.down: set[str] = set()  # hosts whose breaker gave up
         self._seq = itertools.count()
+        self.input_grew(source.pending_hosts())
 
     # -- hosts ----------------------------------------------------------------------------
 
@@ -156,6 +173,15 @@ class Scheduler:
             return False
         return host.breaker.allows(now)
 
+    def _blocked_until(self, host: HostState) -> float:
+        """When a host that may not take a request now may again, if a time says so
+        (0: it waits for an outcome instead — its ``per_host`` slots or its probe)."""
+        until = host.not_before
+        breaker = host.breaker
+        if breaker.state == "open":
+            until = max(until, breaker.opened_at + breaker.reset_timeout)
+        return until
+
     def lane_of(self, item: WorkItem) -> Lane:
         """``large`` for items known to exceed ``download.large_threshold``."""
         if item.id in self.large_ids:
@@ -167,91 +193,164 @@ class Scheduler:
 
     # -- queues ---------------------------------------------------------------------------
 
-    def input_grew(self) -> None:
-        """New pending items were stored: read on."""
-        self.scan_exhausted = False
+    def input_grew(self, hosts: Iterable[str]) -> None:
+        """New pending items of these hosts were stored: read on."""
+        for key in hosts:
+            self._state(key)
+            for lane in LANES:
+                self.unread.add((lane, key))
+            self._refresh(key)
 
     def requeue(self, item: WorkItem, not_before: float = 0.0) -> None:
         """Put an item back, to go no earlier than ``not_before``."""
         if not_before:
             heapq.heappush(self.waiting, (not_before, next(self._seq), item))
-        else:
-            self.due.append(item)
+            return
+        key = host_of(item.url)
+        self._state(key)
+        lane = self.lane_of(item)
+        self.queued.setdefault((lane, key), deque()).appendleft(item)
+        self._refresh(key)
 
-    def _candidate(self) -> WorkItem | None:
-        if self.due:
-            return self.due.popleft()
-        if not self.ready and not self.scan_exhausted:
-            d = self.config.download
-            want = max(64, 2 * (d.workers + d.large_workers) * d.mailbox)
-            self.ready.extend(self.fetch(want))
-            self.scan_exhausted = not self.ready
-        return self.ready.popleft() if self.ready else None
+    def _refresh(self, key: str) -> None:
+        """Put a host back in the rounds of the lanes it has work for (whether it may take
+        a request now is decided when its turn comes)."""
+        for lane in LANES:
+            slot = (lane, key)
+            if slot not in self.in_ring and (self.queued.get(slot) or slot in self.unread):
+                self.ring[lane].append(key)
+                self.in_ring.add(slot)
 
-    def _unpark(self, lane: Lane, now: float, *, fresh_probes: bool) -> WorkItem | None:
-        """A parked item of ``lane`` whose host may take it now.
+    def _read(self, lane: Lane, key: str) -> deque[WorkItem] | None:
+        """The host's queued items of ``lane``, reading the next block from the store if
+        none are queued; None when it has none left."""
+        slot = (lane, key)
+        queue = self.queued.get(slot)
+        if queue:
+            return queue
+        if slot not in self.unread:
+            return None
+        rows = self.source.pending_of(
+            key,
+            lane == "large",
+            self.config.download.large_threshold,
+            self.cursor.get(slot, 0),
+            self.block,
+        )
+        if len(rows) < self.block:
+            self.unread.discard(slot)
+        if not rows:
+            self.queued.pop(slot, None)
+            return None
+        self.cursor[slot] = rows[-1][0]
+        queue = self.queued.setdefault(slot, deque())
+        queue.extend(item for _, item in rows if item.id not in self.large_ids)
+        return queue or self._read(lane, key)
 
-        With ``fresh_probes``, a half-open host's probe must be an item that has not
-        failed yet (looked for among the first ``PROBE_SCAN`` parked ones), so a probe
-        does not keep re-testing a known-bad URL; without, any item will do.
-        """
-        for (item_lane, key), queue in self.parked.items():
-            if item_lane != lane or not self.allowed(self.hosts[key], now):
-                continue
-            probe = self.hosts[key].breaker.state == "half_open"
-            at = _first_fresh(queue) if probe else 0
-            if at is None:
-                if fresh_probes:
-                    continue
-                at = 0
-            item = queue[at]
-            del queue[at]
-            if not queue:
-                del self.parked[(item_lane, key)]
-            self.parked_count -= 1
-            return item
-        return None
+    def _take(self, lane: Lane, key: str, probe: bool, fresh_only: bool) -> WorkItem | None:
+        """The next item of the host, a fresh one for a half-open probe if there is one."""
+        queue = self._read(lane, key)
+        if queue is None:
+            return None
+        at = 0
+        if probe:
+            found = _first_fresh(queue)
+            while found is None and (lane, key) in self.unread and len(queue) < PROBE_SCAN:
+                queue = self._more(lane, key, queue)
+                found = _first_fresh(queue)
+            if found is None and fresh_only:
+                return None
+            at = found or 0
+        item = queue[at]
+        del queue[at]
+        if not queue:
+            del self.queued[(lane, key)]
+        return item
+
+    def _more(self, lane: Lane, key: str, queue: deque[WorkItem]) -> deque[WorkItem]:
+        """Append the host's next block from the store to its queue."""
+        slot = (lane, key)
+        del self.queued[slot]
+        more = self._read(lane, key)
+        if more is not None:
+            queue.extend(more)
+        self.queued[slot] = queue
+        return queue
+
+    def _wake(self, now: float) -> None:
+        """Hosts whose cool-down or open breaker ended, and retries whose time came."""
+        while self.sleeping and self.sleeping[0][0] <= now:
+            until, key = heapq.heappop(self.sleeping)
+            if self.wake_at.get(key) == until:
+                del self.wake_at[key]
+                self._refresh(key)
+        while self.waiting and self.waiting[0][0] <= now:
+            self.requeue(heapq.heappop(self.waiting)[2])
+
+    def _sleep(self, key: str, host: HostState, now: float) -> None:
+        until = self._blocked_until(host)
+        if until > now and self.wake_at.get(key) != until:
+            self.wake_at[key] = until
+            heapq.heappush(self.sleeping, (until, key))
 
     def next_for(self, lane: Lane, now: float) -> WorkItem | None:
-        """The next item a downloader of ``lane`` may take now, or None."""
-        while self.waiting and self.waiting[0][0] <= now:
-            self.due.append(heapq.heappop(self.waiting)[2])
-        item = self._unpark(lane, now, fresh_probes=True)
-        if item is not None:
-            return item
-        while self.parked_count < PARK_LIMIT and len(self.given_up) < GIVE_UP_LIMIT:
-            item = self._candidate()
-            if item is None:
-                break
-            item_lane = self.lane_of(item)
-            key = host_of(item.url)
-            host = self._state(key)  # registers the host before its items can be parked
-            if key in self.down:
-                self.given_up.append(item)
+        """The next item a downloader of ``lane`` may take now, or None.
+
+        Hosts take turns: each call serves the next host in the round that may take a
+        request. A host that may not is dropped from the round until a time (its
+        cool-down, its breaker's reset) or an outcome (a free ``per_host`` slot, its
+        probe's result) brings it back.
+        """
+        self._wake(now)
+        ring = self.ring[lane]
+        stale: list[str] = []  # half-open hosts whose queued items all failed before
+        item = None
+        while ring:
+            key = ring[0]
+            host = self.hosts[key]
+            if key in self.down or not self.allowed(host, now):
+                ring.popleft()
+                self.in_ring.discard((lane, key))
+                if key not in self.down:
+                    self._sleep(key, host, now)
                 continue
             probe = host.breaker.state == "half_open"
-            if item_lane == lane and self.allowed(host, now) and not (probe and item.attempts):
-                return item
-            self.parked.setdefault((item_lane, key), deque()).append(item)
-            self.parked_count += 1
-        # Nothing fresh came: a half-open host probes with an item that failed before.
-        return self._unpark(lane, now, fresh_probes=False)
+            item = self._take(lane, key, probe, fresh_only=True)
+            if item is not None:
+                ring.rotate(-1)  # the next call starts with the next host
+                break
+            ring.popleft()
+            self.in_ring.discard((lane, key))
+            if probe and self._read(lane, key) is not None:
+                stale.append(key)
+        for key in stale:  # nothing fresh came: a half-open host probes with a known-bad one
+            if item is None:
+                item = self._take(lane, key, True, fresh_only=False)
+            self._refresh(key)
+        return item
 
     def take_given_up(self, limit: int) -> list[WorkItem]:
-        """Up to ``limit`` items of hosts that are down, to fail without a request (parked
-        ones included); the rest stay for a later call."""
-        taken, self.given_up = self.given_up[:limit], self.given_up[limit:]
+        """Up to ``limit`` items of hosts that are down, to fail without a request (read
+        from the store block by block); the rest stay for a later call."""
+        taken: list[WorkItem] = []
         if not self.down:
             return taken
-        for slot in [s for s in self.parked if s[1] in self.down]:
-            queue = self.parked[slot]
-            while queue and len(taken) < limit:
-                taken.append(queue.popleft())
-                self.parked_count -= 1
-            if not queue:
-                del self.parked[slot]
+        for key in sorted(self.down):
+            for lane in LANES:
+                while len(taken) < limit and (queue := self._read(lane, key)) is not None:
+                    while queue and len(taken) < limit:
+                        taken.append(queue.popleft())
+                    if not queue:
+                        self.queued.pop((lane, key), None)
             if len(taken) >= limit:
                 break
+        for due in list(self.waiting):
+            if len(taken) >= limit:
+                break
+            if host_of(due[2].url) in self.down:
+                self.waiting.remove(due)
+                heapq.heapify(self.waiting)
+                taken.append(due[2])
         return taken
 
     # -- outcomes -------------------------------------------------------------------------
@@ -267,12 +366,13 @@ class Scheduler:
         """A download completed.
 
         Returns:
-            Whether this success brought a host that was down back up: its items set
-            aside to fail ``host_down`` are pending again (the caller revives the ones
-            it already failed).
+            Whether this success brought a host that was down back up (the caller
+            revives the items it already failed ``host_down``).
         """
+        key = host_of(item.url)
         host = self.host(item.url)
         host.active -= 1
+        self._refresh(key)
         if reused:
             host.attempts -= 1  # nothing was requested
             host.breaker.released()
@@ -280,13 +380,9 @@ class Scheduler:
         host.successes += 1
         host.bytes += size
         host.breaker.succeeded()
-        key = host_of(item.url)
         if key not in self.down:
             return False
         self.down.discard(key)
-        kept = [i for i in self.given_up if host_of(i.url) != key]
-        self.due.extend(i for i in self.given_up if host_of(i.url) == key)
-        self.given_up = kept
         return True
 
     def failed(
@@ -310,8 +406,10 @@ class Scheduler:
         Returns:
             Seconds the host was paused by this failure (0 when it was not).
         """
+        key = host_of(item.url)
         host = self.host(item.url)
         host.active -= 1
+        self._refresh(key)
         host.failures[kind] = host.failures.get(kind, 0) + 1
         if retried:
             host.retries += 1
@@ -322,7 +420,7 @@ class Scheduler:
             # item's first, so one broken URL's retries cannot open the breaker.
             host.breaker.failed(now, kind)
             if host.breaker.given_up:
-                self.down.add(host_of(item.url))
+                self.down.add(key)
         else:
             host.breaker.ignored()
         if kind == "rate_limited" and retry_after:
@@ -342,6 +440,7 @@ class Scheduler:
         host.active -= 1
         host.attempts -= 1
         host.breaker.released()
+        self._refresh(host_of(item.url))
         if large_size is not None:
             self.large_ids.add(item.id)
 

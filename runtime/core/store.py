@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from messages import Outcome, Rejected, WorkItem
 from runtime.core.inputs import MAX_FILE_NAME_BYTES, derive_name
+from runtime.core.scheduler import PendingSource, host_of
 
 __all__ = ["TERMINAL", "IngestResult", "SQLiteStore", "Store"]
 
@@ -50,7 +51,8 @@ CREATE TABLE IF NOT EXISTS items (
     final_sha256 TEXT,
     validator TEXT,
     reject_name TEXT,
-    run_no INTEGER
+    run_no INTEGER,
+    host TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS items_name ON items(name) WHERE name IS NOT NULL;
 CREATE INDEX IF NOT EXISTS items_status ON items(status, seq);
@@ -69,9 +71,11 @@ class IngestResult:
     """New items now pending."""
     rejected: tuple[Outcome, ...]
     """New terminal ``invalid_entry`` outcomes to report."""
+    hosts: frozenset[str] = frozenset()
+    """The hosts (``host:port``) of the new items."""
 
 
-class Store(Protocol):
+class Store(PendingSource, Protocol):
     """What the ledger needs from durable state; ``SQLiteStore`` is the implementation.
 
     Writes go into one open transaction that ``commit`` makes durable (the group
@@ -82,10 +86,6 @@ class Store(Protocol):
         self, items: Sequence[WorkItem], rejected: Sequence[Rejected], derived: Iterable[str]
     ) -> IngestResult:
         """Record a block of input (new items pending, bad ones terminal rejects)."""
-        ...
-
-    def next_pending(self, limit: int) -> list[WorkItem]:
-        """Up to ``limit`` pending items not yet read, in input order."""
         ...
 
     def items_by_id(self, ids: Sequence[str]) -> list[WorkItem]:
@@ -213,13 +213,16 @@ class SQLiteStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(items)")}
-        for column, kind in (("reject_name", "TEXT"), ("run_no", "INTEGER")):
+        for column, kind in (("reject_name", "TEXT"), ("run_no", "INTEGER"), ("host", "TEXT")):
             if column not in columns:  # a state written by an earlier version
                 self.db.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
+        if "host" not in columns:
+            self._fill_hosts()
+        # Pending work is read per host, in input order.
+        self.db.execute("CREATE INDEX IF NOT EXISTS items_host ON items(status, host, seq)")
         self.run_no = 0
         self._reject_cursor = 0
         self._in_tx = False
-        self._cursor = 0
         self._outcomes: list[tuple[Any, ...]] = []
         # Whether any stored name has a directory part: only then can a new name collide
         # with a stored file used as a directory (``a`` vs ``a/b``), which costs a query.
@@ -227,6 +230,15 @@ class SQLiteStore:
             self.db.execute("SELECT 1 FROM items WHERE instr(name, '/') > 0 LIMIT 1").fetchone()
             is not None
         )
+
+    def _fill_hosts(self) -> None:
+        """Give the items of a state written by an earlier version their host."""
+        rows = self.db.execute("SELECT seq, url FROM items WHERE host IS NULL").fetchall()
+        self.db.execute("BEGIN")
+        self.db.executemany(
+            "UPDATE items SET host=? WHERE seq=?", [(host_of(u), seq) for seq, u in rows]
+        )
+        self.db.execute("COMMIT")
 
     # -- transactions -------------------------------------------------------------------
 
@@ -317,6 +329,7 @@ class SQLiteStore:
         rows: list[tuple[Any, ...]] = []
         rejects = list(rejected)
         batch_dirs: set[str] = set()  # directories implied by this batch's accepted names
+        hosts: set[str] = set()
         for item in items:
             prior = known.get(item.id)
             if prior is not None:
@@ -349,15 +362,21 @@ class SQLiteStore:
                 self._has_dirs = True
                 parts = name.split("/")
                 batch_dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
-            rows.append((item.id, item.line, item.url, name, item.sha256, item.size))
+            key = host_of(item.url)
+            hosts.add(key)
+            rows.append((item.id, item.line, item.url, name, item.sha256, item.size, key))
         if rows:
             self._write(
-                "INSERT INTO items (id, line, url, name, sha256, size, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+                "INSERT INTO items (id, line, url, name, sha256, size, host, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
                 rows,
                 many=True,
             )
-        return IngestResult(added=len(rows), rejected=tuple(self._store_rejects(rejects)))
+        return IngestResult(
+            added=len(rows),
+            rejected=tuple(self._store_rejects(rejects)),
+            hosts=frozenset(hosts),
+        )
 
     def _dup(self, item: WorkItem, reason: str) -> Rejected:
         prefix = f"line {item.line}: " if item.line else ""
@@ -446,16 +465,31 @@ class SQLiteStore:
 
     # -- dispatch -----------------------------------------------------------------------
 
-    def next_pending(self, limit: int) -> list[WorkItem]:
-        """Return up to ``limit`` pending items after the cursor, in input order."""
+    def pending_hosts(self) -> list[str]:
+        """Every host that has pending items (one index seek per host)."""
         rows = self.db.execute(
-            f"SELECT seq, {_ITEM_COLUMNS} FROM items "  # noqa: S608 - a constant
-            "WHERE status='pending' AND seq > ? ORDER BY seq LIMIT ?",
-            (self._cursor, limit),
+            "WITH RECURSIVE h(x) AS ("
+            " SELECT (SELECT min(host) FROM items WHERE status='pending')"
+            " UNION ALL"
+            " SELECT (SELECT min(host) FROM items WHERE status='pending' AND host > x)"
+            " FROM h WHERE x IS NOT NULL"
+            ") SELECT x FROM h WHERE x IS NOT NULL"
         ).fetchall()
-        if rows:
-            self._cursor = rows[-1][0]
-        return [_work_item(row[1:]) for row in rows]
+        return [row[0] for row in rows]
+
+    def pending_of(
+        self, host: str, large: bool, threshold: int, after: int, limit: int
+    ) -> list[tuple[int, WorkItem]]:
+        """Up to ``limit`` pending items of ``host`` after position ``after``, in input
+        order, with their positions; only those over ``threshold`` bytes when ``large``,
+        else only the others."""
+        lane = "size > ?" if large else "(size IS NULL OR size <= ?)"
+        rows = self.db.execute(
+            f"SELECT seq, {_ITEM_COLUMNS} FROM items "  # noqa: S608 - constants only
+            f"WHERE status='pending' AND host=? AND seq > ? AND {lane} ORDER BY seq LIMIT ?",
+            (host, after, threshold, limit),
+        ).fetchall()
+        return [(row[0], _work_item(row[1:])) for row in rows]
 
     # -- status changes -----------------------------------------------------------------
 
