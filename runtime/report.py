@@ -1,20 +1,18 @@
 """What a run did, read from its state store: for ``status``, the summary and summary.json.
 
-The store is opened read-only (SQLite WAL readers never block the writer), so ``status``
-can look at a live run without disturbing it.
+Everything is read through the store's read-only view (``runtime.core.store.open_view``),
+so ``status`` can look at a live run without disturbing it.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from runtime.core.errors import ConveyorError
+from runtime.core.store import open_view
 
 __all__ = [
     "breaker_text",
@@ -41,33 +39,10 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover - the loop returns
 
 
-def _query(state_dir: Path, read: Any) -> Any:
-    """Run ``read(db)`` on the state opened read-only.
-
-    Raises:
-        ConveyorError: there is no readable conveyor state in ``state_dir``.
-    """
-    path = Path(state_dir) / "state.sqlite3"
-    if not path.is_file():
-        raise ConveyorError(f"no conveyor state in {state_dir} (no state.sqlite3 there)")
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        try:
-            return read(db)
-        finally:
-            db.close()
-    except (sqlite3.Error, ValueError) as exc:
-        raise ConveyorError(f"cannot read the state {path}: {exc}") from exc
-
-
-def _meta(db: sqlite3.Connection) -> dict[str, Any]:
-    return {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
-
-
 def read_run(state_dir: Path) -> dict[str, Any]:
     """Only the facts about the run (state, pid, times), without scanning the items."""
-    result: dict[str, Any] = _query(state_dir, _meta)
-    return result
+    with open_view(state_dir) as view:
+        return view.meta()
 
 
 def live_pid(run: dict[str, Any]) -> int | None:
@@ -85,16 +60,11 @@ def read_report(state_dir: Path) -> dict[str, Any]:
         ConveyorError: there is no readable conveyor state in ``state_dir``.
     """
 
-    def read(db: sqlite3.Connection) -> tuple[Any, ...]:
-        statuses = dict(db.execute("SELECT status, count(*) FROM items GROUP BY status"))
-        kinds = db.execute(
-            "SELECT COALESCE(error_kind, 'unknown'), count(*), min(url) FROM items "
-            "WHERE status='failed' GROUP BY 1 ORDER BY 2 DESC, 1"
-        ).fetchall()
-        hosts = {h: json.loads(s) for h, s in db.execute("SELECT host, stats FROM hosts")}
-        return statuses, kinds, hosts, _meta(db)
-
-    statuses, kinds, hosts, meta = _query(state_dir, read)
+    with open_view(state_dir) as view:
+        statuses = view.counts()
+        kinds = view.failures_by_kind()
+        hosts = view.hosts()
+        meta = view.meta()
     items = {s: statuses.get(s, 0) for s in ("completed", "failed", "skipped")}
     items["pending"] = sum(n for s, n in statuses.items() if s not in items)
     return {

@@ -21,16 +21,25 @@ import os
 import sqlite3
 import stat
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from messages import Outcome, Rejected, WorkItem
+from runtime.core.errors import ConveyorError
 from runtime.core.inputs import MAX_FILE_NAME_BYTES, derive_name
 from runtime.core.scheduler import PendingSource, host_of
 
-__all__ = ["TERMINAL", "IngestResult", "SQLiteStore", "Store"]
+__all__ = [
+    "TERMINAL",
+    "IngestResult",
+    "SQLiteStore",
+    "SQLiteView",
+    "Store",
+    "StoreView",
+    "open_view",
+]
 
 TERMINAL = ("completed", "failed", "skipped")
 _SCHEMA = """
@@ -630,3 +639,81 @@ class SQLiteStore:
                 rows,
                 many=True,
             )
+
+
+# -- the read side --------------------------------------------------------------------
+
+
+class StoreView(Protocol):
+    """What ``status`` and the run report read: a read-only look at a store."""
+
+    def meta(self) -> dict[str, Any]:
+        """Facts about the run (``run_state``, ``pid``, times, ``reason``)."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Items per stored status."""
+        ...
+
+    def failures_by_kind(self) -> list[tuple[str, int, str]]:
+        """``(error_kind, count, an example url)`` of failed items, most frequent first."""
+        ...
+
+    def hosts(self) -> dict[str, dict[str, Any]]:
+        """Per-host statistics."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the store."""
+        ...
+
+
+class SQLiteView:
+    """``StoreView`` of a SQLite state, opened read-only (WAL readers never block the
+    writer, so a live run can be looked at without disturbing it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+
+    def meta(self) -> dict[str, Any]:
+        """See ``StoreView``."""
+        return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
+
+    def counts(self) -> dict[str, int]:
+        """See ``StoreView``."""
+        return dict(self.db.execute("SELECT status, count(*) FROM items GROUP BY status"))
+
+    def failures_by_kind(self) -> list[tuple[str, int, str]]:
+        """See ``StoreView``."""
+        return self.db.execute(
+            "SELECT COALESCE(error_kind, 'unknown'), count(*), min(url) FROM items "
+            "WHERE status='failed' GROUP BY 1 ORDER BY 2 DESC, 1"
+        ).fetchall()
+
+    def hosts(self) -> dict[str, dict[str, Any]]:
+        """See ``StoreView``."""
+        return {h: json.loads(s) for h, s in self.db.execute("SELECT host, stats FROM hosts")}
+
+    def close(self) -> None:
+        """See ``StoreView``."""
+        self.db.close()
+
+
+@contextlib.contextmanager
+def open_view(state_dir: Path) -> Iterator[StoreView]:
+    """A read-only view of the state in ``state_dir``.
+
+    Raises:
+        ConveyorError: there is no readable conveyor state there.
+    """
+    path = Path(state_dir) / "state.sqlite3"
+    if not path.is_file():
+        raise ConveyorError(f"no conveyor state in {state_dir} (no state.sqlite3 there)")
+    try:
+        view = SQLiteView(path)
+        try:
+            yield view
+        finally:
+            view.close()
+    except (sqlite3.Error, ValueError) as exc:
+        raise ConveyorError(f"cannot read the state {path}: {exc}") from exc
