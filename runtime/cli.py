@@ -366,7 +366,7 @@ def check_input(config: Config) -> tuple[int, list[tuple[int, str]]]:
     bad: list[tuple[int, str]] = []
     total = 0
     with tempfile.TemporaryDirectory(prefix="conveyor-validate-") as scratch:
-        store = SQLiteStore(Path(scratch))
+        store = SQLiteStore(Path(scratch), scratch=True)
         try:
             for batch in iter_batches(Path(config.input.path), config.input.format):
                 result = store.ingest(batch.items, batch.rejected, batch.derived_name_ids)

@@ -7,6 +7,7 @@ import dataclasses
 import email.utils
 import random
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import given, settings
@@ -456,3 +457,28 @@ def test_a_cooling_host_with_many_items_holds_nothing_and_delays_no_other(
     assert retry is not None
     assert retry.id == "a-0"  # its turn again
     assert [s.next_for("small", 60.0) for _ in range(2)] == items("a", 3)[1:]
+
+
+def _host_by_urlsplit(url: str) -> str | type[Exception]:
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return ValueError
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
+@settings(max_examples=3000)
+@given(
+    st.sampled_from(["http://", "https://", "HTTP://", "http:/", "ftp://", ""]),
+    st.text(alphabet=st.sampled_from(list("aB0.-:@[]9/?#\\% x\r\té")), max_size=20),
+    st.text(max_size=5),
+)
+def test_host_of_agrees_with_urlsplit(scheme: str, netloc: str, rest: str) -> None:
+    """The fast path of host_of gives what urlsplit would, for any url."""
+    url = scheme + netloc + rest
+    try:
+        got: str | type[Exception] = host_of(url)
+    except ValueError:
+        got = ValueError
+    assert got == _host_by_urlsplit(url)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import unicodedata
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -37,6 +36,10 @@ MAX_FILE_NAME_BYTES = MAX_COMPONENT_BYTES - len(PART_SUFFIX)
 """The last component must leave room for ``.part`` while the file downloads."""
 MAX_NAME_BYTES = 4096
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""Unicode category Cc: the C0 and C1 control characters and DEL."""
+_CONTROL_OR_SPACE = re.compile("[\x00-\x20\x7f-\x9f]")
+_DRIVE = re.compile(r"[A-Za-z]:")
 _READ_SIZE = 1 << 20
 
 
@@ -56,10 +59,10 @@ def safe_name(name: str) -> str:
     """
     if not name:
         raise UnsafeNameError("name is empty")
-    if any(unicodedata.category(ch) == "Cc" for ch in name):
+    if _CONTROL.search(name):
         raise UnsafeNameError("name contains a control character (NUL, newline, …)")
     normalised = name.replace("\\", "/")
-    if normalised.startswith("/") or re.match(r"[A-Za-z]:", normalised):
+    if normalised.startswith("/") or _DRIVE.match(normalised):
         raise UnsafeNameError("name is an absolute path")
     parts = [p for p in normalised.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
@@ -87,13 +90,16 @@ def derive_id(url: str) -> str:
     return hashlib.sha256(url.encode("utf-8")).hexdigest()[:24]
 
 
-def derive_name(url: str, item_id: str) -> str:
+def derive_name(url: str, item_id: str, path: str | None = None) -> str:
     """Return the url's last path segment, made safe; the id when there is none.
 
     A derived name never rejects an entry: one that is too long is shortened (keeping
     its extension, adding a digest of the original so two long names stay distinct).
+    ``path`` is the url's path when the caller has split it already.
     """
-    segment = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    if path is None:
+        path = urlsplit(url).path
+    segment = unquote(path.rsplit("/", 1)[-1])
     for candidate in (segment, item_id.replace("/", "_")):
         try:
             return safe_name(shorten(candidate))
@@ -115,7 +121,8 @@ def shorten(name: str, limit: int = MAX_FILE_NAME_BYTES) -> str:
     return cut + tail
 
 
-def _check_url(url: Any) -> str:
+def _check_url(url: Any) -> tuple[str, str]:
+    """The url and its path, or ValueError saying why the url cannot be fetched."""
     if not isinstance(url, str) or not url:
         raise ValueError("'url' must be a non-empty string")
     parts = urlsplit(url)
@@ -123,9 +130,9 @@ def _check_url(url: Any) -> str:
         raise ValueError(f"url scheme {parts.scheme or '(none)'!r} is not http or https")
     if not parts.hostname:
         raise ValueError("url has no host")
-    if any(unicodedata.category(ch) == "Cc" or ch == " " for ch in url):
+    if _CONTROL_OR_SPACE.search(url):
         raise ValueError("url contains whitespace or a control character")
-    return url
+    return url, parts.path
 
 
 def parse_entry(obj: Any, line: int) -> tuple[WorkItem | Rejected, bool]:
@@ -138,13 +145,13 @@ def parse_entry(obj: Any, line: int) -> tuple[WorkItem | Rejected, bool]:
         return _reject(line, {}, f"entry is a JSON {_jtype(obj)}, not an object"), False
     raw_id = obj.get("id")
     try:
-        url = _check_url(obj.get("url"))
+        url, path = _check_url(obj.get("url"))
         if (raw_id is not None and not isinstance(raw_id, str | int)) or isinstance(raw_id, bool):
             raise ValueError("'id' must be a string or an integer")
         item_id = str(raw_id) if raw_id is not None else derive_id(url)
         if not item_id or len(item_id) > 1024 or "\x00" in item_id:
             raise ValueError("'id' must be 1 to 1024 characters without NUL")
-        name, derived = _entry_name(obj, url, item_id)
+        name, derived = _entry_name(obj, url, item_id, path)
         sha256 = obj.get("sha256")
         if sha256 is not None and (not isinstance(sha256, str) or not _SHA256.fullmatch(sha256)):
             raise ValueError("'sha256' must be 64 hex digits")
@@ -164,9 +171,9 @@ def parse_entry(obj: Any, line: int) -> tuple[WorkItem | Rejected, bool]:
     return item, derived
 
 
-def _entry_name(obj: Mapping[str, Any], url: str, item_id: str) -> tuple[str, bool]:
+def _entry_name(obj: Mapping[str, Any], url: str, item_id: str, path: str) -> tuple[str, bool]:
     if "name" not in obj or obj["name"] is None:
-        return derive_name(url, item_id), True
+        return derive_name(url, item_id, path), True
     name = obj["name"]
     if not isinstance(name, str):
         raise ValueError("'name' must be a string")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -59,11 +60,32 @@ def _first_fresh(queue: deque[WorkItem]) -> int | None:
     return None
 
 
+_BLANK = re.compile("[\x00-\x20]")
+"""Characters urlsplit strips or removes: left to it."""
+
+
 def host_of(url: str) -> str:
     """The breaker and statistics key of a url: ``host:port``."""
+    # The common case without urlsplit (a third of ingest's time): a lower-case scheme,
+    # no user info, no IPv6 literal, no or a plain port.
+    scheme, sep, rest = url.partition("://")
+    if sep and (scheme == "http" or scheme == "https") and not _BLANK.search(url):
+        end = len(rest)
+        for stop in "/?#":
+            at = rest.find(stop, 0, end)
+            if at >= 0:
+                end = at
+        netloc = rest[:end]
+        if netloc.isascii() and not any(c in netloc for c in "@[]\\"):
+            host, colon, port = netloc.partition(":")
+            default = 443 if scheme == "https" else 80
+            if not colon:
+                return f"{host.lower()}:{default}"
+            if port.isdigit() and int(port) <= 65535:  # ascii: the netloc is
+                return f"{host.lower()}:{int(port) or default}"
     parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{(parts.hostname or '').lower()}:{port}"
+    number = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{(parts.hostname or '').lower()}:{number}"
 
 
 @dataclass(slots=True)

@@ -68,6 +68,8 @@ CREATE INDEX IF NOT EXISTS items_status ON items(status, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS hosts (host TEXT PRIMARY KEY, stats TEXT NOT NULL);
 """
+CACHE_KIB = 16 * 1024
+"""SQLite's page cache: ingest looks ids and names up in the indexes of the whole state."""
 _VARS = 500  # parameters per IN (...) query, well below SQLite's limit
 _MAX_RENAMES = 100  # a derived name still clashing after this many suffixes is rejected
 
@@ -214,12 +216,17 @@ def _file_matches(path: Path, size: int | None, sha256: str | None, full: bool) 
 class SQLiteStore:
     """Durable item state in ``<state.dir>/state.sqlite3``."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, scratch: bool = False) -> None:
+        """Open (or create) the store in ``state_dir``.
+
+        ``scratch``: a throw-away store (``validate``'s), written without a journal.
+        """
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / "state.sqlite3"
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(f"PRAGMA journal_mode={'OFF' if scratch else 'WAL'}")
+        self.db.execute(f"PRAGMA synchronous={'OFF' if scratch else 'NORMAL'}")
+        self.db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self.db.executescript(_SCHEMA)
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(items)")}
         for column, kind in (("reject_name", "TEXT"), ("run_no", "INTEGER"), ("host", "TEXT")):
