@@ -1,8 +1,10 @@
 """``python -m runtime``: the conveyor command line."""
 
-import sys
+if __name__ == "__main__":
+    # Worker processes (multiprocessing's spawn) import this module too: they must not
+    # run it, nor pay for importing the command line, so everything happens under here.
+    import sys
 
-from runtime.cli import main
+    from runtime.cli import main
 
-if __name__ == "__main__":  # worker processes import this module too; they must not run it
     sys.exit(main())

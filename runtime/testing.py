@@ -237,10 +237,12 @@ _SIM_BLOCK = random.Random(0).randbytes(65536)
 
 
 class _SimulatedResponse:
-    def __init__(self, status: int, size: int, seed: int) -> None:
+    def __init__(self, status: int, size: int, seed: int, retry_after: float = 0.0) -> None:
         self.status = status
         self.size = size
         self.headers: Mapping[str, str] = {"Content-Length": str(size)}
+        if retry_after:
+            self.headers = {**self.headers, "Retry-After": str(round(retry_after))}
         self._seed = seed
 
     def iter_bytes(self, chunk_size: int) -> Iterator[bytes]:
@@ -281,6 +283,7 @@ class SimulatedTransportFactory:
         self.clock = clock
         self._lock = threading.Lock()
         self._requests: dict[str, int] = {}
+        self._throttled = {h.lower() for h in config.throttle_hosts}
 
     def __call__(self) -> Transport:
         """Return a transport for one downloader."""
@@ -292,16 +295,19 @@ class SimulatedTransportFactory:
 
     def respond(self, url: str) -> Response:
         """Answer one simulated request."""
-        with self._lock:
-            n = self._requests.get(url, 0)
-            self._requests[url] = n + 1
         digest = hashlib.sha256(f"{self.config.seed}\x00{url}".encode()).digest()
         url_seed = int.from_bytes(digest[:8], "big")
         size = random.Random(url_seed).randint(self.config.min_size, self.config.max_size)
         if self.config.latency:
             self.clock.sleep(self.config.latency)
-        if random.Random(url_seed + n + 1).random() < self.config.failure_rate:
-            return _SimulatedResponse(503, 0, url_seed)
+        if self.config.throttle_hosts and urlsplit(url).hostname in self._throttled:
+            return _SimulatedResponse(429, 0, url_seed, self.config.throttle_retry_after)
+        if self.config.failure_rate:  # only then does the request's number matter
+            with self._lock:
+                n = self._requests.get(url, 0)
+                self._requests[url] = n + 1
+            if random.Random(url_seed + n + 1).random() < self.config.failure_rate:
+                return _SimulatedResponse(503, 0, url_seed)
         return _SimulatedResponse(200, size, url_seed)
 
 

@@ -422,3 +422,35 @@ def test_the_run_rng_is_seeded_and_can_be_given() -> None:
     assert Pipeline(config, rng=chosen)._rng is chosen
     free = Pipeline(config)
     assert free._rng.random() == random.Random(free.seed).random()
+
+
+def test_a_throttled_simulated_host_waits_and_holds_up_no_other(tmp_path: Path) -> None:
+    """``simulate.throttle_hosts`` answers 429 with its Retry-After: the host cools down
+    (its items stay pending, none is dropped) while every other host's items complete."""
+    entries = [{"url": f"http://{h}.test/f{i}.bin"} for i in range(40) for h in ("slow", "ok")]
+    config = make_config(
+        tmp_path,
+        simulate={"throttle_hosts": ["slow.test"], "throttle_retry_after": 60},
+        download={"per_host": 2},
+    )
+    healthy_done = threading.Event()
+    done: list[str] = []
+
+    def on_event(message: Any) -> None:
+        if isinstance(message, Outcome):
+            done.append(message.url)
+            if sum("ok.test" in u for u in done) == 40:
+                healthy_done.set()
+
+    with Pipeline(config, simulate=True, on_event=on_event) as pipeline:
+        pipeline.submit(entries)
+        pipeline.close_input()
+        assert healthy_done.wait(TIMEOUT)  # while the slow host waits out its 60 s
+        pipeline.stop(grace=5.0, reason="test over")
+        summary = pipeline.wait(TIMEOUT)
+    records = read_manifest(config.manifest_path)
+    assert {r["url"] for r in records if r["status"] == "completed"} == {
+        e["url"] for e in entries if "ok.test" in e["url"]
+    }
+    assert all("slow.test" not in r["url"] for r in records)
+    assert summary.finished.pending == 40

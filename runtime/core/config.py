@@ -208,6 +208,10 @@ class SimulateConfig:
     """Seconds each simulated request takes before its first byte."""
     failure_rate: float = 0.0
     """Probability (0..1) that an attempt fails with a simulated 503."""
+    throttle_hosts: tuple[str, ...] = ()
+    """Hosts (as written in the urls) that answer every request with a 429."""
+    throttle_retry_after: float = 60.0
+    """The ``Retry-After`` seconds of those 429 answers."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -448,6 +452,7 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
         ("processing", "backlog"),
         ("simulate", "latency"),
         ("simulate", "min_size"),
+        ("simulate", "throttle_retry_after"),
         ("download", "per_host"),
         ("download", "processes"),
         ("download", "max_size"),
