@@ -71,7 +71,9 @@ class StateKeeper(pykka.ThreadingActor):
         # an error for whoever starts the run (a failing on_start would stop us silently).
         state_dir = Path(config.state.dir)
         try:
-            self.store: SQLiteStore | None = SQLiteStore(state_dir)
+            self.store: SQLiteStore | None = SQLiteStore(
+                state_dir, large_threshold=config.download.large_threshold
+            )
             self.store.set_meta(pid=os.getpid())
             self.ledger = Ledger(config, self.store, clock, rng)
             self.store.commit()

@@ -311,7 +311,7 @@ class Queue:
         return sorted(self.rows)
 
     def pending_of(
-        self, host: str, large: bool, threshold: int, after: int, limit: int
+        self, host: str, large: bool, after: int, limit: int, threshold: int = 1000
     ) -> list[tuple[int, WorkItem]]:
         rows = self.rows.get(host, [])
         start = bisect.bisect_right([seq for seq, _ in rows], after)

@@ -45,11 +45,10 @@ class PendingSource(Protocol):
         ...
 
     def pending_of(
-        self, host: str, large: bool, threshold: int, after: int, limit: int
+        self, host: str, large: bool, after: int, limit: int
     ) -> list[tuple[int, WorkItem]]:
-        """Up to ``limit`` pending items of ``host`` after position ``after``, in input
-        order, with their positions; only those over ``threshold`` bytes when ``large``,
-        else only the others."""
+        """Up to ``limit`` pending items of ``host`` in the large lane (or the small one)
+        after position ``after``, in input order, with their positions."""
         ...
 
 
@@ -258,13 +257,7 @@ class Scheduler:
             return queue
         if slot not in self.unread:
             return None
-        rows = self.source.pending_of(
-            key,
-            lane == "large",
-            self.config.download.large_threshold,
-            self.cursor.get(slot, 0),
-            self.block,
-        )
+        rows = self.source.pending_of(key, lane == "large", self.cursor.get(slot, 0), self.block)
         if len(rows) < self.block:
             self.unread.discard(slot)
         if not rows:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from messages import Outcome, Rejected, WorkItem
+from runtime.core.config import DownloadConfig
 from runtime.core.errors import ConveyorError
 from runtime.core.inputs import MAX_FILE_NAME_BYTES, derive_name
 from runtime.core.scheduler import PendingSource, host_of
@@ -61,7 +62,8 @@ CREATE TABLE IF NOT EXISTS items (
     validator TEXT,
     reject_name TEXT,
     run_no INTEGER,
-    host TEXT
+    host TEXT,
+    large INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS items_name ON items(name) WHERE name IS NOT NULL;
 CREATE INDEX IF NOT EXISTS items_status ON items(status, seq);
@@ -182,6 +184,13 @@ _ITEM_COLUMNS = "id, url, name, sha256, size, line, attempts, validator"
 """The columns a ``WorkItem`` is read back from, in ``_work_item``'s order."""
 
 
+PENDING_OF_SQL = (
+    f"SELECT seq, {_ITEM_COLUMNS} FROM items "  # noqa: S608 - constants only
+    "WHERE status='pending' AND host=? AND large=? AND seq > ? ORDER BY seq LIMIT ?"
+)
+"""The next block of one host's pending items in one lane (index ``items_queue``)."""
+
+
 def _work_item(row: Sequence[Any]) -> WorkItem:
     """A stored item, as it is dispatched (the ``_ITEM_COLUMNS`` of one row)."""
     i, u, n, h, size, line, attempts, validator = row
@@ -216,10 +225,14 @@ def _file_matches(path: Path, size: int | None, sha256: str | None, full: bool) 
 class SQLiteStore:
     """Durable item state in ``<state.dir>/state.sqlite3``."""
 
-    def __init__(self, state_dir: Path, *, scratch: bool = False) -> None:
+    def __init__(
+        self, state_dir: Path, *, scratch: bool = False, large_threshold: int | None = None
+    ) -> None:
         """Open (or create) the store in ``state_dir``.
 
         ``scratch``: a throw-away store (``validate``'s), written without a journal.
+        ``large_threshold``: ``download.large_threshold`` of the run, which sorts pending
+        items into the two lanes (None: keep the state's).
         """
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / "state.sqlite3"
@@ -229,13 +242,20 @@ class SQLiteStore:
         self.db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self.db.executescript(_SCHEMA)
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(items)")}
-        for column, kind in (("reject_name", "TEXT"), ("run_no", "INTEGER"), ("host", "TEXT")):
+        for column, kind in (
+            ("reject_name", "TEXT"),
+            ("run_no", "INTEGER"),
+            ("host", "TEXT"),
+            ("large", "INTEGER NOT NULL DEFAULT 0"),
+        ):
             if column not in columns:  # a state written by an earlier version
                 self.db.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
         if "host" not in columns:
             self._fill_hosts()
-        # Pending work is read per host, in input order.
-        self.db.execute("CREATE INDEX IF NOT EXISTS items_host ON items(status, host, seq)")
+        # Pending work is read per host and lane, in input order.
+        self.db.execute("DROP INDEX IF EXISTS items_host")  # without the lane: a dev version
+        self.db.execute("CREATE INDEX IF NOT EXISTS items_queue ON items(status, host, large, seq)")
+        self.large_threshold = self._lanes(large_threshold, sized="large" not in columns)
         self.run_no = 0
         self._reject_cursor = 0
         self._in_tx = False
@@ -246,6 +266,29 @@ class SQLiteStore:
             self.db.execute("SELECT 1 FROM items WHERE instr(name, '/') > 0 LIMIT 1").fetchone()
             is not None
         )
+
+    def _lanes(self, threshold: int | None, *, sized: bool) -> int:
+        """The size over which a pending item waits in the large lane; when it differs
+        from the one the state was written with (or the state has no lanes yet), sort
+        the pending items again."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='large_threshold'").fetchone()
+        stored = json.loads(row[0]) if row else None
+        current = threshold if threshold is not None else stored
+        if current is None:
+            current = DownloadConfig().large_threshold
+        if current != stored or sized:
+            self.db.execute("BEGIN")
+            self.db.execute(
+                "UPDATE items SET large = (size IS NOT NULL AND size > ?) WHERE status='pending'",
+                (current,),
+            )
+            self.db.execute(
+                "INSERT INTO meta (key, value) VALUES ('large_threshold', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (json.dumps(current),),
+            )
+            self.db.execute("COMMIT")
+        return int(current)
 
     def _fill_hosts(self) -> None:
         """Give the items of a state written by an earlier version their host."""
@@ -380,11 +423,12 @@ class SQLiteStore:
                 batch_dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
             key = host_of(item.url)
             hosts.add(key)
-            rows.append((item.id, item.line, item.url, name, item.sha256, item.size, key))
+            large = item.size is not None and item.size > self.large_threshold
+            rows.append((item.id, item.line, item.url, name, item.sha256, item.size, key, large))
         if rows:
             self._write(
-                "INSERT INTO items (id, line, url, name, sha256, size, host, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
+                "INSERT INTO items (id, line, url, name, sha256, size, host, large, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
                 rows,
                 many=True,
             )
@@ -494,17 +538,11 @@ class SQLiteStore:
         return [row[0] for row in rows]
 
     def pending_of(
-        self, host: str, large: bool, threshold: int, after: int, limit: int
+        self, host: str, large: bool, after: int, limit: int
     ) -> list[tuple[int, WorkItem]]:
-        """Up to ``limit`` pending items of ``host`` after position ``after``, in input
-        order, with their positions; only those over ``threshold`` bytes when ``large``,
-        else only the others."""
-        lane = "size > ?" if large else "(size IS NULL OR size <= ?)"
-        rows = self.db.execute(
-            f"SELECT seq, {_ITEM_COLUMNS} FROM items "  # noqa: S608 - constants only
-            f"WHERE status='pending' AND host=? AND seq > ? AND {lane} ORDER BY seq LIMIT ?",
-            (host, after, threshold, limit),
-        ).fetchall()
+        """Up to ``limit`` pending items of ``host`` in the large lane (or the small one)
+        after position ``after``, in input order, with their positions."""
+        rows = self.db.execute(PENDING_OF_SQL, (host, large, after, limit)).fetchall()
         return [(row[0], _work_item(row[1:])) for row in rows]
 
     # -- status changes -----------------------------------------------------------------
