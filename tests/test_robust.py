@@ -660,8 +660,8 @@ def test_big_bodies_hashed_on_a_helper_thread_verify_and_resume(
     tmp_path: Path, server: FaultServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the helper-thread hash for every size: digests are right, also after a reset."""
-    monkeypatch.setattr("actors.downloader.BACKGROUND_HASH", 1)
-    monkeypatch.setattr("actors.downloader._BackgroundHash.BATCH", 10_000)  # many batches
+    monkeypatch.setattr("runtime.core.transfer.BACKGROUND_HASH", 1)
+    monkeypatch.setattr("runtime.core.transfer._BackgroundHash.BATCH", 10_000)  # many batches
     body = body_of("h.bin", 300000)
     config = make_config(tmp_path, retry={"max_attempts": 3})
     run(

@@ -1,0 +1,432 @@
+"""One transfer, as the requests engine does it: from a leased item to its file.
+
+The downloader actor keeps its mailbox, its demand and its reporting; everything about
+moving one item's bytes lives here — path safety, reuse of a file already in place,
+``.part`` handling, Range/If-Range resume, status and size checks, the large-file lane,
+stall and deadline detection, ``max_size`` on decoded bytes, hashing, verification and
+error classification. It tells its owner what it learns through ``TransferHooks``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import stat
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+from messages import DownloadComplete, DownloadFailed, WorkItem
+from messages.types import Lane
+from runtime.core.clock import Clock
+from runtime.core.config import Config
+from runtime.core.errors import (
+    CancelledError,
+    ChecksumError,
+    FetchError,
+    HTTPStatusError,
+    LaneChangeError,
+    StalledError,
+    TooLargeError,
+    TruncatedError,
+)
+from runtime.core.logs import get_logger
+from runtime.core.retry import parse_retry_after
+from runtime.core.transport import Response, Transport
+
+__all__ = ["BACKGROUND_HASH", "EARLY_VALIDATOR", "Transfer", "TransferHooks", "hash_file"]
+
+log = get_logger("downloader")
+
+
+class TransferHooks(Protocol):
+    """What a transfer tells the actor that owns it, while it runs."""
+
+    def validator(self, item: WorkItem, validator: str) -> None:
+        """How to resume the item's partial file (an ETag or Last-Modified)."""
+        ...
+
+    def progress(self, item: WorkItem, received: int, total: int | None) -> None:
+        """Bytes received so far (at most every ``download.progress_interval``)."""
+        ...
+
+    def tick(self, now: float) -> None:
+        """Called after every chunk (the owner may hand back what waits behind it)."""
+        ...
+
+
+class Transfer:
+    """Fetches items one at a time with a ``Transport`` (the requests engine)."""
+
+    def __init__(
+        self,
+        *,
+        worker: str,
+        config: Config,
+        transport: Transport,
+        clock: Clock,
+        cancel: threading.Event,
+        lane: Lane,
+        hooks: TransferHooks,
+    ) -> None:
+        self.worker = worker
+        self.config = config
+        self.transport = transport
+        self.clock = clock
+        self.cancel = cancel
+        self.lane = lane
+        self.hooks = hooks
+        self.out_dir = Path(config.output.dir)
+        self.real_out = os.path.realpath(self.out_dir)
+        self.pending_validator: str | None = None  # of a small transfer in progress
+        self.safe_dirs: set[str] = set()
+
+    def download(self, item: WorkItem) -> DownloadComplete | DownloadFailed:
+        """Fetch one item into its file; every expected failure is a ``DownloadFailed``."""
+        dest = self.out_dir / item.name
+        self.pending_validator = None  # never a stale one from the previous item
+        try:
+            self._prepare_dir(dest.parent)
+            st = _lstat(dest)
+            if st is not None:
+                if stat.S_ISLNK(st.st_mode):
+                    self._check_inside(dest)  # a link planted under the final name
+                if self.config.output.if_exists != "overwrite":
+                    reused = self._reuse(item, dest)
+                    if reused is not None:
+                        return reused
+            return self._fetch(item, dest)
+        except FetchError as exc:
+            log.info(
+                "download failed", error_kind=exc.error_kind, error=str(exc), attempt=item.attempts
+            )
+            return DownloadFailed(
+                worker=self.worker,
+                item=item,
+                error_kind=exc.error_kind,
+                error=str(exc),
+                permanent=exc.permanent,
+                counts_attempt=not isinstance(exc, CancelledError | LaneChangeError),
+                retry_after=exc.retry_after,
+                size=exc.size if isinstance(exc, LaneChangeError) else None,
+                scope=exc.scope,
+            )
+        except OSError as exc:
+            log.warning("file system error", error=str(exc))
+            return DownloadFailed(
+                worker=self.worker,
+                item=item,
+                error_kind="filesystem",
+                error=f"{type(exc).__name__}: {exc}",
+                permanent=False,
+            )
+
+    def _prepare_dir(self, folder: Path) -> None:
+        """Create ``folder`` and make sure it resolves inside the output directory.
+
+        Checked once per directory (symlinks included) and remembered, which saves a
+        dozen system calls per file; a directory swapped for a link *during* the run by
+        another process is outside what conveyor defends against.
+        """
+        key = str(folder)
+        if key in self.safe_dirs:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        real = os.path.realpath(folder)
+        if real != self.real_out and not real.startswith(self.real_out + os.sep):
+            raise FetchError(
+                f"{folder} resolves outside the output directory",
+                error_kind="unsafe_name",
+                permanent=True,
+            )
+        if len(self.safe_dirs) >= 10_000:
+            self.safe_dirs.clear()
+        self.safe_dirs.add(key)
+
+    def _check_inside(self, dest: Path) -> None:
+        """Refuse a path that resolves outside the output directory (symlinks included)."""
+        real = os.path.realpath(dest)
+        if not real.startswith(self.real_out + os.sep):
+            raise FetchError(
+                f"{dest} resolves outside the output directory",
+                error_kind="unsafe_name",
+                permanent=True,
+            )
+
+    def _reuse(self, item: WorkItem, dest: Path) -> DownloadComplete | None:
+        """Accept a file already in place when it matches what the entry expects."""
+        size = dest.stat().st_size
+        if item.size is not None and size != item.size:
+            return None
+        digest = hash_file(dest)
+        if item.sha256 is not None and digest != item.sha256:
+            return None
+        log.debug("file already in place", path=str(dest))
+        return DownloadComplete(
+            worker=self.worker, item=item, path=str(dest), size=size, sha256=digest, reused=True
+        )
+
+    def _fetch(self, item: WorkItem, dest: Path) -> DownloadComplete:
+        assert self.transport is not None
+        part = dest.with_name(dest.name + ".part")
+        st = _lstat(part)
+        offset = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            part.unlink()  # not ours (a planted link?): start over, never write through it
+        headers = {}
+        if offset and item.validator:
+            headers = {"Range": f"bytes={offset}-", "If-Range": item.validator}
+        response = self.transport.open(item.url, headers)
+        try:
+            offset, expected = self._check_response(item, response, offset)
+            size, digest = self._stream(item, response, part, offset, expected)
+        except FetchError as exc:
+            exc.scope = "url"  # the host answered: this transfer is what failed
+            if exc.permanent:  # a transient failure keeps the part for a Range resume
+                part.unlink(missing_ok=True)
+            elif self.pending_validator is not None:
+                self.hooks.validator(item, self.pending_validator)
+            raise
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        finally:
+            response.close()
+        try:
+            _verify(item, size, digest, expected)
+        except FetchError as exc:
+            exc.scope = "url"
+            part.unlink(missing_ok=True)
+            raise
+        os.replace(part, dest)
+        return DownloadComplete(
+            worker=self.worker, item=item, path=str(dest), size=size, sha256=digest
+        )
+
+    def _check_response(
+        self, item: WorkItem, response: Response, offset: int
+    ) -> tuple[int, int | None]:
+        """Check status, range and size; return the write offset and the expected total."""
+        cfg = self.config.download
+        if response.status >= 400:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), self.clock.wall())
+            raise HTTPStatusError(response.status, item.url, retry_after=retry_after)
+        if response.status == 206 and offset:
+            start = _range_start(response.headers.get("Content-Range"))
+            if start != offset:
+                raise FetchError(
+                    f"asked for bytes from {offset}, got {response.headers.get('Content-Range')}"
+                )
+        else:
+            offset = 0  # a full response: start over
+        length = _content_length(response.headers)
+        expected = offset + length if length is not None else item.size
+        if cfg.max_size and expected is not None and expected > cfg.max_size:
+            raise TooLargeError(f"{expected} bytes announced, download.max_size is {cfg.max_size}")
+        if (
+            self.lane == "small"
+            and expected is not None
+            and expected > cfg.large_threshold
+            and not offset
+        ):
+            raise LaneChangeError(expected)
+        validator = _validator(response.headers)
+        if validator is not None and validator != item.validator:
+            if expected is None or expected >= EARLY_VALIDATOR:
+                # Recorded before the body, so even a killed run resumes this file.
+                self.hooks.validator(item, validator)
+            else:
+                self.pending_validator = validator  # recorded only if the transfer fails
+        return offset, expected
+
+    def _stream(
+        self, item: WorkItem, response: Response, part: Path, offset: int, total: int | None
+    ) -> tuple[int, str]:
+        """Append the body to ``part`` from ``offset``; return the size and the sha256."""
+        digest = hashlib.sha256()
+        if offset:
+            _hash_into(digest, part, offset)
+        # Big bodies are hashed on another thread (hashlib releases the GIL), so receiving,
+        # writing and hashing overlap on two cores instead of taking turns.
+        hasher: Any = _BackgroundHash(digest) if (total or 0) >= BACKGROUND_HASH else digest
+        try:
+            received = self._receive(item, response, part, offset, total, hasher)
+        finally:
+            if isinstance(hasher, _BackgroundHash):
+                hasher.finish()
+        return received, digest.hexdigest()
+
+    def _receive(
+        self,
+        item: WorkItem,
+        response: Response,
+        part: Path,
+        offset: int,
+        total: int | None,
+        digest: Any,
+    ) -> int:
+        cfg = self.config.download
+        received = offset
+        now = self.clock.now()
+        limit = cfg.timeout + (total or 0) / max(cfg.min_speed, 1)  # scales with the size
+        deadline = now + limit
+        window_start, window_bytes = now, 0
+        next_report = now + cfg.progress_interval
+        with _open_part(part, offset) as fh:
+            try:
+                for chunk in response.iter_bytes(cfg.chunk_size):
+                    if self.cancel.is_set():
+                        raise CancelledError(f"cancelled after {received} bytes")
+                    fh.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    window_bytes += len(chunk)
+                    if cfg.max_size and received > cfg.max_size:
+                        raise TooLargeError(f"more than download.max_size = {cfg.max_size} bytes")
+                    now = self.clock.now()
+                    if now - window_start >= cfg.stall_window:
+                        if window_bytes / (now - window_start) < cfg.min_speed:
+                            raise StalledError(
+                                f"{window_bytes} bytes in {now - window_start:.1f} s, below "
+                                f"download.min_speed = {cfg.min_speed} B/s"
+                            )
+                        window_start, window_bytes = now, 0
+                    if now > deadline:
+                        raise FetchError(
+                            f"the download took longer than {limit:.0f} s",
+                            error_kind="timeout",
+                        )
+                    if now >= next_report:
+                        next_report = now + cfg.progress_interval
+                        self.hooks.progress(item, received, total)
+                    self.hooks.tick(now)
+            except FetchError as exc:
+                if exc.error_kind == "timeout" and received > offset:
+                    # no byte for a whole read timeout in the middle of a body: a stall
+                    raise StalledError(f"stalled after {received} bytes: {exc}") from exc
+                raise
+        return received
+
+
+EARLY_VALIDATOR = 1 << 20
+"""Bodies at least this large (or of unknown size) have their ETag/Last-Modified recorded
+before the transfer; smaller ones only when the transfer fails (one message and one
+store write less per small file)."""
+
+BACKGROUND_HASH = 16 << 20
+"""Bodies at least this large (bytes, when known) are hashed on a helper thread."""
+
+
+class _BackgroundHash:
+    """Feeds a digest from a helper thread; ``update`` only collects the chunk.
+
+    Chunks travel in batches of about ``BATCH`` bytes (one queue hand-over, not one per
+    read), at most ``DEPTH`` batches waiting: memory stays below ~20 MiB per transfer.
+    """
+
+    BATCH = 4 << 20
+    DEPTH = 4
+
+    def __init__(self, digest: Any) -> None:
+        self.digest = digest
+        self.batches: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=self.DEPTH)
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.thread = threading.Thread(target=self._run, name="conveyor-hash", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (batch := self.batches.get()) is not None:
+            for chunk in batch:
+                self.digest.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self.pending.append(chunk)
+        self.pending_size += len(chunk)
+        if self.pending_size >= self.BATCH:
+            self.batches.put(self.pending)
+            self.pending, self.pending_size = [], 0
+
+    def finish(self) -> None:
+        """Wait until every chunk is hashed."""
+        if self.pending:
+            self.batches.put(self.pending)
+            self.pending, self.pending_size = [], 0
+        self.batches.put(None)
+        self.thread.join()
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _open_part(part: Path, offset: int) -> Any:
+    """Open the partial file without following a link (O_NOFOLLOW)."""
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(part, flags, 0o644)
+    fh = os.fdopen(fd, "wb")
+    fh.seek(offset)
+    fh.truncate()
+    return fh
+
+
+def _validator(headers: Any) -> str | None:
+    """A strong ETag, else Last-Modified: what If-Range may carry."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return str(etag)
+    modified = headers.get("Last-Modified")
+    return str(modified) if modified else None
+
+
+def _range_start(content_range: str | None) -> int | None:
+    """The first byte of ``Content-Range: bytes START-END/TOTAL``."""
+    if not content_range or not content_range.startswith("bytes "):
+        return None
+    try:
+        return int(content_range[6:].split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def _hash_into(digest: Any, path: Path, length: int = sys.maxsize) -> Any:
+    """Feed the first ``length`` bytes of ``path`` (all of it by default) to ``digest``."""
+    with path.open("rb") as fh:
+        while length > 0 and (chunk := fh.read(min(length, 1 << 20))):
+            digest.update(chunk)
+            length -= len(chunk)
+    return digest
+
+
+def _content_length(headers: Any) -> int | None:
+    value = headers.get("Content-Length")
+    if value is None or headers.get("Content-Encoding", "identity") != "identity":
+        return None  # a decoded body's length differs from Content-Length
+    try:
+        length = int(value)
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+def _verify(item: WorkItem, size: int, digest: str, expected: int | None) -> None:
+    if expected is not None and size < expected:
+        raise TruncatedError(f"got {size} of {expected} bytes")
+    if item.size is not None and size != item.size:
+        raise FetchError(
+            f"got {size} bytes, the entry says {item.size}",
+            error_kind="size_mismatch",
+            permanent=True,
+        )
+    if item.sha256 is not None and digest != item.sha256:
+        raise ChecksumError(f"sha256 {digest} differs from the entry's {item.sha256}")
+
+
+def hash_file(path: Path) -> str:
+    """The sha256 of a whole file, in hex."""
+    return str(_hash_into(hashlib.sha256(), path).hexdigest())
