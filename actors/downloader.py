@@ -37,6 +37,7 @@ from messages.control import Batch, TakeNext
 from messages.types import Lane
 from runtime.core.clock import Clock
 from runtime.core.config import Config
+from runtime.core.curl import CurlEngine
 from runtime.core.logs import get_logger
 from runtime.core.transfer import Transfer
 from runtime.core.transport import Transport, TransportFactory
@@ -75,8 +76,21 @@ class Downloader(ChildActor):
         self.announced: str | None = None  # the item whose DownloadStarted went out early
         self.owed = 0  # demand for items handed back, sent when the running transfer ends
         self.transfer_started = 0.0
+        self.pumping = False  # (curl engine) a TakeNext is on its way to us
         # Built here, in the starting thread: a failing on_start would stop us silently.
-        self.transport: Transport | None = transport_factory()
+        self.transport: Transport | None = None
+        self.engine: CurlEngine | None = None
+        if getattr(transport_factory, "engine", None) == "curl":
+            self.engine = CurlEngine(
+                worker=self.worker,
+                config=config,
+                clock=clock,
+                cancel=cancel,
+                lane=lane,
+                hooks=_Hooks(self),
+            )
+        else:
+            self.transport = transport_factory()
         self.transfer = Transfer(
             worker=self.worker,
             config=config,
@@ -88,17 +102,23 @@ class Downloader(ChildActor):
         )
 
     def on_stop(self) -> None:
-        """Close the transport."""
-        if self.transport is not None:
-            self.transport.close()
+        """Close the transport (or the engine)."""
+        self.cleanup()
 
     def cleanup(self) -> None:
-        """Close the transport after a crash."""
+        """Close the transport (or the engine); also after a crash."""
         if self.transport is not None:
             self.transport.close()
+            self.transport = None
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch one message."""
+        if self.engine is not None:
+            self._receive_concurrent(message, self.engine)
+            return
         match message:
             case Grant(items=items):
                 was_idle = not self.queue
@@ -114,6 +134,42 @@ class Downloader(ChildActor):
                 self._work_one()
             case _:
                 log.warning("unexpected message", actor=self.worker, message=repr(message))
+
+    # -- the curl engine: every held item transfers at once --------------------------
+
+    def _receive_concurrent(self, message: Any, engine: CurlEngine) -> None:
+        match message:
+            case Grant(items=items):
+                if engine.active + len(items) > self.config.download.mailbox:
+                    raise ProtocolError(
+                        f"{self.worker} holds {engine.active + len(items)} items, "
+                        f"mailbox is {self.config.download.mailbox}"
+                    )
+                batch: list[Any] = [self._started(item) for item in items]
+                done = [r for item in items if (r := engine.start(item)) is not None]
+                self._report(batch, done)
+                self._pump(engine)
+            case TakeNext():
+                self.pumping = False
+                self._report([], engine.perform(PUMP_WAIT))
+                self._pump(engine)
+            case _:
+                log.warning("unexpected message", actor=self.worker, message=repr(message))
+
+    def _report(self, batch: list[Any], done: list[Any]) -> None:
+        """Send starts and results together, with the demand the results free."""
+        if done:
+            batch += [*done, Demand(worker=self.worker, n=len(done))]
+        if batch:
+            tell(self.state_keeper, Batch(messages=tuple(batch)))
+
+    def _pump(self, engine: CurlEngine) -> None:
+        """Keep the transfers moving while there are any (no loop when idle)."""
+        if engine.active and not self.pumping:
+            self.pumping = True
+            self.actor_ref.tell(TakeNext())
+
+    # -- the requests engine: one transfer at a time ----------------------------------
 
     def _work_one(self) -> None:
         if not self.queue:
@@ -199,3 +255,7 @@ class _Hooks:
 
 HAND_BACK_AFTER = 0.5
 """Seconds a transfer may run before the items queued behind it are handed back."""
+
+PUMP_WAIT = 0.005
+"""(curl engine) Longest wait for network activity before the actor reads its inbox:
+how late a grant or a cancellation may reach a busy downloader."""

@@ -48,6 +48,7 @@ from messages.control import (
 )
 from runtime.core.clock import Clock, SystemClock
 from runtime.core.config import Config
+from runtime.core.curl import CurlEngineFactory
 from runtime.core.errors import ConveyorError, InputError
 from runtime.core.inputs import iter_batches, parse_entry
 from runtime.core.lock import StateLock
@@ -140,6 +141,8 @@ class Pipeline:
             transport_factory = (
                 SimulatedTransportFactory(config.simulate, self.clock)
                 if simulate
+                else CurlEngineFactory(config)
+                if config.download.engine == "curl"
                 else RequestsTransportFactory(config)
             )
         self.transport_factory = transport_factory

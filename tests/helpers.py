@@ -11,6 +11,9 @@ from typing import Any
 
 from runtime.core.config import Config
 
+ENGINE = "requests"
+"""The download engine ``make_config`` sets (the robustness tests run with each)."""
+
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     """A config rooted in tmp_path with quick commits and the given section overrides."""
@@ -23,6 +26,7 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
         "retry": {"backoff_initial": 0.0},
         "circuit": {"reset_timeout": 0.02},
     }
+    data["download"]["engine"] = ENGINE
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return Config.from_mapping(data, base_dir=tmp_path)

@@ -1,6 +1,7 @@
 """Robust downloads against the fault-injection server, through the real actors.
 
-Every test counts requests server-side; the transport is the real ``requests`` one.
+Every test counts requests server-side and runs with both download engines, ``requests``
+and ``curl`` (libcurl's multi interface).
 """
 
 from __future__ import annotations
@@ -19,10 +20,18 @@ from messages import DownloadComplete, DownloadFailed, DownloadStarted, HostStat
 from runtime import Pipeline
 from runtime.pipeline import RunSummary
 from runtime.testing import FakeClock, FaultServer, body_of, capture_logs
+from tests import helpers
 from tests.helpers import make_config, read_manifest
 
 TIMEOUT = 60
 MiB = 1 << 20
+
+
+@pytest.fixture(autouse=True, params=["requests", "curl"])
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with each engine (``make_config`` picks it up)."""
+    monkeypatch.setattr(helpers, "ENGINE", request.param)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -661,7 +670,7 @@ def test_big_bodies_hashed_on_a_helper_thread_verify_and_resume(
 ) -> None:
     """With the helper-thread hash for every size: digests are right, also after a reset."""
     monkeypatch.setattr("runtime.core.transfer.BACKGROUND_HASH", 1)
-    monkeypatch.setattr("runtime.core.transfer._BackgroundHash.BATCH", 10_000)  # many batches
+    monkeypatch.setattr("runtime.core.transfer.BackgroundHash.BATCH", 10_000)  # many batches
     body = body_of("h.bin", 300000)
     config = make_config(tmp_path, retry={"max_attempts": 3})
     run(

@@ -15,6 +15,7 @@ import queue
 import stat
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,9 +37,27 @@ from runtime.core.logs import get_logger
 from runtime.core.retry import parse_retry_after
 from runtime.core.transport import Response, Transport
 
-__all__ = ["BACKGROUND_HASH", "EARLY_VALIDATOR", "Transfer", "TransferHooks", "hash_file"]
+__all__ = [
+    "BACKGROUND_HASH",
+    "EARLY_VALIDATOR",
+    "BackgroundHash",
+    "ResponseHead",
+    "Transfer",
+    "TransferHooks",
+    "hash_file",
+    "hash_into",
+    "open_part",
+    "verify",
+]
 
 log = get_logger("downloader")
+
+
+class ResponseHead(Protocol):
+    """The status and headers of a response (all ``check_response`` looks at)."""
+
+    status: int
+    headers: Mapping[str, str]
 
 
 class TransferHooks(Protocol):
@@ -65,7 +84,7 @@ class Transfer:
         *,
         worker: str,
         config: Config,
-        transport: Transport,
+        transport: Transport | None,
         clock: Clock,
         cancel: threading.Event,
         lane: Lane,
@@ -85,20 +104,33 @@ class Transfer:
 
     def download(self, item: WorkItem) -> DownloadComplete | DownloadFailed:
         """Fetch one item into its file; every expected failure is a ``DownloadFailed``."""
+        try:
+            prepared = self.prepare(item)
+            if isinstance(prepared, DownloadComplete):
+                return prepared
+            return self._fetch(item, prepared)
+        except (FetchError, OSError) as exc:
+            return self.failed(item, exc)
+
+    def prepare(self, item: WorkItem) -> DownloadComplete | Path:
+        """Check the item's path; return its file when already in place, else the path
+        to download to. Raises ``FetchError`` (unsafe name) or ``OSError``."""
         dest = self.out_dir / item.name
         self.pending_validator = None  # never a stale one from the previous item
-        try:
-            self._prepare_dir(dest.parent)
-            st = _lstat(dest)
-            if st is not None:
-                if stat.S_ISLNK(st.st_mode):
-                    self._check_inside(dest)  # a link planted under the final name
-                if self.config.output.if_exists != "overwrite":
-                    reused = self._reuse(item, dest)
-                    if reused is not None:
-                        return reused
-            return self._fetch(item, dest)
-        except FetchError as exc:
+        self._prepare_dir(dest.parent)
+        st = _lstat(dest)
+        if st is not None:
+            if stat.S_ISLNK(st.st_mode):
+                self._check_inside(dest)  # a link planted under the final name
+            if self.config.output.if_exists != "overwrite":
+                reused = self._reuse(item, dest)
+                if reused is not None:
+                    return reused
+        return dest
+
+    def failed(self, item: WorkItem, exc: FetchError | OSError) -> DownloadFailed:
+        """The ``DownloadFailed`` an attempt's exception stands for."""
+        if isinstance(exc, FetchError):
             log.info(
                 "download failed", error_kind=exc.error_kind, error=str(exc), attempt=item.attempts
             )
@@ -113,15 +145,14 @@ class Transfer:
                 size=exc.size if isinstance(exc, LaneChangeError) else None,
                 scope=exc.scope,
             )
-        except OSError as exc:
-            log.warning("file system error", error=str(exc))
-            return DownloadFailed(
-                worker=self.worker,
-                item=item,
-                error_kind="filesystem",
-                error=f"{type(exc).__name__}: {exc}",
-                permanent=False,
-            )
+        log.warning("file system error", error=str(exc))
+        return DownloadFailed(
+            worker=self.worker,
+            item=item,
+            error_kind="filesystem",
+            error=f"{type(exc).__name__}: {exc}",
+            permanent=False,
+        )
 
     def _prepare_dir(self, folder: Path) -> None:
         """Create ``folder`` and make sure it resolves inside the output directory.
@@ -168,8 +199,9 @@ class Transfer:
             worker=self.worker, item=item, path=str(dest), size=size, sha256=digest, reused=True
         )
 
-    def _fetch(self, item: WorkItem, dest: Path) -> DownloadComplete:
-        assert self.transport is not None
+    def resume_plan(self, item: WorkItem, dest: Path) -> tuple[Path, int, dict[str, str]]:
+        """The partial file, the offset to resume from and the request headers that ask
+        for the rest (Range with If-Range, only when the item has a validator)."""
         part = dest.with_name(dest.name + ".part")
         st = _lstat(part)
         offset = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
@@ -178,9 +210,14 @@ class Transfer:
         headers = {}
         if offset and item.validator:
             headers = {"Range": f"bytes={offset}-", "If-Range": item.validator}
+        return part, offset, headers
+
+    def _fetch(self, item: WorkItem, dest: Path) -> DownloadComplete:
+        assert self.transport is not None
+        part, offset, headers = self.resume_plan(item, dest)
         response = self.transport.open(item.url, headers)
         try:
-            offset, expected = self._check_response(item, response, offset)
+            offset, expected = self.check_response(item, response, offset)
             size, digest = self._stream(item, response, part, offset, expected)
         except FetchError as exc:
             exc.scope = "url"  # the host answered: this transfer is what failed
@@ -195,7 +232,7 @@ class Transfer:
         finally:
             response.close()
         try:
-            _verify(item, size, digest, expected)
+            verify(item, size, digest, expected)
         except FetchError as exc:
             exc.scope = "url"
             part.unlink(missing_ok=True)
@@ -205,9 +242,7 @@ class Transfer:
             worker=self.worker, item=item, path=str(dest), size=size, sha256=digest
         )
 
-    def _check_response(
-        self, item: WorkItem, response: Response, offset: int
-    ) -> tuple[int, int | None]:
+    def check_response(self, item: WorkItem, response: Any, offset: int) -> tuple[int, int | None]:
         """Check status, range and size; return the write offset and the expected total."""
         cfg = self.config.download
         if response.status >= 400:
@@ -247,14 +282,14 @@ class Transfer:
         """Append the body to ``part`` from ``offset``; return the size and the sha256."""
         digest = hashlib.sha256()
         if offset:
-            _hash_into(digest, part, offset)
+            hash_into(digest, part, offset)
         # Big bodies are hashed on another thread (hashlib releases the GIL), so receiving,
         # writing and hashing overlap on two cores instead of taking turns.
-        hasher: Any = _BackgroundHash(digest) if (total or 0) >= BACKGROUND_HASH else digest
+        hasher: Any = BackgroundHash(digest) if (total or 0) >= BACKGROUND_HASH else digest
         try:
             received = self._receive(item, response, part, offset, total, hasher)
         finally:
-            if isinstance(hasher, _BackgroundHash):
+            if isinstance(hasher, BackgroundHash):
                 hasher.finish()
         return received, digest.hexdigest()
 
@@ -274,7 +309,7 @@ class Transfer:
         deadline = now + limit
         window_start, window_bytes = now, 0
         next_report = now + cfg.progress_interval
-        with _open_part(part, offset) as fh:
+        with open_part(part, offset) as fh:
             try:
                 for chunk in response.iter_bytes(cfg.chunk_size):
                     if self.cancel.is_set():
@@ -319,7 +354,7 @@ BACKGROUND_HASH = 16 << 20
 """Bodies at least this large (bytes, when known) are hashed on a helper thread."""
 
 
-class _BackgroundHash:
+class BackgroundHash:
     """Feeds a digest from a helper thread; ``update`` only collects the chunk.
 
     Chunks travel in batches of about ``BATCH`` bytes (one queue hand-over, not one per
@@ -365,7 +400,7 @@ def _lstat(path: Path) -> os.stat_result | None:
         return None
 
 
-def _open_part(part: Path, offset: int) -> Any:
+def open_part(part: Path, offset: int) -> Any:
     """Open the partial file without following a link (O_NOFOLLOW)."""
     flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(part, flags, 0o644)
@@ -394,7 +429,7 @@ def _range_start(content_range: str | None) -> int | None:
         return None
 
 
-def _hash_into(digest: Any, path: Path, length: int = sys.maxsize) -> Any:
+def hash_into(digest: Any, path: Path, length: int = sys.maxsize) -> Any:
     """Feed the first ``length`` bytes of ``path`` (all of it by default) to ``digest``."""
     with path.open("rb") as fh:
         while length > 0 and (chunk := fh.read(min(length, 1 << 20))):
@@ -414,7 +449,7 @@ def _content_length(headers: Any) -> int | None:
     return length if length >= 0 else None
 
 
-def _verify(item: WorkItem, size: int, digest: str, expected: int | None) -> None:
+def verify(item: WorkItem, size: int, digest: str, expected: int | None) -> None:
     if expected is not None and size < expected:
         raise TruncatedError(f"got {size} of {expected} bytes")
     if item.size is not None and size != item.size:
@@ -429,4 +464,4 @@ def _verify(item: WorkItem, size: int, digest: str, expected: int | None) -> Non
 
 def hash_file(path: Path) -> str:
     """The sha256 of a whole file, in hex."""
-    return str(_hash_into(hashlib.sha256(), path).hexdigest())
+    return str(hash_into(hashlib.sha256(), path).hexdigest())

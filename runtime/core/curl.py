@@ -1,0 +1,353 @@
+"""The curl engine: libcurl's multi interface runs a downloader's transfers at once.
+
+One ``CurlEngine`` per downloader actor. The actor ``start``s each granted item (which
+either finishes at once — a file already in place, an unsafe name — or adds a transfer
+to the multi handle) and calls ``perform`` while transfers run: libcurl moves every
+transfer's bytes in C, Python sees each body chunk once (written to ``<name>.part`` and
+hashed) and each finished transfer once. What a transfer must check — paths, resume,
+status and size, the large-file lane, ``max_size`` on decoded bytes, verification — is
+``runtime.core.transfer.Transfer``'s, shared with the requests engine; libcurl's own
+machinery does the rest: connection reuse, ``CONNECTTIMEOUT``, ``LOW_SPEED_LIMIT`` /
+``LOW_SPEED_TIME`` for stalls, ``MAXREDIRS`` and http(s)-only redirects, decoding.
+Errors are translated by one table, ``CURL_ERRORS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pycurl
+
+from messages import DownloadComplete, DownloadFailed, WorkItem
+from messages.types import ErrorKind, Lane
+from runtime.core.clock import Clock
+from runtime.core.config import Config
+from runtime.core.errors import (
+    CancelledError,
+    FetchError,
+    StalledError,
+    TooLargeError,
+)
+from runtime.core.transfer import (
+    BACKGROUND_HASH,
+    BackgroundHash,
+    Transfer,
+    TransferHooks,
+    hash_into,
+    open_part,
+    verify,
+)
+from runtime.core.transport import Transport
+
+__all__ = ["CURL_ERRORS", "CurlEngine", "CurlEngineFactory", "translate_curl"]
+
+CURL_ERRORS: dict[int, tuple[ErrorKind, bool]] = {
+    pycurl.E_UNSUPPORTED_PROTOCOL: ("redirect", True),  # a redirect to ftp:, file:, …
+    pycurl.E_URL_MALFORMAT: ("invalid_url", True),
+    pycurl.E_COULDNT_RESOLVE_PROXY: ("connection", False),
+    pycurl.E_COULDNT_RESOLVE_HOST: ("connection", False),
+    pycurl.E_COULDNT_CONNECT: ("connection", False),
+    pycurl.E_PARTIAL_FILE: ("truncated", False),
+    pycurl.E_OPERATION_TIMEDOUT: ("timeout", False),
+    pycurl.E_TOO_MANY_REDIRECTS: ("redirect", True),
+    pycurl.E_GOT_NOTHING: ("connection", False),
+    pycurl.E_SEND_ERROR: ("connection", False),
+    pycurl.E_RECV_ERROR: ("connection", False),
+    pycurl.E_BAD_CONTENT_ENCODING: ("decoding", False),
+    pycurl.E_SSL_CONNECT_ERROR: ("connection", False),
+    pycurl.E_PEER_FAILED_VERIFICATION: ("connection", True),
+    pycurl.E_SSL_CACERT_BADFILE: ("connection", True),
+    pycurl.E_HTTP2: ("connection", False),
+}
+"""libcurl error code → (``error_kind``, permanent); anything else is a transient
+``connection`` failure."""
+
+_CA_VARIABLES = ("CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
+
+
+def translate_curl(code: int, message: str, *, received: int, headers_seen: bool) -> FetchError:
+    """The ``FetchError`` a libcurl error code stands for."""
+    kind, permanent = CURL_ERRORS.get(code, ("connection", False))
+    text = f"curl error {code}: {message}"
+    if code == pycurl.E_OPERATION_TIMEDOUT and headers_seen:
+        # Too slow, or silent, in the middle of a body: a stall (the speed limit is
+        # download.min_speed over download.stall_window).
+        return StalledError(f"stalled after {received} bytes: {text}")
+    if code == pycurl.E_RECV_ERROR and received:
+        kind = "truncated"  # the connection broke in the middle of the body
+    return FetchError(text, error_kind=kind, permanent=permanent)
+
+
+class _Headers(dict[str, str]):
+    """Response headers by lower-case name (what ``Transfer.check_response`` reads)."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default)
+
+
+@dataclass(slots=True)
+class _Head:
+    status: int
+    headers: _Headers
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    """One running transfer."""
+
+    item: WorkItem
+    dest: Path
+    part: Path
+    offset: int
+    handle: Any
+    started: float
+    status: int = 0
+    headers: _Headers = field(default_factory=_Headers)
+    checked: bool = False
+    expected: int | None = None
+    fh: IO[bytes] | None = None
+    digest: Any = None
+    hasher: Any = None
+    received: int = 0
+    deadline: float = 0.0
+    next_report: float = 0.0
+    validator: str | None = None
+    error: BaseException | None = None
+
+
+class CurlEngine:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        worker: str,
+        config: Config,
+        clock: Clock,
+        cancel: threading.Event,
+        lane: Lane,
+        hooks: TransferHooks,
+    ) -> None:
+        self.worker = worker
+        self.config = config
+        self.clock = clock
+        self.cancel = cancel
+        self.hooks = hooks
+        self.transfer = Transfer(
+            worker=worker,
+            config=config,
+            transport=None,
+            clock=clock,
+            cancel=cancel,
+            lane=lane,
+            hooks=hooks,
+        )
+        self.multi = pycurl.CurlMulti()
+        self.jobs: dict[Any, _Job] = {}
+        self.idle: list[Any] = []  # handles to reuse (their connections stay cached)
+        self.ca_bundle = next((os.environ[v] for v in _CA_VARIABLES if os.environ.get(v)), None)
+
+    # -- the actor's side -----------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        """Transfers running."""
+        return len(self.jobs)
+
+    def start(self, item: WorkItem) -> DownloadComplete | DownloadFailed | None:
+        """Begin an item's transfer; a result when it ends at once, else None."""
+        try:
+            prepared = self.transfer.prepare(item)
+            if isinstance(prepared, DownloadComplete):
+                return prepared
+            part, offset, headers = self.transfer.resume_plan(item, prepared)
+        except (FetchError, OSError) as exc:
+            return self.transfer.failed(item, exc)
+        handle = self.idle.pop() if self.idle else pycurl.Curl()
+        now = self.clock.now()
+        report = now + self.config.download.progress_interval
+        job = _Job(item=item, dest=prepared, part=part, offset=offset, handle=handle,
+                   started=now, next_report=report)  # fmt: skip
+        self._configure(handle, job, headers)
+        self.jobs[handle] = job
+        self.multi.add_handle(handle)
+        return None
+
+    def perform(self, wait: float) -> list[DownloadComplete | DownloadFailed]:
+        """Move every transfer on, waiting up to ``wait`` s for sockets; return what ended."""
+        if self.jobs:
+            due = self.multi.timeout()  # ms until libcurl wants to be called; -1: none
+            self.multi.select(min(wait, due / 1000) if due >= 0 else wait)
+        while self.multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+            pass
+        done: list[DownloadComplete | DownloadFailed] = []
+        while True:
+            queued, ok, failed = self.multi.info_read()
+            done += [self._finish(handle, None) for handle in ok]
+            done += [self._finish(h, (code, msg)) for h, code, msg in failed]
+            if not queued:
+                break
+        now = self.clock.now()
+        cancelled = self.cancel.is_set()
+        for handle, job in list(self.jobs.items()):
+            if cancelled:
+                job.error = CancelledError(f"cancelled after {job.received} bytes")
+            elif job.deadline and now > job.deadline:
+                job.error = FetchError(
+                    f"the download took longer than {job.deadline - job.started:.0f} s",
+                    error_kind="timeout",
+                )
+            if job.error is not None:
+                done.append(self._finish(handle, (pycurl.E_ABORTED_BY_CALLBACK, "aborted")))
+        return done
+
+    def close(self) -> None:
+        """Abort what runs and free every handle."""
+        for handle, job in list(self.jobs.items()):
+            job.error = CancelledError("the downloader stopped")
+            self._finish(handle, (pycurl.E_ABORTED_BY_CALLBACK, "aborted"))
+        for handle in self.idle:
+            handle.close()
+        self.idle.clear()
+        self.multi.close()
+
+    # -- one transfer ---------------------------------------------------------------
+
+    def _configure(self, handle: Any, job: _Job, headers: dict[str, str]) -> None:
+        d = self.config.download
+        handle.setopt(pycurl.URL, job.item.url)
+        handle.setopt(pycurl.USERAGENT, d.user_agent)
+        handle.setopt(pycurl.FOLLOWLOCATION, 1)
+        handle.setopt(pycurl.MAXREDIRS, d.max_redirects)
+        web = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+        handle.setopt(pycurl.PROTOCOLS, web)
+        handle.setopt(pycurl.REDIR_PROTOCOLS, web)
+        handle.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, int(d.connect_timeout * 1000)))
+        # Below min_speed for a whole stall window (silence included) is a stall.
+        handle.setopt(pycurl.LOW_SPEED_LIMIT, max(1, int(d.min_speed)))
+        handle.setopt(pycurl.LOW_SPEED_TIME, max(1, round(d.stall_window)))
+        handle.setopt(pycurl.ACCEPT_ENCODING, "")  # every encoding libcurl can decode
+        handle.setopt(pycurl.HTTP_CONTENT_DECODING, 1)
+        handle.setopt(pycurl.BUFFERSIZE, 512 * 1024)
+        handle.setopt(pycurl.TCP_KEEPALIVE, 1)
+        handle.setopt(pycurl.NOSIGNAL, 1)
+        if self.ca_bundle:
+            handle.setopt(pycurl.CAINFO, self.ca_bundle)
+        handle.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers.items()])
+        handle.setopt(pycurl.HEADERFUNCTION, lambda line: self._header(job, line))
+        handle.setopt(pycurl.WRITEFUNCTION, lambda data: self._write(job, data))
+
+    def _header(self, job: _Job, line: bytes) -> None:
+        text = line.decode("iso-8859-1").rstrip("\r\n")
+        if text.startswith("HTTP/"):  # a new response (after a redirect, a 100 Continue)
+            parts = text.split(" ", 2)
+            job.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            job.headers = _Headers()
+        elif ":" in text:
+            name, _, value = text.partition(":")
+            job.headers[name.strip().lower()] = value.strip()
+
+    def _begin_body(self, job: _Job) -> None:
+        """The final response's head arrived: check it, open the part file."""
+        job.checked = True
+        t = self.transfer
+        t.pending_validator = None
+        offset, expected = t.check_response(job.item, _Head(job.status, job.headers), job.offset)
+        job.validator, job.offset, job.expected = t.pending_validator, offset, expected
+        d = self.config.download
+        job.deadline = job.started + d.timeout + (expected or 0) / max(d.min_speed, 1)
+        job.digest = hashlib.sha256()
+        if offset:
+            hash_into(job.digest, job.part, offset)
+        big = (expected or 0) >= BACKGROUND_HASH
+        job.hasher = BackgroundHash(job.digest) if big else job.digest
+        job.fh = open_part(job.part, offset)
+        job.received = offset
+
+    def _write(self, job: _Job, data: bytes) -> int | None:
+        if job.error is not None:
+            return 0
+        try:
+            if not job.checked:
+                if 300 <= job.status < 400 and job.headers.get("Location"):
+                    return None  # the body of a redirect that libcurl follows
+                self._begin_body(job)
+            assert job.fh is not None
+            job.fh.write(data)
+            job.hasher.update(data)
+            job.received += len(data)
+            max_size = self.config.download.max_size
+            if max_size and job.received > max_size:
+                raise TooLargeError(f"more than download.max_size = {max_size} bytes")
+            now = self.clock.now()
+            if now >= job.next_report:
+                job.next_report = now + self.config.download.progress_interval
+                self.hooks.progress(job.item, job.received, job.expected)
+        except (FetchError, OSError) as exc:
+            job.error = exc
+            return 0  # abort this transfer
+        return None
+
+    def _finish(
+        self, handle: Any, error: tuple[int, str] | None
+    ) -> DownloadComplete | DownloadFailed:
+        job = self.jobs.pop(handle)
+        self.multi.remove_handle(handle)
+        item = job.item
+        result: DownloadComplete | DownloadFailed
+        try:
+            if error is None and not job.checked:
+                self._begin_body(job)  # an empty body: its head is still checked
+            self._close(job)
+            if job.error is not None:
+                raise job.error
+            if error is not None:
+                raise translate_curl(
+                    error[0], error[1], received=job.received - job.offset,
+                    headers_seen=job.checked,
+                )  # fmt: skip
+            size, digest = job.received, job.digest.hexdigest()
+            verify(item, size, digest, job.expected)
+            os.replace(job.part, job.dest)
+            result = DownloadComplete(
+                worker=self.worker, item=item, path=str(job.dest), size=size, sha256=digest
+            )
+        except FetchError as exc:
+            if job.checked or job.status:
+                exc.scope = "url"  # the host answered: this transfer is what failed
+            if exc.permanent:  # a transient failure keeps the part for a Range resume
+                job.part.unlink(missing_ok=True)
+            elif job.validator is not None:
+                self.hooks.validator(item, job.validator)
+            result = self.transfer.failed(item, exc)
+        except OSError as exc:
+            result = self.transfer.failed(item, exc)
+        handle.reset()
+        self.idle.append(handle)
+        return result
+
+    def _close(self, job: _Job) -> None:
+        if isinstance(job.hasher, BackgroundHash):
+            job.hasher.finish()
+        if job.fh is not None:
+            job.fh.close()
+            job.fh = None
+
+
+class CurlEngineFactory:
+    """Stands where a ``TransportFactory`` goes and tells each downloader to build a
+    ``CurlEngine`` instead (the curl engine speaks HTTP itself); picklable."""
+
+    engine = "curl"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def __call__(self) -> Transport:
+        """Never called: a downloader sees ``engine`` and builds a ``CurlEngine``."""
+        raise TypeError("the curl engine has no Transport; downloaders build a CurlEngine")
