@@ -246,9 +246,11 @@ def threadpool(w: Workload, base: str, out: Path, work: Path) -> list[str]:
     return [sys.executable, str(HERE / "threadpool_baseline.py"), str(lst), str(out), "16"]
 
 
-def conveyor_tool(processes: int) -> Callable[[Workload, str, Path, Path], list[str]]:
+def conveyor_tool(
+    processes: int, engine: str = "requests"
+) -> Callable[[Workload, str, Path, Path], list[str]]:
     def build(w: Workload, base: str, out: Path, work: Path) -> list[str]:
-        tag = f"conveyor-p{processes}-{w.name}"
+        tag = f"conveyor-{engine}-p{processes}-{w.name}"
         lst = work / f"{tag}.ndjson"
         lst.write_text("".join(json.dumps({"id": n, "url": u, "name": n}) + "\n"
                                for n, u in zip(w.files, _urls(w, base), strict=True)))  # fmt: skip
@@ -258,7 +260,7 @@ def conveyor_tool(processes: int) -> Callable[[Workload, str, Path, Path], list[
         cfg = work / f"{tag}.toml"
         cfg.write_text(
             f'[input]\npath = "{lst}"\n[output]\ndir = "{out}"\n[state]\ndir = "{state}"\n'
-            f"[download]\nworkers = {workers}\nmailbox = 4\nper_host = 0\n"
+            f'[download]\nengine = "{engine}"\nworkers = {workers}\nmailbox = 4\nper_host = 0\n'
             f"large_threshold = {4 * GiB}\n"
             f"chunk_size = {1 * MiB}\n"
             + (f"processes = {processes}\n" if processes else "")
@@ -272,7 +274,8 @@ def conveyor_tool(processes: int) -> Callable[[Workload, str, Path, Path], list[
 
 def tools(with_processes: bool) -> list[Tool]:
     found = [
-        Tool("conveyor", conveyor_tool(0)),
+        Tool("conveyor curl", conveyor_tool(0, "curl")),
+        Tool("conveyor requests", conveyor_tool(0, "requests")),
         Tool("curl --parallel", curl_parallel),
         Tool("aria2c -j16", aria2),
         Tool("wget", wget),
@@ -280,7 +283,7 @@ def tools(with_processes: bool) -> list[Tool]:
         Tool("curl -o /dev/null", curl_devnull, verify=False, workloads=("W3",)),
     ]
     if with_processes:
-        found.insert(1, Tool("conveyor processes=2", conveyor_tool(2)))
+        found.insert(2, Tool("conveyor requests processes=2", conveyor_tool(2)))
     return found
 
 

@@ -1,0 +1,170 @@
+"""The download engines beyond the fault server: curl's error table, HTTPS with a CA
+bundle, and an HTTP proxy — each with both engines."""
+
+from __future__ import annotations
+
+import http.server
+import ssl
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pycurl
+import pytest
+import trustme
+
+from runtime import Pipeline
+from runtime.core.curl import CURL_ERRORS, translate_curl
+from runtime.core.errors import FAILURE_KINDS, StalledError
+from tests import helpers
+from tests.helpers import make_config, read_manifest
+
+TIMEOUT = 60
+BODY = b"over tls " * 1000
+
+
+def test_every_curl_error_maps_to_a_known_kind() -> None:
+    """One table: each entry names an error kind a failed item may end with."""
+    assert {kind for kind, _ in CURL_ERRORS.values()} <= set(FAILURE_KINDS)
+    assert translate_curl(pycurl.E_TOO_MANY_REDIRECTS, "x", received=0, headers_seen=True) \
+        .error_kind == "redirect"  # fmt: skip
+    assert translate_curl(pycurl.E_UNSUPPORTED_PROTOCOL, "ftp", received=0, headers_seen=True) \
+        .permanent  # fmt: skip
+    assert translate_curl(pycurl.E_COULDNT_CONNECT, "x", received=0, headers_seen=False) \
+        .error_kind == "connection"  # fmt: skip
+    assert translate_curl(pycurl.E_PARTIAL_FILE, "x", received=5, headers_seen=True) \
+        .error_kind == "truncated"  # fmt: skip
+    # Too slow before the response: a timeout; in the middle of a body: a stall.
+    assert translate_curl(pycurl.E_OPERATION_TIMEDOUT, "x", received=0, headers_seen=False) \
+        .error_kind == "timeout"  # fmt: skip
+    assert isinstance(
+        translate_curl(pycurl.E_OPERATION_TIMEDOUT, "x", received=9, headers_seen=True),
+        StalledError,
+    )
+    assert translate_curl(pycurl.E_RECV_ERROR, "x", received=9, headers_seen=True) \
+        .error_kind == "truncated"  # fmt: skip
+    unknown = translate_curl(9999, "new", received=0, headers_seen=False)
+    assert (unknown.error_kind, unknown.permanent) == ("connection", False)
+
+
+@pytest.fixture(params=["requests", "curl"])
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(helpers, "ENGINE", request.param)
+    return str(request.param)
+
+
+class _Files(http.server.BaseHTTPRequestHandler):
+    hits: list[str]
+
+    def do_GET(self) -> None:
+        self.hits.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _serve(wrap: Any = None) -> Iterator[tuple[str, list[str]]]:
+    hits: list[str] = []
+    handler = type("Handler", (_Files,), {"hits": hits})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if wrap is not None:
+        server.socket = wrap(server.socket)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> Iterator[tuple[str, list[str], Path]]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    for address, hits in _serve(lambda s: context.wrap_socket(s, server_side=True)):
+        yield address, hits, bundle
+
+
+def test_https_with_a_ca_bundle_from_the_environment(
+    engine: str, tmp_path: Path, tls: tuple[str, list[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both engines trust the bundle named by the environment, and nothing else."""
+    address, hits, bundle = tls
+    config = make_config(tmp_path, retry={"max_attempts": 1})
+    for variable in ("CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        monkeypatch.delenv(variable, raising=False)
+    with Pipeline(config) as pipeline:  # no bundle: the certificate is refused
+        pipeline.submit([{"url": f"https://{address}/untrusted.bin"}])
+        assert pipeline.wait(TIMEOUT).finished.failed == 1
+    refused = read_manifest(config.manifest_path)
+    config = make_config(tmp_path / "trusted")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE" if engine == "requests" else "CURL_CA_BUNDLE",
+                       str(bundle))  # fmt: skip
+    with Pipeline(config) as pipeline:
+        pipeline.submit([{"url": f"https://{address}/a.bin"}])
+        summary = pipeline.wait(TIMEOUT)
+    assert summary.finished.completed == 1
+    assert (Path(config.output.dir) / "a.bin").read_bytes() == BODY
+    assert hits == ["/a.bin"]  # the refused handshake never got to a request
+    assert [r["error_kind"] for r in refused] == ["connection"]
+
+
+class _Proxy(http.server.BaseHTTPRequestHandler):
+    """A forward proxy for plain HTTP: absolute-URI GETs, passed on."""
+
+    seen: list[str]
+
+    def do_GET(self) -> None:
+        self.seen.append(self.path)
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(self.path, timeout=10) as upstream:
+            body = upstream.read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_an_http_proxy_from_the_environment_is_used(
+    engine: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``HTTP_PROXY`` reaches both engines; ``NO_PROXY`` exempts a host again."""
+    seen: list[str] = []
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("P", (_Proxy,), {"seen": seen}))
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        for address, hits in _serve():
+            for name in ("HTTP_PROXY", "http_proxy"):
+                monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.server_address[1]}")
+            for name in ("NO_PROXY", "no_proxy"):
+                monkeypatch.delenv(name, raising=False)
+            config = make_config(tmp_path)
+            with Pipeline(config) as pipeline:
+                pipeline.submit([{"url": f"http://{address}/via-proxy.bin"}])
+                assert pipeline.wait(TIMEOUT).finished.completed == 1
+            assert seen == [f"http://{address}/via-proxy.bin"]
+            for name in ("NO_PROXY", "no_proxy"):
+                monkeypatch.setenv(name, "127.0.0.1")
+            config = make_config(tmp_path / "direct")
+            with Pipeline(config) as pipeline:
+                pipeline.submit([{"url": f"http://{address}/direct.bin"}])
+                assert pipeline.wait(TIMEOUT).finished.completed == 1
+            assert len(seen) == 1  # not through the proxy
+            assert hits == ["/via-proxy.bin", "/direct.bin"]
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
