@@ -11,7 +11,7 @@ from typing import Any
 
 from runtime.core.config import Config
 
-ENGINE = "requests"
+ENGINE = "curl"
 """The download engine ``make_config`` sets (the robustness tests run with each)."""
 
 

@@ -116,10 +116,10 @@ class DownloadConfig:
     """Whether requests reads proxies, .netrc and CA bundles from the environment for each
     request: ``yes``, ``no``, or ``auto`` (yes only when such settings exist; reading them
     costs about a quarter of requests' CPU per request)."""
-    engine: str = "requests"
-    """How downloads are done: ``requests`` (one transfer at a time per downloader) or
-    ``curl`` (libcurl's multi interface: each downloader runs its whole mailbox of
-    transfers at once)."""
+    engine: str = "curl"
+    """How downloads are done: ``curl`` (libcurl's multi interface: each downloader runs
+    its whole mailbox of transfers at once) or ``requests`` (one transfer at a time per
+    downloader, with a requests session)."""
     processes: int = 0
     """Worker processes the downloaders are spread over (0: threads of the main process)."""
 
