@@ -23,8 +23,11 @@ def test_defaults_apply_and_paths_resolve_against_the_config_file(tmp_path: Path
     assert config.input.path == str(tmp_path / "files.json")
     assert config.output.dir == str(tmp_path / "downloads")
     assert config.state.dir == str(tmp_path / ".conveyor")
-    assert config.download.workers == 8
-    assert config.download.mailbox == 2
+    assert (config.download.engine, config.download.workers, config.download.mailbox) == (
+        "curl",
+        2,
+        16,
+    )
     assert config.state.persist_interval == 0.5
     assert config.processing.workers == 2
     assert config.manifest_path == tmp_path / ".conveyor" / "manifest.jsonl"
@@ -238,3 +241,15 @@ def test_breaker_window_keys_are_checked(tmp_path: Path, text: str, message: str
     path = write(tmp_path, f'[input]\npath = "f.json"\n[circuit]\n{text}\n')
     with pytest.raises(ConfigError, match=message):
         load_config(path, environ={})
+
+
+def test_the_requests_engine_brings_its_own_downloader_defaults(tmp_path: Path) -> None:
+    """One transfer at a time per downloader: more downloaders, shorter queues — unless
+    the file, a flag or the environment says otherwise."""
+    path = write(tmp_path, '[input]\npath = "f.json"\n[download]\nengine = "requests"\n')
+    config = load_config(path, environ={})
+    assert (config.download.workers, config.download.mailbox) == (8, 2)
+    config = load_config(path, environ={"CONVEYOR_DOWNLOAD_MAILBOX": "5"})
+    assert (config.download.workers, config.download.mailbox) == (8, 5)
+    path = write(tmp_path, '[input]\npath = "f.json"\n[download]\nworkers = 3\n')
+    assert load_config(path, environ={}).download.workers == 3

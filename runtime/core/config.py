@@ -82,10 +82,11 @@ class StateConfig:
 class DownloadConfig:
     """``[download]``: the downloader actors."""
 
-    workers: int = 8
-    """Number of downloader actors."""
-    mailbox: int = 2
-    """Most items leased to one downloader at a time."""
+    workers: int = 2
+    """Number of downloader actors (the requests engine's default: 8)."""
+    mailbox: int = 16
+    """Most items leased to one downloader at a time; with the curl engine, also how many
+    it transfers at once (the requests engine's default: 2)."""
     connect_timeout: float = 10.0
     """Seconds to establish a connection."""
     read_timeout: float = 30.0
@@ -285,6 +286,11 @@ class Config:
             merged[name] = dict(value)
         setters = _apply_overrides(merged, overrides or {}, sections)
         setters.update(_apply_environ(merged, environ or {}, sections))
+        download = merged.setdefault("download", {})
+        if download.get("engine") == "requests":
+            # One transfer at a time per downloader: more downloaders, shorter queues.
+            for key, value in REQUESTS_DEFAULTS.items():
+                download.setdefault(key, value)
 
         def where(section: str, key: str) -> str:
             """Who set a key, for error messages: the file, a flag or a variable."""
@@ -296,6 +302,10 @@ class Config:
         config = cls(**built)
         return _resolve_paths(_check_values(config, source, where), base_dir or Path.cwd())
 
+
+REQUESTS_DEFAULTS = {"workers": 8, "mailbox": 2}
+"""``[download]`` defaults when ``engine = "requests"`` (the others suit the curl engine,
+whose downloaders each run their whole mailbox at once; see benchmarks/README.md)."""
 
 Where = Callable[[str, str], str]
 """Names who set ``section.key``: ``file: section.key`` or the environment variable."""
