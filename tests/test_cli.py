@@ -110,11 +110,18 @@ def test_summary_prints_hosts_with_breakers_and_failures() -> None:
     assert "... and 5 more hosts" in text
 
 
-def test_kill_9_then_rerun_completes_without_downloading_twice(tmp_path: Path) -> None:
+@pytest.fixture(params=["curl", "requests"])
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The download engine of the runs started from here (through the environment)."""
+    monkeypatch.setenv("CONVEYOR_DOWNLOAD_ENGINE", request.param)
+    return str(request.param)
+
+
+def test_kill_9_then_rerun_completes_without_downloading_twice(tmp_path: Path, engine: str) -> None:
     """After SIGKILL, items committed as completed are never requested again."""
     files = make_files(200, seed=2)
     with LocalFileServer(files, delay=0.02) as server:
-        config = write_run(tmp_path, server, files, "[download]\nworkers = 4\n")
+        config = write_run(tmp_path, server, files, "[download]\nworkers = 4\nmailbox = 2\n")
         proc = start("run", config)
         try:
             assert server.wait_for_requests(80, timeout=TIMEOUT), "the run never got going"
@@ -138,7 +145,9 @@ def test_kill_9_then_rerun_completes_without_downloading_twice(tmp_path: Path) -
     assert {r["status"] for r in records} == {"completed"}
 
 
-def test_sigint_stops_gracefully_and_a_rerun_completes_the_rest(tmp_path: Path) -> None:
+def test_sigint_stops_gracefully_and_a_rerun_completes_the_rest(
+    tmp_path: Path, engine: str
+) -> None:
     """SIGINT: in-flight items finish, exit code 130, the next run does the rest."""
     files = make_files(150, seed=3)
     with LocalFileServer(files, delay=0.03) as server:

@@ -168,3 +168,30 @@ def test_an_http_proxy_from_the_environment_is_used(
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+def test_links_planted_in_the_output_lead_nowhere_with_either_engine(
+    engine: str, tmp_path: Path
+) -> None:
+    """A directory link or a file link under the final name is not written through."""
+    config = make_config(tmp_path)
+    out = Path(config.output.dir)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out.mkdir(parents=True)
+    (out / "link").symlink_to(outside)
+    (out / "planted.bin").symlink_to(outside / "target.bin")
+    for address, hits in _serve():
+        with Pipeline(config) as pipeline:
+            pipeline.submit(
+                [
+                    {"url": f"http://{address}/a", "name": "link/file.bin"},
+                    {"url": f"http://{address}/b", "name": "planted.bin"},
+                ]
+            )
+            pipeline.wait(TIMEOUT)
+        assert hits == []  # refused before any request
+    records = {r["name"]: r for r in read_manifest(config.manifest_path)}
+    assert records["link/file.bin"]["error_kind"] == "unsafe_name"
+    assert records["planted.bin"]["error_kind"] == "unsafe_name"
+    assert list(outside.iterdir()) == []
