@@ -80,7 +80,7 @@ class Downloader(ChildActor):
         # Built here, in the starting thread: a failing on_start would stop us silently.
         self.transport: Transport | None = None
         self.engine: CurlEngine | None = None
-        if getattr(transport_factory, "engine", None) == "curl":
+        if getattr(transport_factory, "engine", None) == "curl" and lane == "small":
             self.engine = CurlEngine(
                 worker=self.worker,
                 config=config,
