@@ -78,19 +78,8 @@ class Downloader(ChildActor):
         self.transfer_started = 0.0
         self.pumping = False  # (curl engine) a TakeNext is on its way to us
         # Built here, in the starting thread: a failing on_start would stop us silently.
-        self.transport: Transport | None = None
-        self.engine: CurlEngine | None = None
-        if getattr(transport_factory, "engine", None) == "curl" and lane == "small":
-            self.engine = CurlEngine(
-                worker=self.worker,
-                config=config,
-                clock=clock,
-                cancel=cancel,
-                lane=lane,
-                hooks=_Hooks(self),
-            )
-        else:
-            self.transport = transport_factory()
+        curl = getattr(transport_factory, "engine", None) == "curl" and lane == "small"
+        self.transport: Transport | None = None if curl else transport_factory()
         self.transfer = Transfer(
             worker=self.worker,
             config=config,
@@ -100,6 +89,7 @@ class Downloader(ChildActor):
             lane=lane,
             hooks=_Hooks(self),
         )
+        self.engine: CurlEngine | None = CurlEngine(self.transfer) if curl else None
 
     def on_stop(self) -> None:
         """Close the transport (or the engine)."""

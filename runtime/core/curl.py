@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,7 @@ from typing import IO, Any
 import pycurl
 
 from messages import DownloadComplete, DownloadFailed, WorkItem
-from messages.types import ErrorKind, Lane
-from runtime.core.clock import Clock
+from messages.types import ErrorKind
 from runtime.core.config import Config
 from runtime.core.errors import (
     CancelledError,
@@ -38,7 +36,6 @@ from runtime.core.transfer import (
     BACKGROUND_HASH,
     BackgroundHash,
     Transfer,
-    TransferHooks,
     hash_into,
     open_part,
     verify,
@@ -128,30 +125,15 @@ class _Job:
 class CurlEngine:
     """See the module docstring."""
 
-    def __init__(
-        self,
-        *,
-        worker: str,
-        config: Config,
-        clock: Clock,
-        cancel: threading.Event,
-        lane: Lane,
-        hooks: TransferHooks,
-    ) -> None:
-        self.worker = worker
-        self.config = config
-        self.clock = clock
-        self.cancel = cancel
-        self.hooks = hooks
-        self.transfer = Transfer(
-            worker=worker,
-            config=config,
-            transport=None,
-            clock=clock,
-            cancel=cancel,
-            lane=lane,
-            hooks=hooks,
-        )
+    def __init__(self, transfer: Transfer) -> None:
+        """``transfer``: the downloader's, for the checks both engines share (it is
+        never asked to fetch)."""
+        self.transfer = transfer
+        self.worker = transfer.worker
+        self.config = transfer.config
+        self.clock = transfer.clock
+        self.cancel = transfer.cancel
+        self.hooks = transfer.hooks
         self.multi = pycurl.CurlMulti()
         self.jobs: dict[Any, _Job] = {}
         self.idle: list[Any] = []  # handles to reuse (their connections stay cached)

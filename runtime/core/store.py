@@ -467,26 +467,21 @@ class SQLiteStore:
         return outcomes
 
     def _existing_ids(self, ids: Sequence[str]) -> dict[str, tuple[int, str]]:
-        found: dict[str, tuple[int, str]] = {}
-        for chunk in _chunks(ids):
-            marks = ",".join("?" * len(chunk))
-            for i, line, url in self.db.execute(
-                f"SELECT id, line, url FROM items WHERE id IN ({marks})",  # noqa: S608 - only ?s
-                chunk,
-            ):
-                found[i] = (line, url)
-        return found
+        return {i: (line, url) for i, line, url in self._lookup("id", "line, url", ids)}
 
     def _taken_names(self, names: Sequence[str]) -> dict[str, tuple[str, int]]:
-        found: dict[str, tuple[str, int]] = {}
-        for chunk in _chunks(names):
+        return {n: (i, line) for n, i, line in self._lookup("name", "id, line", names)}
+
+    def _lookup(self, key: str, columns: str, values: Sequence[str]) -> list[Any]:
+        """``key, columns`` of the items whose ``key`` is one of ``values`` (chunked)."""
+        rows: list[Any] = []
+        for chunk in _chunks(values):
             marks = ",".join("?" * len(chunk))
-            for name, i, line in self.db.execute(
-                f"SELECT name, id, line FROM items WHERE name IN ({marks})",  # noqa: S608 - only ?s
+            rows += self.db.execute(
+                f"SELECT {key}, {columns} FROM items WHERE {key} IN ({marks})",  # noqa: S608 - constants and ?s
                 chunk,
-            ):
-                found[name] = (i, line)
-        return found
+            ).fetchall()
+        return rows
 
     def _holder(self, name: str) -> tuple[str, int] | None:
         row = self.db.execute("SELECT id, line FROM items WHERE name = ?", (name,)).fetchone()
