@@ -47,6 +47,7 @@ ErrorKind = Literal[
     "large_file",
     "cancelled",
     "handed_back",
+    "blocked",
 ]
 """Why an attempt or an item failed. The last three end no item: a move to the large
 lane, a cancelled transfer, an item handed back unstarted."""

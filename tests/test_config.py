@@ -253,3 +253,11 @@ def test_the_requests_engine_brings_its_own_downloader_defaults(tmp_path: Path) 
     assert (config.download.workers, config.download.mailbox) == (8, 5)
     path = write(tmp_path, '[input]\npath = "f.json"\n[download]\nworkers = 3\n')
     assert load_config(path, environ={}).download.workers == 3
+
+
+def test_a_bad_allowed_network_names_the_key_and_the_value(tmp_path: Path) -> None:
+    """``download.allow_networks`` entries must be CIDR networks."""
+    text = '[input]\npath = "f.json"\n[download]\nallow_networks = ["10.0.0.0/8", "nope"]\n'
+    with pytest.raises(ConfigError, match=r"download\.allow_networks: 'nope' is not an IP") as info:
+        load_config(write(tmp_path, text), environ={})
+    assert str(tmp_path) in str(info.value)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.core.errors import ConfigError
+from runtime.core.netguard import parse_networks
 
 __all__ = [
     "CircuitConfig",
@@ -123,6 +124,13 @@ class DownloadConfig:
     downloader, with a requests session)."""
     processes: int = 0
     """Worker processes the downloaders are spread over (0: threads of the main process)."""
+    block_private_networks: bool = False
+    """Refuse to connect to loopback, private, link-local and multicast addresses (checked
+    for every connection, redirects included, with the address the name resolved to).
+    The job service always turns this on."""
+    allow_networks: tuple[str, ...] = ()
+    """Networks (CIDR, e.g. ``127.0.0.1/32``) allowed even when ``block_private_networks``
+    is on."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -485,6 +493,10 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
         if getattr(getattr(config, section), key) < 0:
             raise ConfigError(f"{where(section, key)} must not be negative")
     config = _check_circuit(config, where)
+    try:
+        parse_networks(config.download.allow_networks, where("download", "allow_networks"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if not 0.0 <= config.simulate.failure_rate <= 1.0:
         raise ConfigError(f"{where('simulate', 'failure_rate')} must be between 0 and 1")
     if config.simulate.max_size < config.simulate.min_size:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +34,7 @@ from runtime.core.errors import (
     StalledError,
     TooLargeError,
 )
+from runtime.core.netguard import BlockedAddressError, blocked_error, guard_of
 from runtime.core.transfer import (
     BACKGROUND_HASH,
     BackgroundHash,
@@ -120,6 +123,7 @@ class _Job:
     validator: str | None = None
     error: BaseException | None = None
     buffer: bytearray = field(default_factory=bytearray)
+    sockets: list[socket.socket] = field(default_factory=list)
 
 
 class CurlEngine:
@@ -137,6 +141,7 @@ class CurlEngine:
         self.multi = pycurl.CurlMulti()
         self.jobs: dict[Any, _Job] = {}
         self.idle: list[Any] = []  # handles to reuse (their connections stay cached)
+        self.guard = guard_of(self.config.download)
         self.ca_bundle = next((os.environ[v] for v in _CA_VARIABLES if os.environ.get(v)), None)
 
     # -- the actor's side -----------------------------------------------------------
@@ -232,8 +237,28 @@ class CurlEngine:
         if self.ca_bundle:
             handle.setopt(pycurl.CAINFO, self.ca_bundle)
         handle.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers.items()])
+        if self.guard is not None:
+            handle.setopt(pycurl.OPENSOCKETFUNCTION, lambda _, a: self._open_socket(job, a))
         handle.setopt(pycurl.HEADERFUNCTION, lambda line: self._header(job, line))
         handle.setopt(pycurl.WRITEFUNCTION, lambda data: self._write(job, data))
+
+    def _open_socket(self, job: _Job, address: Any) -> socket.socket | int:
+        """libcurl is about to connect (first request or a redirect): ask the guard."""
+        assert self.guard is not None
+        family, kind, proto, where = address
+        ip = where[0] if isinstance(where, tuple) else ""
+        if isinstance(ip, bytes):
+            ip = ip.decode("ascii", "replace")
+        if not self.guard.allows(str(ip)):
+            host = urllib.parse.urlsplit(job.item.url).hostname or ""
+            try:
+                self.guard.check(str(ip))
+            except BlockedAddressError as exc:
+                job.error = blocked_error(f"{exc} (while fetching {host or job.item.url})")
+            return pycurl.SOCKET_BAD
+        sock = socket.socket(family, kind, proto)
+        job.sockets.append(sock)  # pycurl uses a duplicate; this one is closed at the end
+        return sock
 
     def _header(self, job: _Job, line: bytes) -> None:
         text = line.decode("iso-8859-1").rstrip("\r\n")
@@ -350,6 +375,9 @@ class CurlEngine:
         return result
 
     def _close(self, job: _Job) -> None:
+        for sock in job.sockets:
+            sock.close()
+        job.sockets.clear()
         if isinstance(job.hasher, BackgroundHash):
             job.hasher.finish()
         if job.fh is not None:

@@ -10,17 +10,27 @@ scripted transports all exercise the same download logic. Nothing from ``request
 from __future__ import annotations
 
 import os
+import socket
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import requests
 import requests.adapters
+import urllib3.connection
+import urllib3.connectionpool
 import urllib3.exceptions
 
 from messages.types import ErrorKind
 from runtime.core.config import Config
 from runtime.core.errors import FetchError
+from runtime.core.netguard import (
+    BlockedAddressError,
+    NetworkGuard,
+    blocked_error,
+    guard_of,
+    guarded_connection,
+)
 
 __all__ = [
     "RequestsTransport",
@@ -28,6 +38,7 @@ __all__ = [
     "Response",
     "Transport",
     "TransportFactory",
+    "requests_adapter",
     "translate",
 ]
 
@@ -65,6 +76,9 @@ TransportFactory = Callable[[], Transport]
 def translate(exc: BaseException, url: str) -> FetchError:
     """Map a requests/urllib3/socket error to a ``FetchError`` with a stable kind."""
     text = f"{type(exc).__name__}: {exc}"
+    blocked = _blocked_in(exc)
+    if blocked is not None:
+        return blocked_error(str(blocked))
     if isinstance(exc, requests.exceptions.TooManyRedirects):
         return FetchError(f"too many redirects for {url}", error_kind="redirect", permanent=True)
     if isinstance(exc, requests.exceptions.InvalidSchema | requests.exceptions.MissingSchema):
@@ -82,6 +96,60 @@ def translate(exc: BaseException, url: str) -> FetchError:
     if isinstance(exc, requests.exceptions.ContentDecodingError | urllib3.exceptions.DecodeError):
         return FetchError(text, error_kind="decoding")
     return FetchError(text, error_kind="connection")
+
+
+def _blocked_in(exc: BaseException) -> BlockedAddressError | None:
+    """The guard's refusal inside the wrappers urllib3 and requests put around it."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        one = todo.pop()
+        if not isinstance(one, BaseException) or id(one) in seen:
+            continue
+        seen.add(id(one))
+        if isinstance(one, BlockedAddressError):
+            return one
+        todo += [one.__cause__, one.__context__, getattr(one, "reason", None), *one.args]
+    return None
+
+
+def _guarded_adapter(guard: NetworkGuard) -> requests.adapters.HTTPAdapter:
+    """An adapter whose new connections go through the guard (see ``runtime.core.netguard``)."""
+
+    def new_conn(conn: urllib3.connection.HTTPConnection) -> socket.socket:
+        try:
+            return guarded_connection(
+                guard, (conn._dns_host, conn.port), conn.timeout,
+                conn.source_address, conn.socket_options,
+            )  # fmt: skip
+        except BlockedAddressError as exc:
+            raise urllib3.exceptions.NewConnectionError(conn, str(exc)) from exc
+
+    class HTTP(urllib3.connection.HTTPConnection):
+        _new_conn = new_conn
+
+    class HTTPS(urllib3.connection.HTTPSConnection):
+        _new_conn = new_conn
+
+    class HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+        ConnectionCls = HTTP
+
+    class HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+        ConnectionCls = HTTPS
+
+    class Adapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kw: Any) -> None:
+            super().init_poolmanager(*args, **kw)
+            self.poolmanager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
+
+    return Adapter(pool_connections=4, pool_maxsize=4, max_retries=0)
+
+
+def requests_adapter(guard: NetworkGuard | None) -> requests.adapters.HTTPAdapter:
+    """The adapter of conveyor's sessions: no retries of its own, the guard when on."""
+    if guard is None:
+        return requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
+    return _guarded_adapter(guard)
 
 
 _LIBRARY_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
@@ -133,7 +201,7 @@ class RequestsTransport:
 
     def __init__(self, config: Config) -> None:
         self.session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
+        adapter = requests_adapter(guard_of(config.download))
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = config.download.user_agent
