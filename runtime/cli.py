@@ -189,6 +189,54 @@ def _parser() -> argparse.ArgumentParser:
         "bad, 2 when the config or the input file cannot be used at all.",
     )
     validate.add_argument("config", help="TOML config file")
+    serve = sub.add_parser(
+        "serve",
+        help="run the job service: submit batches over HTTP, follow them live",
+        description="Serve the job API (see the README's Service section) and a dashboard at "
+        "/. Jobs, their files and their state live under service.data_dir; jobs that were "
+        "running when the service stopped resume when it starts again. Listening on any "
+        "address but loopback needs a token (service.token or CONVEYOR_SERVICE_TOKEN).",
+    )
+    serve.add_argument(
+        "config",
+        nargs="?",
+        help="TOML config file: [service] and the jobs' [download], [retry], … defaults (optional)",
+    )
+    serve.add_argument("--host", help="address to listen on (service.host; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (service.port; default 8080; 0: any free)")
+    serve.add_argument("--data-dir", metavar="DIR", help="service.data_dir")
+    serve.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="any config key (repeatable)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default=None,
+        help="log format (default: console on a TTY, JSON lines otherwise)",
+    )
+    submit = sub.add_parser(
+        "submit",
+        help="submit a list of files to a running job service",
+        description="Send the entries of URL_LIST (JSON or NDJSON, as for `run`) to a job "
+        "service as one job and print its id; with --follow, show its progress live until "
+        "it ends (exit code as for `run`).",
+    )
+    submit.add_argument("url_list", metavar="URL_LIST", help="JSON or NDJSON list of files")
+    submit.add_argument(
+        "--server",
+        default="http://127.0.0.1:8080",
+        help="the service's base url (default: http://127.0.0.1:8080)",
+    )
+    submit.add_argument("--token", help="bearer token (default: $CONVEYOR_SERVICE_TOKEN)")
+    submit.add_argument("--follow", action="store_true", help="follow the job until it ends")
+    submit.add_argument("--callback-url", help="url the job's summary is POSTed to at the end")
+    submit.add_argument(
+        "--idempotency-key", help="resubmitting with the same key makes no second job"
+    )
     demo = sub.add_parser(
         "demo",
         help="serve generated files on 127.0.0.1 and download them (offline)",
@@ -230,6 +278,15 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return run_demo(args.dir, args.files)
     if args.command == "status":
         return _status(args.target, as_json=args.json)
+    if args.command == "serve":
+        return _serve(parser, args)
+    if args.command == "submit":
+        from runtime.service.client import submit_file
+
+        return submit_file(args.url_list, server=args.server,
+                           token=args.token or os.environ.get("CONVEYOR_SERVICE_TOKEN", ""),
+                           follow=args.follow, callback_url=args.callback_url,
+                           idempotency_key=args.idempotency_key)  # fmt: skip
     if args.command == "run" and args.kind is not None and not args.retry_failed:
         parser.error("--kind only works together with --retry-failed")
     kind = getattr(args, "kind", None)
@@ -270,6 +327,35 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         recheck=args.recheck,
     )
+
+
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``serve``: the config file (optional), the flags, the environment; then serve."""
+    from runtime.service.server import serve  # FastAPI and uvicorn load only for this
+
+    overrides: dict[str, tuple[str, str]] = {}
+    for flag, key in (("host", "service.host"), ("port", "service.port")):
+        if getattr(args, flag) is not None:
+            overrides[key] = (str(getattr(args, flag)), f"--{flag}")
+    if args.data_dir is not None:
+        overrides["service.data_dir"] = (str(Path(args.data_dir).resolve()), "--data-dir")
+    for setting in args.set:
+        key, sep, value = setting.partition("=")
+        if not sep or "." not in key:
+            parser.error(f"--set takes SECTION.KEY=VALUE, got {setting!r}")
+        overrides[key.strip()] = (value, f"--set {key.strip()}")
+    try:
+        if args.config is None:
+            config = Config.from_mapping({}, source="command line", environ=os.environ,
+                                         overrides=overrides)  # fmt: skip
+        else:
+            config = load_config(args.config, overrides=overrides, need_input=False)
+        _check_plugins(config)
+        configure_cli_logging(config.log.level, args.log_format or config.log.format)
+        return serve(config)
+    except ConveyorError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return EXIT_CODES["bad_input"]
 
 
 def _run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Config:

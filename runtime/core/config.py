@@ -30,6 +30,7 @@ __all__ = [
     "OutputConfig",
     "ProcessingConfig",
     "RetryConfig",
+    "ServiceConfig",
     "SimulateConfig",
     "StateConfig",
     "SupervisorConfig",
@@ -229,6 +230,48 @@ class SimulateConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceConfig:
+    """``[service]``: the job service, ``python -m runtime serve``."""
+
+    data_dir: str = "conveyor-service"
+    """Directory of the service's job database and of every job's files and state."""
+    host: str = "127.0.0.1"
+    """Address to listen on; any other than loopback needs a ``token``."""
+    port: int = 8080
+    """Port to listen on (0: any free port, printed at start)."""
+    token: str = ""
+    """Bearer token every API call must carry (set it with ``CONVEYOR_SERVICE_TOKEN``
+    rather than in a file); empty: no token, allowed on a loopback address only."""
+    max_running_jobs: int = 0
+    """Jobs that download at once; the others wait ``queued`` (0: one per CPU, at least 2)."""
+    allow_networks: tuple[str, ...] = ()
+    """Networks (CIDR) jobs and webhooks may reach even though they are loopback or
+    private (the service refuses such addresses otherwise)."""
+    processors: tuple[str, ...] = ()
+    """Processors a job's ``options.processor`` may choose, besides ``processing.processor``
+    (``package.module:Class``)."""
+    webhook_secret: str = ""
+    """Key of the webhooks' HMAC signature (``CONVEYOR_SERVICE_WEBHOOK_SECRET``); a job
+    with a ``callback_url`` is refused while it is empty."""
+    webhook_timeout: float = 3600.0
+    """Seconds a webhook delivery is retried for before it is given up."""
+    webhook_backoff: float = 1.0
+    """First wait between delivery attempts, doubling up to 300 s."""
+    max_body_bytes: int = 67108864
+    """Largest request body accepted (413 beyond)."""
+    max_items: int = 1000000
+    """Most items in one job (413 beyond)."""
+    max_connections: int = 200
+    """Most requests and event streams served at once (429 beyond)."""
+    events_kept: int = 100000
+    """Events kept per job for replay; a client asking for older ones is told to re-read."""
+    progress_interval: float = 0.5
+    """Least seconds between two progress events of a job."""
+    public_metrics: bool = False
+    """Serve ``/metrics`` without the token."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     """``[log]``: how the CLI logs (a library host configures its own logging)."""
 
@@ -252,6 +295,7 @@ class Config:
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
 
     @property
     def manifest_path(self) -> Path:
@@ -464,6 +508,13 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
         ("state", "persist_interval"),
         ("download", "connect_timeout"),
         ("download", "read_timeout"),
+        ("service", "webhook_timeout"),
+        ("service", "webhook_backoff"),
+        ("service", "max_body_bytes"),
+        ("service", "max_items"),
+        ("service", "max_connections"),
+        ("service", "events_kept"),
+        ("service", "progress_interval"),
     ]
     for section, key in positive:
         if getattr(getattr(config, section), key) <= 0:
@@ -488,6 +539,8 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
         ("circuit", "give_up_after"),
         ("circuit", "failure_threshold"),
         ("supervisor", "job_timeout"),
+        ("service", "max_running_jobs"),
+        ("service", "port"),
     ]
     for section, key in nonnegative:
         if getattr(getattr(config, section), key) < 0:
@@ -495,8 +548,11 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
     config = _check_circuit(config, where)
     try:
         parse_networks(config.download.allow_networks, where("download", "allow_networks"))
+        parse_networks(config.service.allow_networks, where("service", "allow_networks"))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if config.service.port > 65535:
+        raise ConfigError(f"{where('service', 'port')} must be at most 65535")
     if not 0.0 <= config.simulate.failure_rate <= 1.0:
         raise ConfigError(f"{where('simulate', 'failure_rate')} must be between 0 and 1")
     if config.simulate.max_size < config.simulate.min_size:
@@ -552,6 +608,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         input=dataclasses.replace(config.input, path=resolve(config.input.path)),
         output=dataclasses.replace(config.output, dir=resolve(config.output.dir)),
         state=dataclasses.replace(config.state, dir=resolve(config.state.dir)),
+        service=dataclasses.replace(config.service, data_dir=resolve(config.service.data_dir)),
         processing=dataclasses.replace(
             config.processing,
             manifest=resolve(config.processing.manifest),
@@ -564,6 +621,8 @@ def load_config(
     path: str | os.PathLike[str],
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, tuple[str, str]] | None = None,
+    *,
+    need_input: bool = True,
 ) -> Config:
     """Read a TOML config file, apply environment overrides, check it.
 
@@ -572,6 +631,7 @@ def load_config(
         environ: variables to read ``CONVEYOR_*`` overrides from (default ``os.environ``).
         overrides: command-line values (see ``Config.from_mapping``): over the file,
             under the environment.
+        need_input: whether ``input.path`` must be set (not for the job service).
 
     Raises:
         ConfigError: the file is missing, not TOML, or has a bad key or value.
@@ -593,7 +653,7 @@ def load_config(
         environ=os.environ if environ is None else environ,
         overrides=overrides,
     )
-    if not config.input.path:
+    if need_input and not config.input.path:
         raise ConfigError(f"{file}: input.path is required (a JSON or NDJSON list of files)")
     return with_config_dir_on_plugin_path(config, file.resolve().parent)
 

@@ -252,9 +252,9 @@ class CurlEngine:
         if not self.guard.allows(str(ip)):
             host = urllib.parse.urlsplit(job.item.url).hostname or ""
             try:
-                self.guard.check(str(ip))
+                self.guard.check(str(ip), host)
             except BlockedAddressError as exc:
-                job.error = blocked_error(f"{exc} (while fetching {host or job.item.url})")
+                job.error = blocked_error(str(exc))
             return pycurl.SOCKET_BAD
         sock = socket.socket(family, kind, proto)
         job.sockets.append(sock)  # pycurl uses a duplicate; this one is closed at the end

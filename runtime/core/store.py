@@ -703,6 +703,15 @@ class StoreView(Protocol):
         """Per-host statistics."""
         ...
 
+    def items(self, status: str | None, after: int, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` item records after position ``after`` (each has its ``seq``),
+        of one status or all, in input order."""
+        ...
+
+    def item_named(self, name: str) -> dict[str, Any] | None:
+        """The record of the item whose file is ``name``, if any."""
+        ...
+
     def close(self) -> None:
         """Let go of the store."""
         ...
@@ -734,9 +743,37 @@ class SQLiteView:
         """See ``StoreView``."""
         return {h: json.loads(s) for h, s in self.db.execute("SELECT host, stats FROM hosts")}
 
+    def items(self, status: str | None, after: int, limit: int) -> list[dict[str, Any]]:
+        """See ``StoreView``."""
+        where = "seq > ?" + (" AND status = ?" if status else "")
+        args: tuple[Any, ...] = (after, status, limit) if status else (after, limit)
+        cursor = self.db.execute(
+            f"SELECT {_RECORD} FROM items WHERE {where} ORDER BY seq LIMIT ?",  # noqa: S608
+            args,
+        )
+        return [_record(row) for row in cursor]
+
+    def item_named(self, name: str) -> dict[str, Any] | None:
+        """See ``StoreView``."""
+        row = self.db.execute(f"SELECT {_RECORD} FROM items WHERE name = ?", (name,)).fetchone()  # noqa: S608
+        return _record(row) if row else None
+
     def close(self) -> None:
         """See ``StoreView``."""
         self.db.close()
+
+
+_RECORD = (
+    "seq, id, url, COALESCE(name, reject_name), status, attempts, error_kind, error, "
+    "final_size, final_sha256"
+)
+"""The columns of an item record, in ``_record``'s order (fixed text: no user input)."""
+
+
+def _record(row: Sequence[Any]) -> dict[str, Any]:
+    keys = ("seq", "id", "url", "name", "status", "attempts", "error_kind", "error",
+            "size", "sha256")  # fmt: skip
+    return dict(zip(keys, row, strict=True))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,805 @@
+"""The HTTP API of the job service (FastAPI): jobs, their items, files and events.
+
+Handlers never wait on a pipeline on the event loop: whatever touches the job store, a
+job's state or a pipeline runs in the thread pool (``run_in_threadpool``). Event streams
+(SSE and WebSocket) read the job store from a sequence number on, and sleep on an
+``asyncio.Event`` the manager's flusher sets (``Hub``), so a reconnecting client gets
+exactly the events after the last one it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from importlib import resources
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import quote, urlsplit
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.websockets import WebSocketDisconnect
+
+from runtime import __version__
+from runtime.core.config import Config
+from runtime.service.jobs import JobError, JobManager
+from runtime.service.jobstore import TERMINAL, Job
+
+__all__ = ["Hub", "create_app"]
+
+KEEPALIVE = 15.0
+"""Seconds of silence after which an event stream sends a keep-alive."""
+PAGE = 500
+"""Events read from the store at a time."""
+JobStatus = Literal["queued", "running", "paused", "completed", "failed", "cancelled"]
+ItemStatus = Literal["pending", "reporting", "completed", "failed", "skipped"]
+STATUSES: tuple[str, ...] = get_args(JobStatus)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+# -- wake-ups from the manager's threads ---------------------------------------------
+
+
+class Hub:
+    """Wakes the streams of a job when its events were stored (thread-safe ``notify``)."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.waiters: dict[str, set[asyncio.Event]] = {}
+
+    def notify(self, job_id: str) -> None:
+        """Called from any thread."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
+            loop.call_soon_threadsafe(self._wake, job_id)
+
+    def _wake(self, job_id: str) -> None:
+        for waiter in self.waiters.get(job_id, ()):
+            waiter.set()
+
+    def subscribe(self, job_id: str) -> asyncio.Event:
+        """A waiter set whenever the job has new events."""
+        waiter = asyncio.Event()
+        self.waiters.setdefault(job_id, set()).add(waiter)
+        return waiter
+
+    def unsubscribe(self, job_id: str, waiter: asyncio.Event) -> None:
+        """Forget a waiter."""
+        waiters = self.waiters.get(job_id)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self.waiters[job_id]
+
+
+# -- limits: concurrent connections and body size ----------------------------------
+
+
+class _TooLargeError(Exception):
+    pass
+
+
+class Limits:
+    """ASGI middleware: 429 beyond ``max_connections`` requests and streams at once,
+    413 for a body over ``max_body`` bytes (by Content-Length or as it arrives)."""
+
+    def __init__(self, app: ASGIApp, *, max_connections: int, max_body: int) -> None:
+        self.app = app
+        self.max_connections = max_connections
+        self.max_body = max_body
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.max_connections:
+            await self._refuse(scope, send, 429, "too many concurrent connections; retry later")
+            return
+        self.active += 1
+        started = False
+
+        async def sending(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            if scope["type"] == "http":
+                length = dict(scope["headers"]).get(b"content-length")
+                if length is not None and (not length.isdigit() or int(length) > self.max_body):
+                    await self._refuse(scope, send, 413, self._too_large())
+                    return
+                receive = self._counting(receive)
+            await self.app(scope, receive, sending)
+        except _TooLargeError:
+            if not started:
+                await self._refuse(scope, send, 413, self._too_large())
+        finally:
+            self.active -= 1
+
+    def _too_large(self) -> str:
+        return f"request body over {self.max_body} bytes (service.max_body_bytes)"
+
+    def _counting(self, receive: Receive) -> Receive:
+        seen = 0
+
+        async def counted() -> MutableMapping[str, Any]:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise _TooLargeError
+            return message
+
+        return counted
+
+    @staticmethod
+    async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1013, "reason": detail[:100]})
+            return
+        body = json.dumps({"detail": detail}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if status == 429:
+            headers.append((b"retry-after", b"1"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+# -- the API's documents -----------------------------------------------------------
+
+
+class ErrorOut(BaseModel):
+    """Every error answer."""
+
+    detail: Any
+
+
+class JobOptions(BaseModel):
+    """The part of a job's configuration a client may choose."""
+
+    model_config = ConfigDict(extra="forbid")
+    processor: str | None = Field(None, description="one of the server's allowed processors")
+    per_host: int | None = Field(None, ge=0, le=1000, description="concurrent downloads per host")
+    max_attempts: int | None = Field(None, ge=1, le=100, description="attempts per item")
+    max_size: int | None = Field(None, ge=0, description="largest file accepted, in bytes")
+
+
+class JobRequest(BaseModel):
+    """A batch: ``items`` are ``{"url", "id"?, "name"?, "sha256"?, "size"?}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    items: list[dict[str, Any]] = Field(min_length=1)
+    callback_url: str | None = Field(None, max_length=2048)
+    options: JobOptions = Field(default_factory=lambda: JobOptions.model_validate({}))
+
+
+class Progress(BaseModel):
+    """Where a job stands."""
+
+    completed: int
+    failed: int
+    skipped: int
+    total: int
+    percent: float
+    bytes: int
+    bytes_per_s: int
+    eta_s: float | None
+    downloading: int = 0
+    retries: int = 0
+
+
+class Links(BaseModel):
+    """Where to go next."""
+
+    self: str
+    events: str
+    ws: str
+    result: str
+    items: str
+
+
+class InvalidItem(BaseModel):
+    """An item that will end failed ``invalid_entry``."""
+
+    index: int
+    error: str
+
+
+class JobCreated(BaseModel):
+    """The answer to a submitted batch."""
+
+    job_id: str
+    status: str
+    total: int
+    invalid: int
+    invalid_items: list[InvalidItem]
+    links: Links
+
+
+class JobSummary(BaseModel):
+    """A job in a list."""
+
+    job_id: str
+    status: str
+    total: int
+    invalid: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    progress: Progress
+    links: Links
+
+
+class WebhookOut(BaseModel):
+    """One webhook delivery and its attempts."""
+
+    delivery_id: str
+    url: str
+    status: str
+    attempts: list[dict[str, Any]]
+
+
+class JobOut(JobSummary):
+    """One job in full."""
+
+    callback_url: str | None
+    options: dict[str, Any]
+    errors: dict[str, int]
+    hosts: dict[str, dict[str, Any]]
+    webhooks: list[WebhookOut]
+
+
+class JobList(BaseModel):
+    """A page of jobs."""
+
+    jobs: list[JobSummary]
+    next_cursor: int | None
+
+
+class ItemOut(BaseModel):
+    """One item's record."""
+
+    seq: int
+    id: str
+    url: str
+    name: str | None
+    status: str
+    attempts: int
+    error_kind: str | None
+    error: str | None
+    size: int | None
+    sha256: str | None
+
+
+class ItemPage(BaseModel):
+    """A page of items."""
+
+    items: list[ItemOut]
+    next_cursor: int | None
+
+
+class FileLink(BaseModel):
+    """A completed file."""
+
+    id: str
+    name: str
+    size: int | None
+    sha256: str | None
+    href: str
+
+
+class ResultOut(BaseModel):
+    """A job's summary and its files, paged."""
+
+    job_id: str
+    status: str
+    progress: Progress
+    files: list[FileLink]
+    next_cursor: int | None
+
+
+class Health(BaseModel):
+    """``/healthz``."""
+
+    status: str
+    version: str
+    running_jobs: int
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        401: "missing or wrong bearer token",
+        404: "no such job (or file)",
+        409: "the job's status does not allow this",
+        413: "too large",
+        422: "not a valid request",
+        429: "too many concurrent connections",
+    }
+    return {c: {"model": ErrorOut, "description": described[c]} for c in (401, 429, *codes)}
+
+
+# -- the application ---------------------------------------------------------------
+
+
+def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> FastAPI:
+    """The FastAPI application over ``manager``."""
+    service = config.service
+    hub = hub or Hub()
+    manager.listeners.append(hub.notify)
+    token = service.token.encode()
+
+    def authorized(header: str | None) -> bool:
+        if not token:
+            return True
+        scheme, _, given = (header or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
+
+    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not authorized(authorization):
+            raise HTTPException(
+                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    app = FastAPI(
+        title="conveyor job service",
+        version=__version__,
+        description="Submit batches of downloads, follow them live, fetch the files.",
+    )
+
+    @app.on_event("startup")
+    async def _bind_loop() -> None:
+        hub.loop = asyncio.get_running_loop()
+
+    app.add_exception_handler(JobError, _job_error)  # type: ignore[arg-type]
+    auth = [Depends(require_token)]
+
+    def links(job_id: str) -> Links:
+        base = f"/v1/jobs/{job_id}"
+        return Links(
+            self=base,
+            events=f"{base}/events",
+            ws=f"{base}/ws",
+            result=f"{base}/result",
+            items=f"{base}/items",
+        )
+
+    def summary(job: Job) -> dict[str, Any]:
+        return {
+            "job_id": job.id,
+            "status": job.status,
+            "total": job.total,
+            "invalid": job.invalid,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "error": job.error,
+            "progress": manager.progress(job),
+            "links": links(job.id),
+        }
+
+    def full(job: Job) -> JobOut:
+        details = manager.details(job)
+        webhooks = [
+            WebhookOut(delivery_id=d.id, url=d.url, status=d.status, attempts=d.attempts)
+            for d in manager.store.deliveries(job.id)
+        ]
+        return JobOut(
+            **summary(job),
+            callback_url=job.callback_url,
+            options=job.options,
+            errors=details["errors"],
+            hosts=details["hosts"],
+            webhooks=webhooks,
+        )
+
+    # -- jobs -------------------------------------------------------------------------
+
+    @app.post(
+        "/v1/jobs",
+        status_code=202,
+        response_model=JobCreated,
+        dependencies=auth,
+        responses=_errors(409, 413, 422),
+        tags=["jobs"],
+    )
+    async def submit(
+        batch: JobRequest,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    ) -> JobCreated:
+        """Queue a batch; answers at once with the job's id and links."""
+        if len(batch.items) > service.max_items:
+            raise HTTPException(
+                413,
+                f"{len(batch.items)} items; at most {service.max_items} "
+                "per job (service.max_items)",
+            )
+        if batch.callback_url is not None:
+            parts = urlsplit(batch.callback_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise HTTPException(422, "callback_url must be an http(s) url")
+        done = await run_in_threadpool(
+            manager.submit,
+            batch.items,
+            callback_url=batch.callback_url,
+            options=batch.options.model_dump(exclude_none=True),
+            idempotency_key=idempotency_key,
+        )
+        if not done.new:
+            response.headers["Idempotent-Replayed"] = "true"
+        return JobCreated(
+            job_id=done.job.id,
+            status=done.job.status,
+            total=done.job.total,
+            invalid=done.job.invalid,
+            links=links(done.job.id),
+            invalid_items=[InvalidItem(**i) for i in done.invalid],
+        )
+
+    @app.get(
+        "/v1/jobs", response_model=JobList, dependencies=auth, responses=_errors(422), tags=["jobs"]
+    )
+    async def list_jobs(
+        status: JobStatus | None = None,
+        cursor: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> JobList:
+        """Jobs in submission order, a page at a time."""
+        jobs = await run_in_threadpool(manager.store.page, status, cursor, limit)
+        page = [JobSummary(**summary(j)) for j in jobs]
+        return JobList(jobs=page, next_cursor=jobs[-1].number if len(jobs) == limit else None)
+
+    @app.get(
+        "/v1/jobs/{job_id}",
+        response_model=JobOut,
+        dependencies=auth,
+        responses=_errors(404),
+        tags=["jobs"],
+    )
+    async def get_job(job_id: str) -> JobOut:
+        """A job's status, progress, failures by kind, hosts and webhook deliveries."""
+        return await run_in_threadpool(lambda: full(manager.get(job_id)))
+
+    @app.get(
+        "/v1/jobs/{job_id}/items",
+        response_model=ItemPage,
+        dependencies=auth,
+        responses=_errors(404, 422),
+        tags=["jobs"],
+    )
+    async def get_items(
+        job_id: str,
+        status: ItemStatus | None = None,
+        cursor: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> ItemPage:
+        """The per-item records, in input order, a page at a time."""
+
+        def read() -> list[dict[str, Any]]:
+            return manager.items(manager.get(job_id), status, cursor, limit)
+
+        rows = await run_in_threadpool(read)
+        return ItemPage(
+            items=[ItemOut(**r) for r in rows],
+            next_cursor=rows[-1]["seq"] if len(rows) == limit else None,
+        )
+
+    @app.get(
+        "/v1/jobs/{job_id}/result",
+        response_model=ResultOut,
+        dependencies=auth,
+        responses=_errors(404, 422),
+        tags=["jobs"],
+    )
+    async def get_result(
+        job_id: str,
+        cursor: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    ) -> ResultOut:
+        """The job's summary and a link per completed file."""
+
+        def read() -> tuple[Job, list[dict[str, Any]]]:
+            job = manager.get(job_id)
+            return job, manager.items(job, "completed", cursor, limit)
+
+        job, rows = await run_in_threadpool(read)
+        files = [
+            FileLink(
+                id=r["id"],
+                name=r["name"],
+                size=r["size"],
+                sha256=r["sha256"],
+                href=f"/v1/jobs/{job_id}/files/{quote(r['name'])}",
+            )
+            for r in rows
+            if r["name"]
+        ]
+        return ResultOut(
+            job_id=job.id,
+            status=job.status,
+            progress=Progress(**manager.progress(job)),
+            files=files,
+            next_cursor=rows[-1]["seq"] if len(rows) == limit else None,
+        )
+
+    @app.get(
+        "/v1/jobs/{job_id}/files/{name:path}",
+        dependencies=auth,
+        tags=["jobs"],
+        responses={
+            200: {
+                "content": {"application/octet-stream": {}},
+                "description": "the file (Range and ETag supported)",
+            },
+            **_errors(404),
+            416: {"description": "the range is not satisfiable", "content": {"text/plain": {}}},
+            400: {"description": "a malformed Range header", "content": {"text/plain": {}}},
+        },
+        response_class=FileResponse,
+    )
+    async def get_file(job_id: str, name: str) -> FileResponse:
+        """A completed file, with ``Range`` requests and an ``ETag`` (its sha256)."""
+
+        path, sha = await run_in_threadpool(
+            lambda: manager.completed_file(manager.get(job_id), name)
+        )
+        headers = {"etag": f'"{sha}"'} if sha else None
+        return FileResponse(path, media_type="application/octet-stream", headers=headers)
+
+    for verb in ("cancel", "pause", "resume"):
+        app.add_api_route(
+            f"/v1/jobs/{{job_id}}/{verb}",
+            _control(manager, verb, full),
+            methods=["POST"],
+            response_model=JobOut,
+            dependencies=auth,
+            responses=_errors(404, 409),
+            tags=["jobs"],
+            name=f"{verb}_job",
+            summary=f"{verb.capitalize()} a job",
+        )
+
+    @app.delete(
+        "/v1/jobs/{job_id}",
+        status_code=204,
+        dependencies=auth,
+        responses=_errors(404, 409),
+        tags=["jobs"],
+    )
+    async def delete_job(job_id: str) -> Response:
+        """Remove a job that is not running: its files, state and events."""
+        await run_in_threadpool(manager.delete, job_id)
+        return Response(status_code=204)
+
+    # -- events -----------------------------------------------------------------------
+
+    async def follow(job_id: str, after: int) -> AsyncIterator[dict[str, Any] | None]:
+        """The job's events after ``after`` until it ended (None: a keep-alive is due)."""
+        waiter = hub.subscribe(job_id)
+        try:
+            while True:
+                waiter.clear()
+                events, first = await run_in_threadpool(
+                    manager.store.events_after, job_id, after, PAGE
+                )
+                if first and after + 1 < first:
+                    yield {
+                        "type": "reset",
+                        "seq": None,
+                        "first_seq": first,
+                        "detail": f"events before {first} are no longer kept; "
+                        f"re-read GET /v1/jobs/{job_id}",
+                    }
+                    after = first - 1
+                    continue
+                for event in events:
+                    after = event.seq
+                    yield event.as_dict(job_id)
+                if events:
+                    continue
+                job = await run_in_threadpool(manager.store.get, job_id)
+                if job is None or job.status in TERMINAL:
+                    return
+                try:
+                    await asyncio.wait_for(waiter.wait(), KEEPALIVE)
+                except TimeoutError:
+                    yield None
+        finally:
+            hub.unsubscribe(job_id, waiter)
+
+    @app.get(
+        "/v1/jobs/{job_id}/events",
+        dependencies=auth,
+        tags=["events"],
+        responses={
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "Server-Sent Events; each `id` is the event's seq",
+            },
+            **_errors(404, 422),
+        },
+        response_class=StreamingResponse,
+    )
+    async def events(
+        job_id: str,
+        last_event_id: Annotated[str | None, Header()] = None,
+        after: Annotated[int | None, Query(ge=0)] = None,
+    ) -> StreamingResponse:
+        """The job's events as SSE, from after ``Last-Event-ID`` (or ``after``); the
+        stream ends when the job has ended and every event was sent."""
+        await run_in_threadpool(manager.get, job_id)
+        start = after or 0
+        if last_event_id is not None:
+            if not last_event_id.strip().isdigit():
+                raise HTTPException(422, "Last-Event-ID must be an event's seq (an integer)")
+            start = int(last_event_id)
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield b"retry: 2000\n\n"
+            async for event in follow(job_id, start):
+                if event is None:
+                    yield b": keep-alive\n\n"
+                    continue
+                head = f"id: {event['seq']}\n" if event["seq"] is not None else ""
+                yield f"{head}event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @app.websocket("/v1/jobs/{job_id}/ws")
+    async def websocket(socket: WebSocket, job_id: str, after: int = 0) -> None:
+        """The same events as JSON text messages; closes when the job has ended."""
+        if not authorized(socket.headers.get("authorization")):
+            await socket.close(code=1008, reason="missing or wrong bearer token")
+            return
+        if await run_in_threadpool(manager.store.get, job_id) is None:
+            await socket.close(code=1008, reason=f"no job {job_id!r}")
+            return
+        await socket.accept()
+        try:
+            async for event in follow(job_id, max(0, after)):
+                if event is None:
+                    await socket.send_text(json.dumps({"type": "keep-alive"}))
+                else:
+                    await socket.send_text(json.dumps(event))
+            await socket.close(code=1000, reason="the job has ended")
+        except WebSocketDisconnect:
+            return
+
+    # -- operations -------------------------------------------------------------------
+
+    @app.get("/healthz", response_model=Health, tags=["operations"])
+    async def healthz() -> Health:
+        """Liveness: no token needed."""
+        return Health(status="ok", version=__version__, running_jobs=manager.running())
+
+    registry = CollectorRegistry()
+    registry.register(_Collector(manager))
+    metrics_auth = [] if service.public_metrics else auth
+
+    @app.get(
+        "/metrics",
+        dependencies=metrics_auth,
+        tags=["operations"],
+        responses={
+            200: {"content": {"text/plain": {}}},
+            401: {"model": ErrorOut},
+            429: {"model": ErrorOut},
+        },
+        response_class=Response,
+    )
+    async def metrics() -> Response:
+        """Prometheus metrics: jobs by status, the queue, webhooks, each running job."""
+        body = await run_in_threadpool(generate_latest, registry)
+        return Response(body, media_type="text/plain; version=0.0.4")
+
+    static = resources.files("runtime.service") / "static"
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse(
+            (static / "index.html").read_text("utf-8"), headers={"Cache-Control": "no-store"}
+        )
+
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    return app  # the limits wrap it in serve(): see ``wrap_limits``
+
+
+def wrap_limits(app: FastAPI, config: Config) -> ASGIApp:
+    """``app`` behind the connection and body limits of ``[service]``."""
+    s = config.service
+    return Limits(app, max_connections=s.max_connections, max_body=s.max_body_bytes)
+
+
+async def _job_error(request: Request, exc: JobError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+
+def _control(
+    manager: JobManager, verb: str, full: Callable[[Job], Any]
+) -> Callable[[str], Awaitable[Any]]:
+    action = getattr(manager, verb)
+
+    async def control(job_id: str) -> Any:
+        def act() -> Any:
+            return full(action(job_id))
+
+        return await run_in_threadpool(act)
+
+    control.__doc__ = {
+        "cancel": "Stop the job for good (its unfinished items stay unfinished).",
+        "pause": "Stop the job's downloads until resumed; answers once none is in flight.",
+        "resume": "Put a paused job back in the queue.",
+    }[verb]
+    return control
+
+
+class _Collector:
+    """Prometheus metrics computed at scrape time."""
+
+    def __init__(self, manager: JobManager) -> None:
+        self.manager = manager
+
+    def collect(self) -> Any:
+        m = self.manager
+        jobs = GaugeMetricFamily("conveyor_jobs", "Jobs by status", labels=["status"])
+        counts = m.store.counts()
+        for status in STATUSES:
+            jobs.add_metric([status], counts.get(status, 0))
+        yield jobs
+        yield GaugeMetricFamily(
+            "conveyor_jobs_queue_depth", "Jobs waiting to run", value=counts.get("queued", 0)
+        )
+        yield GaugeMetricFamily("conveyor_jobs_running", "Pipelines running", value=m.running())
+        hooks = GaugeMetricFamily(
+            "conveyor_webhook_deliveries",
+            "Webhook attempts since start, by result",
+            labels=["result"],
+        )
+        for result, n in m.deliverer.results.items():
+            hooks.add_metric([result], n)
+        yield hooks
+        items = GaugeMetricFamily(
+            "conveyor_job_items", "Items of a running job by status", labels=["job", "status"]
+        )
+        size = GaugeMetricFamily(
+            "conveyor_job_bytes", "Bytes downloaded by a running job", labels=["job"]
+        )
+        active = GaugeMetricFamily(
+            "conveyor_job_downloading", "Items a running job is downloading", labels=["job"]
+        )
+        with m._lock:
+            runners = list(m.runners.items())
+        for job_id, runner in runners:
+            p = runner.events.progress
+            if not p:
+                continue
+            for status in ("completed", "failed", "skipped"):
+                items.add_metric([job_id, status], p[status])
+            size.add_metric([job_id], p["bytes"])
+            active.add_metric([job_id], p["downloading"])
+        yield items
+        yield size
+        yield active

@@ -1,0 +1,604 @@
+"""Jobs: a queue of batches, each run by its own ``Pipeline`` with its own directory.
+
+``JobManager`` owns the running pipelines. A job is stored before anything else happens
+(``queued``); at most ``service.max_running_jobs`` run at once, in submission order. A
+job's directory ``<data_dir>/jobs/<id>/`` holds its input (``input.ndjson``), its files
+(``files/``) and its pipeline state (``state/``), so a job that was running when the
+service died resumes where it stopped when the service starts again.
+
+Events: the pipeline's sink (``JobEvents``) only buffers, on the StateKeeper's thread; a
+flusher thread numbers them into the job store every ``FLUSH_INTERVAL`` and tells the
+listeners (the HTTP streams). Item events (one per terminal item) are all kept; progress
+events are coalesced to one per ``service.progress_interval``.
+
+Status: ``queued → running → completed | failed``; ``cancelled`` from any non-terminal
+status; ``paused`` from ``queued`` or ``running`` (the pipeline is stopped at once, its
+transfers' ``.part`` files kept for a Range resume) and back to ``queued`` by ``resume``.
+``completed`` means every item reached its end (some may have failed: see the counts);
+``failed`` means the job itself could not go on (a broken state, a plugin that will not
+load).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from messages import HostStatus, Outcome, Rejected, RunFinished, RunProgress
+from runtime.core.config import Config
+from runtime.core.errors import ConveyorError
+from runtime.core.inputs import parse_entry
+from runtime.core.logs import get_logger
+from runtime.core.netguard import NetworkGuard
+from runtime.core.store import open_view
+from runtime.pipeline import Pipeline, RunSummary
+from runtime.service.jobstore import TERMINAL, Delivery, Job, JobStore
+from runtime.service.webhooks import Deliverer
+
+__all__ = ["FLUSH_INTERVAL", "JobError", "JobEvents", "JobManager", "Submitted"]
+
+log = get_logger("service.jobs")
+
+FLUSH_INTERVAL = 0.1
+"""Seconds between two writes of buffered events."""
+STOP_WAIT = 60.0
+"""Seconds ``pause``/``cancel`` wait for a pipeline to stop."""
+INVALID_SHOWN = 100
+"""Bad items listed in a submit answer (all are counted)."""
+
+
+class JobError(Exception):
+    """A request the job's state does not allow; ``status`` is the HTTP answer."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Submitted:
+    """What ``submit`` did."""
+
+    job: Job
+    new: bool
+    invalid: list[dict[str, Any]]
+
+
+class JobEvents:
+    """A running job's event sink: buffers on the StateKeeper's thread, ``take`` drains."""
+
+    def __init__(self, job: Job, interval: float) -> None:
+        self.total = job.total
+        self.base_bytes = int(job.summary.get("bytes", 0))
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._items: list[tuple[str, float, dict[str, Any]]] = []
+        self._run: RunProgress | None = None
+        self._hosts: dict[str, HostStatus] = {}
+        self._changed_hosts: set[str] = set()
+        self._last_progress = 0.0
+        self._done_at_start: int | None = None
+        self.finished: RunFinished | None = None
+        self.progress: dict[str, Any] = {}
+        """The latest progress (what ``GET /v1/jobs/{id}`` shows while it runs)."""
+
+    def __call__(self, message: Any) -> None:
+        """Pipeline sink (the StateKeeper's thread): keep it quick."""
+        match message:
+            case Outcome():
+                data = {
+                    "id": message.id,
+                    "name": message.name,
+                    "url": message.url,
+                    "status": message.status,
+                    "size": message.size,
+                    "sha256": message.sha256,
+                    "error_kind": message.error_kind,
+                    "error": message.error,
+                    "attempts": message.attempts,
+                }
+                with self._lock:
+                    self._items.append(("item", time.time(), data))
+            case RunProgress():
+                with self._lock:
+                    self._run = message
+            case HostStatus():
+                with self._lock:
+                    self._hosts[message.host] = message
+                    self._changed_hosts.add(message.host)
+            case RunFinished():
+                with self._lock:
+                    self.finished = message
+
+    def take(self, final: bool = False) -> list[tuple[str, float, dict[str, Any]]]:
+        """Events to store now: the item events, and a progress event when one is due."""
+        now = time.monotonic()
+        with self._lock:
+            events, self._items = self._items, []
+            due = final or now - self._last_progress >= self.interval
+            if self._run is not None and due:
+                self._last_progress = now
+                progress = self._progress(self._run)
+                hosts = [dataclasses.asdict(self._hosts[h]) for h in sorted(self._changed_hosts)]
+                self._changed_hosts.clear()
+                self._run = None
+                events.append(("progress", time.time(), {**progress, "hosts": hosts}))
+        return events
+
+    def _progress(self, run: RunProgress) -> dict[str, Any]:
+        done = run.completed + run.failed + run.skipped
+        if self._done_at_start is None:
+            self._done_at_start = done
+        rate = (done - self._done_at_start) / run.elapsed if run.elapsed > 0 else 0.0
+        left = max(0, self.total - done)
+        self.progress = {
+            "completed": run.completed,
+            "failed": run.failed,
+            "skipped": run.skipped,
+            "total": self.total,
+            "percent": round(100.0 * done / self.total, 2) if self.total else 100.0,
+            "bytes": self.base_bytes + run.bytes,
+            "bytes_per_s": round(run.bytes / run.elapsed) if run.elapsed > 0 else 0,
+            "eta_s": round(left / rate, 1) if rate > 0 else None,
+            "downloading": run.downloading,
+            "retries": run.retries,
+            "run": dataclasses.asdict(run),
+        }
+        return self.progress
+
+
+@dataclasses.dataclass
+class _Runner:
+    job_id: str
+    events: JobEvents
+    pipeline: Pipeline | None = None
+    intent: str | None = None  # "pause", "cancel" or "shutdown" once asked to stop
+    stopped: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+def default_running_jobs() -> int:
+    """``service.max_running_jobs = 0``: one per CPU, at least 2."""
+    return max(2, os.cpu_count() or 1)
+
+
+class JobManager:
+    """Queue, run, stop and forget jobs; see the module docstring."""
+
+    def __init__(self, config: Config, store: JobStore) -> None:
+        self.config = config
+        self.service = config.service
+        self.store = store
+        self.data_dir = Path(self.service.data_dir)
+        self.max_running = self.service.max_running_jobs or default_running_jobs()
+        self.guard = NetworkGuard(self.service.allow_networks)
+        self.listeners: list[Callable[[str], None]] = []
+        self.runners: dict[str, _Runner] = {}
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="job-events", daemon=True)
+        self.deliverer = Deliverer(
+            store,
+            self.service.webhook_secret,
+            self.guard,
+            timeout=self.service.webhook_timeout,
+            backoff=self.service.webhook_backoff,
+            on_attempt=self._webhook_attempt,
+        )
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Resume what the last service left: running jobs, pending webhook deliveries."""
+        (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
+        for job in self._all("running"):
+            self.store.update(job.id, status="queued")  # back in line, in submission order
+            self._emit(job.id, "status", {"status": "queued", "resumed": True})
+        self._flusher.start()
+        self.deliverer.resume()
+        self._schedule()
+
+    def shutdown(self, grace: float = 5.0) -> None:
+        """Stop every pipeline (their jobs stay ``running``: they resume at the next start)."""
+        self._stopping.set()
+        with self._lock:
+            runners = list(self.runners.values())
+            for runner in runners:
+                runner.intent = runner.intent or "shutdown"
+                if runner.pipeline is not None:
+                    runner.pipeline.stop(grace=grace, reason="service stopping")
+        for runner in runners:
+            runner.stopped.wait(grace + 30)
+        self.deliverer.stop()
+        self._flusher.join(5)
+
+    # -- requests ---------------------------------------------------------------------
+
+    def submit(
+        self,
+        items: Sequence[Any],
+        *,
+        callback_url: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Submitted:
+        """Validate, store and queue a batch.
+
+        Raises:
+            JobError: a bad option (422), a reused idempotency key (409), no webhook
+                secret for a callback (422).
+        """
+        options = dict(options or {})
+        self._check_options(options)
+        if callback_url and not self.service.webhook_secret:
+            raise JobError("callback_url needs service.webhook_secret on the server", 422)
+        lines: list[bytes] = []
+        invalid: list[dict[str, Any]] = []
+        invalid_count = 0
+        for index, entry in enumerate(items):
+            parsed, _ = parse_entry(entry, index + 1)
+            if isinstance(parsed, Rejected):
+                invalid_count += 1
+                if len(invalid) < INVALID_SHOWN:
+                    reason = parsed.error.removeprefix(f"line {index + 1}: ")
+                    invalid.append({"index": index, "error": reason})
+            lines.append(json.dumps(entry).encode())
+        body = b"\n".join(lines) + b"\n"
+        digest = hashlib.sha256(
+            body + json.dumps([callback_url, options], sort_keys=True).encode()
+        ).hexdigest()
+        job = Job(
+            id=secrets.token_hex(8),
+            number=0,
+            status="queued",
+            total=len(lines),
+            invalid=invalid_count,
+            created_at=time.time(),
+            callback_url=callback_url,
+            options=options,
+        )
+        folder = self.job_dir(job.id)
+        folder.mkdir(parents=True)
+        (folder / "input.ndjson").write_bytes(body)
+        try:
+            stored, new = self.store.create(
+                job, (idempotency_key, digest) if idempotency_key else None
+            )
+        except KeyError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise JobError("this Idempotency-Key was used for a different request", 409) from None
+        if not new:
+            shutil.rmtree(folder, ignore_errors=True)
+            return Submitted(stored, False, invalid)
+        self._emit(stored.id, "status", {"status": "queued"})
+        self._schedule()
+        return Submitted(stored, True, invalid)
+
+    def get(self, job_id: str) -> Job:
+        """A job; ``JobError`` (404) when there is none."""
+        job = self.store.get(job_id)
+        if job is None:
+            raise JobError(f"no job {job_id!r}", 404)
+        return job
+
+    def progress(self, job: Job) -> dict[str, Any]:
+        """The job's counts: live while it runs, as last stored otherwise."""
+        with self._lock:
+            runner = self.runners.get(job.id)
+        live = runner.events.progress if runner is not None else {}
+        if live:
+            return {k: v for k, v in live.items() if k != "run"}
+        s = job.summary
+        done = s.get("completed", 0) + s.get("failed", 0) + s.get("skipped", 0)
+        return {
+            "completed": s.get("completed", 0),
+            "failed": s.get("failed", 0),
+            "skipped": s.get("skipped", 0),
+            "total": job.total,
+            "percent": round(100.0 * done / job.total, 2) if job.total else 100.0,
+            "bytes": s.get("bytes", 0),
+            "bytes_per_s": 0,
+            "eta_s": None if job.status not in TERMINAL else 0,
+            "downloading": 0,
+            "retries": s.get("retries", 0),
+        }
+
+    def details(self, job: Job) -> dict[str, Any]:
+        """Failures by kind and per-host statistics, read from the job's state."""
+        state = self.job_dir(job.id) / "state"
+        if not (state / "state.sqlite3").is_file():
+            return {"errors": {}, "hosts": {}}
+        try:
+            with open_view(state) as view:
+                errors = {kind: n for kind, n, _ in view.failures_by_kind()}
+                hosts = view.hosts()
+        except ConveyorError:
+            return {"errors": {}, "hosts": {}}
+        return {"errors": errors, "hosts": hosts}
+
+    def items(self, job: Job, status: str | None, after: int, limit: int) -> list[dict[str, Any]]:
+        """A page of the job's item records (empty before the job first ran)."""
+        state = self.job_dir(job.id) / "state"
+        if not (state / "state.sqlite3").is_file():
+            return []
+        with open_view(state) as view:
+            return view.items(status, after, limit)
+
+    def completed_file(self, job: Job, name: str) -> tuple[Path, str | None]:
+        """The path and sha256 of a completed item's file; ``JobError`` (404) otherwise.
+
+        Only names the job's state records as completed are served, and only when the
+        resolved path is a regular file inside the job's ``files`` directory.
+        """
+        state = self.job_dir(job.id) / "state"
+        missing = JobError(f"no completed file {name!r} in job {job.id}", 404)
+        if "\x00" in name or not (state / "state.sqlite3").is_file():
+            raise missing
+        with open_view(state) as view:
+            record = view.item_named(name)
+        if record is None or record["status"] not in ("completed", "skipped"):
+            raise missing
+        root = (self.job_dir(job.id) / "files").resolve()
+        path = (root / name).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise missing
+        return path, record["sha256"]
+
+    def cancel(self, job_id: str) -> Job:
+        """Stop a job for good; its pending items stay pending."""
+        return self._stop(job_id, "cancel")
+
+    def pause(self, job_id: str) -> Job:
+        """Stop a job until ``resume``; returns once no request of it is in flight."""
+        return self._stop(job_id, "pause")
+
+    def resume(self, job_id: str) -> Job:
+        """Put a paused job back in the queue."""
+        with self._lock:
+            job = self.get(job_id)
+            if job.status != "paused":
+                raise JobError(f"job {job_id} is {job.status}, not paused")
+            self._set_status(job, "queued")
+        self._schedule()
+        return self.get(job_id)
+
+    def delete(self, job_id: str) -> None:
+        """Remove a job's files, state and events (not while it runs)."""
+        with self._lock:
+            job = self.get(job_id)
+            if job.status == "running" or job_id in self.runners:
+                raise JobError(f"job {job_id} is running: cancel or pause it first")
+            self.store.delete(job_id)
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def job_dir(self, job_id: str) -> Path:
+        """``<data_dir>/jobs/<id>``."""
+        return self.data_dir / "jobs" / job_id
+
+    def running(self) -> int:
+        """Pipelines running now."""
+        with self._lock:
+            return len(self.runners)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _all(self, status: str) -> list[Job]:
+        found: list[Job] = []
+        after = 0
+        while page := self.store.page(status, after, 1000):
+            found += page
+            after = page[-1].number
+        return found
+
+    def _check_options(self, options: dict[str, Any]) -> None:
+        processor = options.get("processor")
+        if processor is not None:
+            allowed = {self.config.processing.processor, *self.service.processors}
+            if processor not in allowed:
+                raise JobError(
+                    f"options.processor must be one of {sorted(allowed)} "
+                    "(service.processors lists the choices)",
+                    422,
+                )
+
+    def _emit(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
+        self.store.append_events(job_id, [(kind, time.time(), data)], self.service.events_kept)
+        self._notify(job_id)
+
+    def _notify(self, job_id: str) -> None:
+        for listener in self.listeners:
+            listener(job_id)
+
+    def _set_status(self, job: Job, status: str, **fields: Any) -> None:
+        now = time.time()
+        if status == "running":
+            fields.setdefault("started_at", now)
+        if status in TERMINAL:
+            fields.setdefault("finished_at", now)
+        self.store.update(job.id, status=status, **fields)
+        self._emit(
+            job.id,
+            "status",
+            {
+                "status": status,
+                "previous": job.status,
+                **({"error": fields["error"]} if "error" in fields else {}),
+            },
+        )
+        if status in TERMINAL and job.callback_url:
+            self._queue_webhook(self.get(job.id))
+
+    def _stop(self, job_id: str, intent: str) -> Job:
+        with self._lock:
+            job = self.get(job_id)
+            if job.status in TERMINAL or (intent == "pause" and job.status == "paused"):
+                raise JobError(f"job {job_id} is already {job.status}")
+            runner = self.runners.get(job_id)
+            if runner is None:
+                self._set_status(job, "cancelled" if intent == "cancel" else "paused")
+                return self.get(job_id)
+            runner.intent = intent
+            if runner.pipeline is not None:
+                runner.pipeline.stop(grace=0, reason=f"job {intent}")
+        if not runner.stopped.wait(STOP_WAIT):
+            raise JobError(f"job {job_id} did not stop within {STOP_WAIT:.0f} s", 503)
+        return self.get(job_id)
+
+    def _schedule(self) -> None:
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            free = self.max_running - len(self.runners)
+            if free <= 0:
+                return
+            for job in self.store.page("queued", 0, free):
+                runner = _Runner(job.id, JobEvents(job, self.service.progress_interval))
+                self.runners[job.id] = runner
+                self._set_status(job, "running")
+                threading.Thread(
+                    target=self._run, args=(runner,), name=f"job-{job.id}", daemon=True
+                ).start()
+
+    def job_config(self, job: Job) -> Config:
+        """The config one job's pipeline runs with: the service's, in the job's folder,
+        the network guard on, the job's options applied."""
+        c = self.config
+        folder = self.job_dir(job.id)
+        o = job.options
+        download = dataclasses.replace(
+            c.download,
+            block_private_networks=True,
+            allow_networks=self.service.allow_networks,
+            per_host=o.get("per_host", c.download.per_host),
+            max_size=o.get("max_size", c.download.max_size),
+        )
+        return dataclasses.replace(
+            c,
+            input=dataclasses.replace(c.input, path=str(folder / "input.ndjson"), format="ndjson"),
+            output=dataclasses.replace(c.output, dir=str(folder / "files")),
+            state=dataclasses.replace(c.state, dir=str(folder / "state")),
+            download=download,
+            retry=dataclasses.replace(
+                c.retry, max_attempts=o.get("max_attempts", c.retry.max_attempts)
+            ),
+            processing=dataclasses.replace(
+                c.processing, processor=o.get("processor", c.processing.processor), manifest=""
+            ),
+        )
+
+    def _run(self, runner: _Runner) -> None:
+        job = self.get(runner.job_id)
+        summary: RunSummary | None = None
+        error: str | None = None
+        try:
+            pipeline = Pipeline(self.job_config(job), on_event=runner.events)
+            with self._lock:
+                runner.pipeline = pipeline
+                stop_now = runner.intent is not None
+            pipeline.start()
+            if stop_now:
+                pipeline.stop(grace=0, reason=f"job {runner.intent}")
+            summary = pipeline.wait()
+        except ConveyorError as exc:
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a job must end, whatever went wrong
+            log.error("job runner failed", job=job.id, error=repr(exc))
+            error = f"internal error: {exc!r}"
+        finally:
+            self._ended(runner, summary, error)
+
+    def _ended(self, runner: _Runner, summary: RunSummary | None, error: str | None) -> None:
+        self._flush(runner, final=True)
+        with self._lock:
+            job = self.get(runner.job_id)
+            counts = dict(job.summary)
+            if summary is not None:
+                f = summary.finished
+                counts = {
+                    "completed": f.completed,
+                    "failed": f.failed,
+                    "skipped": f.skipped,
+                    "accepted": f.accepted,
+                    "pending": f.pending,
+                    "bytes": runner.events.base_bytes + f.bytes,
+                    "retries": summary.stats.get("retries", 0),
+                }
+                if summary.error is not None:
+                    error = summary.error
+            self.store.update(job.id, summary=counts)
+            job = self.get(job.id)
+            if runner.intent == "shutdown":
+                pass  # stays "running": the next start resumes it
+            elif runner.intent == "cancel":
+                self._set_status(job, "cancelled")
+            elif runner.intent == "pause":
+                self._set_status(job, "paused")
+            elif error is not None:
+                self._set_status(job, "failed", error=error)
+            elif (
+                summary is not None
+                and summary.finished.pending == 0
+                and (summary.finished.reason == "done")
+            ):
+                self._set_status(job, "completed")
+            else:
+                reason = summary.finished.reason if summary is not None else "unknown"
+                self._set_status(job, "failed", error=f"the run ended early: {reason}")
+            del self.runners[runner.job_id]
+            runner.stopped.set()
+        self._schedule()
+
+    def _flush(self, runner: _Runner, final: bool = False) -> None:
+        events = runner.events.take(final)
+        if events:
+            self.store.append_events(runner.job_id, events, self.service.events_kept)
+            self._notify(runner.job_id)
+
+    def _flush_loop(self) -> None:
+        while not self._stopping.wait(FLUSH_INTERVAL):
+            with self._lock:
+                runners = list(self.runners.values())
+            for runner in runners:
+                try:
+                    self._flush(runner)
+                except Exception as exc:  # noqa: BLE001 - keep flushing the other jobs
+                    log.error("storing events failed", job=runner.job_id, error=repr(exc))
+
+    def _queue_webhook(self, job: Job) -> None:
+        assert job.callback_url is not None
+        body = json.dumps(self.summary(job), sort_keys=True).encode()
+        delivery = Delivery(
+            id=secrets.token_hex(16),
+            job_id=job.id,
+            url=job.callback_url,
+            body=body,
+            status="pending",
+            created_at=time.time(),
+        )
+        self.store.add_delivery(delivery)
+        self.deliverer.start(delivery)
+
+    def _webhook_attempt(self, delivery: Delivery, record: dict[str, Any]) -> None:
+        self._emit(delivery.job_id, "webhook", {"delivery_id": delivery.id, **record})
+
+    def summary(self, job: Job) -> dict[str, Any]:
+        """What a webhook carries and ``/result`` starts with."""
+        return {
+            "job_id": job.id,
+            "status": job.status,
+            "total": job.total,
+            "invalid": job.invalid,
+            "progress": self.progress(job),
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "error": job.error,
+        }
