@@ -162,6 +162,7 @@ class _Runner:
     events: JobEvents
     pipeline: Pipeline | None = None
     intent: str | None = None  # "pause", "cancel" or "shutdown" once asked to stop
+    flushing: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     stopped: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
@@ -557,9 +558,11 @@ class JobManager:
         self._schedule()
 
     def _flush(self, runner: _Runner, final: bool = False) -> None:
-        events = runner.events.take(final)
+        with runner.flushing:  # taken and stored in one step: events keep their order
+            events = runner.events.take(final)
+            if events:
+                self.store.append_events(runner.job_id, events, self.service.events_kept)
         if events:
-            self.store.append_events(runner.job_id, events, self.service.events_kept)
             self._notify(runner.job_id)
 
     def _flush_loop(self) -> None:
