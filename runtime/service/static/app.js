@@ -94,10 +94,18 @@ async function showDetail() {
   for (const [host, st] of Object.entries(job.hosts)) {
     const row = el("tr");
     row.append(el("td", host), el("td", String(st.attempts ?? "")),
-      el("td", String(st.successes ?? "")), el("td", String(st.failures ?? "")),
+      el("td", String(st.successes ?? "")), el("td", failures(st.failures)),
       el("td", String(st.breaker ?? "")));
     hosts.append(row);
   }
+}
+
+function failures(byKind) {
+  // A host's failed attempts, by error kind: "3 (timeout 2, http_5xx 1)".
+  if (typeof byKind === "number") return String(byKind);
+  const kinds = Object.entries(byKind || {});
+  const total = kinds.reduce((n, [, k]) => n + k, 0);
+  return kinds.length ? `${total} (${kinds.map(([k, n]) => k + " " + n).join(", ")})` : "0";
 }
 
 function apply(id, event) {
