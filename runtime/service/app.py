@@ -37,6 +37,8 @@ __all__ = ["Hub", "create_app"]
 KEEPALIVE = 15.0
 """Seconds of silence after which an event stream sends a keep-alive."""
 PAGE = 500
+MAX_CURSOR = 2**62
+"""Largest cursor or sequence number a client may pass (SQLite integers are 64-bit)."""
 """Events read from the store at a time."""
 JobStatus = Literal["queued", "running", "paused", "completed", "failed", "cancelled"]
 ItemStatus = Literal["pending", "reporting", "completed", "failed", "skipped"]
@@ -327,6 +329,7 @@ class Health(BaseModel):
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
+        400: "the body is not JSON",
         401: "missing or wrong bearer token",
         404: "no such job (or file)",
         409: "the job's status does not allow this",
@@ -418,7 +421,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
         status_code=202,
         response_model=JobCreated,
         dependencies=auth,
-        responses=_errors(409, 413, 422),
+        responses=_errors(400, 409, 413, 422),
         tags=["jobs"],
     )
     async def submit(
@@ -460,7 +463,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
     )
     async def list_jobs(
         status: JobStatus | None = None,
-        cursor: Annotated[int, Query(ge=0)] = 0,
+        cursor: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> JobList:
         """Jobs in submission order, a page at a time."""
@@ -489,7 +492,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
     async def get_items(
         job_id: str,
         status: ItemStatus | None = None,
-        cursor: Annotated[int, Query(ge=0)] = 0,
+        cursor: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> ItemPage:
         """The per-item records, in input order, a page at a time."""
@@ -512,7 +515,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
     )
     async def get_result(
         job_id: str,
-        cursor: Annotated[int, Query(ge=0)] = 0,
+        cursor: Annotated[int, Query(ge=0, le=MAX_CURSOR)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
     ) -> ResultOut:
         """The job's summary and a link per completed file."""
@@ -642,16 +645,17 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
     async def events(
         job_id: str,
         last_event_id: Annotated[str | None, Header()] = None,
-        after: Annotated[int | None, Query(ge=0)] = None,
+        after: Annotated[int | None, Query(ge=0, le=MAX_CURSOR)] = None,
     ) -> StreamingResponse:
         """The job's events as SSE, from after ``Last-Event-ID`` (or ``after``); the
         stream ends when the job has ended and every event was sent."""
         await run_in_threadpool(manager.get, job_id)
         start = after or 0
         if last_event_id is not None:
-            if not last_event_id.strip().isdigit():
+            text = last_event_id.strip()
+            if not (text.isascii() and text.isdigit()) or int(text) > MAX_CURSOR:
                 raise HTTPException(422, "Last-Event-ID must be an event's seq (an integer)")
-            start = int(last_event_id)
+            start = int(text)
 
         async def stream() -> AsyncIterator[bytes]:
             yield b"retry: 2000\n\n"
@@ -679,7 +683,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
             return
         await socket.accept()
         try:
-            async for event in follow(job_id, max(0, after)):
+            async for event in follow(job_id, max(0, min(after, MAX_CURSOR))):
                 if event is None:
                     await socket.send_text(json.dumps({"type": "keep-alive"}))
                 else:

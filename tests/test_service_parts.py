@@ -1,0 +1,92 @@
+"""Parts of the job service without a server: the limits middleware, the job store."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from runtime.service.app import Limits
+from runtime.service.jobstore import Job, SQLiteJobStore
+
+
+async def _call(limits: Limits, headers: list[Any], body: bytes = b"") -> int:
+    """One request through the middleware; its status."""
+    sent: list[dict[str, Any]] = []
+    chunks = [body[i : i + 10] for i in range(0, len(body), 10)] or [b""]
+
+    async def receive() -> dict[str, Any]:
+        chunk = chunks.pop(0) if chunks else b""
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await limits({"type": "http", "headers": headers}, receive, send)
+    return int(sent[0]["status"])
+
+
+def test_limits_refuse_too_many_connections_and_too_big_bodies() -> None:
+    """Beyond max_connections at once: 429; a body over max_body, announced or not: 413."""
+
+    async def scenario() -> list[int]:
+        release = asyncio.Event()
+        entered = asyncio.Event()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            while (await receive())["more_body"]:
+                pass
+            if scope["headers"] == [(b"x-hold", b"1")]:
+                entered.set()
+                await release.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        limits = Limits(app, max_connections=1, max_body=100)
+        held = asyncio.create_task(_call(limits, [(b"x-hold", b"1")]))
+        await asyncio.wait_for(entered.wait(), 10)
+        crowded = await _call(limits, [])  # the held request has the only slot
+        release.set()
+        statuses = [crowded, await asyncio.wait_for(held, 10)]
+        assert limits.active == 0
+        statuses.append(await _call(limits, [], b"x" * 101))  # streamed, no length
+        statuses.append(await _call(limits, [(b"content-length", b"101")]))
+        statuses.append(await _call(limits, [], b"x" * 100))
+        return statuses
+
+    assert asyncio.run(scenario()) == [429, 200, 413, 413, 200]
+
+
+def test_event_numbers_continue_after_trimming_and_reopening(tmp_path: Path) -> None:
+    """A sequence number is never used twice: not after old events were trimmed, not
+    after the store was closed and opened again (a restart)."""
+    store = SQLiteJobStore(tmp_path)
+    job = Job(id="j1", number=0, status="queued", total=1, invalid=0, created_at=0.0)
+    store.create(job, None)
+    assert store.append_events("j1", [("a", 0.0, {})] * 5, keep=3) == 5
+    events, first = store.events_after("j1", 0, 100)
+    assert [e.seq for e in events] == [3, 4, 5]
+    assert first == 3
+    store.close()
+    store = SQLiteJobStore(tmp_path)
+    assert store.append_events("j1", [("b", 0.0, {"x": 1})], keep=3) == 6
+    assert [e.seq for e in store.events_after("j1", 4, 100)[0]] == [5, 6]
+    store.close()
+
+
+def test_an_idempotency_key_names_one_job_and_one_body(tmp_path: Path) -> None:
+    """The same key and body give back the first job; another body is refused."""
+    store = SQLiteJobStore(tmp_path)
+    first = Job(id="a", number=0, status="queued", total=1, invalid=0, created_at=0.0)
+    second = Job(id="b", number=0, status="queued", total=1, invalid=0, created_at=0.0)
+    assert store.create(first, ("k", "digest-1"))[1] is True
+    job, new = store.create(second, ("k", "digest-1"))
+    assert (job.id, new) == ("a", False)
+    try:
+        store.create(second, ("k", "digest-2"))
+    except KeyError:
+        pass
+    else:
+        raise AssertionError("a reused key with another body must be refused")
+    assert [j.id for j in store.page(None, 0, 10)] == ["a"]
+    store.close()
