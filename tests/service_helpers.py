@@ -51,6 +51,12 @@ class FileServer:
                     served = sum(owner.counts.values())
                 if owner.watching.is_set():
                     owner.late.set()
+                if self.path.startswith("/to?"):  # a redirect to the url after "?"
+                    self.send_response(302)
+                    self.send_header("Location", self.path[len("/to?") :])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if owner.free is not None and served > owner.free:
                     owner.gate.wait(TIMEOUT)
                 body = self.path.encode().ljust(BODY_SIZE, b".")
@@ -169,7 +175,7 @@ class Service:
             assert response.status_code == 200, response.text
             for event_id, _, data in read_sse(response):
                 event = json.loads(data)
-                assert event_id is None or int(event_id) == event["seq"]
+                assert event["seq"] is None or int(event_id or 0) == event["seq"], (event_id, event)
                 yield event
 
     def wait_for(self, job_id: str, status: str) -> dict[str, Any]:

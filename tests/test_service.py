@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 import requests
+import websockets.exceptions
 import websockets.sync.client
 
 from runtime.service.webhooks import TOLERANCE, verify_signature
 from tests.service_helpers import (
     SECRET,
     TIMEOUT,
+    TOKEN,
     FileServer,
     Service,
     write_config,
@@ -262,6 +264,12 @@ def test_every_api_route_needs_the_token(service: Service) -> None:
                          timeout=30).status_code == 401  # fmt: skip
     assert requests.get(service.url("/metrics"), timeout=30).status_code == 401
     assert requests.get(service.url("/healthz"), timeout=30).json()["status"] == "ok"
+    url = service.url("/v1/jobs/x/ws").replace("http://", "ws://")
+    with (
+        pytest.raises(websockets.exceptions.InvalidStatus),
+        websockets.sync.client.connect(url, open_timeout=30),
+    ):
+        pass  # refused before the handshake completes
     metrics = service.call("GET", "/metrics").text
     assert "conveyor_jobs{" in metrics
     assert "conveyor_jobs_queue_depth" in metrics
@@ -304,10 +312,10 @@ def test_files_are_served_only_from_inside_the_job(service: Service, files: File
 def test_the_ssrf_guard_refuses_internal_addresses(tmp_path: Path) -> None:
     """With only 127.0.0.2 allowed: 127.0.0.1, 10.0.0.1, [::1], a name resolving to
     127.0.0.1 and a redirect from the allowed host to 127.0.0.1 all fail ``blocked``,
-    and the internal server sees no request."""
+    and the internal server sees no request. (This server keeps 5 events per job.)"""
     inside = FileServer()
     allowed = FileServer(address="127.0.0.2")
-    server = Service(write_config(tmp_path, allow_networks=["127.0.0.2/32"]))
+    server = Service(write_config(tmp_path, allow_networks=["127.0.0.2/32"], events_kept=5))
     try:
         port = inside.base.rsplit(":", 1)[1]
         items = [
@@ -315,17 +323,24 @@ def test_the_ssrf_guard_refuses_internal_addresses(tmp_path: Path) -> None:
             {"url": "http://10.0.0.1/f/b", "name": "b"},
             {"url": f"http://[::1]:{port}/f/c", "name": "c"},
             {"url": f"http://localhost:{port}/f/d", "name": "d"},
+            {"url": f"{allowed.base}/to?http://127.0.0.1:{port}/f/e", "name": "e"},
             {"url": f"{allowed.base}/f/ok", "name": "ok"},
         ]
         job_id = server.submit(items, options={"max_attempts": 1})["job_id"]
         job = server.wait_for(job_id, "completed")
+        replay = list(server.events(job_id))  # from the start: more than events_kept
     finally:
         assert server.stop() == 0
         inside.close()
         allowed.close()
     assert job["progress"]["completed"] == 1
-    assert job["errors"] == {"blocked": 4}
-    assert sum(inside.counts.values()) == 0
+    assert job["errors"] == {"blocked": 5}
+    assert sum(inside.counts.values()) == 0  # the redirect's target was never asked
+    assert allowed.counts[f"/to?http://127.0.0.1:{port}/f/e"] == 1
+    # Only the newest events_kept events are kept: a reader from 0 is told to re-read.
+    assert replay[0]["type"] == "reset"
+    assert replay[0]["first_seq"] == replay[1]["seq"] > 1
+    assert len(replay) == 1 + 5
 
 
 def test_sigkill_mid_job_then_restart_completes_without_downloading_again(
@@ -389,3 +404,66 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "without a token" in done.stderr
     assert "CONVEYOR_SERVICE_TOKEN" in done.stderr
+
+
+def test_submit_follow_from_the_command_line(
+    service: Service, files: FileServer, tmp_path: Path
+) -> None:
+    """``submit LIST --follow`` prints the job id, follows it to the end, exits 0."""
+    listing = tmp_path / "list.ndjson"
+    listing.write_text("".join(json.dumps(i) + "\n" for i in files.items(20, "s")))
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", "submit", str(listing), "--server", service.base,
+         "--token", TOKEN, "--follow"],
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.splitlines()[0]
+    assert f"job {job_id} completed: 20 completed, 0 failed" in done.stdout
+    assert service.call("GET", f"/v1/jobs/{job_id}").json()["progress"]["completed"] == 20
+
+
+def test_a_pending_webhook_survives_a_restart(tmp_path: Path) -> None:
+    """The receiver is down when the job ends; the service is killed; after a restart the
+    same delivery (same id) reaches the receiver once it is up."""
+    files = FileServer()
+    server = Service(write_config(tmp_path, webhook_backoff=0.2))
+    receiver: ThreadingHTTPServer | None = None
+    try:
+        probe = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+        port = probe.server_address[1]
+        probe.server_close()  # a port nobody listens on (for now)
+        job_id = server.submit(files.items(3, "r"),
+                               callback_url=f"http://127.0.0.1:{port}/hook")["job_id"]  # fmt: skip
+        server.wait_for(job_id, "completed")
+        for event in server.events(job_id):
+            if event["type"] == "webhook":
+                break  # one attempt failed: the delivery is pending
+        first = server.call("GET", f"/v1/jobs/{job_id}").json()["webhooks"][0]
+        server.kill()
+        got: list[dict[str, str]] = []
+        arrived = threading.Event()
+
+        class Receiver(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                got.append(dict(self.headers))
+                self.send_response(204)
+                self.end_headers()
+                arrived.set()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        receiver = ThreadingHTTPServer(("127.0.0.1", port), Receiver)
+        threading.Thread(target=receiver.serve_forever, daemon=True).start()
+        server = Service(write_config(tmp_path, webhook_backoff=0.2))
+        assert arrived.wait(TIMEOUT)
+    finally:
+        server.stop()
+        files.close()
+        if receiver is not None:
+            receiver.shutdown()
+            receiver.server_close()
+    assert first["status"] == "pending"
+    assert got[0]["X-Conveyor-Delivery"] == first["delivery_id"]

@@ -306,11 +306,19 @@ class JobManager:
             "total": job.total,
             "percent": round(100.0 * done / job.total, 2) if job.total else 100.0,
             "bytes": s.get("bytes", 0),
-            "bytes_per_s": 0,
+            "bytes_per_s": self._average_rate(job),
             "eta_s": None if job.status not in TERMINAL else 0,
             "downloading": 0,
             "retries": s.get("retries", 0),
         }
+
+    @staticmethod
+    def _average_rate(job: Job) -> int:
+        """Bytes per second from the job's first start to its end (0 while unknown)."""
+        if job.started_at is None or job.finished_at is None:
+            return 0
+        seconds = job.finished_at - job.started_at
+        return round(job.summary.get("bytes", 0) / seconds) if seconds > 0 else 0
 
     def details(self, job: Job) -> dict[str, Any]:
         """Failures by kind and per-host statistics, read from the job's state."""
@@ -420,8 +428,8 @@ class JobManager:
 
     def _set_status(self, job: Job, status: str, **fields: Any) -> None:
         now = time.time()
-        if status == "running":
-            fields.setdefault("started_at", now)
+        if status == "running" and job.started_at is None:
+            fields.setdefault("started_at", now)  # the first start; a resume keeps it
         if status in TERMINAL:
             fields.setdefault("finished_at", now)
         self.store.update(job.id, status=status, **fields)
