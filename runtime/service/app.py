@@ -621,7 +621,13 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
                     continue
                 job = await run_in_threadpool(manager.store.get, job_id)
                 if job is None or job.status in TERMINAL:
-                    return
+                    # Its status event was stored before the status: send what came since.
+                    late, _ = await run_in_threadpool(
+                        manager.store.events_after, job_id, after, PAGE
+                    )
+                    if not late:
+                        return
+                    continue
                 try:
                     await asyncio.wait_for(waiter.wait(), KEEPALIVE)
                 except TimeoutError:

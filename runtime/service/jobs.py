@@ -418,9 +418,10 @@ class JobManager:
                     422,
                 )
 
-    def _emit(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
+    def _emit(self, job_id: str, kind: str, data: dict[str, Any], notify: bool = True) -> None:
         self.store.append_events(job_id, [(kind, time.time(), data)], self.service.events_kept)
-        self._notify(job_id)
+        if notify:
+            self._notify(job_id)
 
     def _notify(self, job_id: str) -> None:
         for listener in self.listeners:
@@ -432,16 +433,13 @@ class JobManager:
             fields.setdefault("started_at", now)  # the first start; a resume keeps it
         if status in TERMINAL:
             fields.setdefault("finished_at", now)
+        # The event first: a stream that sees the new status has its event to send.
+        event = {"status": status, "previous": job.status}
+        if "error" in fields:
+            event["error"] = fields["error"]
+        self._emit(job.id, "status", event, notify=False)
         self.store.update(job.id, status=status, **fields)
-        self._emit(
-            job.id,
-            "status",
-            {
-                "status": status,
-                "previous": job.status,
-                **({"error": fields["error"]} if "error" in fields else {}),
-            },
-        )
+        self._notify(job.id)
         if status in TERMINAL and job.callback_url:
             self._queue_webhook(self.get(job.id))
 
