@@ -468,3 +468,18 @@ def test_a_pending_webhook_survives_a_restart(tmp_path: Path) -> None:
             receiver.server_close()
     assert first["status"] == "pending"
     assert got[0]["X-Conveyor-Delivery"] == first["delivery_id"]
+
+
+def test_a_webhook_to_an_internal_address_is_refused_at_once(
+    service: Service, files: FileServer
+) -> None:
+    """The SSRF guard covers callbacks: a delivery to 10.0.0.1 is given up without a
+    connection and without retrying for an hour."""
+    job_id = service.submit(files.items(1, "b"), callback_url="http://10.0.0.1/hook")["job_id"]
+    kinds = [event["type"] for event in service.events(job_id)]
+    assert kinds[-1] == "webhook"  # recorded before it is announced
+    (hook,) = service.call("GET", f"/v1/jobs/{job_id}").json()["webhooks"]
+    assert hook["status"] == "failed"
+    (attempt,) = hook["attempts"]
+    assert attempt["gave_up"] is True
+    assert "refused to connect" in attempt["error"]

@@ -25,6 +25,7 @@ __all__ = [
     "BlockedAddressError",
     "NetworkGuard",
     "blocked_error",
+    "find_blocked",
     "guard_of",
     "guarded_connection",
     "parse_networks",
@@ -78,6 +79,21 @@ class NetworkGuard:
                 f"refused to connect: {name} is a loopback, private, link-local or "
                 "multicast address (allow it with allow_networks)"
             )
+
+
+def find_blocked(exc: BaseException) -> BlockedAddressError | None:
+    """The guard's refusal inside whatever wrappers HTTP libraries put around it."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        one = todo.pop()
+        if not isinstance(one, BaseException) or id(one) in seen:
+            continue
+        seen.add(id(one))
+        if isinstance(one, BlockedAddressError):
+            return one
+        todo += [one.__cause__, one.__context__, getattr(one, "reason", None), *one.args]
+    return None
 
 
 def guard_of(config: Any) -> NetworkGuard | None:

@@ -28,6 +28,7 @@ from runtime.core.netguard import (
     BlockedAddressError,
     NetworkGuard,
     blocked_error,
+    find_blocked,
     guard_of,
     guarded_connection,
 )
@@ -76,7 +77,7 @@ TransportFactory = Callable[[], Transport]
 def translate(exc: BaseException, url: str) -> FetchError:
     """Map a requests/urllib3/socket error to a ``FetchError`` with a stable kind."""
     text = f"{type(exc).__name__}: {exc}"
-    blocked = _blocked_in(exc)
+    blocked = find_blocked(exc)
     if blocked is not None:
         return blocked_error(str(blocked))
     if isinstance(exc, requests.exceptions.TooManyRedirects):
@@ -96,21 +97,6 @@ def translate(exc: BaseException, url: str) -> FetchError:
     if isinstance(exc, requests.exceptions.ContentDecodingError | urllib3.exceptions.DecodeError):
         return FetchError(text, error_kind="decoding")
     return FetchError(text, error_kind="connection")
-
-
-def _blocked_in(exc: BaseException) -> BlockedAddressError | None:
-    """The guard's refusal inside the wrappers urllib3 and requests put around it."""
-    seen: set[int] = set()
-    todo: list[object] = [exc]
-    while todo:
-        one = todo.pop()
-        if not isinstance(one, BaseException) or id(one) in seen:
-            continue
-        seen.add(id(one))
-        if isinstance(one, BlockedAddressError):
-            return one
-        todo += [one.__cause__, one.__context__, getattr(one, "reason", None), *one.args]
-    return None
 
 
 def _guarded_adapter(guard: NetworkGuard) -> requests.adapters.HTTPAdapter:

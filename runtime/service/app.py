@@ -595,8 +595,12 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
 
     # -- events -----------------------------------------------------------------------
 
+    def webhooks_pending(job_id: str) -> bool:
+        return any(d.status == "pending" for d in manager.store.deliveries(job_id))
+
     async def follow(job_id: str, after: int) -> AsyncIterator[dict[str, Any] | None]:
-        """The job's events after ``after`` until it ended (None: a keep-alive is due)."""
+        """The job's events after ``after`` until it ended and its webhooks were settled
+        (None: a keep-alive is due)."""
         waiter = hub.subscribe(job_id)
         try:
             while True:
@@ -620,7 +624,9 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
                 if events:
                     continue
                 job = await run_in_threadpool(manager.store.get, job_id)
-                if job is None or job.status in TERMINAL:
+                if job is None or (
+                    job.status in TERMINAL and not await run_in_threadpool(webhooks_pending, job_id)
+                ):
                     # Its status event was stored before the status: send what came since.
                     late, _ = await run_in_threadpool(
                         manager.store.events_after, job_id, after, PAGE
@@ -654,7 +660,8 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
         after: Annotated[int | None, Query(ge=0, le=MAX_CURSOR)] = None,
     ) -> StreamingResponse:
         """The job's events as SSE, from after ``Last-Event-ID`` (or ``after``); the
-        stream ends when the job has ended and every event was sent."""
+        stream ends when the job has ended, its webhook deliveries are settled and every
+        event was sent."""
         await run_in_threadpool(manager.get, job_id)
         start = after or 0
         if last_event_id is not None:

@@ -596,7 +596,8 @@ class JobManager:
         self.deliverer.start(delivery)
 
     def _webhook_attempt(self, delivery: Delivery, record: dict[str, Any]) -> None:
-        self._emit(delivery.job_id, "webhook", {"delivery_id": delivery.id, **record})
+        if self.store.get(delivery.job_id) is not None:  # (not for a deleted job)
+            self._emit(delivery.job_id, "webhook", {"delivery_id": delivery.id, **record})
 
     def summary(self, job: Job) -> dict[str, Any]:
         """What a webhook carries and ``/result`` starts with."""

@@ -25,7 +25,7 @@ import requests
 import tenacity
 
 from runtime.core.logs import get_logger
-from runtime.core.netguard import NetworkGuard
+from runtime.core.netguard import NetworkGuard, find_blocked
 from runtime.core.transport import requests_adapter
 from runtime.service.jobstore import Delivery, JobStore
 
@@ -152,6 +152,11 @@ class Deliverer:
                 record["status"] = answer.status_code
                 ok = 200 <= answer.status_code < 300
             except requests.RequestException as exc:
+                blocked = find_blocked(exc)
+                if blocked is not None:  # no point in trying again
+                    self._record(delivery, {**record, "error": str(blocked), "gave_up": True},
+                                 "failed")  # fmt: skip
+                    raise _BlockedError from exc
                 record["error"] = f"{type(exc).__name__}: {exc}"[:500]
                 ok = False
             self._record(delivery, record, "delivered" if ok else "pending")
@@ -174,7 +179,7 @@ class Deliverer:
         except _UndeliveredError:
             self._record(delivery, {"gave_up": True, "at": time.time()}, "failed")
             log.warning("webhook given up", delivery=delivery.id, url=delivery.url)
-        except _StoppedError:
+        except (_StoppedError, _BlockedError):
             pass
         finally:
             session.close()
@@ -192,6 +197,10 @@ class Deliverer:
                 self.results["failed_attempt"] += 1
         if self.on_attempt is not None:
             self.on_attempt(delivery, {**record, "status_after": status})
+
+
+class _BlockedError(Exception):
+    """The network guard refused the callback's address: given up at once."""
 
 
 class _StoppedError(Exception):
