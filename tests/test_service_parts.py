@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from runtime.service.app import Limits
 from runtime.service.jobstore import Job, SQLiteJobStore
+from runtime.service.limits import Limits
 
 
 async def _call(limits: Limits, headers: list[Any], body: bytes = b"") -> int:

@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, get_args
 from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket
@@ -24,30 +24,43 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.websockets import WebSocketDisconnect
 
 from runtime import __version__
 from runtime.core.config import Config
 from runtime.service.jobs import JobError, JobManager
 from runtime.service.jobstore import TERMINAL, Job
+from runtime.service.limits import ASGIApp, Limits
+from runtime.service.models import (
+    ErrorOut,
+    FileLink,
+    Health,
+    InvalidItem,
+    ItemOut,
+    ItemPage,
+    ItemStatus,
+    JobCreated,
+    JobList,
+    JobOut,
+    JobRequest,
+    JobStatus,
+    JobSummary,
+    Links,
+    Progress,
+    ResultOut,
+    WebhookOut,
+    errors,
+)
 
 __all__ = ["Hub", "create_app"]
 
 KEEPALIVE = 15.0
 """Seconds of silence after which an event stream sends a keep-alive."""
 PAGE = 500
+"""Events read from the store at a time."""
 MAX_CURSOR = 2**62
 """Largest cursor or sequence number a client may pass (SQLite integers are 64-bit)."""
-"""Events read from the store at a time."""
-JobStatus = Literal["queued", "running", "paused", "completed", "failed", "cancelled"]
-ItemStatus = Literal["pending", "reporting", "completed", "failed", "skipped"]
 STATUSES: tuple[str, ...] = get_args(JobStatus)
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 # -- wake-ups from the manager's threads ---------------------------------------------
@@ -85,259 +98,6 @@ class Hub:
             waiters.discard(waiter)
             if not waiters:
                 del self.waiters[job_id]
-
-
-# -- limits: concurrent connections and body size ----------------------------------
-
-
-class _TooLargeError(Exception):
-    pass
-
-
-class Limits:
-    """ASGI middleware: 429 beyond ``max_connections`` requests and streams at once,
-    413 for a body over ``max_body`` bytes (by Content-Length or as it arrives)."""
-
-    def __init__(self, app: ASGIApp, *, max_connections: int, max_body: int) -> None:
-        self.app = app
-        self.max_connections = max_connections
-        self.max_body = max_body
-        self.active = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        if self.active >= self.max_connections:
-            await self._refuse(scope, send, 429, "too many concurrent connections; retry later")
-            return
-        self.active += 1
-        started = False
-
-        async def sending(message: MutableMapping[str, Any]) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
-        try:
-            if scope["type"] == "http":
-                length = dict(scope["headers"]).get(b"content-length")
-                if length is not None and (not length.isdigit() or int(length) > self.max_body):
-                    await self._refuse(scope, send, 413, self._too_large())
-                    return
-                receive = self._counting(receive)
-            await self.app(scope, receive, sending)
-        except _TooLargeError:
-            if not started:
-                await self._refuse(scope, send, 413, self._too_large())
-        finally:
-            self.active -= 1
-
-    def _too_large(self) -> str:
-        return f"request body over {self.max_body} bytes (service.max_body_bytes)"
-
-    def _counting(self, receive: Receive) -> Receive:
-        seen = 0
-
-        async def counted() -> MutableMapping[str, Any]:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_body:
-                raise _TooLargeError
-            return message
-
-        return counted
-
-    @staticmethod
-    async def _refuse(scope: Scope, send: Send, status: int, detail: str) -> None:
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1013, "reason": detail[:100]})
-            return
-        body = json.dumps({"detail": detail}).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        if status == 429:
-            headers.append((b"retry-after", b"1"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-# -- the API's documents -----------------------------------------------------------
-
-
-class ErrorOut(BaseModel):
-    """Every error answer."""
-
-    detail: Any
-
-
-class JobOptions(BaseModel):
-    """The part of a job's configuration a client may choose."""
-
-    model_config = ConfigDict(extra="forbid")
-    processor: str | None = Field(None, description="one of the server's allowed processors")
-    per_host: int | None = Field(None, ge=0, le=1000, description="concurrent downloads per host")
-    max_attempts: int | None = Field(None, ge=1, le=100, description="attempts per item")
-    max_size: int | None = Field(None, ge=0, description="largest file accepted, in bytes")
-
-
-class JobRequest(BaseModel):
-    """A batch: ``items`` are ``{"url", "id"?, "name"?, "sha256"?, "size"?}``."""
-
-    model_config = ConfigDict(extra="forbid")
-    items: list[dict[str, Any]] = Field(min_length=1)
-    callback_url: str | None = Field(None, max_length=2048)
-    options: JobOptions = Field(default_factory=lambda: JobOptions.model_validate({}))
-
-
-class Progress(BaseModel):
-    """Where a job stands."""
-
-    completed: int
-    failed: int
-    skipped: int
-    total: int
-    percent: float
-    bytes: int
-    bytes_per_s: int
-    eta_s: float | None
-    downloading: int = 0
-    retries: int = 0
-
-
-class Links(BaseModel):
-    """Where to go next."""
-
-    self: str
-    events: str
-    ws: str
-    result: str
-    items: str
-
-
-class InvalidItem(BaseModel):
-    """An item that will end failed ``invalid_entry``."""
-
-    index: int
-    error: str
-
-
-class JobCreated(BaseModel):
-    """The answer to a submitted batch."""
-
-    job_id: str
-    status: str
-    total: int
-    invalid: int
-    invalid_items: list[InvalidItem]
-    links: Links
-
-
-class JobSummary(BaseModel):
-    """A job in a list."""
-
-    job_id: str
-    status: str
-    total: int
-    invalid: int
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    error: str | None
-    progress: Progress
-    links: Links
-
-
-class WebhookOut(BaseModel):
-    """One webhook delivery and its attempts."""
-
-    delivery_id: str
-    url: str
-    status: str
-    attempts: list[dict[str, Any]]
-
-
-class JobOut(JobSummary):
-    """One job in full."""
-
-    callback_url: str | None
-    options: dict[str, Any]
-    errors: dict[str, int]
-    hosts: dict[str, dict[str, Any]]
-    webhooks: list[WebhookOut]
-
-
-class JobList(BaseModel):
-    """A page of jobs."""
-
-    jobs: list[JobSummary]
-    next_cursor: int | None
-
-
-class ItemOut(BaseModel):
-    """One item's record."""
-
-    seq: int
-    id: str
-    url: str
-    name: str | None
-    status: str
-    attempts: int
-    error_kind: str | None
-    error: str | None
-    size: int | None
-    sha256: str | None
-
-
-class ItemPage(BaseModel):
-    """A page of items."""
-
-    items: list[ItemOut]
-    next_cursor: int | None
-
-
-class FileLink(BaseModel):
-    """A completed file."""
-
-    id: str
-    name: str
-    size: int | None
-    sha256: str | None
-    href: str
-
-
-class ResultOut(BaseModel):
-    """A job's summary and its files, paged."""
-
-    job_id: str
-    status: str
-    progress: Progress
-    files: list[FileLink]
-    next_cursor: int | None
-
-
-class Health(BaseModel):
-    """``/healthz``."""
-
-    status: str
-    version: str
-    running_jobs: int
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        400: "the body is not JSON",
-        401: "missing or wrong bearer token",
-        404: "no such job (or file)",
-        409: "the job's status does not allow this",
-        413: "too large",
-        422: "not a valid request",
-        429: "too many concurrent connections",
-    }
-    return {c: {"model": ErrorOut, "description": described[c]} for c in (401, 429, *codes)}
 
 
 # -- the application ---------------------------------------------------------------
@@ -421,7 +181,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
         status_code=202,
         response_model=JobCreated,
         dependencies=auth,
-        responses=_errors(400, 409, 413, 422),
+        responses=errors(400, 409, 413, 422),
         tags=["jobs"],
     )
     async def submit(
@@ -459,7 +219,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
         )
 
     @app.get(
-        "/v1/jobs", response_model=JobList, dependencies=auth, responses=_errors(422), tags=["jobs"]
+        "/v1/jobs", response_model=JobList, dependencies=auth, responses=errors(422), tags=["jobs"]
     )
     async def list_jobs(
         status: JobStatus | None = None,
@@ -475,7 +235,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
         "/v1/jobs/{job_id}",
         response_model=JobOut,
         dependencies=auth,
-        responses=_errors(404),
+        responses=errors(404),
         tags=["jobs"],
     )
     async def get_job(job_id: str) -> JobOut:
@@ -486,7 +246,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
         "/v1/jobs/{job_id}/items",
         response_model=ItemPage,
         dependencies=auth,
-        responses=_errors(404, 422),
+        responses=errors(404, 422),
         tags=["jobs"],
     )
     async def get_items(
@@ -510,7 +270,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
         "/v1/jobs/{job_id}/result",
         response_model=ResultOut,
         dependencies=auth,
-        responses=_errors(404, 422),
+        responses=errors(404, 422),
         tags=["jobs"],
     )
     async def get_result(
@@ -553,7 +313,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
                 "content": {"application/octet-stream": {}},
                 "description": "the file (Range and ETag supported)",
             },
-            **_errors(404),
+            **errors(404),
             416: {"description": "the range is not satisfiable", "content": {"text/plain": {}}},
             400: {"description": "a malformed Range header", "content": {"text/plain": {}}},
         },
@@ -575,7 +335,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
             methods=["POST"],
             response_model=JobOut,
             dependencies=auth,
-            responses=_errors(404, 409),
+            responses=errors(404, 409),
             tags=["jobs"],
             name=f"{verb}_job",
             summary=f"{verb.capitalize()} a job",
@@ -585,7 +345,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
         "/v1/jobs/{job_id}",
         status_code=204,
         dependencies=auth,
-        responses=_errors(404, 409),
+        responses=errors(404, 409),
         tags=["jobs"],
     )
     async def delete_job(job_id: str) -> Response:
@@ -650,7 +410,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
                 "content": {"text/event-stream": {}},
                 "description": "Server-Sent Events; each `id` is the event's seq",
             },
-            **_errors(404, 422),
+            **errors(404, 422),
         },
         response_class=StreamingResponse,
     )
