@@ -42,7 +42,8 @@ def browser() -> Iterator[Any]:
 
 
 def test_the_dashboard_shows_progress_rising_to_completed(browser: Any, tmp_path: Path) -> None:
-    """A job held at 40 of 200 files shows a partial bar; released, it shows completed."""
+    """A job held at 40 of 200 files shows a partial bar; its pause and resume buttons
+    work; released, it shows completed."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -72,7 +73,11 @@ def test_the_dashboard_shows_progress_rising_to_completed(browser: Any, tmp_path
         wait.until(lambda d: 0 < percent(d) < 100)  # running, held by the file server
         partial = percent(browser)
         assert browser.execute_script("return sessionStorage.getItem('conveyor-token')") == TOKEN
+        click = "document.querySelector(arguments[0]).click()"
+        browser.execute_script(click, f'{row} button[data-verb="pause"]')
+        wait.until(lambda d: read(d, f"{row} .status", "e.textContent") == "paused")
         files.gate.set()
+        browser.execute_script(click, f'{row} button[data-verb="resume"]')
         wait.until(lambda d: read(d, f"{row} .status", "e.textContent") == "completed")
         assert percent(browser) == 100.0 > partial
         browser.execute_script("document.querySelector(arguments[0]).click()", row)
