@@ -160,7 +160,7 @@ class JobEvents:
 class _Runner:
     job_id: str
     events: JobEvents
-    pipeline: Pipeline | None = None
+    pipeline: Pipeline | None = None  # set once started
     intent: str | None = None  # "pause", "cancel" or "shutdown" once asked to stop
     flushing: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     stopped: threading.Event = dataclasses.field(default_factory=threading.Event)
@@ -507,12 +507,12 @@ class JobManager:
         error: str | None = None
         try:
             pipeline = Pipeline(self.job_config(job), on_event=runner.events)
-            with self._lock:
-                runner.pipeline = pipeline
-                stop_now = runner.intent is not None
             pipeline.start()
-            if stop_now:
-                pipeline.stop(grace=0, reason=f"job {runner.intent}")
+            with self._lock:  # from now on, pause/cancel/shutdown stop it themselves
+                runner.pipeline = pipeline
+                intent = runner.intent
+            if intent is not None:  # asked while it was starting
+                pipeline.stop(grace=0 if intent != "shutdown" else None, reason=f"job {intent}")
             summary = pipeline.wait()
         except ConveyorError as exc:
             error = str(exc)
