@@ -133,7 +133,8 @@ class Service:
 
     def _wait_listening(self) -> str:
         assert self.process.stderr is not None
-        seen = []
+        seen: list[str] = []
+        self.log = seen
         while True:
             ready, _, _ = select.select([self.process.stderr], [], [], START_TIMEOUT)
             line = self.process.stderr.readline() if ready else ""
@@ -148,8 +149,8 @@ class Service:
 
     def _drain(self) -> None:
         assert self.process.stderr is not None
-        for _ in self.process.stderr:
-            pass
+        for line in self.process.stderr:
+            self.log.append(line)
 
     def url(self, path: str) -> str:
         """An absolute url of this service."""

@@ -483,3 +483,26 @@ def test_a_webhook_to_an_internal_address_is_refused_at_once(
     (attempt,) = hook["attempts"]
     assert attempt["gave_up"] is True
     assert "refused to connect" in attempt["error"]
+
+
+def test_stopping_the_service_ends_open_streams_cleanly(tmp_path: Path) -> None:
+    """SIGTERM with a client following a running job: the stream ends, the server exits
+    0 without a traceback, and the job resumes at the next start."""
+    files = FileServer(free=5)
+    config = write_config(tmp_path)
+    server = Service(config)
+    try:
+        job_id = server.submit(files.items(50, "t"))["job_id"]
+        stream = server.events(job_id)
+        for event in stream:
+            if event["type"] == "item":
+                break
+        assert server.stop() == 0
+        assert [e["type"] for e in stream if e["type"] == "status"] == []  # it just ended
+        assert not any("Traceback" in line for line in server.log), "".join(server.log)
+        files.gate.set()
+        server = Service(config)
+        assert server.wait_for(job_id, "completed")["progress"]["completed"] == 50
+    finally:
+        server.stop()
+        files.close()

@@ -72,6 +72,21 @@ class Hub:
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.waiters: dict[str, set[asyncio.Event]] = {}
+        self.closing = False
+        """Set when the server stops: every stream ends (a client reconnects later)."""
+
+    def close(self) -> None:
+        """End every stream soon (thread-safe; from the signal handler)."""
+        self.closing = True
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake_all)
+
+    def _wake_all(self) -> None:
+        for waiters in self.waiters.values():
+            for waiter in waiters:
+                waiter.set()
 
     def notify(self, job_id: str) -> None:
         """Called from any thread."""
@@ -363,7 +378,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
         (None: a keep-alive is due)."""
         waiter = hub.subscribe(job_id)
         try:
-            while True:
+            while not hub.closing:
                 waiter.clear()
                 events, first = await run_in_threadpool(
                     manager.store.events_after, job_id, after, PAGE
@@ -461,7 +476,10 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
                     await socket.send_text(json.dumps({"type": "keep-alive"}))
                 else:
                     await socket.send_text(json.dumps(event))
-            await socket.close(code=1000, reason="the job has ended")
+            if hub.closing:
+                await socket.close(code=1001, reason="the service is stopping")
+            else:
+                await socket.close(code=1000, reason="the job has ended")
         except WebSocketDisconnect:
             return
 

@@ -15,7 +15,7 @@ from runtime.core.config import Config
 from runtime.core.errors import ConveyorError
 from runtime.core.lock import StateLock
 from runtime.core.logs import get_logger
-from runtime.service.app import create_app, wrap_limits
+from runtime.service.app import Hub, create_app, wrap_limits
 from runtime.service.jobs import JobManager
 from runtime.service.jobstore import SQLiteJobStore
 
@@ -53,12 +53,18 @@ def check_bind(config: Config) -> None:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, minus re-raising SIGINT/SIGTERM after it stopped: the service
-    still has its pipelines to stop then."""
+    """uvicorn's server, minus re-raising SIGINT/SIGTERM after it stopped (the service
+    still has its pipelines to stop then), and ending the event streams at once when
+    asked to stop (they would otherwise hold the shutdown until they are cancelled)."""
+
+    def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
+        super().__init__(config)
+        self.hub = hub
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
+        self.hub.close()
 
 
 def serve(config: Config, out: TextIO | None = None) -> int:
@@ -84,7 +90,8 @@ def serve(config: Config, out: TextIO | None = None) -> int:
     port = sock.getsockname()[1]
     store = SQLiteJobStore(data_dir)
     manager = JobManager(config, store)
-    app = create_app(manager, config)
+    hub = Hub()
+    app = create_app(manager, config, hub)
     server = _Server(
         uvicorn.Config(
             wrap_limits(app, config),
@@ -93,7 +100,8 @@ def serve(config: Config, out: TextIO | None = None) -> int:
             lifespan="on",
             timeout_graceful_shutdown=2,
             ws="websockets-sansio",
-        )
+        ),
+        hub,
     )
     manager.start()
     host = f"[{s.host}]" if ":" in s.host else s.host
