@@ -56,10 +56,18 @@ def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
 
 
 class _Files(http.server.BaseHTTPRequestHandler):
+    """``/to?http://…`` answers 302 to that url; anything else is ``BODY``."""
+
     hits: list[str]
 
     def do_GET(self) -> None:
         self.hits.append(self.path)
+        if self.path.startswith("/to?"):
+            self.send_response(302)
+            self.send_header("Location", self.path[len("/to?") :])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("Content-Length", str(len(BODY)))
         self.end_headers()
@@ -69,16 +77,16 @@ class _Files(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _serve(wrap: Any = None) -> Iterator[tuple[str, list[str]]]:
+def _serve(wrap: Any = None, address: str = "127.0.0.1") -> Iterator[tuple[str, list[str]]]:
     hits: list[str] = []
     handler = type("Handler", (_Files,), {"hits": hits})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = http.server.ThreadingHTTPServer((address, 0), handler)
     if wrap is not None:
         server.socket = wrap(server.socket)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"127.0.0.1:{server.server_address[1]}", hits
+        yield f"{address}:{server.server_address[1]}", hits
     finally:
         server.shutdown()
         server.server_close()
@@ -197,76 +205,40 @@ def test_links_planted_in_the_output_lead_nowhere_with_either_engine(
     assert list(outside.iterdir()) == []
 
 
-class _Redirecting(http.server.BaseHTTPRequestHandler):
-    """``/to?http://…`` answers 302 to that url; anything else is a small file."""
-
-    hits: list[str]
-
-    def do_GET(self) -> None:
-        self.hits.append(self.path)
-        if self.path.startswith("/to?"):
-            self.send_response(302)
-            self.send_header("Location", self.path[len("/to?") :])
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(BODY)))
-        self.end_headers()
-        self.wfile.write(BODY)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def _server_on(address: str, hits: list[str]) -> http.server.ThreadingHTTPServer:
-    handler = type("Handler", (_Redirecting,), {"hits": hits})
-    server = http.server.ThreadingHTTPServer((address, 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def test_the_network_guard_refuses_internal_addresses_at_connect_time(
     engine: str, tmp_path: Path
 ) -> None:
     """With ``block_private_networks``, loopback, private and link-local addresses are
     refused — by address, by a name that resolves there, and behind a redirect from an
     allowed host — and nothing reaches the blocked server; allowed networks still work."""
-    allowed_hits: list[str] = []
-    blocked_hits: list[str] = []
-    allowed = _server_on("127.0.0.2", allowed_hits)  # all of 127/8 is local on Linux
-    blocked = _server_on("127.0.0.1", blocked_hits)
-    a = f"127.0.0.2:{allowed.server_address[1]}"
-    b_port = blocked.server_address[1]
-    try:
-        config = make_config(
-            tmp_path,
-            download={"block_private_networks": True, "allow_networks": ["127.0.0.2/32"],
-                      "connect_timeout": 2.0},
-            retry={"max_attempts": 1},
-        )  # fmt: skip
-        urls = {
-            "direct.bin": f"http://127.0.0.1:{b_port}/direct.bin",
-            "name.bin": f"http://localhost:{b_port}/name.bin",
-            "private.bin": "http://10.0.0.1/private.bin",
-            "v6.bin": f"http://[::1]:{b_port}/v6.bin",
-            "linklocal.bin": "http://169.254.169.254/latest/meta-data",
-            "redirected.bin": f"http://{a}/to?http://127.0.0.1:{b_port}/redirected.bin",
-            "ok.bin": f"http://{a}/ok.bin",
-        }
-        with Pipeline(config) as pipeline:
-            pipeline.submit([{"url": url, "name": name} for name, url in urls.items()])
-            summary = pipeline.wait(TIMEOUT)
-    finally:
-        allowed.shutdown()
-        blocked.shutdown()
-        allowed.server_close()
-        blocked.server_close()
+    # All of 127/8 is local on Linux: 127.0.0.2 stands for an allowed outside host.
+    for a, allowed_hits in _serve(address="127.0.0.2"):
+        for blocked, blocked_hits in _serve():
+            b_port = blocked.rsplit(":", 1)[1]
+            config = make_config(
+                tmp_path,
+                download={"block_private_networks": True, "allow_networks": ["127.0.0.2/32"],
+                          "connect_timeout": 2.0},
+                retry={"max_attempts": 1},
+            )  # fmt: skip
+            urls = {
+                "direct.bin": f"http://127.0.0.1:{b_port}/direct.bin",
+                "name.bin": f"http://localhost:{b_port}/name.bin",
+                "private.bin": "http://10.0.0.1/private.bin",
+                "v6.bin": f"http://[::1]:{b_port}/v6.bin",
+                "linklocal.bin": "http://169.254.169.254/latest/meta-data",
+                "redirected.bin": f"http://{a}/to?http://127.0.0.1:{b_port}/redirected.bin",
+                "ok.bin": f"http://{a}/ok.bin",
+            }
+            with Pipeline(config) as pipeline:
+                pipeline.submit([{"url": url, "name": name} for name, url in urls.items()])
+                summary = pipeline.wait(TIMEOUT)
+            assert blocked_hits == []  # nothing was requested from the internal server
+            redirect = f"/to?http://127.0.0.1:{b_port}/redirected.bin"
+            assert sorted(allowed_hits) == ["/ok.bin", redirect]
     records = {r["name"]: r for r in read_manifest(config.manifest_path)}
     assert summary.finished.completed == 1
     assert records["ok.bin"]["status"] == "completed"
     for name in urls.keys() - {"ok.bin"}:
         assert records[name]["status"] == "failed", name
         assert records[name]["error_kind"] == "blocked", (name, records[name])
-    assert blocked_hits == []  # nothing was requested from the internal server
-    assert sorted(allowed_hits) == ["/ok.bin", f"/to?http://127.0.0.1:{b_port}/redirected.bin"]

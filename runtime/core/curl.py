@@ -249,12 +249,10 @@ class CurlEngine:
         ip = where[0] if isinstance(where, tuple) else ""
         if isinstance(ip, bytes):
             ip = ip.decode("ascii", "replace")
-        if not self.guard.allows(str(ip)):
-            host = urllib.parse.urlsplit(job.item.url).hostname or ""
-            try:
-                self.guard.check(str(ip), host)
-            except BlockedAddressError as exc:
-                job.error = blocked_error(str(exc))
+        try:
+            self.guard.check(str(ip), urllib.parse.urlsplit(job.item.url).hostname or "")
+        except BlockedAddressError as exc:
+            job.error = blocked_error(str(exc))
             return pycurl.SOCKET_BAD
         sock = socket.socket(family, kind, proto)
         job.sockets.append(sock)  # pycurl uses a duplicate; this one is closed at the end

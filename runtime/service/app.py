@@ -78,10 +78,7 @@ class Hub:
     def close(self) -> None:
         """End every stream soon (thread-safe; from the signal handler)."""
         self.closing = True
-        loop = self.loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._wake_all)
+        self._call_soon(self._wake_all)
 
     def _wake_all(self) -> None:
         for waiters in self.waiters.values():
@@ -90,11 +87,14 @@ class Hub:
 
     def notify(self, job_id: str) -> None:
         """Called from any thread."""
+        self._call_soon(self._wake, job_id)
+
+    def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback`` on the event loop (from any thread), if it still runs."""
         loop = self.loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
-            loop.call_soon_threadsafe(self._wake, job_id)
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
+                loop.call_soon_threadsafe(callback, *args)
 
     def _wake(self, job_id: str) -> None:
         for waiter in self.waiters.get(job_id, ()):

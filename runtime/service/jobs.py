@@ -21,6 +21,7 @@ load).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,7 +30,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from runtime.core.errors import ConveyorError
 from runtime.core.inputs import parse_entry
 from runtime.core.logs import get_logger
 from runtime.core.netguard import NetworkGuard
-from runtime.core.store import open_view
+from runtime.core.store import StoreView, open_view
 from runtime.pipeline import Pipeline, RunSummary
 from runtime.service.jobstore import TERMINAL, Delivery, Job, JobStore
 from runtime.service.webhooks import Deliverer
@@ -320,26 +321,31 @@ class JobManager:
         seconds = job.finished_at - job.started_at
         return round(job.summary.get("bytes", 0) / seconds) if seconds > 0 else 0
 
-    def details(self, job: Job) -> dict[str, Any]:
-        """Failures by kind and per-host statistics, read from the job's state."""
+    @contextlib.contextmanager
+    def _view(self, job: Job) -> Iterator[StoreView | None]:
+        """A read-only view of the job's state; None before its pipeline first ran."""
         state = self.job_dir(job.id) / "state"
         if not (state / "state.sqlite3").is_file():
-            return {"errors": {}, "hosts": {}}
+            yield None
+            return
+        with open_view(state) as view:
+            yield view
+
+    def details(self, job: Job) -> dict[str, Any]:
+        """Failures by kind and per-host statistics, read from the job's state."""
         try:
-            with open_view(state) as view:
+            with self._view(job) as view:
+                if view is None:
+                    return {"errors": {}, "hosts": {}}
                 errors = {kind: n for kind, n, _ in view.failures_by_kind()}
-                hosts = view.hosts()
+                return {"errors": errors, "hosts": view.hosts()}
         except ConveyorError:
             return {"errors": {}, "hosts": {}}
-        return {"errors": errors, "hosts": hosts}
 
     def items(self, job: Job, status: str | None, after: int, limit: int) -> list[dict[str, Any]]:
         """A page of the job's item records (empty before the job first ran)."""
-        state = self.job_dir(job.id) / "state"
-        if not (state / "state.sqlite3").is_file():
-            return []
-        with open_view(state) as view:
-            return view.items(status, after, limit)
+        with self._view(job) as view:
+            return [] if view is None else view.items(status, after, limit)
 
     def completed_file(self, job: Job, name: str) -> tuple[Path, str | None]:
         """The path and sha256 of a completed item's file; ``JobError`` (404) otherwise.
@@ -347,12 +353,11 @@ class JobManager:
         Only names the job's state records as completed are served, and only when the
         resolved path is a regular file inside the job's ``files`` directory.
         """
-        state = self.job_dir(job.id) / "state"
         missing = JobError(f"no completed file {name!r} in job {job.id}", 404)
-        if "\x00" in name or not (state / "state.sqlite3").is_file():
+        if "\x00" in name:
             raise missing
-        with open_view(state) as view:
-            record = view.item_named(name)
+        with self._view(job) as view:
+            record = None if view is None else view.item_named(name)
         if record is None or record["status"] not in ("completed", "skipped"):
             raise missing
         root = (self.job_dir(job.id) / "files").resolve()
