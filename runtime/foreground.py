@@ -21,7 +21,13 @@ from runtime.display import LiveDisplay, ProgressLogger
 from runtime.events import EventStream, fan_out
 from runtime.metrics import Metrics
 from runtime.pipeline import EXIT_CODES, Pipeline, RunSummary
-from runtime.report import human_bytes, print_error_kinds, print_hosts, read_report
+from runtime.report import (
+    human_bytes,
+    print_error_kinds,
+    print_hosts,
+    print_invalid_entries,
+    read_report,
+)
 
 __all__ = ["plural", "print_summary", "run_pipeline", "summary_dict"]
 
@@ -175,6 +181,7 @@ def print_summary(summary: RunSummary, out: TextIO, report: dict[str, Any] | Non
         print(f"  {'retries':<{width}}  {summary.stats['retries']}", file=out)
     if report is not None:
         print_error_kinds(report["error_kinds"], out)
+        print_invalid_entries(report, out)
     print_hosts(summary.stats.get("hosts") or {}, out)
     if summary.error:
         print(f"error: {summary.error}", file=out)

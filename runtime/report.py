@@ -6,13 +6,15 @@ so ``status`` can look at a live run without disturbing it.
 
 from __future__ import annotations
 
+import heapq
+import math
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from runtime.core.store import open_view
+from runtime.core.store import StoreView, open_view
 
 __all__ = [
     "breaker_text",
@@ -22,12 +24,15 @@ __all__ = [
     "print_cooldowns",
     "print_error_kinds",
     "print_hosts",
+    "print_invalid_entries",
     "print_status",
     "read_report",
     "read_run",
 ]
 
 MAX_ROWS = 20
+INVALID_EXAMPLES = 5
+"""How many rejected input entries the summary and ``status`` show (``validate`` lists all)."""
 
 
 def human_bytes(n: float) -> str:
@@ -63,6 +68,8 @@ def read_report(state_dir: Path) -> dict[str, Any]:
     with open_view(state_dir) as view:
         statuses = view.counts()
         kinds = view.failures_by_kind()
+        invalid = next((n for k, n, _ in kinds if k == "invalid_entry"), 0)
+        examples = _invalid_examples(view, invalid)
         hosts = view.hosts()
         meta = view.meta()
     items = {s: statuses.get(s, 0) for s in ("completed", "failed", "skipped")}
@@ -72,9 +79,44 @@ def read_report(state_dir: Path) -> dict[str, Any]:
         "items": items,
         "total": sum(statuses.values()),
         "error_kinds": [{"error_kind": k, "count": n, "example_url": u} for k, n, u in kinds],
+        "invalid_entries": examples,
         "hosts": hosts,
         "run": meta,
     }
+
+
+def _invalid_examples(view: StoreView, total: int) -> list[dict[str, Any]]:
+    """The rejected input entries of the lowest lines (at most ``INVALID_EXAMPLES``).
+
+    Walks the failed items (the status index) until it has seen all ``total`` rejected
+    ones: stored order is not quite line order (within one ingest batch, duplicates are
+    stored after the unparsable entries), so the first few stored are not always the
+    first few lines.
+    """
+    best: list[tuple[float, int, dict[str, Any]]] = []  # a heap of (-line, seq, entry)
+    seen = after = 0
+    while seen < total:
+        page = view.items("failed", after, 1000)
+        if not page:
+            break
+        after = page[-1]["seq"]
+        for r in page:
+            if r["error_kind"] != "invalid_entry":
+                continue
+            seen += 1
+            line = _line_of(r["id"])
+            entry = {"line": line, "url": r["url"], "error": r["error"] or ""}
+            key = -(line if line is not None else math.inf)
+            heapq.heappush(best, (key, -r["seq"], entry))
+            if len(best) > INVALID_EXAMPLES:
+                heapq.heappop(best)  # the highest line so far
+    return [entry for *_, entry in sorted(best, reverse=True)]
+
+
+def _line_of(item_id: str) -> int | None:
+    """The input line of a rejected entry (its id is ``line:N``); None for a submitted one."""
+    prefix, _, line = item_id.partition(":")
+    return int(line) if prefix == "line" and line.isdigit() else None
 
 
 def _table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
@@ -128,6 +170,21 @@ def print_error_kinds(kinds: list[dict[str, Any]], out: TextIO) -> None:
     rows += [(k["error_kind"], str(k["count"]), k["example_url"] or "-") for k in kinds[:MAX_ROWS]]
     print("", file=out)
     _table(rows, out)
+
+
+def print_invalid_entries(report: dict[str, Any], out: TextIO) -> None:
+    """The first few rejected input entries, each with its line and reason."""
+    examples = report.get("invalid_entries") or []
+    if not examples:
+        return
+    total = sum(k["count"] for k in report["error_kinds"] if k["error_kind"] == "invalid_entry")
+    if total > len(examples):
+        head = f"{len(examples)} of {total} invalid entries (`validate` lists all):"
+    else:
+        head = "invalid entries:"
+    print(f"\n  {head}", file=out)
+    for entry in examples:
+        print(f"    {entry['error']}", file=out)
 
 
 def print_cooldowns(
@@ -184,6 +241,7 @@ def print_status(report: dict[str, Any], out: TextIO) -> None:
     rows.append(("total", str(report["total"])))
     _table(rows, out)
     print_error_kinds(report["error_kinds"], out)
+    print_invalid_entries(report, out)
     print_hosts(report["hosts"], out)
     print_cooldowns(report["hosts"], out)
     if items["failed"]:

@@ -144,6 +144,41 @@ def test_summary_tables_and_summary_json(tmp_path: Path) -> None:
     assert next(iter(summary["hosts"].values()))["attempts"] == 8
 
 
+def test_summary_shows_the_first_invalid_entries_with_lines_and_reasons(tmp_path: Path) -> None:
+    """``invalid_entry 7`` comes with the five lowest lines and their reasons, as
+    ``validate`` words them, in the summary, in summary.json and in ``status``."""
+    lines = [
+        '{"id": "a", "url": "http://sim.test/a.bin"}',
+        "{not json",
+        '{"url": "ftp://sim.test/b.bin"}',
+        '{"id": "a", "url": "http://sim.test/c.bin"}',  # a duplicate: stored after line 5
+        '{"url": "http://sim.test/d.bin", "name": "../d.bin"}',
+        '{"url": "http://sim.test/e.bin"}',
+        '{"url": "gopher://sim.test/f"}',
+        '{"url": "http://sim.test/g.bin", "name": "/g.bin"}',
+        '{"url": "ftp://sim.test/h.bin"}',
+    ]
+    (tmp_path / "files.ndjson").write_text("\n".join(lines) + "\n")
+    config = tmp_path / "conveyor.toml"
+    config.write_text('[input]\npath = "files.ndjson"\n[output]\ndir = "out"\n'
+                      '[state]\ndir = "state"\n')  # fmt: skip
+    result = cli("run", config, "--quiet", "--simulate-downloads")
+    assert result.returncode == 1, result.stderr[-2000:]
+    validated = [line.strip() for line in cli("validate", config).stdout.splitlines()[1:]]
+    assert len(validated) == 7
+    shown = result.stdout.split("5 of 7 invalid entries (`validate` lists all):\n")[1]
+    assert [line.strip() for line in shown.splitlines()[:6]] == [*validated[:5], ""]
+    summary = json.loads((tmp_path / "state" / "summary.json").read_text())
+    assert [e["line"] for e in summary["invalid_entries"]] == [2, 3, 4, 5, 7]
+    assert summary["invalid_entries"][1] == {
+        "line": 3,
+        "url": "ftp://sim.test/b.bin",
+        "error": "line 3: url scheme 'ftp' is not http or https",
+    }
+    status = [line.strip() for line in cli("status", config).stdout.splitlines()]
+    assert validated[4] in status  # line 7
+
+
 def test_events_file_is_numbered_ndjson_of_typed_messages(tmp_path: Path) -> None:
     with FaultServer() as server:
         config = write_config(
