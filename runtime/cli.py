@@ -314,11 +314,6 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     configure_cli_logging(level, args.log_format or config.log.format)
     if args.retry_failed and _retry_failed(config, args.kind) != 0:
         return EXIT_CODES["bad_input"]
-    if args.config is None:
-        print(
-            f"conveyor: state in {config.state.dir} (run the same command again to resume)",
-            file=sys.stderr,
-        )
     return run_pipeline(
         config,
         simulate=args.simulate_downloads,
@@ -326,6 +321,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         events=args.events,
         metrics_port=args.metrics_port,
         recheck=args.recheck,
+        state_hint=args.config is None,
     )
 
 

@@ -46,8 +46,13 @@ def run_pipeline(
     events: str | None = None,
     metrics_port: int | None = None,
     recheck: str | None = None,
+    state_hint: bool = False,
 ) -> int:
-    """Run one pipeline in the foreground with signal handling; return the exit code."""
+    """Run one pipeline in the foreground with signal handling; return the exit code.
+
+    ``state_hint``: once the run has started (never when it could not), say where its
+    state is and that the same command resumes it (for a run without a config file).
+    """
     out = out or (sys.stderr if events == "-" else sys.stdout)
     stream: EventStream | None = None
     if events == "-":
@@ -82,13 +87,12 @@ def run_pipeline(
     except ConveyorError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return EXIT_CODES["bad_input"]
+    if state_hint:
+        print(f"conveyor: state in {config.state.dir} (run the same command again to resume)",
+              file=sys.stderr)  # fmt: skip
     if pipeline.rechecked is not None:
-        checked, pending = pipeline.rechecked
-        print(
-            f"conveyor: recheck: {plural(checked, 'file')} checked, {len(pending)} missing or "
-            f"changed, pending again",
-            file=sys.stderr,
-        )
+        print(f"conveyor: recheck: {_recheck_text(*pipeline.rechecked, full=recheck == 'full')}",
+              file=sys.stderr)  # fmt: skip
     if display is not None:
         display.start()
     try:
@@ -105,6 +109,18 @@ def run_pipeline(
         print(f"conveyor: {config.input.path} has no entries; nothing to do", file=sys.stderr)
     print_summary(summary, out, report)
     return summary.exit_code
+
+
+def _recheck_text(checked: int, pending: list[str], *, full: bool) -> str:
+    """What ``--recheck`` found: how many files were missing or changed, or that none was."""
+    if pending:
+        return (
+            f"{plural(checked, 'file')} checked, {len(pending)} missing or changed, pending again"
+        )
+    if not checked:
+        return "no completed files to check"
+    what = f"all {checked} completed files are" if checked > 1 else "the 1 completed file is"
+    return f"{what} in place ({'size and sha256' if full else 'size'} checked)"
 
 
 def _final_report(config: Config, summary: RunSummary) -> dict[str, Any] | None:

@@ -463,6 +463,40 @@ def test_recheck_fetches_deleted_and_changed_files_again(tmp_path: Path) -> None
     assert_all_verified(out, files)
 
 
+def test_recheck_with_nothing_changed_says_every_file_is_in_place(tmp_path: Path) -> None:
+    """``--recheck`` on an intact output says all completed files are in place, not
+    "0 missing or changed, pending again", and fetches nothing."""
+    files = make_files(3, seed=12)
+    with LocalFileServer(files) as server:
+        config = write_run(tmp_path, server, files)
+        assert run("run", config, "--quiet").returncode == 0
+        sized = run("run", config, "--quiet", "--recheck")
+        full = run("run", config, "--quiet", "--recheck=full")
+        assert server.counts.total() == 3
+    assert sized.returncode == full.returncode == 0, sized.stderr + full.stderr
+    assert "recheck: all 3 completed files are in place (size checked)" in sized.stderr
+    assert "recheck: all 3 completed files are in place (size and sha256 checked)" in full.stderr
+    assert "missing or changed" not in sized.stderr + full.stderr
+
+
+def test_a_run_that_cannot_start_gives_no_resume_hint(tmp_path: Path) -> None:
+    """Without a config, a run whose output (or state) directory cannot be created says
+    why and exits 2, without "state in … (run the same command again to resume)"."""
+    (tmp_path / "files.ndjson").write_text('{"url": "http://127.0.0.1:9/a.bin"}\n')
+    (tmp_path / "blocker").write_text("a file where a directory is needed")
+    out = tmp_path / "blocker" / "out"
+    own_state = run("run", "--input", tmp_path / "files.ndjson", "--output", out,
+                    "--state", tmp_path / "state", "--quiet")  # fmt: skip
+    beside = run("run", "--input", tmp_path / "files.ndjson", "--output", out, "--quiet")
+    assert own_state.returncode == beside.returncode == 2
+    assert f"cannot create the output directory {out}" in own_state.stderr
+    assert f"cannot open the state in {out}.state" in beside.stderr
+    for result in (own_state, beside):
+        assert "conveyor: state in" not in result.stderr
+        assert "resume" not in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_version_flag_and_attribute() -> None:
     """``--version`` and ``runtime.__version__`` report the installed package's version."""
     from importlib import metadata
