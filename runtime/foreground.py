@@ -88,11 +88,9 @@ def run_pipeline(
         print(f"conveyor: {exc}", file=sys.stderr)
         return EXIT_CODES["bad_input"]
     if state_hint:
-        print(f"conveyor: state in {config.state.dir} (run the same command again to resume)",
-              file=sys.stderr)  # fmt: skip
+        _note(f"state in {config.state.dir} (run the same command again to resume)")
     if pipeline.rechecked is not None:
-        print(f"conveyor: recheck: {_recheck_text(*pipeline.rechecked, full=recheck == 'full')}",
-              file=sys.stderr)  # fmt: skip
+        _note(f"recheck: {_recheck_text(*pipeline.rechecked, full=recheck == 'full')}")
     if display is not None:
         display.start()
     try:
@@ -109,6 +107,13 @@ def run_pipeline(
         print(f"conveyor: {config.input.path} has no entries; nothing to do", file=sys.stderr)
     print_summary(summary, out, report)
     return summary.exit_code
+
+
+def _note(text: str) -> None:
+    """``conveyor: TEXT`` on stderr as one write: the actors' log lines share the stream
+    (``print`` writes the newline separately, and a log line could land in between)."""
+    sys.stderr.write(f"conveyor: {text}\n")
+    sys.stderr.flush()
 
 
 def _recheck_text(checked: int, pending: list[str], *, full: bool) -> str:
@@ -157,14 +162,10 @@ def _install_signals(pipeline: Pipeline) -> None:
         nonlocal signals_seen
         signals_seen += 1
         if signals_seen == 1:
-            print(
-                f"conveyor: {signal.Signals(signum).name}: finishing in-flight items "
-                "(send again to abort)",
-                file=sys.stderr,
-            )
+            _note(f"{signal.Signals(signum).name}: finishing in-flight items (send again to abort)")
             pipeline.stop()
         else:
-            print("conveyor: aborted; state is as of the last commit", file=sys.stderr)
+            _note("aborted; state is as of the last commit")
             os._exit(EXIT_CODES["interrupted"])
 
     signal.signal(signal.SIGINT, handle)
