@@ -288,6 +288,10 @@ class Outcome:
     """Download attempts spent."""
     result: dict[str, Any] = field(default_factory=dict)
     """The processor's result for completed items."""
+    done_seq: int = 0
+    """Where this outcome stands in the state's record of terminal outcomes (1, 2, …, never
+    reused), set when it is recorded; 0 before. An event sink that keeps the highest it has
+    stored knows, after a crash, which committed outcomes it has not announced yet."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -348,6 +352,8 @@ class RunFinished:
     """Seconds from start to finish."""
     reason: str = "done"
     """``done``, ``interrupted`` or an error message."""
+    completed_bytes: int = 0
+    """Bytes in the files of completed items (all runs on this state)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -406,6 +412,8 @@ class RunProgress:
     """Retries scheduled in this run."""
     elapsed: float
     """Seconds since the run started."""
+    completed_bytes: int = 0
+    """Bytes in the files of completed items (all runs on this state), as committed."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,7 +6,9 @@ messages they would send, in any order hypothesis picks. A small reference model
 each item (pending → leased → downloaded → processing → reporting → terminal) from what
 the ledger *sends*, and checks after every step that the ledger never leases an item
 twice, never exceeds a mailbox or ``download.per_host``, keeps every breaker in a valid
-state, and, once the machine lets everything finish, ends every accepted item exactly once.
+state, announces an outcome only after the commit that made it durable, and, once the
+machine lets everything finish, ends every accepted item exactly once and announces every
+record exactly once.
 """
 
 from __future__ import annotations
@@ -72,7 +74,9 @@ class Model:
     holder: dict[str, str] = field(default_factory=dict)  # id -> worker holding it
     attempts: Counter[str] = field(default_factory=Counter)
     expected: dict[str, set[str | None]] = field(default_factory=dict)  # id -> allowed error kinds
-    terminal: Counter[str] = field(default_factory=Counter)  # id -> terminal records
+    terminal: Counter[str] = field(default_factory=Counter)  # id -> live terminal records
+    records: Counter[str] = field(default_factory=Counter)  # id -> records ever made
+    announced: Counter[str] = field(default_factory=Counter)  # id -> Outcome events
     host_down: set[str] = field(default_factory=set)  # terminal ids last failed host_down
 
 
@@ -90,6 +94,14 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         self.clock = FakeClock()
         self.store = SQLiteStore(Path(self.config.state.dir))
+        self.durable_through = 0  # the store's done_seq at its last commit
+        commit = self.store.commit
+
+        def committed() -> None:
+            commit()
+            self.durable_through = self.store.done_seq
+
+        self.store.commit = committed  # type: ignore[method-assign]
         self.ledger = Ledger(self.config, self.store, self.clock, random.Random(0))
         self.model = Model()
         self.downloaders: dict[str, list[WorkItem]] = {}
@@ -150,9 +162,9 @@ class LedgerMachine(RuleBasedStateMachine):
         for event in effects.events:
             assert self.summary is None, "an event after RunFinished"
             if isinstance(event, Outcome):
-                m.terminal[event.id] += 1
-                if event.error_kind == "host_down":
-                    m.host_down.add(event.id)
+                assert 0 < event.done_seq <= self.durable_through, "announced before its commit"
+                m.announced[event.id] += 1
+                assert m.announced[event.id] <= m.records[event.id], "announced twice"
         if effects.finished is not None:
             self.summary = effects.finished
 
@@ -296,15 +308,23 @@ class LedgerMachine(RuleBasedStateMachine):
         self.ledger.processed(message)
         self._settle()
 
+    def _record(self, outcome: Outcome, ok: bool) -> None:
+        m = self.model
+        m.state[outcome.id] = "terminal"
+        m.terminal[outcome.id] += 1
+        m.records[outcome.id] += 1
+        if ok:
+            if outcome.error_kind == "host_down":
+                m.host_down.add(outcome.id)
+            self.ledger.recorded(PostProcessed(item_id=outcome.id, status=outcome.status))
+        else:
+            self.ledger.recorded(PostProcessFailed(item_id=outcome.id, error="disk full"))
+
     @precondition(lambda self: self.reports)
     @rule(data=st.data(), ok=st.booleans())
     def recorded(self, data: st.DataObject, ok: bool) -> None:
         outcome = self.reports.pop(data.draw(st.integers(0, len(self.reports) - 1)))
-        self.model.state[outcome.id] = "terminal"
-        if ok:
-            self.ledger.recorded(PostProcessed(item_id=outcome.id, status=outcome.status))
-        else:
-            self.ledger.recorded(PostProcessFailed(item_id=outcome.id, error="disk full"))
+        self._record(outcome, ok)
         self._settle()
         if self.model.state[outcome.id] == "terminal":
             assert self.model.terminal[outcome.id] == 1
@@ -374,9 +394,7 @@ class LedgerMachine(RuleBasedStateMachine):
                     ProcessingComplete(worker="processor-0", item_id=done.item.id)
                 )
             elif self.reports:
-                outcome = self.reports.pop(0)
-                self.model.state[outcome.id] = "terminal"
-                self.ledger.recorded(PostProcessed(item_id=outcome.id, status=outcome.status))
+                self._record(self.reports.pop(0), ok=True)
             else:
                 self.clock.advance(6.0)
                 self.ledger.commit()
@@ -386,6 +404,7 @@ class LedgerMachine(RuleBasedStateMachine):
         ended = {i for i, v in self.model.state.items() if v == "terminal"}
         assert ended == set(self.model.state), set(self.model.state) - ended
         assert all(self.model.terminal[i] == 1 for i in self.model.state)
+        assert self.model.announced == self.model.records  # every record, once, committed
         counts = self.store.counts()
         assert sum(counts.get(s, 0) for s in TERMINAL) == len(self.model.state)
 

@@ -4,10 +4,12 @@ subprocess) against a real file server started by the test."""
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +22,7 @@ import websockets.sync.client
 
 from runtime.service.webhooks import TOLERANCE, verify_signature
 from tests.service_helpers import (
+    BODY_SIZE,
     SECRET,
     TIMEOUT,
     TOKEN,
@@ -147,7 +150,8 @@ def test_a_client_that_reconnects_gets_every_item_event_once(service: Service) -
 
 
 def test_pause_stops_requests_resume_completes(service: Service) -> None:
-    """Paused: no request of the job reaches the file server; resumed: it completes."""
+    """Paused: no request of the job reaches the file server, and its hosts count nothing
+    active; resumed: it completes."""
     files = FileServer(free=40)
     try:
         job_id = service.submit(files.items(120, "p"))["job_id"]
@@ -157,6 +161,10 @@ def test_pause_stops_requests_resume_completes(service: Service) -> None:
         paused = service.call("POST", f"/v1/jobs/{job_id}/pause")
         assert paused.status_code == 200
         assert paused.json()["status"] == "paused"
+        job = service.call("GET", f"/v1/jobs/{job_id}").json()
+        assert job["progress"]["downloading"] == 0
+        assert job["hosts"]  # the file server's host, with nothing running
+        assert [h["active"] for h in job["hosts"].values()] == [0] * len(job["hosts"])
         files.watching.set()
         assert not files.late.wait(1.0)  # nothing new reaches the server while paused
         assert service.call("POST", f"/v1/jobs/{job_id}/pause").status_code == 409
@@ -298,6 +306,35 @@ def test_bad_batches_are_refused_or_reported(service: Service) -> None:
     assert big.status_code == 413
 
 
+def test_items_are_listed_in_input_order_rejected_ones_included(
+    service: Service, files: FileServer
+) -> None:
+    """``/items`` pages through a job in the order it was submitted, rejected entries in
+    their place, each with the ``index`` submit reported it by (no ``line N:`` prefix)."""
+    entries: list[dict[str, Any]] = files.items(12, "o")
+    for index in (2, 3, 9, 10):
+        entries[index] = {"url": f"ftp://x/{index}", "id": f"o{index}"}
+    job = service.submit(entries)
+    assert [i["index"] for i in job["invalid_items"]] == [2, 3, 9, 10]
+    service.wait_for(job["job_id"], "completed")
+    listed: list[dict[str, Any]] = []
+    cursor = 0
+    while True:
+        page = service.call("GET", f"/v1/jobs/{job['job_id']}/items?limit=5&cursor={cursor}")
+        listed += page.json()["items"]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert [r["index"] for r in listed] == list(range(12))
+    assert [r["status"] for r in listed if r["index"] in (2, 3, 9, 10)] == ["failed"] * 4
+    assert [r["id"] for r in listed if r["index"] not in (2, 3, 9, 10)] == [
+        e["id"] for i, e in enumerate(entries) if i not in (2, 3, 9, 10)
+    ]
+    rejected = next(r for r in listed if r["index"] == 2)
+    assert rejected["error"] == job["invalid_items"][0]["error"]
+    assert not rejected["error"].startswith("line ")
+
+
 def test_files_are_served_only_from_inside_the_job(service: Service, files: FileServer) -> None:
     """Traversal, absolute and unknown names get 404, never a file from elsewhere."""
     job_id = service.submit(files.items(1, "h"))["job_id"]
@@ -380,6 +417,60 @@ def test_sigkill_mid_job_then_restart_completes_without_downloading_again(
     resumed = [e for e in events if e["type"] == "status" and e.get("resumed")]
     assert resumed
     assert resumed[0]["seq"] > last_seq
+
+
+def test_repeated_sigkill_every_item_event_exactly_once_and_bytes_never_go_down(
+    tmp_path: Path,
+) -> None:
+    """Kill -9 the service at random moments of one job, several times, reconnecting each
+    time where the client left off: every item has exactly one ``item`` event across all
+    reconnects (an outcome is announced only after it is durable, and the events of
+    outcomes committed just before a kill are caught up), and ``progress.bytes`` never
+    goes down and ends equal to the bytes of the completed files."""
+    rng = random.Random(20261130)
+    total = 1500
+    files = FileServer()
+    config = write_config(tmp_path, events_kept=100_000)
+    server = Service(config)
+    items: Counter[str] = Counter()
+    progress_bytes: list[int] = []
+    last_seq = 0
+
+    def follow(stop_after: int | None) -> None:
+        nonlocal last_seq
+        seen = 0
+        for event in server.events(job_id, last_seq):
+            last_seq = event["seq"]
+            if event["type"] == "item":
+                items[event["id"]] += 1
+                seen += 1
+            elif event["type"] == "progress":
+                progress_bytes.append(event["bytes"])
+            if stop_after is not None and seen >= stop_after:
+                return
+
+    try:
+        job_id = server.submit(files.items(total, "r"))["job_id"]
+        for _ in range(4):
+            follow(rng.randint(10, 150))
+            server.kill()
+            server = Service(config)
+        follow(None)  # to the end of the job
+        job = server.call("GET", f"/v1/jobs/{job_id}").json()
+        stored = Counter(e["id"] for e in server.events(job_id) if e["type"] == "item")
+    finally:
+        server.stop()
+        files.close()
+    assert job["status"] == "completed", job
+    expected = {f"r{i}" for i in range(total)}
+    assert set(items) == expected
+    assert [i for i, n in items.items() if n != 1] == []  # what the client saw
+    assert stored == items  # what the service kept, read again from the start
+    assert progress_bytes == sorted(progress_bytes)
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "data" / "jobs" / job_id).glob("files/*"))
+    assert on_disk == total * BODY_SIZE
+    assert job["progress"]["bytes"] == on_disk
+    assert progress_bytes[-1] == on_disk
 
 
 def _committed(folder: Path, job_id: str) -> int:

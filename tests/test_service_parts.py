@@ -94,12 +94,16 @@ def test_an_idempotency_key_names_one_job_and_one_body(tmp_path: Path) -> None:
 
 def test_job_events_keep_every_item_and_coalesce_progress() -> None:
     """Item events are all kept, in order; progress is sent at most once per interval
-    (and once more at the end), with the hosts that changed since the last one."""
+    (and once more at the end), with the hosts that changed since the last one. The time
+    is the injected clock's: on a machine whose monotonic clock is near 0 (just booted)
+    the first progress event is still due at once."""
     from messages import HostStatus, Outcome, RunProgress
     from runtime.service.jobs import JobEvents
+    from runtime.testing import FakeClock
 
     job = Job(id="j", number=1, status="running", total=10, invalid=0, created_at=0.0)
-    events = JobEvents(job, interval=3600.0)
+    clock = FakeClock(start=0.0)
+    events = JobEvents(job, interval=3600.0, clock=clock)
 
     def progress(done: int) -> RunProgress:
         return RunProgress(accepted=10, completed=done, failed=0, skipped=0, pending=10 - done,
@@ -109,19 +113,25 @@ def test_job_events_keep_every_item_and_coalesce_progress() -> None:
     host = HostStatus(host="h:80", active=1, attempts=1, successes=1, failures=0, retries=0,
                       bytes=100, breaker="closed")  # fmt: skip
     for i in range(3):
-        events(Outcome(id=str(i), url=f"http://h/{i}", name=str(i), path="", status="completed"))
+        events(Outcome(id=str(i), url=f"http://h/{i}", name=str(i), path="", status="completed",
+                       done_seq=i + 1))  # fmt: skip
         events(progress(i + 1))
     events(host)
-    first = events.take()
+    first, announced = events.take()
+    assert announced == 3  # the last outcome's done_seq, stored with the events
+    assert first[0][1] == clock.wall()
     assert [kind for kind, _, _ in first] == ["item", "item", "item", "progress"]
     assert [data["id"] for kind, _, data in first if kind == "item"] == ["0", "1", "2"]
     assert first[-1][2]["completed"] == 3
     assert first[-1][2]["percent"] == 30.0
     assert [h["host"] for h in first[-1][2]["hosts"]] == ["h:80"]
     events(progress(4))
-    assert events.take() == []  # within the interval: coalesced
+    clock.advance(3599.0)
+    assert events.take() == ([], 0)  # within the interval: coalesced
+    clock.advance(1.0)
+    assert [kind for kind, _, _ in events.take()[0]] == ["progress"]  # due again
     events(progress(5))
-    final = events.take(final=True)
+    final, _ = events.take(final=True)
     assert [kind for kind, _, _ in final] == ["progress"]
     assert final[0][2]["completed"] == 5
     assert final[0][2]["hosts"] == []  # none changed since the last one

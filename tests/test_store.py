@@ -196,3 +196,39 @@ def test_pending_work_of_a_host_is_found_through_the_index_in_both_lanes(
             )
         )
         assert "items_queue (status=? AND host=? AND large=? AND seq>?)" in plan, plan
+
+
+def test_rejected_entries_keep_their_place_in_input_order(tmp_path: Path) -> None:
+    """Bad lines (from the reader or found at ingest) are stored where they stood in the
+    input, so a listing in stored order is the input's order."""
+    store = SQLiteStore(tmp_path)
+    bad = Rejected(id="line:3", line=3, url="ftp://x", name="", error="line 3: not http")
+    store.ingest(
+        [item("a", 1), item("b", 2), item("d", 4), item("d", 5, name="dup"), item("f", 6)],
+        [bad],
+        [],
+    )
+    lines = [row[0] for row in store.db.execute("SELECT line FROM items ORDER BY seq")]
+    assert lines == [1, 2, 3, 4, 5, 6]
+
+
+def test_outcomes_are_numbered_in_the_order_they_are_recorded(tmp_path: Path) -> None:
+    """``record_outcome`` gives each terminal record the next ``done_seq``, which goes on
+    after a reopen of the store; a sink reads what came after the number it last stored."""
+    from runtime.core.store import SQLiteView
+
+    store = SQLiteStore(tmp_path)
+    store.ingest([item("a", 1), item("b", 2), item("c", 3)], [], [])
+    outcome = Outcome(id="b", url="http://h/b", name="b", path="", status="completed", size=5)
+    assert store.record_outcome(outcome) == 1
+    store.commit()
+    store.close()
+    store = SQLiteStore(tmp_path)
+    assert store.record_outcome(Outcome(id="a", url="", name="a", path="", status="failed")) == 2
+    store.commit()
+    assert store.completed_bytes() == 5
+    view = SQLiteView(tmp_path / "state.sqlite3")
+    assert [(r["id"], r["done_seq"]) for r in view.outcomes_after(0, 10)] == [("b", 1), ("a", 2)]
+    assert [r["id"] for r in view.outcomes_after(1, 10)] == ["a"]
+    view.close()
+    store.close()

@@ -104,6 +104,7 @@ class Ledger:
         self.run_started = clock.now()
         self._sends: list[tuple[str, Any]] = []
         self._events: list[Any] = []
+        self._recorded: list[Outcome] = []  # announced once committed (durable before visible)
         self._summary: RunFinished | None = None
         store.set_meta(run_state="running", started_at=clock.wall())
         counts = store.counts()
@@ -115,6 +116,7 @@ class Ledger:
             "failed": counts.get("failed", 0),
             "skipped": counts.get("skipped", 0),
             "bytes": 0,
+            "completed_bytes": store.completed_bytes(),
             "retries": 0,
             "max_leased": 0,
         }
@@ -302,6 +304,8 @@ class Ledger:
 
     def _release(self, worker: str, item_id: str) -> WorkItem | None:
         lease = self.leases.get(item_id)
+        if lease is None and self.finished:
+            return None  # a late result: its lease was given up when the run ended
         if lease is None or lease[0] != worker:
             log.warning(
                 "result for an item not leased to the sender", worker=worker, item_id=item_id
@@ -484,10 +488,12 @@ class Ledger:
             outcome = dataclasses.replace(
                 outcome, status="failed", error_kind="post_process_error", error=message.error
             )
-        self.store.record_outcome(outcome)
+        outcome = dataclasses.replace(outcome, done_seq=self.store.record_outcome(outcome))
         self.stats[outcome.status] += 1
+        if outcome.status == "completed":
+            self.stats["completed_bytes"] += outcome.size or 0
         self.open_items -= 1
-        self.emit(outcome)
+        self._recorded.append(outcome)
         if outcome.error_kind == "host_down" and host_of(outcome.url) not in self.scheduler.down:
             self._reopen([outcome.id])  # its host came back while this was being recorded
 
@@ -558,11 +564,20 @@ class Ledger:
             self.finish()
 
     def commit(self) -> None:
-        """Write everything to the store (the group commit) and tell where the run stands."""
+        """Write everything to the store (the group commit), then announce the outcomes it
+        made durable and tell where the run stands.
+
+        Outcomes are announced only here, after the commit: a crash may delay an
+        announcement (a sink catches up from the store's ``done_seq``), but never makes
+        one that the resumed run would repeat.
+        """
         hosts = self.scheduler.take_dirty()
         self.store.save_hosts(hosts)
         self.store.set_meta(last_commit_at=self.clock.wall())  # wall time, for `status`
         self.store.commit()
+        recorded, self._recorded = self._recorded, []
+        for outcome in recorded:
+            self.emit(outcome)
         self._progress_events(hosts)
 
     def _progress_events(self, hosts: dict[str, dict[str, Any]]) -> None:
@@ -601,6 +616,7 @@ class Ledger:
                 bytes=self.stats["bytes"],
                 retries=self.stats["retries"],
                 elapsed=now - self.run_started,
+                completed_bytes=self.stats["completed_bytes"],
             )
         )
 
@@ -620,6 +636,7 @@ class Ledger:
         """End the run: final commit, then the summary (the last event)."""
         if self.finished:
             return
+        self._give_up_leases()
         self.store.set_meta(
             run_state="finished", reason=self.end_reason, finished_at=self.clock.wall()
         )
@@ -634,6 +651,7 @@ class Ledger:
             bytes=self.stats["bytes"],
             elapsed=self.clock.now() - self.run_started,
             reason=self.end_reason,
+            completed_bytes=self.stats["completed_bytes"],
         )
         log.info(
             "run finished",
@@ -641,6 +659,17 @@ class Ledger:
         )
         self._events.append(summary)  # the last event of the run: emit drops the rest
         self._summary = summary
+
+    def _give_up_leases(self) -> None:
+        """The run ends with items still leased (a stop without grace): they stay pending
+        in the store, and their hosts no longer count them as active."""
+        for _, item in self.leases.values():
+            self.scheduler.released(item)
+        for slot in self.workers.values():
+            if slot.kind == "downloader":
+                slot.held.clear()
+        self.leases.clear()
+        self.started.clear()
 
 
 def _outcome(

@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS items (
     reject_name TEXT,
     run_no INTEGER,
     host TEXT,
-    large INTEGER NOT NULL DEFAULT 0
+    large INTEGER NOT NULL DEFAULT 0,
+    done_seq INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS items_name ON items(name) WHERE name IS NOT NULL;
 CREATE INDEX IF NOT EXISTS items_status ON items(status, seq);
@@ -129,8 +130,13 @@ class Store(PendingSource, Protocol):
         """How to resume an item's partial file."""
         ...
 
-    def record_outcome(self, outcome: Outcome) -> None:
-        """An item is terminal."""
+    def record_outcome(self, outcome: Outcome) -> int:
+        """An item is terminal; return its ``done_seq`` (1, 2, …: the order outcomes are
+        recorded in, never reused)."""
+        ...
+
+    def completed_bytes(self) -> int:
+        """Bytes in the files of completed items, as stored."""
         ...
 
     def reopen(self, ids: Sequence[str]) -> None:
@@ -247,6 +253,7 @@ class SQLiteStore:
             ("run_no", "INTEGER"),
             ("host", "TEXT"),
             ("large", "INTEGER NOT NULL DEFAULT 0"),
+            ("done_seq", "INTEGER"),
         ):
             if column not in columns:  # a state written by an earlier version
                 self.db.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
@@ -255,6 +262,13 @@ class SQLiteStore:
         # Pending work is read per host and lane, in input order.
         self.db.execute("DROP INDEX IF EXISTS items_host")  # without the lane: a dev version
         self.db.execute("CREATE INDEX IF NOT EXISTS items_queue ON items(status, host, large, seq)")
+        # Terminal outcomes in the order they were recorded, for sinks that catch up.
+        self.db.execute(
+            "CREATE INDEX IF NOT EXISTS items_done ON items(done_seq) WHERE done_seq IS NOT NULL"
+        )
+        self.done_seq = int(
+            self.db.execute("SELECT COALESCE(max(done_seq), 0) FROM items").fetchone()[0]
+        )
         self.large_threshold = self._lanes(large_threshold, sized="large" not in columns)
         self.run_no = 0
         self._reject_cursor = 0
@@ -425,6 +439,35 @@ class SQLiteStore:
             hosts.add(key)
             large = item.size is not None and item.size > self.large_threshold
             rows.append((item.id, item.line, item.url, name, item.sha256, item.size, key, large))
+        return IngestResult(
+            added=len(rows),
+            rejected=tuple(self._insert_in_order(rows, rejects)),
+            hosts=frozenset(hosts),
+        )
+
+    def _insert_in_order(
+        self, rows: list[tuple[Any, ...]], rejects: list[Rejected]
+    ) -> list[Outcome]:
+        """Store accepted rows and rejected entries interleaved by input line, so that
+        positions (``seq``) follow the input, rejected lines included; runs of accepted
+        rows go in one statement. Returns the outcomes of the rejects new to the store."""
+        if not rejects:
+            self._insert_items(rows)
+            return []
+        rejects.sort(key=lambda r: r.line)  # stable: submitted entries (line 0) keep order
+        outcomes: list[Outcome] = []
+        start = 0
+        for reject in rejects:
+            end = start
+            while end < len(rows) and rows[end][1] < reject.line:
+                end += 1
+            self._insert_items(rows[start:end])
+            start = end
+            outcomes += self._store_rejects([reject])
+        self._insert_items(rows[start:])
+        return outcomes
+
+    def _insert_items(self, rows: list[tuple[Any, ...]]) -> None:
         if rows:
             self._write(
                 "INSERT INTO items (id, line, url, name, sha256, size, host, large, status) "
@@ -432,11 +475,6 @@ class SQLiteStore:
                 rows,
                 many=True,
             )
-        return IngestResult(
-            added=len(rows),
-            rejected=tuple(self._store_rejects(rejects)),
-            hosts=frozenset(hosts),
-        )
 
     def _dup(self, item: WorkItem, reason: str) -> Rejected:
         prefix = f"line {item.line}: " if item.line else ""
@@ -577,8 +615,8 @@ class SQLiteStore:
         Rejected input entries (``invalid_entry``) stay failed: the input must change.
         """
         sql = (
-            "UPDATE items SET status='pending', attempts=0, error_kind=NULL, error=NULL "
-            "WHERE status='failed' AND COALESCE(error_kind, '') != 'invalid_entry'"
+            "UPDATE items SET status='pending', attempts=0, error_kind=NULL, error=NULL, "
+            "done_seq=NULL WHERE status='failed' AND COALESCE(error_kind, '') != 'invalid_entry'"
         )
         params: tuple[str, ...] = ()
         if kind is not None:
@@ -613,7 +651,7 @@ class SQLiteStore:
                         path.unlink()
         self._write(
             "UPDATE items SET status='pending', attempts=0, error_kind=NULL, error=NULL, "
-            "path=NULL, final_size=NULL, final_sha256=NULL WHERE id=?",
+            "path=NULL, final_size=NULL, final_sha256=NULL, done_seq=NULL WHERE id=?",
             [(i,) for i in bad],
             many=True,
         )
@@ -633,7 +671,8 @@ class SQLiteStore:
         """Make terminal items pending again (their host turned out to be up)."""
         self._flush_outcomes()
         self._write(
-            "UPDATE items SET status='pending', error_kind=NULL, error=NULL WHERE id=?",
+            "UPDATE items SET status='pending', error_kind=NULL, error=NULL, done_seq=NULL "
+            "WHERE id=?",
             [(i,) for i in ids],
             many=True,
         )
@@ -654,8 +693,10 @@ class SQLiteStore:
         """Per-host statistics of earlier runs on this state."""
         return {h: json.loads(s) for h, s in self.db.execute("SELECT host, stats FROM hosts")}
 
-    def record_outcome(self, outcome: Outcome) -> None:
-        """Make an item terminal (written with the next commit, in one batch)."""
+    def record_outcome(self, outcome: Outcome) -> int:
+        """Make an item terminal (written with the next commit, in one batch); return its
+        ``done_seq``."""
+        self.done_seq += 1
         self._outcomes.append(
             (
                 outcome.status,
@@ -666,16 +707,26 @@ class SQLiteStore:
                 outcome.size,
                 outcome.sha256,
                 self.run_no,
+                self.done_seq,
                 outcome.id,
             )
         )
+        return self.done_seq
+
+    def completed_bytes(self) -> int:
+        """Bytes in the files of completed items, as stored."""
+        self._flush_outcomes()
+        row = self.db.execute(
+            "SELECT COALESCE(sum(final_size), 0) FROM items WHERE status='completed'"
+        ).fetchone()
+        return int(row[0])
 
     def _flush_outcomes(self) -> None:
         if self._outcomes:
             rows, self._outcomes = self._outcomes, []
             self._write(
                 "UPDATE items SET status=?, attempts=?, error_kind=?, error=?, path=?, "
-                "final_size=?, final_sha256=?, run_no=? WHERE id=?",
+                "final_size=?, final_sha256=?, run_no=?, done_seq=? WHERE id=?",
                 rows,
                 many=True,
             )
@@ -710,6 +761,11 @@ class StoreView(Protocol):
 
     def item_named(self, name: str) -> dict[str, Any] | None:
         """The record of the item whose file is ``name``, if any."""
+        ...
+
+    def outcomes_after(self, done_seq: int, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` records of terminal items recorded after ``done_seq``, in the
+        order they were recorded (each has its ``done_seq``)."""
         ...
 
     def close(self) -> None:
@@ -758,6 +814,15 @@ class SQLiteView:
         row = self.db.execute(f"SELECT {_RECORD} FROM items WHERE name = ?", (name,)).fetchone()  # noqa: S608
         return _record(row) if row else None
 
+    def outcomes_after(self, done_seq: int, limit: int) -> list[dict[str, Any]]:
+        """See ``StoreView``."""
+        cursor = self.db.execute(
+            f"SELECT {_RECORD}, done_seq FROM items WHERE done_seq > ? "  # noqa: S608
+            "ORDER BY done_seq LIMIT ?",
+            (done_seq, limit),
+        )
+        return [{**_record(row[:-1]), "done_seq": row[-1]} for row in cursor]
+
     def close(self) -> None:
         """See ``StoreView``."""
         self.db.close()
@@ -765,14 +830,14 @@ class SQLiteView:
 
 _RECORD = (
     "seq, id, url, COALESCE(name, reject_name), status, attempts, error_kind, error, "
-    "final_size, final_sha256"
+    "final_size, final_sha256, line"
 )
 """The columns of an item record, in ``_record``'s order (fixed text: no user input)."""
 
 
 def _record(row: Sequence[Any]) -> dict[str, Any]:
     keys = ("seq", "id", "url", "name", "status", "attempts", "error_kind", "error",
-            "size", "sha256")  # fmt: skip
+            "size", "sha256", "line")  # fmt: skip
     return dict(zip(keys, row, strict=True))
 
 

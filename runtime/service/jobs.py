@@ -11,6 +11,12 @@ flusher thread numbers them into the job store every ``FLUSH_INTERVAL`` and tell
 listeners (the HTTP streams). Item events (one per terminal item) are all kept; progress
 events are coalesced to one per ``service.progress_interval``.
 
+Exactly one item event per item, whatever crashes: the pipeline announces an outcome
+only after the commit that makes it durable, and each stored batch of item events
+remembers (in the same transaction) the ``done_seq`` of its last outcome. Before a job's
+pipeline starts, the outcomes its state committed after that mark — announced by a
+pipeline that died before they were stored — are stored as item events first.
+
 Status: ``queued → running → completed | failed``; ``cancelled`` from any non-terminal
 status; ``paused`` from ``queued`` or ``running`` (the pipeline is stopped at once, its
 transfers' ``.part`` files kept for a Range resume) and back to ``queued`` by ``resume``.
@@ -29,17 +35,17 @@ import os
 import secrets
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from messages import HostStatus, Outcome, Rejected, RunFinished, RunProgress
-from runtime.core.config import Config
+from runtime.core.clock import Clock, SystemClock
+from runtime.core.config import Config, ServiceDownloadConfig
 from runtime.core.errors import ConveyorError
 from runtime.core.inputs import parse_entry
 from runtime.core.logs import get_logger
-from runtime.core.netguard import NetworkGuard
+from runtime.core.netguard import SERVICE_SETTING, NetworkGuard
 from runtime.core.store import StoreView, open_view
 from runtime.pipeline import Pipeline, RunSummary
 from runtime.service.jobstore import TERMINAL, Delivery, Job, JobStore
@@ -55,6 +61,11 @@ STOP_WAIT = 60.0
 """Seconds ``pause``/``cancel`` wait for a pipeline to stop."""
 INVALID_SHOWN = 100
 """Bad items listed in a submit answer (all are counted)."""
+CATCH_UP_BLOCK = 1000
+"""Committed outcomes read at a time when a job catches up on its item events."""
+
+_ITEM_FIELDS = ("id", "name", "url", "status", "size", "sha256", "error_kind", "error", "attempts")
+"""The fields of an ``item`` event."""
 
 
 class JobError(Exception):
@@ -77,16 +88,17 @@ class Submitted:
 class JobEvents:
     """A running job's event sink: buffers on the StateKeeper's thread, ``take`` drains."""
 
-    def __init__(self, job: Job, interval: float) -> None:
+    def __init__(self, job: Job, interval: float, clock: Clock | None = None) -> None:
         self.total = job.total
-        self.base_bytes = int(job.summary.get("bytes", 0))
         self.interval = interval
+        self.clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._items: list[tuple[str, float, dict[str, Any]]] = []
+        self._announced = 0  # the highest done_seq among the buffered item events
         self._run: RunProgress | None = None
         self._hosts: dict[str, HostStatus] = {}
         self._changed_hosts: set[str] = set()
-        self._last_progress = 0.0
+        self._last_progress: float | None = None  # none yet: the first one is due at once
         self._done_at_start: int | None = None
         self.finished: RunFinished | None = None
         self.progress: dict[str, Any] = {}
@@ -96,19 +108,10 @@ class JobEvents:
         """Pipeline sink (the StateKeeper's thread): keep it quick."""
         match message:
             case Outcome():
-                data = {
-                    "id": message.id,
-                    "name": message.name,
-                    "url": message.url,
-                    "status": message.status,
-                    "size": message.size,
-                    "sha256": message.sha256,
-                    "error_kind": message.error_kind,
-                    "error": message.error,
-                    "attempts": message.attempts,
-                }
+                data = {key: getattr(message, key) for key in _ITEM_FIELDS}
                 with self._lock:
-                    self._items.append(("item", time.time(), data))
+                    self._items.append(("item", self.clock.wall(), data))
+                    self._announced = max(self._announced, message.done_seq)
             case RunProgress():
                 with self._lock:
                     self._run = message
@@ -120,20 +123,23 @@ class JobEvents:
                 with self._lock:
                     self.finished = message
 
-    def take(self, final: bool = False) -> list[tuple[str, float, dict[str, Any]]]:
-        """Events to store now: the item events, and a progress event when one is due."""
-        now = time.monotonic()
+    def take(self, final: bool = False) -> tuple[list[tuple[str, float, dict[str, Any]]], int]:
+        """Events to store now — the item events, and a progress event when one is due —
+        and the highest ``done_seq`` of their outcomes (0: none)."""
+        now = self.clock.now()
         with self._lock:
             events, self._items = self._items, []
-            due = final or now - self._last_progress >= self.interval
+            announced, self._announced = self._announced, 0
+            last = self._last_progress
+            due = final or last is None or now - last >= self.interval
             if self._run is not None and due:
                 self._last_progress = now
                 progress = self._progress(self._run)
                 hosts = [dataclasses.asdict(self._hosts[h]) for h in sorted(self._changed_hosts)]
                 self._changed_hosts.clear()
                 self._run = None
-                events.append(("progress", time.time(), {**progress, "hosts": hosts}))
-        return events
+                events.append(("progress", self.clock.wall(), {**progress, "hosts": hosts}))
+        return events, announced
 
     def _progress(self, run: RunProgress) -> dict[str, Any]:
         done = run.completed + run.failed + run.skipped
@@ -147,7 +153,7 @@ class JobEvents:
             "skipped": run.skipped,
             "total": self.total,
             "percent": round(100.0 * done / self.total, 2) if self.total else 100.0,
-            "bytes": self.base_bytes + run.bytes,
+            "bytes": run.completed_bytes,
             "bytes_per_s": round(run.bytes / run.elapsed) if run.elapsed > 0 else 0,
             "eta_s": round(left / rate, 1) if rate > 0 else None,
             "downloading": run.downloading,
@@ -155,6 +161,22 @@ class JobEvents:
             "run": dataclasses.asdict(run),
         }
         return self.progress
+
+
+def _without_line(error: str) -> str:
+    """A reason without the ``line N:`` prefix the input reader gives it (the service's
+    clients know an item by its ``index`` in the submitted list, not by a line)."""
+    head, sep, rest = error.partition(": ")
+    return rest if sep and head.startswith("line ") and head[5:].isdigit() else error
+
+
+def _by_index(record: dict[str, Any]) -> dict[str, Any]:
+    """An item record as the API shows it: ``index`` (0-based) instead of ``line``."""
+    line = record.pop("line", 0) or 0
+    record["index"] = line - 1 if line > 0 else None
+    if record.get("error"):
+        record["error"] = _without_line(record["error"])
+    return record
 
 
 @dataclasses.dataclass
@@ -175,13 +197,14 @@ def default_running_jobs() -> int:
 class JobManager:
     """Queue, run, stop and forget jobs; see the module docstring."""
 
-    def __init__(self, config: Config, store: JobStore) -> None:
+    def __init__(self, config: Config, store: JobStore, clock: Clock | None = None) -> None:
         self.config = config
+        self.clock = clock or SystemClock()
         self.service = config.service
         self.store = store
         self.data_dir = Path(self.service.data_dir)
         self.max_running = self.service.max_running_jobs or default_running_jobs()
-        self.guard = NetworkGuard(self.service.allow_networks)
+        self.guard = NetworkGuard(self.service.allow_networks, SERVICE_SETTING)
         self.listeners: list[Callable[[str], None]] = []
         self.runners: dict[str, _Runner] = {}
         self._lock = threading.RLock()
@@ -194,6 +217,7 @@ class JobManager:
             timeout=self.service.webhook_timeout,
             backoff=self.service.webhook_backoff,
             on_attempt=self._webhook_attempt,
+            clock=self.clock,
         )
 
     # -- life cycle -------------------------------------------------------------------
@@ -250,8 +274,7 @@ class JobManager:
             if isinstance(parsed, Rejected):
                 invalid_count += 1
                 if len(invalid) < INVALID_SHOWN:
-                    reason = parsed.error.removeprefix(f"line {index + 1}: ")
-                    invalid.append({"index": index, "error": reason})
+                    invalid.append({"index": index, "error": _without_line(parsed.error)})
             lines.append(json.dumps(entry).encode())
         body = b"\n".join(lines) + b"\n"
         digest = hashlib.sha256(
@@ -263,7 +286,7 @@ class JobManager:
             status="queued",
             total=len(lines),
             invalid=invalid_count,
-            created_at=time.time(),
+            created_at=self.clock.wall(),
             callback_url=callback_url,
             options=options,
         )
@@ -343,9 +366,11 @@ class JobManager:
             return {"errors": {}, "hosts": {}}
 
     def items(self, job: Job, status: str | None, after: int, limit: int) -> list[dict[str, Any]]:
-        """A page of the job's item records (empty before the job first ran)."""
+        """A page of the job's item records (empty before the job first ran), in input
+        order, each with its ``index`` in the submitted ``items``."""
         with self._view(job) as view:
-            return [] if view is None else view.items(status, after, limit)
+            rows = [] if view is None else view.items(status, after, limit)
+        return [_by_index(row) for row in rows]
 
     def completed_file(self, job: Job, name: str) -> tuple[Path, str | None]:
         """The path and sha256 of a completed item's file; ``JobError`` (404) otherwise.
@@ -424,7 +449,9 @@ class JobManager:
                 )
 
     def _emit(self, job_id: str, kind: str, data: dict[str, Any], notify: bool = True) -> None:
-        self.store.append_events(job_id, [(kind, time.time(), data)], self.service.events_kept)
+        self.store.append_events(
+            job_id, [(kind, self.clock.wall(), data)], self.service.events_kept
+        )
         if notify:
             self._notify(job_id)
 
@@ -433,7 +460,7 @@ class JobManager:
             listener(job_id)
 
     def _set_status(self, job: Job, status: str, **fields: Any) -> None:
-        now = time.time()
+        now = self.clock.wall()
         if status == "running" and job.started_at is None:
             fields.setdefault("started_at", now)  # the first start; a resume keeps it
         if status in TERMINAL:
@@ -472,7 +499,8 @@ class JobManager:
             if free <= 0:
                 return
             for job in self.store.page("queued", 0, free):
-                runner = _Runner(job.id, JobEvents(job, self.service.progress_interval))
+                events = JobEvents(job, self.service.progress_interval, self.clock)
+                runner = _Runner(job.id, events)
                 self.runners[job.id] = runner
                 self._set_status(job, "running")
                 threading.Thread(
@@ -486,7 +514,7 @@ class JobManager:
         folder = self.job_dir(job.id)
         o = job.options
         download = dataclasses.replace(
-            c.download,
+            ServiceDownloadConfig.of(c.download),  # its guard names service.allow_networks
             block_private_networks=True,
             allow_networks=self.service.allow_networks,
             per_host=o.get("per_host", c.download.per_host),
@@ -511,6 +539,7 @@ class JobManager:
         summary: RunSummary | None = None
         error: str | None = None
         try:
+            self._catch_up(job)
             pipeline = Pipeline(self.job_config(job), on_event=runner.events)
             pipeline.start()
             with self._lock:  # from now on, pause/cancel/shutdown stop it themselves
@@ -527,6 +556,19 @@ class JobManager:
         finally:
             self._ended(runner, summary, error)
 
+    def _catch_up(self, job: Job) -> None:
+        """Store the item events of outcomes the job's state committed but a pipeline
+        that died (``kill -9``) did not get to store, in the order they were recorded."""
+        announced = self.store.announced(job.id)
+        with self._view(job) as view:
+            while view is not None and (block := view.outcomes_after(announced, CATCH_UP_BLOCK)):
+                now = self.clock.wall()
+                events = [("item", now, {k: r[k] for k in _ITEM_FIELDS}) for r in block]
+                announced = block[-1]["done_seq"]
+                self.store.append_events(job.id, events, self.service.events_kept, announced)
+                log.info("item events caught up", job=job.id, events=len(events))
+        self._notify(job.id)
+
     def _ended(self, runner: _Runner, summary: RunSummary | None, error: str | None) -> None:
         self._flush(runner, final=True)
         with self._lock:
@@ -540,7 +582,7 @@ class JobManager:
                     "skipped": f.skipped,
                     "accepted": f.accepted,
                     "pending": f.pending,
-                    "bytes": runner.events.base_bytes + f.bytes,
+                    "bytes": f.completed_bytes,
                     "retries": summary.stats.get("retries", 0),
                 }
                 if summary.error is not None:
@@ -570,9 +612,11 @@ class JobManager:
 
     def _flush(self, runner: _Runner, final: bool = False) -> None:
         with runner.flushing:  # taken and stored in one step: events keep their order
-            events = runner.events.take(final)
+            events, announced = runner.events.take(final)
             if events:
-                self.store.append_events(runner.job_id, events, self.service.events_kept)
+                self.store.append_events(
+                    runner.job_id, events, self.service.events_kept, announced or None
+                )
         if events:
             self._notify(runner.job_id)
 
@@ -595,7 +639,7 @@ class JobManager:
             url=job.callback_url,
             body=body,
             status="pending",
-            created_at=time.time(),
+            created_at=self.clock.wall(),
         )
         self.store.add_delivery(delivery)
         self.deliverer.start(delivery)

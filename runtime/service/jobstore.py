@@ -108,9 +108,21 @@ class JobStore(Protocol):
         ...
 
     def append_events(
-        self, job_id: str, events: Sequence[tuple[str, float, dict[str, Any]]], keep: int
+        self,
+        job_id: str,
+        events: Sequence[tuple[str, float, dict[str, Any]]],
+        keep: int,
+        announced: int | None = None,
     ) -> int:
-        """Number and store events; keep the newest ``keep``. Returns the last seq."""
+        """Number and store events; keep the newest ``keep``. Returns the last seq.
+
+        ``announced``: the ``done_seq`` of the job pipeline's last outcome among these
+        events, remembered in the same transaction (see ``announced``).
+        """
+        ...
+
+    def announced(self, job_id: str) -> int:
+        """The highest ``done_seq`` of the job's outcomes stored as events (0: none)."""
         ...
 
     def events_after(self, job_id: str, seq: int, limit: int) -> tuple[list[Event], int]:
@@ -164,7 +176,11 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL,
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS event_seq (job_id TEXT PRIMARY KEY, last INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS event_seq (
+    job_id TEXT PRIMARY KEY,
+    last INTEGER NOT NULL,
+    announced INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS deliveries (
     id TEXT PRIMARY KEY,
     job_id TEXT NOT NULL,
@@ -224,6 +240,9 @@ class SQLiteJobStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(event_seq)")}
+        if "announced" not in columns:  # a store written by an earlier version
+            self.db.execute("ALTER TABLE event_seq ADD COLUMN announced INTEGER NOT NULL DEFAULT 0")
         self.lock = threading.Lock()
 
     def _select(self, where: str, args: Iterable[Any]) -> list[Job]:
@@ -305,7 +324,11 @@ class SQLiteJobStore:
             return dict(self.db.execute("SELECT status, count(*) FROM jobs GROUP BY status"))
 
     def append_events(
-        self, job_id: str, events: Sequence[tuple[str, float, dict[str, Any]]], keep: int
+        self,
+        job_id: str,
+        events: Sequence[tuple[str, float, dict[str, Any]]],
+        keep: int,
+        announced: int | None = None,
     ) -> int:
         """See ``JobStore``. Numbers continue after the highest ever given, even when
         older events were trimmed: a sequence number is never used twice."""
@@ -313,18 +336,19 @@ class SQLiteJobStore:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 row = self.db.execute(
-                    "SELECT last FROM event_seq WHERE job_id = ?", (job_id,)
+                    "SELECT last, announced FROM event_seq WHERE job_id = ?", (job_id,)
                 ).fetchone()
-                last = row[0] if row else 0
+                last, done = row if row else (0, 0)
                 rows = []
                 for kind, ts, data in events:
                     last += 1
                     rows.append((job_id, last, kind, ts, json.dumps(data)))
                 self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?)", rows)
                 self.db.execute(
-                    "INSERT INTO event_seq VALUES (?, ?) "
-                    "ON CONFLICT(job_id) DO UPDATE SET last = excluded.last",
-                    (job_id, last),
+                    "INSERT INTO event_seq (job_id, last, announced) VALUES (?, ?, ?) "
+                    "ON CONFLICT(job_id) DO UPDATE SET last = excluded.last, "
+                    "announced = excluded.announced",
+                    (job_id, last, max(done, announced or 0)),
                 )
                 self.db.execute(
                     "DELETE FROM events WHERE job_id = ? AND seq <= ?", (job_id, last - keep)
@@ -334,6 +358,14 @@ class SQLiteJobStore:
                 self.db.execute("ROLLBACK")
                 raise
         return last
+
+    def announced(self, job_id: str) -> int:
+        """See ``JobStore``."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT announced FROM event_seq WHERE job_id = ?", (job_id,)
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     def events_after(self, job_id: str, seq: int, limit: int) -> tuple[list[Event], int]:
         """See ``JobStore``."""

@@ -145,6 +145,9 @@ class ItemOut(BaseModel):
     """One item's record."""
 
     seq: int
+    """Position in the job's state (the paging cursor)."""
+    index: int | None
+    """Position of the item in the submitted ``items`` (0-based), as submit reports it."""
     id: str
     url: str
     name: str | None

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 import requests
 import tenacity
 
+from runtime.core.clock import Clock, SystemClock
 from runtime.core.logs import get_logger
 from runtime.core.netguard import NetworkGuard, find_blocked
 from runtime.core.transport import requests_adapter
@@ -82,8 +83,10 @@ class Deliverer:
         timeout: float,
         backoff: float,
         on_attempt: Callable[[Delivery, dict[str, object]], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.store = store
+        self.clock = clock or SystemClock()
         self.secret = secret
         self.guard = guard
         self.timeout = timeout
@@ -126,12 +129,12 @@ class Deliverer:
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         attempt_no = len(delivery.attempts)
-        left = max(0.0, self.timeout - (time.time() - delivery.created_at))
+        clock = self.clock
 
         def attempt() -> None:
             nonlocal attempt_no
             attempt_no += 1
-            timestamp = str(int(time.time()))
+            timestamp = str(int(clock.wall()))
             headers = {
                 "Content-Type": "application/json",
                 "User-Agent": "conveyor-webhook",
@@ -140,7 +143,7 @@ class Deliverer:
                 "X-Conveyor-Timestamp": timestamp,
                 "X-Conveyor-Signature": sign(self.secret, timestamp, delivery.body),
             }
-            record: dict[str, object] = {"attempt": attempt_no, "at": time.time()}
+            record: dict[str, object] = {"attempt": attempt_no, "at": clock.wall()}
             try:
                 answer = session.post(
                     delivery.url,
@@ -164,11 +167,16 @@ class Deliverer:
                 raise _UndeliveredError(str(record.get("status") or record.get("error")))
 
         def sleep(seconds: float) -> None:
-            if self.stopping.wait(seconds):
+            if clock.wait(self.stopping, seconds):
                 raise _StoppedError
 
+        def expired(_state: tenacity.RetryCallState) -> bool:
+            # From the delivery's creation, on the injected clock: a restart does not
+            # give a delivery a new timeout.
+            return clock.wall() - delivery.created_at >= self.timeout
+
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_delay(left),
+            stop=expired,
             wait=tenacity.wait_exponential(multiplier=self.backoff, max=MAX_WAIT),
             retry=tenacity.retry_if_exception_type(_UndeliveredError),
             sleep=sleep,
@@ -177,7 +185,7 @@ class Deliverer:
         try:
             retrying(attempt)
         except _UndeliveredError:
-            self._record(delivery, {"gave_up": True, "at": time.time()}, "failed")
+            self._record(delivery, {"gave_up": True, "at": clock.wall()}, "failed")
             log.warning("webhook given up", delivery=delivery.id, url=delivery.url)
         except (_StoppedError, _BlockedError):
             pass
