@@ -454,3 +454,38 @@ def test_a_throttled_simulated_host_waits_and_holds_up_no_other(tmp_path: Path) 
     }
     assert all("slow.test" not in r["url"] for r in records)
     assert summary.finished.pending == 40
+
+
+def test_an_outcome_is_announced_only_once_it_is_committed(tmp_path: Path) -> None:
+    """Every ``Outcome`` the event sink (and so ``events()`` and ``--events``) sees is
+    already durable: another connection to the state reads the item as terminal, with the
+    outcome's ``done_seq``. A crash can delay an announcement, never make a false one."""
+    import sqlite3
+
+    transport = ScriptedTransport({url(i): [Ok(b"x" * 100)] for i in range(40)})
+    config = make_config(tmp_path, state={"persist_interval": 0.05})
+    path = Path(config.state.dir) / "state.sqlite3"
+    seen: list[tuple[str, str | None]] = []
+    numbers: list[int] = []
+    stored_numbers: list[int | None] = []
+
+    def sink(message: Any) -> None:
+        if isinstance(message, Outcome):
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+            try:
+                row = db.execute("SELECT * FROM items WHERE id = ?", (message.id,)).fetchone()
+                columns = [c[0] for c in db.execute("SELECT * FROM items LIMIT 0").description]
+            finally:
+                db.close()
+            stored = dict(zip(columns, row, strict=True)) if row else {}
+            seen.append((message.id, stored.get("status")))
+            numbers.append(getattr(message, "done_seq", 0))
+            stored_numbers.append(stored.get("done_seq"))
+
+    with Pipeline(config, transport_factory=transport, on_event=sink) as pipeline:
+        pipeline.submit([{"url": url(i), "id": str(i)} for i in range(40)])
+        summary = pipeline.wait(TIMEOUT)
+    assert summary.finished.completed == 40
+    assert sorted(i for i, _ in seen) == sorted(str(i) for i in range(40))
+    assert [status for _, status in seen] == ["completed"] * 40
+    assert numbers == stored_numbers == list(range(1, 41))
