@@ -1,27 +1,67 @@
 """The dashboard in a real headless browser (Chromium driven by Selenium): the token is
-entered once, a running job's progress rises and the job ends ``completed``."""
+asked for once; a running job with failures shows its progress, a throughput chart, its
+failed items page by page and links to its files; it ends ``completed`` with failures,
+and is deleted."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
-from tests.service_helpers import TOKEN, FileServer, Service, write_config
+from tests.service_helpers import BODY_SIZE, TOKEN, FileServer, Service, write_config
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 ARTIFACTS = Path(os.environ.get("CONVEYOR_TEST_ARTIFACTS", "test-artifacts"))
+WAIT = 60.0
+
+
+class Missing:
+    """A server on 127.0.0.1 that answers every GET with a 404."""
+
+    def __init__(self) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        """Stop."""
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture
-def browser() -> Iterator[Any]:
+def downloads(tmp_path: Path) -> Path:
+    """Where the browser saves downloads."""
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def browser(downloads: Path) -> Iterator[Any]:
     if not (CHROMIUM and DRIVER):
         if os.environ.get("CI"):
             pytest.fail("CI must install chromium and chromium-driver (see .ci/run)")
@@ -32,8 +72,17 @@ def browser() -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                 "--window-size=1200,800"):  # fmt: skip
+                 "--window-size=1280,1500"):  # fmt: skip
         options.add_argument(flag)
+    options.add_experimental_option(
+        "prefs",
+        {
+            "download.default_directory": str(downloads),
+            "download.prompt_for_download": False,
+            "profile.default_content_setting_values.automatic_downloads": 1,
+        },
+    )
+    options.set_capability("goog:loggingPrefs", {"browser": "SEVERE"})
     driver = webdriver.Chrome(service=DriverService(executable_path=DRIVER), options=options)
     try:
         yield driver
@@ -41,52 +90,164 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-def test_the_dashboard_shows_progress_rising_to_completed(browser: Any, tmp_path: Path) -> None:
-    """A job held at 40 of 200 files shows a partial bar; its pause and resume buttons
-    work; released, it shows completed."""
+def read(driver: Any, selector: str, what: str = "e.textContent") -> Any:
+    """``what`` of the element ``e`` matching ``selector`` (None when there is none)."""
+    return driver.execute_script(
+        f"const e = document.querySelector(arguments[0]); return e ? {what} : null;", selector
+    )
+
+
+def click(driver: Any, selector: str) -> None:
+    """Click the element matching ``selector``, as a user would."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, selector).click()
+
+
+def saved(folder: Path, name: str) -> Callable[[Any], bytes | Literal[False]]:
+    """A wait condition: the bytes of a finished download (False while there are none)."""
+
+    def check(_: Any) -> bytes | Literal[False]:
+        path = folder / name
+        partial = list(folder.glob("*.crdownload"))
+        return path.read_bytes() if path.exists() and not partial else False
+
+    return check
+
+
+def shown(first: int, last: int, of: int) -> str:
+    """A pager's range as the page writes it: "1-20 of 40", with an en dash."""
+    return f"{first}\N{EN DASH}{last} of {of}"
+
+
+def enter_token(browser: Any, wait: Any, value: str) -> None:
+    """Type ``value`` into the token form once it shows."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    wait.until(ec.visibility_of_element_located((By.ID, "token")))
+    browser.find_element(By.ID, "token").send_keys(value)
+    browser.find_element(By.ID, "token-save").click()
+
+
+def test_the_dashboard_asks_for_the_token_then_says_when_it_is_refused(
+    browser: Any, tmp_path: Path
+) -> None:
+    """The first load asks for the token (it does not say it was refused); a wrong one is
+    refused, the right one kept in sessionStorage."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    service = Service(write_config(tmp_path))
+    try:
+        browser.get(service.url("/"))
+        wait = WebDriverWait(browser, WAIT)
+        wait.until(lambda d: read(d, "#message") == "Enter the service's token.")
+        enter_token(browser, wait, "not-the-token")
+        wait.until(lambda d: read(d, "#message") == "The token was refused.")
+        enter_token(browser, wait, TOKEN)
+        wait.until(lambda d: read(d, "#connection") == "connected")
+        assert read(browser, "#message") == ""
+        assert read(browser, "#empty", "e.hidden") is False  # "No jobs yet."
+        assert browser.execute_script("return sessionStorage.getItem('conveyor-token')") == TOKEN
+    finally:
+        service.stop()
+
+
+def test_the_dashboard_follows_a_job_with_failures(
+    browser: Any, tmp_path: Path, downloads: Path
+) -> None:
+    """A job of 200 items, 40 of them 404s, held at 40 files: its row shows a partial bar
+    with failures, bytes and rate, updated in place; its chart shows the files/s it made;
+    its failed items are listed 20 a page with URL, kind and message. Paused, resumed and
+    released, it ends "completed, 40 failed" (not a clean completed); a file and the
+    result download with the token; deleted, it is gone. The screenshot is taken while it
+    runs."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    files = FileServer(free=40)
+    files, missing = FileServer(free=40), Missing()
+    good = files.items(160, "d")
+    items = [good.pop(0) if i % 5 else {"url": f"{missing.base}/gone/{i}"} for i in range(200)]
     service = Service(write_config(tmp_path))
     try:
-        job_id = service.submit(files.items(200, "d"))["job_id"]
+        job_id = service.submit(items)["job_id"]
         browser.get(service.url("/"))
-        wait = WebDriverWait(browser, 60)
-        wait.until(ec.visibility_of_element_located((By.ID, "token")))
-        browser.find_element(By.ID, "token").send_keys(TOKEN)
-        browser.find_element(By.ID, "token-save").click()
+        wait = WebDriverWait(browser, WAIT)
+        enter_token(browser, wait, TOKEN)
+        wait.until(lambda d: read(d, "#connection") == "connected")
+        browser.get_log("browser")  # read: the 401 of the first load, before the token
         row = f'tr[data-job="{job_id}"]'
-
-        def read(driver: Any, selector: str, what: str) -> Any:
-            # One script: the page redraws its rows with every event.
-            return driver.execute_script(
-                f"const e = document.querySelector(arguments[0]); return e ? {what} : null;",
-                selector,
-            )
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, row)))
+        element = browser.find_element(By.CSS_SELECTOR, row)
 
         def percent(driver: Any) -> float:
             value = read(driver, f"{row} .bar", "e.getAttribute('aria-valuenow')")
             return float(value) if value is not None else -1.0
 
-        wait.until(lambda d: 0 < percent(d) < 100)  # running, held by the file server
+        # Running, held by the file server, every 404 already failed.
+        wait.until(lambda d: percent(d) == 40.0)
         partial = percent(browser)
-        assert browser.execute_script("return sessionStorage.getItem('conveyor-token')") == TOKEN
-        click = "document.querySelector(arguments[0]).click()"
-        browser.execute_script(click, f'{row} button[data-verb="pause"]')
-        wait.until(lambda d: read(d, f"{row} .status", "e.textContent") == "paused")
-        files.gate.set()
-        browser.execute_script(click, f'{row} button[data-verb="resume"]')
-        wait.until(lambda d: read(d, f"{row} .status", "e.textContent") == "completed")
-        assert percent(browser) == 100.0 > partial
-        browser.execute_script("document.querySelector(arguments[0]).click()", row)
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#hosts tbody tr"))
+        assert read(browser, f"{row} td:nth-child(4)") == "40 done, 40 failed of 200"
+        assert read(browser, f"{row} td:nth-child(5)") == "82 kB"  # 40 files of 2048 bytes
+        assert read(browser, f"{row} .status") == "running"
+
+        click(browser, f"{row} button.link")  # show the job
+        wait.until(lambda d: read(d, "#failed .range") == shown(1, 20, 40))
+        chart = "#chart-files svg"
+        wait.until(lambda d: float(read(d, chart, "e.dataset.peak") or 0) > 0)
+        wait.until(lambda d: int(read(d, chart, "e.dataset.points")) >= 10)  # still drawing
+        assert read(browser, f"{chart} .line", "e.getAttribute('d')").startswith("M")
+        assert read(browser, "#chart-files figcaption").startswith("Files per second: ")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         assert browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+
+        failed = browser.find_element(By.CSS_SELECTOR, "#failed tbody")
+        first_page = failed.text
+        cells = [td.text for td in failed.find_elements(By.CSS_SELECTOR, "tr:first-child td")]
+        gone = f"{missing.base}/gone/0"
+        assert cells == [gone, "http_4xx", f"HTTP 404 for {gone}", "1"]
+        assert len(failed.find_elements(By.TAG_NAME, "tr")) == 20
+        click(browser, "#failed .next")
+        wait.until(lambda d: read(d, "#failed .range") == shown(21, 40, 40))
+        assert f"{missing.base}/gone/195" in failed.text
+        assert failed.text != first_page
+        assert read(browser, "#failed .next", "e.disabled") is True
+        click(browser, "#failed .prev")
+        wait.until(lambda d: read(d, "#failed .range") == shown(1, 20, 40))
+        assert read(browser, "#errors tbody") == "http_4xx40"
+
+        click(browser, f'{row} button[data-verb="pause"]')
+        wait.until(lambda d: read(d, f"{row} .status") == "paused")
+        files.gate.set()
+        click(browser, f'{row} button[data-verb="resume"]')
+        wait.until(lambda d: read(d, f"{row} .status", "e.dataset.status") == "completed")
+        assert percent(browser) == 100.0 > partial
+        assert read(browser, f"{row} .status") == "completed, 40 failed"
+        assert read(browser, f"{row} .status", "e.className") == "status status-partial"
+        # Updated in place: the row found while it ran is still the row.
+        assert browser.find_element(By.CSS_SELECTOR, row) == element
         hosts = browser.find_element(By.CSS_SELECTOR, "#hosts tbody").text
         assert "127.0.0.1" in hosts
         assert "object" not in hosts  # every cell is text, not a JavaScript object
+
+        wait.until(lambda d: read(d, "#files .range") == shown(1, 20, 160))
+        click(browser, "#files tbody tr:first-child a")
+        body = wait.until(saved(downloads, "d0"))
+        assert body == b"/f/d0".ljust(BODY_SIZE, b".")
+        click(browser, "#result-link")
+        result = json.loads(wait.until(saved(downloads, f"{job_id}-result.json")))
+        assert result["job_id"] == job_id
+        assert len(result["files"]) == 160
+
+        click(browser, f'{row} button[data-verb="delete"]')
+        wait.until(ec.alert_is_present()).accept()
+        wait.until(ec.invisibility_of_element_located((By.CSS_SELECTOR, row)))
+        assert read(browser, "#detail", "e.hidden") is True
+        assert service.call("GET", f"/v1/jobs/{job_id}").status_code == 404
+        problems = browser.get_log("browser")
+        assert problems == []  # no script error, no failed request
     finally:
         service.stop()
         files.close()
+        missing.close()
