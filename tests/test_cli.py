@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
 import os
 import random
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from messages import RunFinished
 from runtime.cli import print_summary
@@ -548,3 +553,60 @@ def test_flags_override_the_file_and_the_environment_overrides_both(tmp_path: Pa
         assert by_env.returncode == 0, by_env.stderr
         assert_all_verified(tmp_path / "by-env", files)
         assert not (tmp_path / "by-flag2").exists()
+
+
+# -- the README's examples -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serving(*args: str | Path, env: dict[str, str]) -> Iterator[str]:
+    """``python -m runtime serve ARGS --port 0`` in a subprocess; yield its base url."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "serve", *map(str, args), "--port", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    lines: list[str] = []
+    listening = threading.Event()
+
+    def read() -> None:  # to the end, so the pipe never fills
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "listening on " in line:
+                listening.set()
+        listening.set()  # the end of the output: it stopped
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert listening.wait(TIMEOUT), "serve did not start in time"
+        started = [line for line in lines if "listening on " in line]
+        assert started, f"serve did not start: {''.join(lines)}"
+        yield started[0].split("listening on ")[1].split()[0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=TIMEOUT)
+        reader.join(TIMEOUT)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def test_the_readme_service_example_on_loopback_needs_allow_networks(tmp_path: Path) -> None:
+    """The README's ``serve`` + ``submit --follow`` against a file on 127.0.0.1: the item
+    fails ``blocked``, unless the service was started with
+    ``--set service.allow_networks=...`` (a list of networks separated by ``:``)."""
+    token = "readme-token-0123456789"  # noqa: S105 - a test server's token
+    env = {**os.environ, "CONVEYOR_SERVICE_TOKEN": token}
+    outcomes = {}
+    with LocalFileServer({"/a.bin": b"a" * 1000}) as files:
+        listing = tmp_path / "files.ndjson"
+        listing.write_text(json.dumps({"url": files.url("/a.bin")}) + "\n")
+        for allow in ((), ("--set", "service.allow_networks=10.0.0.0/8:127.0.0.1/32")):
+            with serving("--data-dir", tmp_path / f"data{len(allow)}", *allow, env=env) as base:
+                done = run("submit", listing, "--server", base, "--follow", env=env)
+                assert done.stdout, done.stderr
+                job = requests.get(f"{base}/v1/jobs/{done.stdout.split()[0]}", timeout=TIMEOUT,
+                                   headers={"Authorization": f"Bearer {token}"}).json()  # fmt: skip
+            outcomes[allow != ()] = (done.returncode, job["errors"])
+        assert files.counts["/a.bin"] == 1  # refused without a request
+    assert outcomes == {False: (1, {"blocked": 1}), True: (0, {})}
