@@ -71,6 +71,8 @@ def run_pipeline(
         except OSError as exc:
             print(f"conveyor: cannot serve metrics on port {metrics_port}: {exc}",
                   file=sys.stderr)  # fmt: skip
+            if stream is not None:
+                stream.close()
             return EXIT_CODES["bad_input"]
     display: LiveDisplay | None = None
     progress: Any = None
@@ -86,6 +88,10 @@ def run_pipeline(
         pipeline.start()
     except ConveyorError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
+        if stream is not None:  # nothing started: let go of the events file and the port
+            stream.close()
+        if metrics is not None:
+            metrics.stop()
         return EXIT_CODES["bad_input"]
     if state_hint:
         _note(f"state in {config.state.dir} (run the same command again to resume)")

@@ -610,3 +610,26 @@ def test_the_readme_service_example_on_loopback_needs_allow_networks(tmp_path: P
             outcomes[allow != ()] = (done.returncode, job["errors"])
         assert files.counts["/a.bin"] == 1  # refused without a request
     assert outcomes == {False: (1, {"blocked": 1}), True: (0, {})}
+
+
+def test_a_run_that_cannot_start_lets_go_of_its_events_file_and_metrics_port(
+    tmp_path: Path,
+) -> None:
+    """When the pipeline cannot start (its state cannot be opened), the events file is
+    closed and the metrics port is free again: nothing of the failed run lingers."""
+    import socket
+
+    from runtime.foreground import run_pipeline
+    from tests.helpers import make_config
+
+    (tmp_path / "blocker").write_text("a file where the state directory should be")
+    config = make_config(tmp_path, state={"dir": "blocker/state"})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    events = tmp_path / "events.ndjson"
+    code = run_pipeline(config, quiet=True, events=str(events), metrics_port=port)
+    assert code == 2
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))  # raises while the metrics server still listens
+    assert events.read_text() == ""
