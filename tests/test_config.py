@@ -261,3 +261,18 @@ def test_a_bad_allowed_network_names_the_key_and_the_value(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"download\.allow_networks: 'nope' is not an IP") as info:
         load_config(write(tmp_path, text), environ={})
     assert str(tmp_path) in str(info.value)
+
+
+def test_a_table_key_given_as_text_says_to_use_the_config_file(tmp_path: Path) -> None:
+    """A table (``processing.processor_options``) cannot be written as one text value:
+    the error names where the text came from and says where a table goes, without
+    blaming the environment for a command-line flag."""
+    path = write(tmp_path, '[input]\npath = "f.json"\n')
+    flag = {"processing.processor_options": ("x", "--set processing.processor_options")}
+    with pytest.raises(ConfigError, match=r"--set processing\.processor_options") as raised:
+        load_config(path, environ={}, overrides=flag)
+    assert "environment" not in str(raised.value)
+    assert "config file" in str(raised.value)
+    env = {"CONVEYOR_PROCESSING_PROCESSOR_OPTIONS": "x"}
+    with pytest.raises(ConfigError, match=r"CONVEYOR_PROCESSING_PROCESSOR_OPTIONS.*config file"):
+        load_config(path, environ=env)

@@ -437,7 +437,7 @@ def _parse_env(raw: str, hint: Any, where: str) -> Any:
         return raw
     if typing.get_origin(hint) is tuple:
         return tuple(p for p in raw.split(os.pathsep) if p)
-    raise ConfigError(f"{where} cannot be set from the environment (it is a table)")
+    raise ConfigError(f"{where} is a table: set it in the config file")
 
 
 def _apply_environ(
