@@ -201,12 +201,21 @@ def test_the_dashboard_follows_a_job_with_failures(
         assert read(browser, "#chart-files figcaption").startswith("Files per second: ")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         assert browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+        # Reloaded, the page shows the job again, and its chart is filled from the job's
+        # past events: the burst at its start (it makes no progress now, held).
+        browser.refresh()
+        wait.until(lambda d: read(d, "#detail-id") == job_id)
+        wait.until(lambda d: float(read(d, chart, "e.dataset.peak") or 0) > 0)
+        assert read(browser, f"{row} .status") == "running"
+        assert read(browser, f"{row} td:nth-child(4)") == "40 done, 40 failed of 200"
+        wait.until(lambda d: read(d, "#failed .range") == shown(1, 20, 40))
+        element = browser.find_element(By.CSS_SELECTOR, row)
 
         failed = browser.find_element(By.CSS_SELECTOR, "#failed tbody")
         first_page = failed.text
         cells = [td.text for td in failed.find_elements(By.CSS_SELECTOR, "tr:first-child td")]
         gone = f"{missing.base}/gone/0"
-        assert cells == [gone, "http_4xx", f"HTTP 404 for {gone}", "1"]
+        assert cells == ["0", gone, "http_4xx", f"HTTP 404 for {gone}", "1"]  # index 0 of 200
         assert len(failed.find_elements(By.TAG_NAME, "tr")) == 20
         click(browser, "#failed .next")
         wait.until(lambda d: read(d, "#failed .range") == shown(21, 40, 40))

@@ -232,6 +232,7 @@ function forget(id) {
   if (selected === id) {
     selected = null;
     document.getElementById("detail").hidden = true;
+    history.replaceState(null, "", location.pathname);
   }
 }
 
@@ -297,7 +298,9 @@ class Pager {
 }
 
 function fillFailed(row, item) {
-  const [url, kind, message, attempts] = cells(row, 4);
+  const [index, url, kind, message, attempts] = cells(row, 5);
+  setText(index, item.index === null || item.index === undefined ? "" : String(item.index));
+  index.title = `id ${item.id}`;
   if (!url.firstChild) {
     const safe = /^https?:/i.test(item.url);
     const link = el(safe ? "a" : "span", item.url);
@@ -336,6 +339,7 @@ const filesPager = new Pager(document.getElementById("files"), "completed", fill
 
 function select(id) {
   selected = id;
+  history.replaceState(null, "", "#" + encodeURIComponent(id));  // a reload shows it again
   document.getElementById("detail").hidden = false;
   setText(document.getElementById("detail-id"), id);
   const result = document.getElementById("result-link");
@@ -574,6 +578,8 @@ async function refresh() {
     if (page.next_cursor === null) for (const id of [...jobs.keys()]) if (!seen.has(id)) forget(id);
     for (const job of page.jobs) remember(job);
     renderJobs();
+    const shown = decodeURIComponent(location.hash.slice(1));
+    if (!selected && jobs.has(shown)) select(shown);
     manageStreams();
   } catch (e) {
     if (!(e instanceof AuthError)) setText(connection, "not connected");
