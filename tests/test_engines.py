@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import ssl
 import threading
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,7 +57,7 @@ def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
 
 
 class _Files(http.server.BaseHTTPRequestHandler):
-    """``/to?http://…`` answers 302 to that url; anything else is ``BODY``."""
+    """``/to?http://…`` answers 302 to that url (unquoted); anything else is ``BODY``."""
 
     hits: list[str]
 
@@ -64,7 +65,8 @@ class _Files(http.server.BaseHTTPRequestHandler):
         self.hits.append(self.path)
         if self.path.startswith("/to?"):
             self.send_response(302)
-            self.send_header("Location", self.path[len("/to?") :])
+            # Unquoted: requests quotes the brackets of an IPv6 url in a query, curl not.
+            self.send_header("Location", urllib.parse.unquote(self.path[len("/to?") :]))
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -242,3 +244,41 @@ def test_the_network_guard_refuses_internal_addresses_at_connect_time(
     for name in urls.keys() - {"ok.bin"}:
         assert records[name]["status"] == "failed", name
         assert records[name]["error_kind"] == "blocked", (name, records[name])
+
+
+def test_a_refused_redirect_names_its_target_and_hop(engine: str, tmp_path: Path) -> None:
+    """A redirect the guard refuses is told as such: its number, the host it came from,
+    the url it went to and the refused address (not the first host's name), and the
+    setting that would allow it."""
+    for a, _ in _serve():
+        for b, b_hits in _serve(address="127.0.0.2"):
+            b_port = b.rsplit(":", 1)[1]
+            config = make_config(
+                tmp_path,
+                download={"block_private_networks": True, "allow_networks": ["127.0.0.1/32"]},
+                retry={"max_attempts": 1},
+            )
+            targets = {
+                "loop.bin": f"http://{b}/loop.bin",
+                "v6.bin": f"http://[::1]:{b_port}/v6.bin",
+                "meta.bin": "http://169.254.169.254/latest/meta-data",
+            }
+            urls = {name: f"http://{a}/to?{target}" for name, target in targets.items()}
+            urls["two.bin"] = f"http://{a}/to?http://{a}/to?http://{b}/two.bin"
+            with Pipeline(config) as pipeline:
+                pipeline.submit([{"url": url, "name": name} for name, url in urls.items()])
+                pipeline.wait(TIMEOUT)
+            assert b_hits == []
+    errors = {r["name"]: r["error"] for r in read_manifest(config.manifest_path)}
+    allow = "(allow it with download.allow_networks)"
+    assert errors == {
+        "loop.bin": f"refused to connect: redirect 1 (from {a}) to http://{b}/loop.bin: "
+        f"127.0.0.2 is a loopback address {allow}",
+        "v6.bin": f"refused to connect: redirect 1 (from {a}) to http://[::1]:{b_port}/v6.bin: "
+        f"::1 is a loopback address {allow}",
+        "meta.bin": f"refused to connect: redirect 1 (from {a}) to "
+        f"http://169.254.169.254/latest/meta-data: 169.254.169.254 is a link-local address "
+        f"{allow}",
+        "two.bin": f"refused to connect: redirect 2 (from {a}) to http://{b}/two.bin: "
+        f"127.0.0.2 is a loopback address {allow}",
+    }

@@ -16,10 +16,10 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from runtime.core.errors import ConfigError
-from runtime.core.netguard import parse_networks
+from runtime.core.netguard import SERVICE_SETTING, parse_networks
 
 __all__ = [
     "CircuitConfig",
@@ -31,6 +31,7 @@ __all__ = [
     "ProcessingConfig",
     "RetryConfig",
     "ServiceConfig",
+    "ServiceDownloadConfig",
     "SimulateConfig",
     "StateConfig",
     "SupervisorConfig",
@@ -132,6 +133,21 @@ class DownloadConfig:
     allow_networks: tuple[str, ...] = ()
     """Networks (CIDR, e.g. ``127.0.0.1/32``) allowed even when ``block_private_networks``
     is on."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceDownloadConfig(DownloadConfig):
+    """``[download]`` as the job service runs its jobs: the same keys, but ``allow_networks``
+    comes from ``service.allow_networks`` — the setting the network guard's refusals
+    name. (Built by the service, never read from a file.)"""
+
+    allow_networks_setting: ClassVar[str] = SERVICE_SETTING
+
+    @classmethod
+    def of(cls, download: DownloadConfig) -> ServiceDownloadConfig:
+        """``download``'s values as a service job's."""
+        fields = dataclasses.fields(DownloadConfig)
+        return cls(**{f.name: getattr(download, f.name) for f in fields})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

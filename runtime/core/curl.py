@@ -34,7 +34,7 @@ from runtime.core.errors import (
     StalledError,
     TooLargeError,
 )
-from runtime.core.netguard import BlockedAddressError, blocked_error, guard_of
+from runtime.core.netguard import BlockedAddressError, Redirect, blocked_error, guard_of
 from runtime.core.transfer import (
     BACKGROUND_HASH,
     BackgroundHash,
@@ -124,6 +124,10 @@ class _Job:
     error: BaseException | None = None
     buffer: bytearray = field(default_factory=bytearray)
     sockets: list[socket.socket] = field(default_factory=list)
+    url: str = ""
+    """The url libcurl is at: the item's, then each redirect's (named by the guard)."""
+    redirect: Redirect | None = None
+    """The redirect that led to ``url``, if any."""
 
 
 class CurlEngine:
@@ -249,8 +253,9 @@ class CurlEngine:
         ip = where[0] if isinstance(where, tuple) else ""
         if isinstance(ip, bytes):
             ip = ip.decode("ascii", "replace")
+        url = job.url or job.item.url
         try:
-            self.guard.check(str(ip), urllib.parse.urlsplit(job.item.url).hostname or "")
+            self.guard.check(str(ip), urllib.parse.urlsplit(url).hostname or "", job.redirect)
         except BlockedAddressError as exc:
             job.error = blocked_error(str(exc))
             return pycurl.SOCKET_BAD
@@ -267,6 +272,13 @@ class CurlEngine:
         elif ":" in text:
             name, _, value = text.partition(":")
             job.headers[name.strip().lower()] = value.strip()
+        elif not text and 300 <= job.status < 400 and job.headers.get("location"):
+            # The end of a redirect's head: libcurl goes on to its Location next. (Its
+            # own url is out of reach from a callback: pycurl refuses getinfo there.)
+            source = job.url or job.item.url
+            target = urllib.parse.urljoin(source, job.headers["location"])
+            hop = job.redirect.hop + 1 if job.redirect is not None else 1
+            job.url, job.redirect = target, Redirect(hop, source, target)
 
     def _begin_body(self, job: _Job) -> None:
         """The final response's head arrived: check it, open the part file."""

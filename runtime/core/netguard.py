@@ -9,33 +9,121 @@ does not get around it. Both engines use it: libcurl through its open-socket cal
 requests through a connection class that resolves, checks and then connects.
 
 Enabled by ``download.block_private_networks``; ``download.allow_networks`` lists the
-networks (CIDR) that are allowed anyway. The job service always enables it.
+networks (CIDR) that are allowed anyway. The job service always enables it, with
+``service.allow_networks``. A refusal says what was refused — the address, the name that
+resolved to it, and for a redirect its number, where it came from and where it went —
+and names the setting that would allow it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import socket
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
 from runtime.core.errors import FetchError
 
 __all__ = [
+    "DOWNLOAD_SETTING",
+    "SERVICE_SETTING",
     "BlockedAddressError",
     "NetworkGuard",
+    "Redirect",
     "blocked_error",
+    "check_host",
     "find_blocked",
     "guard_of",
     "guarded_connection",
     "parse_networks",
+    "refusal",
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+DOWNLOAD_SETTING = "download.allow_networks"
+"""The setting that allows networks to ``run``'s downloads."""
+SERVICE_SETTING = "service.allow_networks"
+"""The setting that allows networks to the job service's jobs and webhooks."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Redirect:
+    """The redirect a refused connection was for."""
+
+    hop: int
+    """Its number in the chain (1: the first redirect)."""
+    source: str
+    """The url that answered with the redirect."""
+    target: str
+    """The url it redirected to."""
+
+    def __str__(self) -> str:
+        source = urllib.parse.urlsplit(self.source).netloc or self.source
+        return f"redirect {self.hop} (from {source}) to {self.target}"
+
 
 class BlockedAddressError(OSError):
-    """A connection the guard refused (an ``OSError``, so socket code passes it on)."""
+    """A connection the guard refused (an ``OSError``, so socket code passes it on).
+
+    ``address``, ``host`` and ``setting`` say what was refused and what would allow it;
+    ``redirected`` gives the same refusal told as a redirect's.
+    """
+
+    def __init__(
+        self, message: str, address: str = "", host: str = "", setting: str = DOWNLOAD_SETTING
+    ) -> None:
+        super().__init__(message)
+        self.address = address
+        self.host = host
+        self.setting = setting
+
+    def redirected(self, redirect: Redirect) -> BlockedAddressError:
+        """This refusal, saying that it was ``redirect``'s connection."""
+        return BlockedAddressError(
+            refusal(self.address, self.host, self.setting, redirect),
+            self.address,
+            self.host,
+            self.setting,
+        )
+
+
+_KINDS = (
+    ("is_loopback", "a loopback"),
+    ("is_link_local", "a link-local"),
+    ("is_multicast", "a multicast"),
+    ("is_private", "a private"),
+    ("is_unspecified", "an unspecified"),
+    ("is_reserved", "a reserved"),
+)
+
+
+def _kind(address: str) -> str:
+    """``a loopback``, ``a private``, … (what sort of address ``address`` is)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return "not an IP"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return next((text for attr, text in _KINDS if getattr(ip, attr)), "a non-global")
+
+
+def refusal(address: str, host: str, setting: str, redirect: Redirect | None = None) -> str:
+    """The message of a refused connection to ``address`` (what ``host`` resolved to).
+
+    ``refused to connect: [redirect N (from HOST:PORT) to URL: ]NAME resolves to ADDRESS,
+    a loopback address (allow it with SETTING)``.
+    """
+    kind = f"{_kind(address)} address"
+    if host and host.strip("[]") != address:
+        what = f"{host} resolves to {address}, {kind}"
+    else:
+        what = f"{address} is {kind}"
+    where = f"{redirect}: " if redirect is not None else ""
+    return f"refused to connect: {where}{what} (allow it with {setting})"
 
 
 def parse_networks(values: Iterable[str], where: str) -> tuple[Network, ...]:
@@ -54,10 +142,12 @@ def parse_networks(values: Iterable[str], where: str) -> tuple[Network, ...]:
 
 
 class NetworkGuard:
-    """Says whether a connection to an IP address may be made."""
+    """Says whether a connection to an IP address may be made; ``setting`` is the config
+    key of ``allow``, named in refusals."""
 
-    def __init__(self, allow: Iterable[str] = ()) -> None:
-        self.allow = parse_networks(allow, "allow_networks")
+    def __init__(self, allow: Iterable[str] = (), setting: str = DOWNLOAD_SETTING) -> None:
+        self.allow = parse_networks(allow, setting)
+        self.setting = setting
 
     def allows(self, address: str) -> bool:
         """Whether ``address`` (an IPv4 or IPv6 literal) may be connected to."""
@@ -71,14 +161,36 @@ class NetworkGuard:
             return True
         return ip.is_global and not ip.is_multicast
 
-    def check(self, address: str, host: str = "") -> None:
-        """Raise ``BlockedAddressError`` when ``address`` is not allowed."""
+    def check(self, address: str, host: str = "", redirect: Redirect | None = None) -> None:
+        """Raise ``BlockedAddressError`` when ``address`` (what ``host`` resolved to, for
+        ``redirect`` if it was one) is not allowed."""
         if not self.allows(address):
-            name = f"{host} resolves to {address}" if host and host != address else address
             raise BlockedAddressError(
-                f"refused to connect: {name} is a loopback, private, link-local or "
-                "multicast address (allow it with allow_networks)"
+                refusal(address, host, self.setting, redirect), address, host, self.setting
             )
+
+
+def check_host(guard: NetworkGuard, host: str, port: int) -> None:
+    """Resolve ``host`` now and refuse it as a connection to it would be refused: when
+    none of its addresses is allowed. (A connection is still checked when it is made.)
+
+    Raises:
+        BlockedAddressError: no address of ``host`` is allowed (the first one's refusal).
+        OSError: ``host`` does not resolve.
+        UnicodeError: ``host`` is not a valid name.
+    """
+    host = host.strip("[]")
+    refused: BlockedAddressError | None = None
+    for *_, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        try:
+            guard.check(str(sockaddr[0]), host)
+        except BlockedAddressError as exc:
+            refused = refused or exc
+            continue
+        return
+    if refused is not None:
+        raise refused
+    raise OSError(f"{host} resolves to no address")
 
 
 def find_blocked(exc: BaseException) -> BlockedAddressError | None:
@@ -97,10 +209,13 @@ def find_blocked(exc: BaseException) -> BlockedAddressError | None:
 
 
 def guard_of(config: Any) -> NetworkGuard | None:
-    """The guard a ``DownloadConfig`` asks for, or None when it is off."""
+    """The guard a ``DownloadConfig`` asks for, or None when it is off. Its refusals name
+    the config's ``allow_networks_setting`` (a job of the service: ``SERVICE_SETTING``),
+    by default ``DOWNLOAD_SETTING``."""
     if not config.block_private_networks:
         return None
-    return NetworkGuard(config.allow_networks)
+    setting = getattr(config, "allow_networks_setting", DOWNLOAD_SETTING)
+    return NetworkGuard(config.allow_networks, setting)
 
 
 def blocked_error(message: str) -> FetchError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import requests
@@ -27,6 +27,7 @@ from runtime.core.errors import FetchError
 from runtime.core.netguard import (
     BlockedAddressError,
     NetworkGuard,
+    Redirect,
     blocked_error,
     find_blocked,
     guard_of,
@@ -74,11 +75,19 @@ class Transport(Protocol):
 TransportFactory = Callable[[], Transport]
 
 
-def translate(exc: BaseException, url: str) -> FetchError:
-    """Map a requests/urllib3/socket error to a ``FetchError`` with a stable kind."""
+def translate(exc: BaseException, url: str, redirects: Sequence[str] = ()) -> FetchError:
+    """Map a requests/urllib3/socket error to a ``FetchError`` with a stable kind.
+
+    ``redirects``: the urls that answered with a redirect before ``exc`` (a refused
+    connection is then told as the last one's).
+    """
     text = f"{type(exc).__name__}: {exc}"
     blocked = find_blocked(exc)
     if blocked is not None:
+        if redirects:
+            request = getattr(exc, "request", None)  # requests' error names what it sent
+            target = getattr(request, "url", None) or blocked.host
+            blocked = blocked.redirected(Redirect(len(redirects), redirects[-1], str(target)))
         return blocked_error(str(blocked))
     if isinstance(exc, requests.exceptions.TooManyRedirects):
         return FetchError(f"too many redirects for {url}", error_kind="redirect", permanent=True)
@@ -203,12 +212,19 @@ class RequestsTransport:
 
     def open(self, url: str, headers: Mapping[str, str]) -> Response:
         """Send the GET, following redirects."""
+        redirects: list[str] = []
+
+        def seen(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+            if response.is_redirect:  # called for each response, the redirects' too
+                redirects.append(response.url)
+
         try:
             response = self.session.get(
-                url, headers=dict(headers), stream=True, timeout=self.timeout
-            )
+                url, headers=dict(headers), stream=True, timeout=self.timeout,
+                hooks={"response": seen},
+            )  # fmt: skip
         except _LIBRARY_ERRORS as exc:
-            raise translate(exc, url) from exc
+            raise translate(exc, url, redirects) from exc
         return _RequestsResponse(response, url)
 
     def close(self) -> None:

@@ -9,6 +9,7 @@
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const WINDOW_S = 300;    // the chart shows at most the last five minutes of a job
 const SMOOTH_S = 2;      // each point of the chart is the rate over up to 2 s
+const GAP_S = 30;        // no progress event for this long (paused, restarted): a break
 const PAGE_SIZE = 20;    // failed items and files per page
 // Browsers open at most 6 HTTP/1.1 connections to one origin: more event streams than
 // this would leave none for the API calls. The other jobs are updated by polling.
@@ -76,9 +77,11 @@ function askToken(why) {
 }
 
 function showError(e) {
-  if (!(e instanceof AuthError) && e.name !== "AbortError") {
-    setText(document.getElementById("message"), String(e.message || e));
-  }
+  if (e instanceof AuthError || e.name === "AbortError") return;
+  const message = document.getElementById("message");
+  const text = String(e.message || e);
+  setText(message, text);
+  setTimeout(() => { if (message.textContent === text) setText(message, ""); }, 15000);
 }
 
 function notice(text) { setText(document.getElementById("notice"), text); }
@@ -409,14 +412,15 @@ function addSample(id, event) {
 }
 
 function series(list, key) {
-  // The rate of list[key] at each sample, over the samples of the SMOOTH_S before it;
-  // null after a gap (a pause, a restart), where the line breaks.
+  // The rate of list[key] at each sample, over the SMOOTH_S before it (at least since the
+  // sample before); null after a gap, where the line breaks.
   const out = [];
   let j = 0;
   for (let i = 1; i < list.length; i++) {
-    while (list[i].ts - list[j].ts > SMOOTH_S) j++;
+    while (j < i - 1 && list[i].ts - list[j].ts > SMOOTH_S) j++;
     const dt = list[i].ts - list[j].ts;
-    out.push(j === i ? null : { ts: list[i].ts, v: Math.max(0, (list[i][key] - list[j][key]) / dt) });
+    const v = Math.max(0, (list[i][key] - list[j][key]) / dt);
+    out.push(dt > GAP_S ? null : { ts: list[i].ts, v });
   }
   return out;
 }
