@@ -195,8 +195,8 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
         "/v1/jobs",
         status_code=202,
         response_model=JobCreated,
-        dependencies=auth,
-        responses=errors(400, 409, 413, 422),
+        dependencies=[*auth, Depends(_require_json)],
+        responses=errors(400, 409, 413, 415, 422),
         tags=["jobs"],
     )
     async def submit(
@@ -530,6 +530,17 @@ def wrap_limits(app: FastAPI, config: Config) -> ASGIApp:
 
 async def _job_error(request: Request, exc: JobError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+
+def _require_json(request: Request) -> None:
+    """Refuse a body that is not sent as JSON (415), rather than failing to validate it."""
+    given = request.headers.get("content-type", "")
+    kind, _, subtype = given.partition(";")[0].strip().lower().partition("/")
+    if kind != "application" or not (subtype == "json" or subtype.endswith("+json")):
+        got = f"got {given!r}" if given else "no Content-Type was sent"
+        raise HTTPException(
+            415, f"send the batch as JSON, with Content-Type: application/json ({got})"
+        )
 
 
 def _control(

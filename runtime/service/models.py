@@ -202,6 +202,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         404: "no such job (or file)",
         409: "the job's status does not allow this",
         413: "too large",
+        415: "the body is not sent as Content-Type: application/json",
         422: "not a valid request",
         429: "too many concurrent connections",
     }

@@ -1,0 +1,103 @@
+"""The job service's API at its edges: request bodies (size, media type), what answers
+without a token (the schema and its docs, which need nothing from elsewhere), callback
+urls the network guard would refuse, and the settings its refusals name."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from runtime.service.limits import Limits
+from tests.service_helpers import Service, write_config
+
+MAX_BODY = 200_000
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    folder = tmp_path_factory.mktemp("service-api")
+    server = Service(write_config(folder, max_body_bytes=MAX_BODY))
+    try:
+        yield server
+    finally:
+        assert server.stop() == 0
+
+
+def _chunked(body: bytes, size: int = 10_000) -> Iterator[bytes]:
+    """``body`` as a generator: requests sends it with Transfer-Encoding: chunked."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+# -- request bodies ----------------------------------------------------------------------
+
+
+def test_limits_answer_413_even_when_the_app_turns_read_errors_into_400() -> None:
+    """A streamed body over the limit is refused by the middleware itself, not surfaced
+    as an error of the app's body reading (which FastAPI answers with a 400)."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            while (await receive())["more_body"]:
+                pass
+            status = 200
+        except Exception:  # noqa: BLE001 - what FastAPI does while reading a body
+            status = 400
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def call(body: bytes) -> int:
+        chunks = [body[i : i + 10] for i in range(0, len(body), 10)] or [b""]
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            chunk = chunks.pop(0) if chunks else b""
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await Limits(app, max_connections=5, max_body=100)(
+            {"type": "http", "headers": []}, receive, send
+        )
+        return int(sent[0]["status"])
+
+    assert asyncio.run(call(b"x" * 101)) == 413
+    assert asyncio.run(call(b"x" * 100)) == 200
+
+
+@pytest.mark.slow
+def test_a_body_over_the_limit_gets_413_chunked_or_not(service: Service) -> None:
+    """Too big a body is a 413 naming the setting, whether it announces its length or
+    comes chunked; a chunked body within the limit is read as any other."""
+    body = b'{"items": [' + b" " * MAX_BODY + b"]}"
+    headers = {"Content-Type": "application/json"}
+    announced = service.call("POST", "/v1/jobs", data=body, headers=headers)
+    chunked = service.call("POST", "/v1/jobs", data=_chunked(body), headers=headers)
+    for answer in (announced, chunked):
+        assert answer.status_code == 413, answer.text
+        assert "service.max_body_bytes" in answer.json()["detail"]
+    small = b'{"items": [{"url": "http://127.0.0.1:1/a"}]}'
+    accepted = service.call("POST", "/v1/jobs", data=_chunked(small, 7), headers=headers)
+    assert accepted.status_code == 202, accepted.text
+
+
+@pytest.mark.slow
+def test_a_body_not_sent_as_json_gets_415(service: Service) -> None:
+    """Form-encoded, plain text or no Content-Type at all: 415 saying what to send, not a
+    422 about dictionaries; JSON with a charset (or a +json type) is fine."""
+    body = b'{"items": [{"url": "http://127.0.0.1:1/a"}]}'
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        answer = service.call("POST", "/v1/jobs", data=body, headers=headers)
+        assert answer.status_code == 415, (content_type, answer.text)
+        assert "Content-Type: application/json" in answer.json()["detail"]
+    for content_type in ("application/json; charset=utf-8", "application/vnd.batch+json"):
+        answer = service.call("POST", "/v1/jobs", data=body, headers={"Content-Type": content_type})
+        assert answer.status_code == 202, (content_type, answer.text)
+    unauthorised = requests.post(service.url("/v1/jobs"), data=body, timeout=30)
+    assert unauthorised.status_code == 401  # the token is checked first
