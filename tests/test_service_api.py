@@ -5,6 +5,8 @@ urls the network guard would refuse, and the settings its refusals name."""
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -101,3 +103,77 @@ def test_a_body_not_sent_as_json_gets_415(service: Service) -> None:
         assert answer.status_code == 202, (content_type, answer.text)
     unauthorised = requests.post(service.url("/v1/jobs"), data=body, timeout=30)
     assert unauthorised.status_code == 401  # the token is checked first
+
+
+# -- what answers without a token ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_schema_and_its_docs_answer_without_a_token_and_load_nothing_from_elsewhere(
+    service: Service,
+) -> None:
+    """/openapi.json and /docs describe the API (not its data) without a token; the docs
+    page has no script, style or link from another site; /redoc (a CDN page) is gone."""
+    schema = requests.get(service.url("/openapi.json"), timeout=30)
+    assert schema.status_code == 200
+    assert "/v1/jobs" in schema.json()["paths"]
+    page = requests.get(service.url("/docs"), timeout=30)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "openapi.json" in page.text
+    for attribute in ("src=", "href="):
+        for part in page.text.split(attribute)[1:]:
+            target = part[1:].split(part[0], 1)[0]  # the quoted value
+            assert "//" not in target, target  # nothing from another site
+    assert requests.get(service.url("/redoc"), timeout=30).status_code == 404
+    assert requests.get(service.url("/v1/jobs"), timeout=30).status_code == 401
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not (CHROMIUM and DRIVER):
+        if os.environ.get("CI"):
+            pytest.fail("CI must install chromium and chromium-driver (see .ci/run)")
+        pytest.skip("needs Debian's chromium and chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=DriverService(executable_path=DRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.mark.slow
+def test_the_docs_page_shows_every_operation_from_this_server_alone(
+    service: Service, browser: Any
+) -> None:
+    """In a real browser, /docs lists every operation of /openapi.json, with everything
+    it loaded coming from the service itself."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(service.url("/docs"))
+    WebDriverWait(browser, 60).until(
+        lambda b: b.execute_script("return document.querySelector('#api[data-ready]') !== null")
+    )
+    shown = browser.execute_script(
+        "return [...document.querySelectorAll('#api details.op summary')]"
+        ".map(s => s.textContent.replace(/\\s+/g, ' ').trim())"
+    )
+    paths = requests.get(service.url("/openapi.json"), timeout=30).json()["paths"]
+    for path, operations in paths.items():
+        for method in operations:
+            assert any(s.startswith(f"{method} {path}") for s in shown), (method, path, shown)
+    loaded = browser.execute_script(
+        "return [location.href, ...performance.getEntriesByType('resource').map(e => e.name)]"
+    )
+    assert all(url.startswith(service.base + "/") for url in loaded), loaded

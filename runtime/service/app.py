@@ -140,7 +140,11 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
     app = FastAPI(
         title="conveyor job service",
         version=__version__,
-        description="Submit batches of downloads, follow them live, fetch the files.",
+        description="Submit batches of downloads, follow them live, fetch the files. "
+        "Every operation needs `Authorization: Bearer <token>` except `/healthz` (and "
+        "`/metrics` with `service.public_metrics`); this description and `/docs` are open.",
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: see /docs below
+        redoc_url=None,
     )
 
     @app.on_event("startup")
@@ -516,6 +520,14 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
     async def dashboard() -> HTMLResponse:
         return HTMLResponse(
             (static / "index.html").read_text("utf-8"), headers={"Cache-Control": "no-store"}
+        )
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        """The API's operations, rendered from /openapi.json by a page that needs nothing
+        from elsewhere (no token: it describes the API, not its data)."""
+        return HTMLResponse(
+            (static / "docs.html").read_text("utf-8"), headers={"Cache-Control": "no-store"}
         )
 
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
