@@ -561,21 +561,6 @@ def test_a_pending_webhook_survives_a_restart(tmp_path: Path) -> None:
     assert got[0]["X-Conveyor-Delivery"] == first["delivery_id"]
 
 
-def test_a_webhook_to_an_internal_address_is_refused_at_once(
-    service: Service, files: FileServer
-) -> None:
-    """The SSRF guard covers callbacks: a delivery to 10.0.0.1 is given up without a
-    connection and without retrying for an hour."""
-    job_id = service.submit(files.items(1, "b"), callback_url="http://10.0.0.1/hook")["job_id"]
-    kinds = [event["type"] for event in service.events(job_id)]
-    assert kinds[-1] == "webhook"  # recorded before it is announced
-    (hook,) = service.call("GET", f"/v1/jobs/{job_id}").json()["webhooks"]
-    assert hook["status"] == "failed"
-    (attempt,) = hook["attempts"]
-    assert attempt["gave_up"] is True
-    assert "refused to connect" in attempt["error"]
-
-
 def test_stopping_the_service_ends_open_streams_cleanly(tmp_path: Path) -> None:
     """SIGTERM with a client following a running job: the stream ends, the server exits
     0 without a traceback, and the job resumes at the next start."""

@@ -7,14 +7,25 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from runtime.core.netguard import (
+    SERVICE_SETTING,
+    BlockedAddressError,
+    NetworkGuard,
+    check_host,
+)
+from runtime.service.jobstore import Delivery, Job, SQLiteJobStore
 from runtime.service.limits import Limits
-from tests.service_helpers import Service, write_config
+from runtime.service.webhooks import Deliverer
+from tests.service_helpers import TIMEOUT, Service, write_config
 
 MAX_BODY = 200_000
 
@@ -177,3 +188,103 @@ def test_the_docs_page_shows_every_operation_from_this_server_alone(
         "return [location.href, ...performance.getEntriesByType('resource').map(e => e.name)]"
     )
     assert all(url.startswith(service.base + "/") for url in loaded), loaded
+
+
+# -- callback urls and the network guard --------------------------------------------------
+
+
+def _refused(answer: requests.Response) -> str:
+    assert answer.status_code == 422, answer.text
+    (error,) = answer.json()["detail"]
+    assert error["loc"] == ["body", "callback_url"], error
+    return str(error["msg"])
+
+
+@pytest.mark.slow
+def test_a_callback_url_the_guard_would_refuse_is_refused_at_submit(service: Service) -> None:
+    """Loopback (beyond service.allow_networks), private and link-local callbacks, and
+    hosts that do not resolve: 422 naming callback_url and why, and no job; an allowed
+    one is accepted."""
+    items = [{"url": "http://127.0.0.1:1/a"}]
+    before = len(service.call("GET", "/v1/jobs", params={"limit": 1000}).json()["jobs"])
+    allow = "(allow it with service.allow_networks)"
+    cases = {
+        "http://10.0.0.1/hook": f"10.0.0.1 is a private address {allow}",
+        "http://169.254.169.254/latest": f"169.254.169.254 is a link-local address {allow}",
+        "http://[::1]:8080/hook": f"::1 is a loopback address {allow}",
+        "https://127.0.0.2/hook": f"127.0.0.2 is a loopback address {allow}",
+        "http://no-such-host.invalid/hook": "its host no-such-host.invalid does not resolve",
+    }
+    for url, reason in cases.items():
+        answer = service.call("POST", "/v1/jobs", json={"items": items, "callback_url": url})
+        message = _refused(answer)
+        assert message.startswith("callback_url refused: "), message
+        assert reason in message, (url, message)
+    message = _refused(
+        service.call("POST", "/v1/jobs", json={"items": items, "callback_url": "ftp://x/y"})
+    )
+    assert "callback_url must be an http(s) url" in message
+    after = len(service.call("GET", "/v1/jobs", params={"limit": 1000}).json()["jobs"])
+    assert after == before
+    service.submit(items, callback_url="http://127.0.0.1:1/hook")  # allowed: accepted
+
+
+def test_a_host_is_refused_when_none_of_its_addresses_is_allowed() -> None:
+    """``check_host`` resolves a name and refuses it as a connection would be refused."""
+    guard = NetworkGuard((), SERVICE_SETTING)
+    with pytest.raises(BlockedAddressError) as refused:
+        check_host(guard, "localhost", 80)
+    assert "localhost resolves to " in str(refused.value)
+    assert str(refused.value).endswith("a loopback address (allow it with service.allow_networks)")
+    check_host(NetworkGuard(["127.0.0.0/8", "::1/128"], SERVICE_SETTING), "localhost", 80)
+    with pytest.raises(OSError, match=r"not known|no address|resolve"):
+        check_host(guard, "no-such-host.invalid", 80)
+
+
+def test_a_delivery_is_checked_again_when_it_connects(tmp_path: Path) -> None:
+    """A delivery to a refused address (a name that resolved elsewhere at submit, say) is
+    given up at its first attempt, without a connection, naming the service's setting;
+    the attempt is stored before it is announced."""
+    store = SQLiteJobStore(tmp_path)
+    store.create(Job(id="j", number=0, status="completed", total=1, invalid=0,
+                     created_at=0.0), None)  # fmt: skip
+    delivery = Delivery(id="d", job_id="j", url="http://10.0.0.1/hook", body=b"{}",
+                        status="pending", created_at=time.time())  # fmt: skip
+    store.add_delivery(delivery)
+    attempts: list[dict[str, object]] = []
+    done = threading.Event()
+
+    def attempted(_: Delivery, record: dict[str, object]) -> None:
+        (stored,) = store.deliveries("j")  # recorded before it is announced
+        attempts.append({**record, "recorded": stored.attempts})
+        done.set()
+
+    deliverer = Deliverer(store, "secret", NetworkGuard((), SERVICE_SETTING), timeout=3600,
+                          backoff=0.01, on_attempt=attempted)  # fmt: skip
+    try:
+        deliverer.start(delivery)
+        assert done.wait(TIMEOUT)
+    finally:
+        deliverer.stop()
+        store.close()
+    (attempt,) = attempts
+    assert attempt["gave_up"] is True
+    assert attempt["recorded"] == [{k: v for k, v in attempt.items()
+                                    if k not in ("recorded", "status_after")}]  # fmt: skip
+    assert attempt["status_after"] == "failed"
+    assert attempt["error"] == (
+        "refused to connect: 10.0.0.1 is a private address (allow it with service.allow_networks)"
+    )
+
+
+@pytest.mark.slow
+def test_a_refused_item_names_the_service_setting(service: Service) -> None:
+    """In the service, a download the guard refuses says to allow it with
+    ``service.allow_networks`` (what the service reads), not ``download.allow_networks``."""
+    job = service.submit([{"url": "http://10.0.0.1/x", "id": "x"}], options={"max_attempts": 1})
+    service.wait_for(job["job_id"], "completed")
+    (item,) = service.call("GET", f"/v1/jobs/{job['job_id']}/items").json()["items"]
+    assert item["error_kind"] == "blocked"
+    assert item["error"] == (
+        "refused to connect: 10.0.0.1 is a private address (allow it with service.allow_networks)"
+    )

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, generate_latest
@@ -28,6 +29,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from runtime import __version__
 from runtime.core.config import Config
+from runtime.core.netguard import BlockedAddressError, NetworkGuard, check_host
 from runtime.service.jobs import JobError, JobManager
 from runtime.service.jobstore import TERMINAL, Job
 from runtime.service.limits import ASGIApp, Limits
@@ -215,10 +217,9 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
                 f"{len(batch.items)} items; at most {service.max_items} "
                 "per job (service.max_items)",
             )
-        if batch.callback_url is not None:
-            parts = urlsplit(batch.callback_url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise HTTPException(422, "callback_url must be an http(s) url")
+        if batch.callback_url is not None and service.webhook_secret:
+            # (Without a secret the manager refuses any callback: no need to resolve it.)
+            await run_in_threadpool(_check_callback, manager.guard, batch.callback_url)
         done = await run_in_threadpool(
             manager.submit,
             batch.items,
@@ -553,6 +554,33 @@ def _require_json(request: Request) -> None:
         raise HTTPException(
             415, f"send the batch as JSON, with Content-Type: application/json ({got})"
         )
+
+
+def _check_callback(guard: NetworkGuard, url: str) -> None:
+    """Refuse (422, naming ``callback_url``) a callback whose host the network guard
+    would refuse at delivery, or that does not resolve. (Each delivery is checked again
+    when it connects.)"""
+    parts = urlsplit(url)
+    default = 443 if parts.scheme == "https" else 80
+    try:
+        check_host(guard, parts.hostname or "", parts.port or default)
+    except BlockedAddressError as exc:
+        reason = str(exc)
+    except (OSError, UnicodeError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        reason = f"its host {parts.hostname} does not resolve ({detail})"
+    else:
+        return
+    raise RequestValidationError(
+        [
+            {
+                "type": "value_error",
+                "loc": ("body", "callback_url"),
+                "msg": f"callback_url refused: {reason}",
+                "input": url,
+            }
+        ]
+    )
 
 
 def _control(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "ErrorOut",
@@ -53,8 +54,27 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     items: list[dict[str, Any]] = Field(min_length=1)
-    callback_url: str | None = Field(None, max_length=2048)
+    callback_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="an http(s) url the job's summary is POSTed to when it ends; its host "
+        "must resolve to an address the service may reach (service.allow_networks)",
+    )
     options: JobOptions = Field(default_factory=lambda: JobOptions.model_validate({}))
+
+    @field_validator("callback_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not one
+        except ValueError as exc:
+            raise ValueError(f"callback_url is not a valid url ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("callback_url must be an http(s) url with a host")
+        return url
 
 
 class Progress(BaseModel):
