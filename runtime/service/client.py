@@ -6,17 +6,25 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import requests
 
 from messages import HostStatus, RunFinished, RunProgress
+from runtime.core.clock import Clock, SystemClock
 from runtime.core.errors import InputError
 from runtime.core.inputs import iter_raw_entries
-from runtime.display import LiveDisplay, ProgressLogger
+from runtime.display import LiveDisplay
 from runtime.pipeline import EXIT_CODES
+from runtime.report import human_bytes, print_error_kinds, print_hosts
 
-__all__ = ["read_sse", "submit_file"]
+__all__ = ["ProgressLines", "print_job_summary", "read_sse", "submit_file"]
+
+PROGRESS_EVERY = 5.0
+"""Seconds between two progress lines when the output is not a terminal."""
+EXAMPLES_READ = 1000
+"""Failed items read for an example of each error kind in the summary."""
+ENDED = ("completed", "failed", "cancelled")
 
 
 def read_sse(response: requests.Response) -> Iterator[tuple[str | None, str, str]]:
@@ -48,17 +56,27 @@ def submit_file(
     follow: bool = False,
     callback_url: str | None = None,
     idempotency_key: str | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    clock: Clock | None = None,
 ) -> int:
-    """Submit ``path``'s entries as one job; return an exit code like ``run``'s."""
+    """Submit ``path``'s entries as one job; return an exit code like ``run``'s.
+
+    With ``follow``: ``run``'s live display on a terminal (``err``), else a progress line
+    on ``err`` every ``PROGRESS_EVERY`` seconds of ``clock``; at the end the job's counts,
+    its failures by kind and its hosts on ``out``.
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
     items: list[Any] = []
     try:
         for line, entry, error in iter_raw_entries(Path(path)):
             if error is not None:
-                print(f"conveyor: {path}: line {line}: {error}", file=sys.stderr)
+                print(f"conveyor: {path}: line {line}: {error}", file=err)
                 return EXIT_CODES["bad_input"]
             items.append(entry)
     except InputError as exc:
-        print(f"conveyor: {exc}", file=sys.stderr)
+        print(f"conveyor: {exc}", file=err)
         return EXIT_CODES["bad_input"]
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if idempotency_key:
@@ -70,32 +88,40 @@ def submit_file(
     try:
         answer = requests.post(f"{base}/v1/jobs", json=body, headers=headers, timeout=60)
     except requests.RequestException as exc:
-        print(f"conveyor: cannot reach {base}: {exc}", file=sys.stderr)
+        print(f"conveyor: cannot reach {base}: {exc}", file=err)
         return EXIT_CODES["run_error"]
     if answer.status_code != 202:
         print(
             f"conveyor: the server refused the job ({answer.status_code}): {answer.text}",
-            file=sys.stderr,
+            file=err,
         )
         return EXIT_CODES["bad_input"]
     job = answer.json()
-    print(job["job_id"])
+    print(job["job_id"], file=out, flush=True)
     for bad in job["invalid_items"]:
-        print(f"conveyor: item {bad['index']}: {bad['error']}", file=sys.stderr)
+        print(f"conveyor: item {bad['index']}: {bad['error']}", file=err)
     if not follow:
         return EXIT_CODES["ok"]
-    return _follow(base, job["job_id"], headers)
+    lines = None if err.isatty() else ProgressLines(job["job_id"], err, clock or SystemClock())
+    return _follow(base, job["job_id"], headers, (out, err), lines)
 
 
-def _follow(base: str, job_id: str, headers: dict[str, str]) -> int:
-    """Show the job's progress with ``run``'s display until it ends."""
-    display: Any = LiveDisplay() if sys.stderr.isatty() else ProgressLogger()
-    if isinstance(display, LiveDisplay):
+def _follow(
+    base: str,
+    job_id: str,
+    headers: dict[str, str],
+    streams: tuple[TextIO, TextIO],
+    lines: ProgressLines | None,
+) -> int:
+    """Show the job's progress until it ends (``lines``, or ``run``'s live display)."""
+    out, err = streams
+    display = LiveDisplay() if lines is None else None
+    if display is not None:
         display.start()
     last = 0
     status = "queued"
     try:
-        while status not in ("completed", "failed", "cancelled"):
+        while status not in ENDED:
             stream_headers = {**headers, "Last-Event-ID": str(last)}
             try:
                 with requests.get(
@@ -107,34 +133,126 @@ def _follow(base: str, job_id: str, headers: dict[str, str]) -> int:
                     response.raise_for_status()
                     for event_id, kind, data in read_sse(response):
                         last = int(event_id) if event_id else last
-                        status = _show(display, kind, json.loads(data), status)
+                        event = json.loads(data)
+                        if lines is not None:
+                            lines.event(kind, event)
+                        elif display is not None:
+                            _show(display, kind, event)
+                        status = str(event["status"]) if kind == "status" else status
             except requests.RequestException as exc:
-                print(f"conveyor: the event stream broke ({exc}); reconnecting", file=sys.stderr)
-            if status not in ("completed", "failed", "cancelled"):
+                print(f"conveyor: the event stream broke ({exc}); reconnecting", file=err)
+            if status not in ENDED:
                 status = requests.get(
                     f"{base}/v1/jobs/{job_id}", headers=headers, timeout=30
                 ).json()["status"]
     finally:
-        if isinstance(display, LiveDisplay):
+        if display is not None:
             display.stop()
     final = requests.get(f"{base}/v1/jobs/{job_id}", headers=headers, timeout=30).json()
+    failed = _failed_items(base, job_id, headers) if final["errors"] else []
+    print_job_summary(final, failed, out)
     p = final["progress"]
-    print(
-        f"job {job_id} {final['status']}: {p['completed']} completed, {p['failed']} failed, "
-        f"{p['skipped']} skipped of {p['total']}"
-    )
     if final["status"] != "completed":
         return EXIT_CODES["interrupted"] if final["status"] == "cancelled" else 3
     return EXIT_CODES["ok"] if p["completed"] == p["total"] else EXIT_CODES["failed_items"]
 
 
-def _show(display: Any, kind: str, event: dict[str, Any], status: str) -> str:
+def _failed_items(base: str, job_id: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+    """The first ``EXAMPLES_READ`` failed items of the job (examples for the summary)."""
+    try:
+        answer = requests.get(
+            f"{base}/v1/jobs/{job_id}/items",
+            params={"status": "failed", "limit": str(EXAMPLES_READ)},
+            headers=headers,
+            timeout=30,
+        )
+        answer.raise_for_status()
+    except requests.RequestException:
+        return []  # the summary shows the counts without examples
+    return list(answer.json()["items"])
+
+
+def print_job_summary(job: dict[str, Any], failed: list[dict[str, Any]], out: TextIO) -> None:
+    """The end of ``submit --follow``, as ``run``'s summary: the counts, failures by kind
+    (each with an example url and reason, from ``failed``), the hosts.
+
+    Args:
+        job: ``GET /v1/jobs/{id}``.
+        failed: some of the job's failed items (``GET /v1/jobs/{id}/items?status=failed``).
+        out: where to print.
+    """
+    p = job["progress"]
+    print(
+        f"job {job['job_id']} {job['status']}: {p['completed']} completed, {p['failed']} "
+        f"failed, {p['skipped']} skipped of {p['total']}",
+        file=out,
+    )
+    if job.get("error"):
+        print(f"error: {job['error']}", file=out)
+    examples: dict[str, dict[str, Any]] = {}
+    for item in failed:
+        examples.setdefault(str(item.get("error_kind")), item)
+    kinds = sorted(job["errors"].items(), key=lambda kv: (-kv[1], kv[0]))
+    rows = [
+        {"error_kind": k, "count": n, "example_url": examples.get(k, {}).get("url")}
+        for k, n in kinds
+    ]
+    print_error_kinds(rows, out)
+    reasons = [(k, examples[k].get("error")) for k, _ in kinds if examples.get(k, {}).get("error")]
+    if reasons:
+        print("\n  why (the first item of each kind):", file=out)
+        for kind, reason in reasons:
+            print(f"    {kind}: {reason}", file=out)
+    print_hosts(job.get("hosts") or {}, out)
+    out.flush()
+
+
+class ProgressLines:
+    """Not a terminal: a line per status change, and a progress line at most every
+    ``every`` seconds of ``clock`` (the first one at once)."""
+
+    def __init__(self, job_id: str, out: TextIO, clock: Clock, every: float = PROGRESS_EVERY):
+        self.job_id = job_id
+        self.out = out
+        self.clock = clock
+        self.every = every
+        self.next_at: float | None = None
+
+    def event(self, kind: str, event: dict[str, Any]) -> None:
+        """One event of the job's stream."""
+        if kind == "status":
+            self._line(f"{event['status']}" + (f": {event['error']}" if event.get("error") else ""))
+        elif kind == "progress":
+            now = self.clock.now()
+            if self.next_at is None or now >= self.next_at:
+                self.next_at = now + self.every
+                self._line(_progress_text(event))
+
+    def _line(self, text: str) -> None:
+        print(f"job {self.job_id} {text}", file=self.out, flush=True)
+
+
+def _progress_text(p: dict[str, Any]) -> str:
+    """``running: 120/500 done (24.0 %), 3 failed, 1.2 MiB at 300.0 KiB/s, ETA 0:42``."""
+    done = p["completed"] + p["failed"] + p["skipped"]
+    eta = p.get("eta_s")
+    tail = f", ETA {_duration(eta)}" if eta is not None else ""
+    return (
+        f"progress: {done}/{p['total']} done ({p['percent']:.1f} %), {p['failed']} failed, "
+        f"{human_bytes(p['bytes'])} at {human_bytes(p['bytes_per_s'])}/s{tail}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{sec:02d}" if hours else f"{minutes}:{sec:02d}"
+
+
+def _show(display: LiveDisplay, kind: str, event: dict[str, Any]) -> None:
     if kind == "progress" and "run" in event:
         display(RunProgress(**event["run"]))
         for host in event.get("hosts", []):
             display(HostStatus(**host))
-    elif kind == "status":
-        status = str(event["status"])
-        if status in ("completed", "failed", "cancelled"):
-            display(RunFinished(accepted=0, completed=0, failed=0, skipped=0, reason=status))
-    return status
+    elif kind == "status" and event["status"] in ENDED:
+        display(RunFinished(accepted=0, completed=0, failed=0, skipped=0, reason=event["status"]))
