@@ -39,7 +39,7 @@ from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.curl import CurlEngine
 from runtime.core.logs import get_logger
-from runtime.core.transfer import Transfer
+from runtime.core.transfer import RangeMemory, Transfer
 from runtime.core.transport import Transport, TransportFactory
 
 __all__ = ["Downloader", "ProtocolError"]
@@ -65,7 +65,10 @@ class Downloader(ChildActor):
         clock: Clock,
         cancel: threading.Event,
         lane: Lane = "small",
+        ranges: RangeMemory | None = None,
     ) -> None:
+        """``ranges``: the hosts known not to honour Range, shared by the downloaders of
+        one run in one process (default: this downloader's own)."""
         super().__init__(child=child)
         self.config = config
         self.lane = lane
@@ -88,6 +91,7 @@ class Downloader(ChildActor):
             cancel=cancel,
             lane=lane,
             hooks=_Hooks(self),
+            ranges=ranges,
         )
         self.engine: CurlEngine | None = CurlEngine(self.transfer) if curl else None
 

@@ -50,6 +50,7 @@ from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.logs import configure_cli_logging, get_logger
 from runtime.core.plugins import BaseProcessor, load_plugin
+from runtime.core.transfer import RangeMemory
 from runtime.core.transport import TransportFactory
 
 __all__ = [
@@ -142,6 +143,7 @@ def downloader_process_main(
     pipe = _Pipe(conn)
     uplink = Uplink(pipe)
     cancel = threading.Event()
+    ranges = RangeMemory()  # hosts that cannot resume, for every downloader of this process
     local: dict[str, pykka.ActorRef[Any]] = {}
     try:
         while True:
@@ -168,6 +170,7 @@ def downloader_process_main(
                             transport_factory=transport_factory,
                             clock=clock,
                             cancel=cancel,
+                            ranges=ranges,
                         )
                     case Cancel(abort=True):
                         cancel.set()

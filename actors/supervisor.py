@@ -53,6 +53,7 @@ from runtime.core.config import Config
 from runtime.core.errors import ConveyorError, InputError, SupervisionError
 from runtime.core.logs import get_logger
 from runtime.core.plugins import BasePostProcessor, BaseProcessor, PluginContext, load_plugin
+from runtime.core.transfer import RangeMemory
 from runtime.core.transport import TransportFactory
 
 __all__ = ["Supervisor"]
@@ -98,6 +99,7 @@ class Supervisor(pykka.ThreadingActor):
         self.on_finished = on_finished
         self.rng = rng
         self.cancel = threading.Event()
+        self.ranges = RangeMemory()  # hosts that cannot resume, for every downloader here
         self.stop_ticker = threading.Event()
         self.children: dict[str, pykka.ActorRef[Any]] = {}
         self.generation: dict[tuple[str, int], int] = {}
@@ -238,6 +240,7 @@ class Supervisor(pykka.ThreadingActor):
                 transport_factory=self.transport_factory,
                 clock=self.clock,
                 cancel=self.cancel,
+                ranges=self.ranges,
             )
             credit = self.config.download.mailbox
         elif kind == "processor" and self.config.processing.mode == "process":

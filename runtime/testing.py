@@ -341,6 +341,11 @@ class FaultServer:
     - ``/truncate/<name>?at=M``        first request: M bytes of a longer Content-Length, then
                                        close; ``&always=1`` every time
     - ``/stall/<name>?at=M&secs=S``    first request: M bytes then silence for S seconds
+    - ``/range-lie/<code>/<name>?at=M`` first request: M bytes of a longer body, then close
+                                       (a ``.part`` to resume); then a Range request gets
+                                       ``code``: 200 with the whole body, or 206 with a
+                                       Content-Range (and bytes) from half the offset asked;
+                                       a request without Range gets 200
     - ``/drip/<name>?rate=B``          B bytes per 0.1 s (a slow but live transfer), with
                                        ETag and Range support
     - ``/redirect/<n>/<name>``         a chain of n redirects to ``/ok/<name>``
@@ -500,6 +505,11 @@ class FaultServer:
                     )
                 else:
                     self._ok(h, name, size)
+            case "range-lie":
+                if first:
+                    self._broken(h, "truncate", name, size, int(query.get("at", "1000")), 0)
+                else:
+                    self._range_lie(h, int(args[0]), name, size)
             case "drip":
                 self._ok(h, name, size, rate=int(query.get("rate", "10000")))
             case "redirect":
@@ -579,6 +589,25 @@ class FaultServer:
                 return
             if i + rate < size and self.stop.wait(0.1):
                 return
+
+    def _range_lie(self, h: Any, code: int, name: str, size: int) -> None:
+        """A server that cannot resume: a Range request gets the whole body (``code``
+        200) or a 206 from the wrong offset (half the one asked for)."""
+        body = body_of(name, size)
+        wanted = h.headers.get("Range")
+        start = 0
+        if code == 206 and wanted and wanted.startswith("bytes="):
+            start = int(wanted[6:].split("-")[0]) // 2
+        if start:
+            h.send_response(206)
+            h.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        else:
+            h.send_response(200)
+        h.send_header("ETag", _etag(body))
+        h.send_header("Content-Length", str(size - start))
+        h.end_headers()
+        if h.command != "HEAD":
+            self._write(h, body[start:])
 
     def _broken(self, h: Any, kind: str, name: str, size: int, at: int, secs: float) -> None:
         body = body_of(name, size)

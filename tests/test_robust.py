@@ -242,6 +242,41 @@ def test_resumed_run_continues_a_partial_file_with_range(
     assert by_id(config)["big"]["attempts"] == 1  # the interrupted attempt was not spent
 
 
+@pytest.mark.parametrize("code", [200, 206])
+def test_a_server_that_cannot_resume_gets_the_whole_file_without_a_spent_attempt(
+    tmp_path: Path, server: FaultServer, code: int
+) -> None:
+    """A Range request answered with other bytes than asked (a 200, or a 206 from another
+    offset) starts the file over in the same attempt: it completes byte-identical, no
+    ``.part`` left, no attempt spent on the lie; later resumes from that host ask for the
+    whole file without Range."""
+    size, at = 100000, 40000
+    config = make_config(tmp_path, retry={"max_attempts": 3})
+    lied, later = f"/range-lie/{code}/a.bin", f"/range-lie/{code}/b.bin"
+    a_done = threading.Event()
+
+    def on_event(message: Any) -> None:
+        if isinstance(message, Outcome) and message.id == "a":
+            a_done.set()
+
+    with Pipeline(config, on_event=on_event) as pipeline:
+        pipeline.submit([{"id": "a", "url": server.url(f"{lied}?size={size}&at={at}")}])
+        assert a_done.wait(TIMEOUT)  # the host has lied once before b is even submitted
+        pipeline.submit([{"id": "b", "url": server.url(f"{later}?size={size}&at={at}")}])
+        summary = pipeline.wait(TIMEOUT)
+    # a: cut short, then the lie (a 206 from the wrong offset is fetched again, whole)
+    assert server.ranges[lied] == [None, f"bytes={at}-"] + ([None] if code == 206 else [])
+    assert server.ranges[later] == [None, None]  # cut short too, but resumed without Range
+    records = by_id(config)
+    for item, name in (("a", "a.bin"), ("b", "b.bin")):
+        assert (records[item]["status"], records[item]["attempts"]) == ("completed", 2)
+        assert (Path(config.output.dir) / name).read_bytes() == body_of(name, size)
+        assert records[item]["sha256"] == sha(body_of(name, size))
+    assert leftovers(config) == ["a.bin", "b.bin"]  # no .part behind
+    host = next(iter(summary.stats["hosts"].values()))
+    assert host["failures"] == {"truncated": 2}  # the lie is not counted as a failure
+
+
 # -- limits -----------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from runtime.core.config import Config
 from runtime.core.errors import (
     CancelledError,
     FetchError,
+    RangeIgnoredError,
     StalledError,
     TooLargeError,
 )
@@ -164,15 +165,21 @@ class CurlEngine:
             part, offset, headers = self.transfer.resume_plan(item, prepared)
         except (FetchError, OSError) as exc:
             return self.transfer.failed(item, exc)
+        self._add(item, prepared, part, offset, headers)
+        return None
+
+    def _add(
+        self, item: WorkItem, dest: Path, part: Path, offset: int, headers: dict[str, str]
+    ) -> None:
+        """Add a transfer of ``item`` to the multi handle."""
         handle = self.idle.pop() if self.idle else pycurl.Curl()
         now = self.clock.now()
         report = now + self.config.download.progress_interval
-        job = _Job(item=item, dest=prepared, part=part, offset=offset, handle=handle,
+        job = _Job(item=item, dest=dest, part=part, offset=offset, handle=handle,
                    started=now, next_report=report)  # fmt: skip
         self._configure(handle, job, headers)
         self.jobs[handle] = job
         self.multi.add_handle(handle)
-        return None
 
     def perform(self, wait: float) -> list[DownloadComplete | DownloadFailed]:
         """Move every transfer on for up to ``wait`` s, or until one ends; return what
@@ -185,8 +192,9 @@ class CurlEngine:
                 pass
             while True:
                 queued, ok, failed = self.multi.info_read()
-                done += [self._finish(handle, None) for handle in ok]
-                done += [self._finish(h, (code, msg)) for h, code, msg in failed]
+                ended = [self._finish(handle, None) for handle in ok]
+                ended += [self._finish(h, (code, msg)) for h, code, msg in failed]
+                done += [result for result in ended if result is not None]
                 if not queued:
                     break
             left = until - time.monotonic()
@@ -205,7 +213,9 @@ class CurlEngine:
                     error_kind="timeout",
                 )
             if job.error is not None:
-                done.append(self._finish(handle, (pycurl.E_ABORTED_BY_CALLBACK, "aborted")))
+                result = self._finish(handle, (pycurl.E_ABORTED_BY_CALLBACK, "aborted"))
+                if result is not None:
+                    done.append(result)
         return done
 
     def close(self) -> None:
@@ -342,11 +352,13 @@ class CurlEngine:
 
     def _finish(
         self, handle: Any, error: tuple[int, str] | None
-    ) -> DownloadComplete | DownloadFailed:
+    ) -> DownloadComplete | DownloadFailed | None:
+        """The result of a transfer that ended; None when it starts over (the server
+        ignored its Range: the whole file is fetched in the same attempt)."""
         job = self.jobs.pop(handle)
         self.multi.remove_handle(handle)
         item = job.item
-        result: DownloadComplete | DownloadFailed
+        result: DownloadComplete | DownloadFailed | None
         try:
             if error is None and not job.checked:
                 self._begin_body(job)  # an empty body: its head is still checked
@@ -370,6 +382,9 @@ class CurlEngine:
             result = DownloadComplete(
                 worker=self.worker, item=item, path=str(job.dest), size=size, sha256=digest
             )
+        except RangeIgnoredError as exc:
+            self.transfer.range_ignored(item, job.part, exc)
+            result = None
         except FetchError as exc:
             if job.checked or job.status:
                 exc.scope = "url"  # the host answered: this transfer is what failed
@@ -382,6 +397,8 @@ class CurlEngine:
             result = self.transfer.failed(item, exc)
         handle.reset()
         self.idle.append(handle)
+        if result is None:  # no Range this time, so it cannot be ignored again
+            self._add(item, job.dest, job.part, 0, {})
         return result
 
     def _close(self, job: _Job) -> None:

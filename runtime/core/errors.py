@@ -14,6 +14,7 @@ One root, so a host program can catch everything conveyor raises in one clause::
         ├── TooLargeError      the body exceeded download.max_size
         ├── StalledError       slower than download.min_speed for download.stall_window
         ├── LaneChangeError    too large for the small-file lane (not a failure)
+        ├── RangeIgnoredError  a Range request got other bytes (not a failure: fetch whole)
         └── CancelledError     the transfer was cancelled (shutdown)
 
 ``requests`` exceptions never leave ``runtime.core.transport``: they are translated there,
@@ -36,6 +37,7 @@ __all__ = [
     "HTTPStatusError",
     "InputError",
     "LaneChangeError",
+    "RangeIgnoredError",
     "StalledError",
     "StateLockedError",
     "SupervisionError",
@@ -161,6 +163,14 @@ class LaneChangeError(FetchError):
     def __init__(self, size: int) -> None:
         super().__init__(f"{size} bytes: moving to the large-file lane")
         self.size = size
+
+
+class RangeIgnoredError(FetchError):
+    """A Range request was answered from another offset than asked: the server cannot
+    resume this file. Not a failure — the engine discards the ``.part`` and fetches the
+    whole file in the same attempt."""
+
+    scope = "url"  # the host answered
 
 
 class CancelledError(FetchError):

@@ -4,7 +4,8 @@ The downloader actor keeps its mailbox, its demand and its reporting; everything
 moving one item's bytes lives here — path safety, reuse of a file already in place,
 ``.part`` handling, Range/If-Range resume, status and size checks, the large-file lane,
 stall and deadline detection, ``max_size`` on decoded bytes, hashing, verification and
-error classification. It tells its owner what it learns through ``TransferHooks``.
+error classification. It tells its owner what it learns through ``TransferHooks``, and
+remembers in a ``RangeMemory`` the hosts that cannot resume.
 """
 
 from __future__ import annotations
@@ -29,18 +30,21 @@ from runtime.core.errors import (
     FetchError,
     HTTPStatusError,
     LaneChangeError,
+    RangeIgnoredError,
     StalledError,
     TooLargeError,
     TruncatedError,
 )
 from runtime.core.logs import get_logger
 from runtime.core.retry import parse_retry_after
+from runtime.core.scheduler import host_of
 from runtime.core.transport import Response, Transport
 
 __all__ = [
     "BACKGROUND_HASH",
     "EARLY_VALIDATOR",
     "BackgroundHash",
+    "RangeMemory",
     "ResponseHead",
     "Transfer",
     "TransferHooks",
@@ -76,6 +80,31 @@ class TransferHooks(Protocol):
         ...
 
 
+class RangeMemory:
+    """The hosts (``host:port``) that answered a Range request with other bytes than
+    asked: their items are fetched whole, without Range, for the rest of the run.
+
+    One per run and process, shared by its downloaders (they call from their own threads).
+    """
+
+    def __init__(self) -> None:
+        self._hosts: set[str] = set()
+        self._lock = threading.Lock()
+
+    def honours(self, url: str) -> bool:
+        """Whether a resume of ``url`` may ask for the rest with Range."""
+        return host_of(url) not in self._hosts
+
+    def distrust(self, url: str) -> None:
+        """Remember that ``url``'s host cannot resume (logged the first time)."""
+        host = host_of(url)
+        with self._lock:
+            if host in self._hosts:
+                return
+            self._hosts.add(host)
+        log.warning("host does not honour Range; fetching its files whole", host=host)
+
+
 class Transfer:
     """Fetches items one at a time with a ``Transport`` (the requests engine)."""
 
@@ -89,7 +118,10 @@ class Transfer:
         cancel: threading.Event,
         lane: Lane,
         hooks: TransferHooks,
+        ranges: RangeMemory | None = None,
     ) -> None:
+        """``ranges``: the hosts known not to honour Range, shared with the other
+        downloaders of the run (default: this transfer's own)."""
         self.worker = worker
         self.config = config
         self.transport = transport
@@ -97,6 +129,7 @@ class Transfer:
         self.cancel = cancel
         self.lane = lane
         self.hooks = hooks
+        self.ranges = ranges if ranges is not None else RangeMemory()
         self.out_dir = Path(config.output.dir)
         self.real_out = os.path.realpath(self.out_dir)
         self.pending_validator: str | None = None  # of a small transfer in progress
@@ -201,20 +234,43 @@ class Transfer:
 
     def resume_plan(self, item: WorkItem, dest: Path) -> tuple[Path, int, dict[str, str]]:
         """The partial file, the offset to resume from and the request headers that ask
-        for the rest (Range with If-Range, only when the item has a validator)."""
+        for the rest (Range with If-Range, only when the item has a validator and its
+        host honours Range).
+
+        The offset is 0 unless Range is asked for, so a non-zero offset always means a
+        Range request (what ``check_response`` holds the answer to)."""
         part = dest.with_name(dest.name + ".part")
         st = _lstat(part)
-        offset = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
         if st is not None and not stat.S_ISREG(st.st_mode):
             part.unlink()  # not ours (a planted link?): start over, never write through it
-        headers = {}
-        if offset and item.validator:
-            headers = {"Range": f"bytes={offset}-", "If-Range": item.validator}
-        return part, offset, headers
+            st = None
+        offset = st.st_size if st is not None else 0
+        if not offset or not item.validator:
+            return part, 0, {}  # nothing to resume, or no validator to resume it safely
+        if not self.ranges.honours(item.url):
+            part.unlink()  # its host cannot resume: the whole file, from byte 0
+            return part, 0, {}
+        return part, offset, {"Range": f"bytes={offset}-", "If-Range": item.validator}
 
     def _fetch(self, item: WorkItem, dest: Path) -> DownloadComplete:
-        assert self.transport is not None
         part, offset, headers = self.resume_plan(item, dest)
+        try:
+            return self._fetch_from(item, dest, part, offset, headers)
+        except RangeIgnoredError as exc:
+            self.range_ignored(item, part, exc)
+            return self._fetch_from(item, dest, part, 0, {})  # no Range: cannot lie again
+
+    def range_ignored(self, item: WorkItem, part: Path, exc: RangeIgnoredError) -> None:
+        """The server cannot resume ``item``: remember its host, discard the ``.part``
+        (the caller fetches the whole file in the same attempt)."""
+        log.info("range ignored; fetching the whole file", error=str(exc), url=item.url)
+        self.ranges.distrust(item.url)
+        part.unlink(missing_ok=True)
+
+    def _fetch_from(
+        self, item: WorkItem, dest: Path, part: Path, offset: int, headers: dict[str, str]
+    ) -> DownloadComplete:
+        assert self.transport is not None
         response = self.transport.open(item.url, headers)
         try:
             offset, expected = self.check_response(item, response, offset)
@@ -250,12 +306,17 @@ class Transfer:
             raise HTTPStatusError(response.status, item.url, retry_after=retry_after)
         if response.status == 206 and offset:
             start = _range_start(response.headers.get("Content-Range"))
-            if start != offset:
-                raise FetchError(
+            if start != offset:  # never spliced: the caller fetches the whole file
+                raise RangeIgnoredError(
                     f"asked for bytes from {offset}, got {response.headers.get('Content-Range')}"
                 )
-        else:
-            offset = 0  # a full response: start over
+        elif offset:
+            # A full response to a Range request: the body from byte 0, the part truncated.
+            # The same validator (or none) means the file did not change: the host cannot
+            # resume (a changed validator is the file changing, not the host's fault).
+            if _validator(response.headers) in (None, item.validator):
+                self.ranges.distrust(item.url)
+            offset = 0
         length = _content_length(response.headers)
         expected = offset + length if length is not None else item.size
         if cfg.max_size and expected is not None and expected > cfg.max_size:
