@@ -102,13 +102,20 @@ def test_a_body_over_the_limit_gets_413_chunked_or_not(service: Service) -> None
 @pytest.mark.slow
 def test_a_body_not_sent_as_json_gets_415(service: Service) -> None:
     """Form-encoded, plain text or no Content-Type at all: 415 saying what to send, not a
-    422 about dictionaries; JSON with a charset (or a +json type) is fine."""
+    422 about dictionaries; JSON with a charset (or a +json type) is fine; JSON with a
+    string that is not Unicode is a 422 like any invalid body."""
     body = b'{"items": [{"url": "http://127.0.0.1:1/a"}]}'
     for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
         headers = {"Content-Type": content_type} if content_type else {}
         answer = service.call("POST", "/v1/jobs", data=body, headers=headers)
         assert answer.status_code == 415, (content_type, answer.text)
         assert "Content-Type: application/json" in answer.json()["detail"]
+    not_unicode = b'{"items": [{"url": "http://a/b"}], "callback_url": "http://\\udcff/"}'
+    answer = service.call(
+        "POST", "/v1/jobs", data=not_unicode, headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 422, answer.text  # echoed back escaped, not a 500
+    assert answer.json()["detail"][0]["loc"] == ["body", "callback_url"]
     for content_type in ("application/json; charset=utf-8", "application/vnd.batch+json"):
         answer = service.call("POST", "/v1/jobs", data=body, headers={"Content-Type": content_type})
         assert answer.status_code == 202, (content_type, answer.text)

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -154,6 +155,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
         hub.loop = asyncio.get_running_loop()
 
     app.add_exception_handler(JobError, _job_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     auth = [Depends(require_token)]
 
     def links(job_id: str) -> Links:
@@ -543,6 +545,13 @@ def wrap_limits(app: FastAPI, config: Config) -> ASGIApp:
 
 async def _job_error(request: Request, exc: JobError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422, in ASCII JSON: a string that is not valid Unicode (a lone surrogate
+    escaped in the request's JSON) is echoed back escaped instead of failing the answer."""
+    body = json.dumps({"detail": jsonable_encoder(exc.errors())})
+    return Response(body, status_code=422, media_type="application/json")
 
 
 def _require_json(request: Request) -> None:
