@@ -445,7 +445,7 @@ def test_a_few_broken_urls_do_not_open_the_breaker_of_a_healthy_host(
     tmp_path: Path, server: FaultServer, order: str
 ) -> None:
     """500 healthy files and 10 URLs that always answer 503, one host, default breaker,
-    fake clock: fake time moves 20 ms per finished item, so the broken URLs retry among
+    fake clock: fake time moves 20 ms per finished download, so the broken URLs retry among
     the healthy ones; were the host paused, nothing would finish and time would stand
     still. All 500 complete, the breaker never opens, and the 10 fail ``http_5xx`` after
     their own attempts."""
@@ -466,17 +466,18 @@ def test_a_few_broken_urls_do_not_open_the_breaker_of_a_healthy_host(
     done: set[str] = set()
 
     def on_event(message: Any) -> None:
-        if isinstance(message, Outcome):
+        # Downloads, not outcomes: an outcome is announced at a commit, and commits wait
+        # for (fake) time to pass.
+        if isinstance(message, DownloadComplete):
             clock.advance(0.02)
-            if message.status == "completed":
-                done.add(message.id)
-                if len(done) == 500:
-                    healthy_done.set()
+            done.add(message.item.id)
+            if len(done) == 500:
+                healthy_done.set()
 
     with Pipeline(config, clock=clock, on_event=on_event) as pipeline:
         pipeline.submit(entries)
         pipeline.close_input()
-        assert healthy_done.wait(30), f"{len(done)} of 500 completed; the host paused"
+        assert healthy_done.wait(30), f"{len(done)} of 500 downloaded; the host paused"
         while not pipeline.done:  # now let the broken URLs' backoff run out
             clock.advance(5.0)
             with contextlib.suppress(TimeoutError):

@@ -92,6 +92,7 @@ class Ledger:
         self.workers: dict[str, _Worker] = {}
         self.post_processor: str | None = None
         self.leases: dict[str, tuple[str, WorkItem]] = {}
+        self.abandoned: dict[str, str] = {}  # item -> worker: leases given up as the run ended
         self.started: set[str] = set()  # leased items whose transfer began
         self.processing: dict[str, tuple[str, DownloadComplete]] = {}
         self.to_process: deque[DownloadComplete] = deque()  # downloaded, no processor yet
@@ -392,6 +393,11 @@ class Ledger:
     def resume_info(self, info: ResumeInfo) -> None:
         """Remember how to resume a leased item's partial file."""
         lease = self.leases.get(info.item_id)
+        if lease is None and self.abandoned.get(info.item_id) == info.worker:
+            # Its transfer was stopped as the run ended: the item stays pending, and the
+            # next run resumes its .part with this validator.
+            self.store.record_validator(info.item_id, info.validator)
+            return
         if lease is None or lease[0] != info.worker:
             return
         self.leases[info.item_id] = (
@@ -663,8 +669,9 @@ class Ledger:
     def _give_up_leases(self) -> None:
         """The run ends with items still leased (a stop without grace): they stay pending
         in the store, and their hosts no longer count them as active."""
-        for _, item in self.leases.values():
+        for worker, item in self.leases.values():
             self.scheduler.released(item)
+            self.abandoned[item.id] = worker
         for slot in self.workers.values():
             if slot.kind == "downloader":
                 slot.held.clear()
