@@ -14,6 +14,7 @@ const PAGE_SIZE = 20;    // failed items and files per page
 // Browsers open at most 6 HTTP/1.1 connections to one origin: more event streams than
 // this would leave none for the API calls. The other jobs are updated by polling.
 const MAX_STREAMS = 4;
+const MAX_JOB_PAGES = 10;  // 10,000 jobs: the list stops there
 
 const jobs = new Map();      // job id -> last known job document
 const streams = new Map();   // job id -> AbortController of its event stream
@@ -576,11 +577,20 @@ async function refresh() {
   if (!document.getElementById("token-form").hidden) return;  // waiting for a token
   const connection = document.getElementById("connection");
   try {
-    const page = await api("/v1/jobs?limit=200");
+    // Every page (jobs come oldest first, so the newest are on the last one), up to a cap.
+    const listed = [];
+    let cursor = 0;
+    let complete = false;
+    for (let pages = 0; pages < MAX_JOB_PAGES; pages++) {
+      const page = await api(`/v1/jobs?limit=1000&cursor=${cursor}`);
+      listed.push(...page.jobs);
+      if (page.next_cursor === null) { complete = true; break; }
+      cursor = page.next_cursor;
+    }
     setText(connection, "connected");
-    const seen = new Set(page.jobs.map((j) => j.job_id));
-    if (page.next_cursor === null) for (const id of [...jobs.keys()]) if (!seen.has(id)) forget(id);
-    for (const job of page.jobs) remember(job);
+    const seen = new Set(listed.map((j) => j.job_id));
+    if (complete) for (const id of [...jobs.keys()]) if (!seen.has(id)) forget(id);
+    for (const job of listed) remember(job);
     renderJobs();
     const shown = decodeURIComponent(location.hash.slice(1));
     if (!selected && jobs.has(shown)) select(shown);
