@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import sqlite3
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -163,10 +164,21 @@ class LedgerMachine(RuleBasedStateMachine):
             assert self.summary is None, "an event after RunFinished"
             if isinstance(event, Outcome):
                 assert 0 < event.done_seq <= self.durable_through, "announced before its commit"
+                assert self._committed(event.id) == (event.status, event.done_seq), event
                 m.announced[event.id] += 1
                 assert m.announced[event.id] <= m.records[event.id], "announced twice"
         if effects.finished is not None:
             self.summary = effects.finished
+
+    def _committed(self, item_id: str) -> tuple[str, int | None]:
+        """An item's status and done_seq as committed (what a crash would leave)."""
+        db = sqlite3.connect(f"file:{self.store.path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT status, done_seq FROM items WHERE id=?", (item_id,))
+            status, done = row.fetchone()
+        finally:
+            db.close()
+        return status, done
 
     def _sync_reopened(self) -> None:
         """Items failed ``host_down`` whose host came back are pending again: their
@@ -416,3 +428,28 @@ LedgerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_ledger_against_the_model = LedgerMachine.TestCase
+
+
+def test_a_host_down_outcome_reopened_before_its_commit_is_never_announced(
+    tmp_path: Path,
+) -> None:
+    """An item failed ``host_down`` whose host came back while the failure was being
+    recorded is pending again before any commit: its failure is never announced (it
+    was never durable), and the state holds it as pending."""
+    config = make_config(tmp_path)
+    store = SQLiteStore(Path(config.state.dir))
+    ledger = Ledger(config, store, FakeClock(), random.Random(0))
+    item = WorkItem(id="a", url="http://a.test/a", name="a", line=1)
+    ledger.enqueue(Enqueue(items=(item,)))
+    ledger.attach("post-processor", "post_processor")
+    down = Outcome(id="a", url=item.url, name="a", path="", status="failed",
+                   error_kind="host_down", error="a.test:80 is down")  # fmt: skip
+    ledger.unsent_reports.append(down)
+    ledger.pump()  # to the post-processor
+    assert [type(m).__name__ for _, m in ledger.take().sends] == ["RecordOutcomes"]
+    ledger.recorded(PostProcessed(item_id="a", status="failed"))  # a.test is not down (now)
+    ledger.commit()
+    announced = [e for e in ledger.take().events if isinstance(e, Outcome)]
+    assert announced == []
+    assert store.counts() == {"pending": 1}
+    store.close()

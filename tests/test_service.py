@@ -453,8 +453,12 @@ def test_repeated_sigkill_every_item_event_exactly_once_and_bytes_never_go_down(
         job_id = server.submit(files.items(total, "r"))["job_id"]
         for _ in range(4):
             follow(rng.randint(10, 150))
+            shown = server.call("GET", f"/v1/jobs/{job_id}").json()["progress"]
             server.kill()
             server = Service(config)
+            again = server.call("GET", f"/v1/jobs/{job_id}").json()["progress"]
+            assert again["bytes"] >= shown["bytes"]  # the job's page never goes back
+            assert again["completed"] >= shown["completed"]
         follow(None)  # to the end of the job
         job = server.call("GET", f"/v1/jobs/{job_id}").json()
         stored = Counter(e["id"] for e in server.events(job_id) if e["type"] == "item")

@@ -6,6 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from runtime.service.jobstore import Job, SQLiteJobStore
 from runtime.service.limits import Limits
 
@@ -135,3 +137,92 @@ def test_job_events_keep_every_item_and_coalesce_progress() -> None:
     assert [kind for kind, _, _ in final] == ["progress"]
     assert final[0][2]["completed"] == 5
     assert final[0][2]["hosts"] == []  # none changed since the last one
+
+
+def _manager_with_a_job(tmp_path: Path) -> tuple[Any, Job]:
+    """A job manager (not started) and one stored job whose state recorded five outcomes."""
+    from messages import Outcome, WorkItem
+    from runtime.core.config import Config
+    from runtime.core.store import SQLiteStore
+    from runtime.service.jobs import JobManager
+
+    config = Config.from_mapping({"service": {"data_dir": str(tmp_path / "data")}})
+    store = SQLiteJobStore(tmp_path / "data")
+    manager = JobManager(config, store)
+    job, _ = store.create(
+        Job(id="j", number=0, status="running", total=5, invalid=0, created_at=0.0), None
+    )
+    state = SQLiteStore(manager.job_dir("j") / "state")
+    state.ingest([WorkItem(id=f"i{n}", url=f"http://h/{n}", name=f"i{n}", line=n + 1)
+                  for n in range(5)], [], [])  # fmt: skip
+    for n in (3, 0, 4, 1, 2):  # recorded in this order: done_seq 1..5
+        state.record_outcome(Outcome(id=f"i{n}", url=f"http://h/{n}", name=f"i{n}", path="",
+                                     status="completed", size=10 * n))  # fmt: skip
+    state.close()
+    return manager, job
+
+
+def test_a_resumed_job_first_stores_the_item_events_its_state_committed_after_the_mark(
+    tmp_path: Path,
+) -> None:
+    """The catch-up after a crash: outcomes the job's state committed after the last
+    ``done_seq`` stored with the events get their ``item`` events, in the order they were
+    recorded, and the mark moves on; a second catch-up adds nothing."""
+    manager, job = _manager_with_a_job(tmp_path)
+    store = manager.store
+    store.append_events("j", [("item", 1.0, {"id": "i3"}), ("item", 1.0, {"id": "i0"})],
+                        1000, announced=2)  # fmt: skip
+    manager._catch_up(job)
+    events, _ = store.events_after("j", 0, 100)
+    assert [e.data["id"] for e in events] == ["i3", "i0", "i4", "i1", "i2"]
+    assert [e.data["size"] for e in events[2:]] == [40, 10, 20]
+    assert store.announced("j") == 5
+    manager._catch_up(job)
+    assert len(store.events_after("j", 0, 100)[0]) == 5
+    store.close()
+
+
+def test_events_that_could_not_be_stored_are_stored_by_the_next_flush(tmp_path: Path) -> None:
+    """A write of a job's events that fails (a locked database) loses nothing: the next
+    flush stores them, in order, with their done_seq mark."""
+    from messages import Outcome
+    from runtime.service.jobs import JobEvents, _Runner
+
+    manager, job = _manager_with_a_job(tmp_path)
+    runner = _Runner("j", JobEvents(job, interval=3600.0))
+    runner.events(Outcome(id="i3", url="u", name="i3", path="", status="completed", done_seq=1))
+    real = manager.store.append_events
+
+    def locked(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("database is locked")
+
+    manager.store.append_events = locked
+    with pytest.raises(RuntimeError, match="locked"):
+        manager._flush(runner)
+    manager.store.append_events = real
+    runner.events(Outcome(id="i0", url="u", name="i0", path="", status="completed", done_seq=2))
+    manager._flush(runner)
+    events, _ = manager.store.events_after("j", 0, 100)
+    assert [e.data["id"] for e in events if e.type == "item"] == ["i3", "i0"]
+    assert manager.store.announced("j") == 2
+    manager.store.close()
+
+
+def test_a_jobs_stored_counts_follow_its_progress(tmp_path: Path) -> None:
+    """Each stored progress event also updates the job's stored counts, so after a
+    ``kill -9`` (before the job ends and writes its summary) ``GET /v1/jobs/{id}`` shows
+    the last progress, not the counts of an earlier stop."""
+    from messages import RunProgress
+    from runtime.service.jobs import JobEvents, _Runner
+
+    manager, job = _manager_with_a_job(tmp_path)
+    runner = _Runner("j", JobEvents(job, interval=0.0))
+    runner.events(RunProgress(accepted=5, completed=3, failed=1, skipped=0, pending=1,
+                              downloading=1, processing=0, bytes=70, retries=2, elapsed=1.0,
+                              completed_bytes=300))  # fmt: skip
+    manager._flush(runner)
+    stored = manager.get("j")
+    assert manager.progress(stored)["bytes"] == 300  # no runner registered: the stored counts
+    assert (stored.summary["completed"], stored.summary["failed"]) == (3, 1)
+    assert stored.summary["pending"] == 1
+    manager.store.close()

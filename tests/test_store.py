@@ -232,3 +232,20 @@ def test_outcomes_are_numbered_in_the_order_they_are_recorded(tmp_path: Path) ->
     assert [r["id"] for r in view.outcomes_after(1, 10)] == ["a"]
     view.close()
     store.close()
+
+
+def test_a_done_seq_is_never_given_twice_even_after_its_item_reopened(tmp_path: Path) -> None:
+    """The highest number given is kept with the commit: an item reopened (its number
+    cleared) does not let a later outcome, after a restart, take that number again — a
+    sink that stored it would skip the new outcome."""
+    store = SQLiteStore(tmp_path)
+    store.ingest([item("a", 1), item("b", 2), item("c", 3)], [], [])
+    store.record_outcome(Outcome(id="a", url="", name="a", path="", status="failed"))
+    assert store.record_outcome(Outcome(id="b", url="", name="b", path="", status="failed")) == 2
+    store.commit()
+    store.reopen(["b"])
+    store.commit()
+    store.close()
+    store = SQLiteStore(tmp_path)
+    assert store.record_outcome(Outcome(id="c", url="", name="c", path="", status="failed")) == 3
+    store.close()

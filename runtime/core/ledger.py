@@ -472,8 +472,8 @@ class Ledger:
     def _send_reports(self) -> None:
         """Send waiting outcomes to the post-processor, one batch at a time."""
         pp = self.workers.get(self.post_processor) if self.post_processor else None
-        if pp is None or pp.held or not self.unsent_reports:
-            return
+        if pp is None or pp.held or not self.unsent_reports or self.finished:
+            return  # (after the end, outcomes wait in the store for the next run)
         n = min(len(self.unsent_reports), REPORT_BATCH)
         batch = tuple(self.unsent_reports.popleft() for _ in range(n))
         for outcome in batch:
@@ -535,6 +535,10 @@ class Ledger:
         if not ids:
             return
         self.store.reopen(ids)
+        reopened = set(ids)
+        # Not yet announced: never announce them (they are pending again, not terminal).
+        # Announced ones get a second, superseding event when they end again.
+        self._recorded = [o for o in self._recorded if o.id not in reopened]
         for item in self.store.items_by_id(ids):
             self.scheduler.requeue(item)
         self.stats["failed"] -= len(ids)

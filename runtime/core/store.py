@@ -266,9 +266,14 @@ class SQLiteStore:
         self.db.execute(
             "CREATE INDEX IF NOT EXISTS items_done ON items(done_seq) WHERE done_seq IS NOT NULL"
         )
-        self.done_seq = int(
-            self.db.execute("SELECT COALESCE(max(done_seq), 0) FROM items").fetchone()[0]
+        # The highest done_seq ever given, kept in meta with each commit: a reopened item's
+        # number is never given again (a sink that stored it must not skip the next one).
+        row = self.db.execute("SELECT value FROM meta WHERE key='done_seq'").fetchone()
+        self.done_seq = max(
+            json.loads(row[0]) if row else 0,
+            int(self.db.execute("SELECT COALESCE(max(done_seq), 0) FROM items").fetchone()[0]),
         )
+        self._done_saved = self.done_seq
         self.large_threshold = self._lanes(large_threshold, sized="large" not in columns)
         self.run_no = 0
         self._reject_cursor = 0
@@ -328,6 +333,9 @@ class SQLiteStore:
     def commit(self) -> None:
         """Commit everything written since the last commit (the group commit)."""
         self._flush_outcomes()
+        if self.done_seq != self._done_saved:
+            self.set_meta(done_seq=self.done_seq)
+            self._done_saved = self.done_seq
         if self._in_tx:
             self.db.execute("COMMIT")
             self._in_tx = False
@@ -765,7 +773,11 @@ class StoreView(Protocol):
 
     def outcomes_after(self, done_seq: int, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` records of terminal items recorded after ``done_seq``, in the
-        order they were recorded (each has its ``done_seq``)."""
+        order they were recorded (each has its ``done_seq`` and ``path``)."""
+        ...
+
+    def completed_bytes(self) -> int:
+        """Bytes in the files of completed items."""
         ...
 
     def close(self) -> None:
@@ -817,11 +829,18 @@ class SQLiteView:
     def outcomes_after(self, done_seq: int, limit: int) -> list[dict[str, Any]]:
         """See ``StoreView``."""
         cursor = self.db.execute(
-            f"SELECT {_RECORD}, done_seq FROM items WHERE done_seq > ? "  # noqa: S608
-            "ORDER BY done_seq LIMIT ?",
+            f"SELECT {_RECORD}, done_seq, COALESCE(path, '') FROM items "  # noqa: S608
+            "WHERE done_seq > ? ORDER BY done_seq LIMIT ?",
             (done_seq, limit),
         )
-        return [{**_record(row[:-1]), "done_seq": row[-1]} for row in cursor]
+        return [{**_record(row[:-2]), "done_seq": row[-2], "path": row[-1]} for row in cursor]
+
+    def completed_bytes(self) -> int:
+        """See ``StoreView``."""
+        row = self.db.execute(
+            "SELECT COALESCE(sum(final_size), 0) FROM items WHERE status='completed'"
+        ).fetchone()
+        return int(row[0])
 
     def close(self) -> None:
         """See ``StoreView``."""

@@ -46,6 +46,7 @@ from runtime.core.errors import ConveyorError
 from runtime.core.inputs import parse_entry
 from runtime.core.logs import get_logger
 from runtime.core.netguard import SERVICE_SETTING, NetworkGuard
+from runtime.core.store import TERMINAL as ITEM_TERMINAL
 from runtime.core.store import StoreView, open_view
 from runtime.pipeline import Pipeline, RunSummary
 from runtime.service.jobstore import TERMINAL, Delivery, Job, JobStore
@@ -95,6 +96,7 @@ class JobEvents:
         self._lock = threading.Lock()
         self._items: list[tuple[str, float, dict[str, Any]]] = []
         self._announced = 0  # the highest done_seq among the buffered item events
+        self._unstored: list[tuple[str, float, dict[str, Any]]] = []
         self._run: RunProgress | None = None
         self._hosts: dict[str, HostStatus] = {}
         self._changed_hosts: set[str] = set()
@@ -129,6 +131,8 @@ class JobEvents:
         now = self.clock.now()
         with self._lock:
             events, self._items = self._items, []
+            if self._unstored:  # a failed write's events go first
+                events, self._unstored = self._unstored + events, []
             announced, self._announced = self._announced, 0
             last = self._last_progress
             due = final or last is None or now - last >= self.interval
@@ -140,6 +144,13 @@ class JobEvents:
                 self._run = None
                 events.append(("progress", self.clock.wall(), {**progress, "hosts": hosts}))
         return events, announced
+
+    def put_back(self, events: list[tuple[str, float, dict[str, Any]]], announced: int) -> None:
+        """Events ``take`` gave out that could not be stored: the next ``take`` has them
+        first (an item event is never dropped, nor its done_seq mark passed over)."""
+        with self._lock:
+            self._unstored = events + self._unstored
+            self._announced = max(self._announced, announced)
 
     def _progress(self, run: RunProgress) -> dict[str, Any]:
         done = run.completed + run.failed + run.skipped
@@ -168,6 +179,20 @@ def _without_line(error: str) -> str:
     clients know an item by its ``index`` in the submitted list, not by a line)."""
     head, sep, rest = error.partition(": ")
     return rest if sep and head.startswith("line ") and head[5:].isdigit() else error
+
+
+def _summary_of(progress: dict[str, Any]) -> dict[str, Any]:
+    """A job's stored counts, from one of its progress events."""
+    run = progress.get("run", {})
+    return {
+        "completed": progress["completed"],
+        "failed": progress["failed"],
+        "skipped": progress["skipped"],
+        "accepted": run.get("accepted", 0),
+        "pending": run.get("pending", 0),
+        "bytes": progress["bytes"],
+        "retries": progress["retries"],
+    }
 
 
 def _by_index(record: dict[str, Any]) -> dict[str, Any]:
@@ -571,6 +596,9 @@ class JobManager:
 
     def _ended(self, runner: _Runner, summary: RunSummary | None, error: str | None) -> None:
         self._flush(runner, final=True)
+        job = self.get(runner.job_id)
+        with contextlib.suppress(ConveyorError):  # (a state that cannot be read: no events)
+            self._catch_up(job)  # outcomes recorded after the run's last announcement
         with self._lock:
             job = self.get(runner.job_id)
             counts = dict(job.summary)
@@ -587,6 +615,7 @@ class JobManager:
                 }
                 if summary.error is not None:
                     error = summary.error
+            counts.update(self._stored_counts(job))  # as committed: the state has the last word
             self.store.update(job.id, summary=counts)
             job = self.get(job.id)
             if runner.intent == "shutdown":
@@ -610,13 +639,36 @@ class JobManager:
             runner.stopped.set()
         self._schedule()
 
+    def _stored_counts(self, job: Job) -> dict[str, int]:
+        """The job's counts and completed bytes as its state committed them ({} before its
+        pipeline first ran)."""
+        with self._view(job) as view:
+            if view is None:
+                return {}
+            counts = view.counts()
+            return {
+                "completed": counts.get("completed", 0),
+                "failed": counts.get("failed", 0),
+                "skipped": counts.get("skipped", 0),
+                "accepted": sum(counts.values()),
+                "pending": sum(n for s, n in counts.items() if s not in ITEM_TERMINAL),
+                "bytes": view.completed_bytes(),
+            }
+
     def _flush(self, runner: _Runner, final: bool = False) -> None:
         with runner.flushing:  # taken and stored in one step: events keep their order
             events, announced = runner.events.take(final)
             if events:
-                self.store.append_events(
-                    runner.job_id, events, self.service.events_kept, announced or None
-                )
+                try:
+                    self.store.append_events(
+                        runner.job_id, events, self.service.events_kept, announced or None
+                    )
+                except BaseException:
+                    runner.events.put_back(events, announced)
+                    raise
+                progress = [data for kind, _, data in events if kind == "progress"]
+                if progress:  # the job's stored counts follow its progress (after a kill too)
+                    self.store.update(runner.job_id, summary=_summary_of(progress[-1]))
         if events:
             self._notify(runner.job_id)
 
