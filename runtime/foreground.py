@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from runtime.core.config import Config
 from runtime.core.errors import ConveyorError
 from runtime.display import LiveDisplay, ProgressLogger
-from runtime.events import EventStream, fan_out
+from runtime.events import EventStream, continue_events_file, fan_out
 from runtime.metrics import Metrics
 from runtime.pipeline import EXIT_CODES, Pipeline, RunSummary
 from runtime.report import (
@@ -59,8 +59,8 @@ def run_pipeline(
         stream = EventStream(sys.stdout)
     elif events:
         try:
-            stream = EventStream(open(events, "w", encoding="utf-8"), close=True)  # noqa: SIM115
-        except OSError as exc:
+            stream = continue_events_file(Path(events), Path(config.state.dir))
+        except (OSError, ConveyorError) as exc:
             print(f"conveyor: cannot write the events to {events}: {exc}", file=sys.stderr)
             return EXIT_CODES["bad_input"]
     metrics: Metrics | None = None

@@ -182,3 +182,21 @@ def test_a_long_derived_name_is_shortened_not_rejected() -> None:
         assert name.endswith(".gz")
         assert safe_name(name) == name
     assert one != two
+
+
+def test_a_string_with_a_lone_surrogate_is_a_bad_entry_that_can_be_stored() -> None:
+    """JSON can carry ``\\udcff``, which no UTF-8 store takes: such an id, url or name
+    rejects the entry (naming the field), and the rejection itself holds only text that
+    can be stored."""
+    from runtime.core.inputs import parse_entry
+
+    for entry, key in (
+        ({"url": "http://a/b", "id": "\udcff"}, "'id'"),
+        ({"url": "http://a/\udcff"}, "'url'"),
+        ({"url": "http://a/b", "name": "x\udcffy"}, "'name'"),
+    ):
+        rejected, _ = parse_entry(entry, 7)
+        assert isinstance(rejected, Rejected)
+        assert rejected.error.startswith(f"line 7: {key} is not valid Unicode")
+        for text in (rejected.url, rejected.name, rejected.error):
+            text.encode("utf-8")  # raises on a surrogate

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,34 @@ def test_events_file_is_numbered_ndjson_of_typed_messages(tmp_path: Path) -> Non
     assert events[-1]["completed"] == 10
     done = [e for e in events if e["type"] == "download_complete"]
     assert sorted(e["item"]["id"] for e in done) == [f"f{i}" for i in range(10)]
+
+
+def test_an_events_file_goes_on_after_a_crash_with_every_outcome_once(tmp_path: Path) -> None:
+    """A rerun appends to ``--events FILE``: numbering goes on, a line cut short by a crash
+    is dropped, and outcomes committed before the crash but missing from the file (the
+    crash fell between the commit and the write) are written first — every item has
+    exactly one ``outcome`` line."""
+    events = tmp_path / "events.ndjson"
+    with FaultServer() as server:
+        config = write_config(
+            tmp_path, [{"id": f"f{i}", "url": server.url(f"/ok/f{i}.bin")} for i in range(30)]
+        )
+        first = cli("run", config, "--quiet", "--events", events)
+        assert first.returncode == 0, first.stderr[-2000:]
+        # What a kill -9 between a commit and the file's write leaves behind: the last
+        # outcomes missing, and half a line.
+        lines = events.read_text().splitlines(keepends=True)
+        cut = [i for i, line in enumerate(lines) if '"type": "outcome"' in line][-5]
+        events.write_text("".join(lines[:cut]) + lines[cut][:25])
+        second = cli("run", config, "--quiet", "--events", events)
+    assert second.returncode == 0, second.stderr[-2000:]
+    parsed = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [e["seq"] for e in parsed] == list(range(1, len(parsed) + 1))
+    outcomes = Counter(e["id"] for e in parsed if e["type"] == "outcome")
+    assert outcomes == Counter(f"f{i}" for i in range(30))
+    numbers = [e["done_seq"] for e in parsed if e["type"] == "outcome"]
+    assert sorted(numbers) == list(range(1, 31))
+    assert parsed[-1]["type"] == "run_finished"
 
 
 def test_events_to_stdout_keep_stdout_pure(tmp_path: Path) -> None:
@@ -525,3 +554,21 @@ def test_plugins_are_found_next_to_the_config_and_in_plugin_path(tmp_path: Path)
     assert typo.returncode == 2
     assert "processing.processor" in typo.stderr
     assert "'Shuot'" in typo.stderr
+
+
+def test_an_events_files_marks_are_read_from_its_end_across_blocks(tmp_path: Path) -> None:
+    """The last seq and the last outcome's done_seq are found however far back that
+    outcome is (here more than a read block before the end), and a partial last line is
+    cut off."""
+    from runtime.events import _last_marks
+
+    path = tmp_path / "events.ndjson"
+    filler = json.dumps({"type": "progress_update", "pad": "x" * 200})
+    with path.open("w") as fh:
+        fh.write(json.dumps({"seq": 1, "type": "outcome", "done_seq": 7}) + "\n")
+        for seq in range(2, 8002):  # about 1.7 MB after the outcome
+            fh.write(filler.replace("{", f'{{"seq": {seq}, ', 1) + "\n")
+        fh.write('{"seq": 8002, "type": "outc')
+    assert _last_marks(path) == (8001, 7, True)
+    assert path.read_text().endswith("\n")
+    assert _last_marks(tmp_path / "none.ndjson") == (0, 0, False)

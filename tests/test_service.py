@@ -335,6 +335,19 @@ def test_items_are_listed_in_input_order_rejected_ones_included(
     assert not rejected["error"].startswith("line ")
 
 
+def test_an_id_that_is_not_valid_unicode_is_a_bad_item_not_a_failed_job(
+    service: Service, files: FileServer
+) -> None:
+    """``{"id": "\\udcff"}`` is valid JSON that no UTF-8 store takes: the item is reported
+    invalid at submit and ends ``invalid_entry``; the job's other items complete."""
+    entries = [*files.items(2, "s"), {"url": files.base + "/f/s9", "id": "\udcff"}]
+    job = service.submit(entries)
+    assert job["invalid"] == 1
+    assert [i["index"] for i in job["invalid_items"]] == [2]
+    done = service.wait_for(job["job_id"], "completed")
+    assert (done["progress"]["completed"], done["errors"]) == (2, {"invalid_entry": 1})
+
+
 def test_files_are_served_only_from_inside_the_job(service: Service, files: FileServer) -> None:
     """Traversal, absolute and unknown names get 404, never a file from elsewhere."""
     job_id = service.submit(files.items(1, "h"))["job_id"]

@@ -145,6 +145,9 @@ def parse_entry(obj: Any, line: int) -> tuple[WorkItem | Rejected, bool]:
         return _reject(line, {}, f"entry is a JSON {_jtype(obj)}, not an object"), False
     raw_id = obj.get("id")
     try:
+        for key in ("url", "id", "name", "sha256"):
+            if _text(obj.get(key)) != obj.get(key):
+                raise ValueError(f"{key!r} is not valid Unicode (it holds a lone surrogate)")
         url, path = _check_url(obj.get("url"))
         if (raw_id is not None and not isinstance(raw_id, str | int)) or isinstance(raw_id, bool):
             raise ValueError("'id' must be a string or an integer")
@@ -189,15 +192,27 @@ def _jtype(obj: Any) -> str:
     )
 
 
+def _text(value: Any) -> Any:
+    """A string as it can be stored (UTF-8): lone surrogates, which JSON's ``\\udcff``
+    escapes can carry, written as escapes; anything else unchanged."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def _reject(line: int, obj: Mapping[str, Any], reason: str) -> Rejected:
     url = obj.get("url")
     name = obj.get("name")
     return Rejected(
         id=f"line:{line}",
         line=line,
-        url=url if isinstance(url, str) else "",
-        name=name if isinstance(name, str) else "",
-        error=f"line {line}: {reason}",
+        url=_text(url) if isinstance(url, str) else "",
+        name=_text(name) if isinstance(name, str) else "",
+        error=f"line {line}: {_text(reason)}",
     )
 
 
