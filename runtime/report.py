@@ -6,8 +6,6 @@ so ``status`` can look at a live run without disturbing it.
 
 from __future__ import annotations
 
-import heapq
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -88,29 +86,22 @@ def read_report(state_dir: Path) -> dict[str, Any]:
 def _invalid_examples(view: StoreView, total: int) -> list[dict[str, Any]]:
     """The rejected input entries of the lowest lines (at most ``INVALID_EXAMPLES``).
 
-    Walks the failed items (the status index) until it has seen all ``total`` rejected
-    ones: stored order is not quite line order (within one ingest batch, duplicates are
-    stored after the unparsable entries), so the first few stored are not always the
-    first few lines.
+    Items are stored in input order, rejected entries in their place, so the first
+    rejected ones met walking the failed items (the status index) are the first lines.
     """
-    best: list[tuple[float, int, dict[str, Any]]] = []  # a heap of (-line, seq, entry)
-    seen = after = 0
-    while seen < total:
+    found: list[dict[str, Any]] = []
+    after = 0
+    while len(found) < min(total, INVALID_EXAMPLES):
         page = view.items("failed", after, 1000)
         if not page:
             break
         after = page[-1]["seq"]
-        for r in page:
-            if r["error_kind"] != "invalid_entry":
-                continue
-            seen += 1
-            line = _line_of(r["id"])
-            entry = {"line": line, "url": r["url"], "error": r["error"] or ""}
-            key = -(line if line is not None else math.inf)
-            heapq.heappush(best, (key, -r["seq"], entry))
-            if len(best) > INVALID_EXAMPLES:
-                heapq.heappop(best)  # the highest line so far
-    return [entry for *_, entry in sorted(best, reverse=True)]
+        found += [
+            {"line": _line_of(r["id"]), "url": r["url"], "error": r["error"] or ""}
+            for r in page
+            if r["error_kind"] == "invalid_entry"
+        ]
+    return found[:INVALID_EXAMPLES]
 
 
 def _line_of(item_id: str) -> int | None:

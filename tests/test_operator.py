@@ -152,7 +152,7 @@ def test_summary_shows_the_first_invalid_entries_with_lines_and_reasons(tmp_path
         '{"id": "a", "url": "http://sim.test/a.bin"}',
         "{not json",
         '{"url": "ftp://sim.test/b.bin"}',
-        '{"id": "a", "url": "http://sim.test/c.bin"}',  # a duplicate: stored after line 5
+        '{"id": "a", "url": "http://sim.test/c.bin"}',  # a duplicate, found at ingest
         '{"url": "http://sim.test/d.bin", "name": "../d.bin"}',
         '{"url": "http://sim.test/e.bin"}',
         '{"url": "gopher://sim.test/f"}',
