@@ -53,7 +53,9 @@ def configure_cli_logging(level: str = "info", fmt: str = "auto") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
+        # WriteLogger writes a line and its newline at once: another thread's line (a
+        # `conveyor: ...` note) can never land between them, as it could with print.
+        logger_factory=structlog.WriteLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     # pykka reports crashed actors through stdlib logging; route it to stderr too.
