@@ -23,7 +23,7 @@ import threading
 import time
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -331,7 +331,8 @@ class FaultServer:
     to how many of its first requests get a 503) and these routes (``<name>`` is any file
     name; bodies are ``body_of(name, size)``, ``?size=N`` sets the size, default 10,000):
 
-    - ``/ok/<name>``                   200, with ETag and Range support (206)
+    - ``/ok/<name>``                   200, with ETag and Range support (206; 416 with
+                                       ``Content-Range: bytes */<size>`` from the end on)
     - ``/status/<code>/<name>``        always ``code``
     - ``/fail-first/<k>/<code>/<name>`` ``code`` for the first k requests, then ``/ok``
     - ``/outage/<name>``                503 while ``outage`` is set (a test clears it), then ok
@@ -361,7 +362,9 @@ class FaultServer:
     ``ranges`` the Range header each request carried; ``max_active`` the most requests that
     were in progress at once.
 
-    ``delay`` makes every response wait that many seconds first.
+    ``delay`` makes every response wait that many seconds first. ``on_request(path,
+    range)`` runs as each request arrives, before it is answered (``range``: its Range
+    header or None): a test's hook into that moment, to move a fake clock or cancel.
     """
 
     def __init__(
@@ -370,10 +373,12 @@ class FaultServer:
         *,
         fail_first: Mapping[str, int] | None = None,
         delay: float = 0.0,
+        on_request: Callable[[str, str | None], None] | None = None,
     ) -> None:
         self.files = dict(files or {})
         self.fail_first = dict(fail_first or {})
         self.delay = delay
+        self.on_request = on_request
         self.counts: Counter[str] = Counter()
         self.times: defaultdict[str, list[float]] = defaultdict(list)
         self.ranges: defaultdict[str, list[str | None]] = defaultdict(list)
@@ -457,6 +462,8 @@ class FaultServer:
             self.times[path].append(time.monotonic())
             self.ranges[path].append(h.headers.get("Range"))
             self._lock.notify_all()
+        if self.on_request is not None:
+            self.on_request(path, h.headers.get("Range"))
         if self.delay:
             self.stop.wait(self.delay)
         if path in self.files:
@@ -569,11 +576,13 @@ class FaultServer:
         if_range = h.headers.get("If-Range")
         if wanted and wanted.startswith("bytes=") and (if_range is None or if_range == etag):
             start = int(wanted[6:].split("-")[0])
-        if 0 < start < size:
+        if start and start >= size:  # nothing from there on, as real servers answer
+            self._plain(h, 416, b"", {"Content-Range": f"bytes */{size}", "ETag": etag})
+            return
+        if start:
             h.send_response(206)
             h.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
         else:
-            start = 0
             h.send_response(200)
         h.send_header("ETag", etag)
         h.send_header("Accept-Ranges", "bytes")

@@ -1,14 +1,16 @@
-"""The download engines beyond the fault server: curl's error table, HTTPS with a CA
-bundle, and an HTTP proxy — each with both engines."""
+"""The download engines beyond the fault server's pipeline tests: curl's error table,
+HTTPS with a CA bundle, an HTTP proxy, and each engine driven directly through a restart
+after a Range answer it cannot use — each with both engines."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import ssl
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,14 @@ import pycurl
 import pytest
 import trustme
 
+from messages import DownloadComplete, DownloadFailed, WorkItem
 from runtime import Pipeline
-from runtime.core.curl import CURL_ERRORS, translate_curl
+from runtime.core.config import Config
+from runtime.core.curl import CURL_ERRORS, CurlEngine, translate_curl
 from runtime.core.errors import FAILURE_KINDS, StalledError
+from runtime.core.transfer import Transfer
+from runtime.core.transport import RequestsTransport
+from runtime.testing import FakeClock, FaultServer
 from tests import helpers
 from tests.helpers import make_config, read_manifest
 
@@ -282,3 +289,146 @@ def test_a_refused_redirect_names_its_target_and_hop(engine: str, tmp_path: Path
         "two.bin": f"refused to connect: redirect 2 (from {a}) to http://{b}/two.bin: "
         f"127.0.0.2 is a loopback address {allow}",
     }
+
+
+# -- the engines driven directly: a restart after a Range answer they cannot use ----------
+
+
+class _Told:
+    """``TransferHooks`` that keep what the transfer told."""
+
+    def __init__(self) -> None:
+        self.validators: list[str] = []
+        self.received: list[int] = []
+
+    def validator(self, item: WorkItem, validator: str) -> None:
+        self.validators.append(validator)
+
+    def progress(self, item: WorkItem, received: int, total: int | None) -> None:
+        self.received.append(received)
+
+    def tick(self, now: float) -> None:
+        pass
+
+
+class _Engine:
+    """One downloader's engine without the actor: ``attempt`` runs an item to its result
+    the way the downloader drives that engine."""
+
+    def __init__(
+        self, engine: str, config: Config, clock: FakeClock, cancel: threading.Event
+    ) -> None:
+        self.hooks = _Told()
+        self.transport = RequestsTransport(config) if engine == "requests" else None
+        self.transfer = Transfer(
+            worker="w",
+            config=config,
+            transport=self.transport,
+            clock=clock,
+            cancel=cancel,
+            lane="small",
+            hooks=self.hooks,
+        )
+        self.curl = CurlEngine(self.transfer) if engine == "curl" else None
+
+    def attempt(self, item: WorkItem) -> DownloadComplete | DownloadFailed:
+        if self.curl is None:
+            return self.transfer.download(item)
+        result = self.curl.start(item)
+        for _ in range(int(TIMEOUT / 0.05)):
+            if result is not None:
+                return result
+            done = self.curl.perform(0.05)
+            if done:
+                (result,) = done
+        raise AssertionError("the transfer did not end")
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        if self.curl is not None:
+            self.curl.close()
+
+
+def _resume_after_a_range_lie(
+    engine: str,
+    tmp_path: Path,
+    on_request: Callable[[str, str | None], None] | None,
+    clock: FakeClock,
+    cancel: threading.Event,
+    **download: Any,
+) -> tuple[DownloadComplete | DownloadFailed, list[str | None], _Told]:
+    """A first attempt cut at 40,000 of 100,000 bytes, then the resume, which the server
+    answers with a 206 from the wrong offset (``on_request`` runs as each request comes).
+    Return the resume's result, the Range header of every request, and the hooks."""
+    path = "/range-lie/206/a.bin"
+    config = make_config(tmp_path, download=download)
+    with FaultServer(on_request=on_request) as server:
+        driver = _Engine(engine, config, clock, cancel)
+        try:
+            item = WorkItem(id="a", url=server.url(f"{path}?size=100000&at=40000"),
+                            name="a.bin", attempts=1)  # fmt: skip
+            first = driver.attempt(item)
+            assert isinstance(first, DownloadFailed)
+            assert first.error_kind == "truncated"
+            (validator,) = driver.hooks.validators
+            driver.hooks.received.clear()
+            item = dataclasses.replace(item, attempts=2, validator=validator)
+            result = driver.attempt(item)
+        finally:
+            driver.close()
+        return result, list(server.ranges[path]), driver.hooks
+
+
+def test_the_whole_file_after_a_range_lie_keeps_the_attempts_deadline(
+    engine: str, tmp_path: Path
+) -> None:
+    """The whole-file fetch after a Range answer the engine cannot use is the same
+    attempt, with the same deadline: a server that lies only once the attempt's time
+    (``download.timeout`` plus size over ``min_speed``) is up does not get a fresh one —
+    the attempt fails ``timeout`` (transient, an attempt spent)."""
+    clock = FakeClock()
+
+    def late(path: str, range_: str | None) -> None:
+        if range_ is not None:
+            clock.advance(1000.0)  # the lie comes long after the attempt began
+
+    result, ranges, _ = _resume_after_a_range_lie(
+        engine, tmp_path, late, clock, threading.Event(), timeout=10.0, min_speed=1024
+    )  # a limit of 10 s + 100,000 B / 1,024 B/s: about 108 s
+    assert ranges == [None, "bytes=40000-", None]
+    assert isinstance(result, DownloadFailed), result
+    assert (result.error_kind, result.permanent, result.counts_attempt) == ("timeout", False, True)
+    assert "longer than 108 s" in result.error
+
+
+def test_no_whole_file_is_fetched_after_a_range_lie_while_cancelling(
+    engine: str, tmp_path: Path
+) -> None:
+    """A Range answer the engine cannot use that arrives while the downloader cancels (a
+    shutdown) ends the transfer ``cancelled`` like every transfer in flight at a cancel —
+    no attempt spent, and no request for the whole file."""
+    cancel = threading.Event()
+
+    def shutdown(path: str, range_: str | None) -> None:
+        if range_ is not None:
+            cancel.set()
+
+    result, ranges, _ = _resume_after_a_range_lie(engine, tmp_path, shutdown, FakeClock(), cancel)
+    assert ranges == [None, "bytes=40000-"]
+    assert isinstance(result, DownloadFailed), result
+    assert (result.error_kind, result.counts_attempt) == ("cancelled", False)
+
+
+def test_progress_does_not_go_back_when_an_attempt_starts_over(engine: str, tmp_path: Path) -> None:
+    """Within an attempt that starts over from byte 0 after a Range lie, the bytes
+    reported only grow: the restart is decided on the response's head, before a byte of
+    the attempt is written or reported."""
+    result, ranges, hooks = _resume_after_a_range_lie(
+        engine, tmp_path, None, FakeClock(), threading.Event(), progress_interval=0.0,
+        chunk_size=4096,
+    )  # fmt: skip
+    assert ranges == [None, "bytes=40000-", None]
+    assert isinstance(result, DownloadComplete), result
+    assert hooks.received == sorted(hooks.received)
+    assert hooks.received[-1] == 100000

@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from messages import DownloadComplete, DownloadFailed, DownloadStarted, HostStatus, Outcome
+from messages import (
+    DownloadComplete,
+    DownloadFailed,
+    DownloadStarted,
+    HostStatus,
+    Outcome,
+    RunFinished,
+)
 from runtime import Pipeline
 from runtime.pipeline import RunSummary
 from runtime.testing import FakeClock, FaultServer, body_of, capture_logs
@@ -275,6 +282,66 @@ def test_a_server_that_cannot_resume_gets_the_whole_file_without_a_spent_attempt
     assert leftovers(config) == ["a.bin", "b.bin"]  # no .part behind
     host = next(iter(summary.stats["hosts"].values()))
     assert host["failures"] == {"truncated": 2}  # the lie is not counted as a failure
+
+
+def test_a_resume_answered_416_fetches_the_whole_file_without_a_spent_attempt(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    """A ``.part`` that is already whole (the run was killed between its last write and
+    the rename) resumes with Range from its end; the 416 Range Not Satisfiable a real
+    server answers starts the file over in the same attempt: completed, no attempt spent,
+    and the host still resumes with Range. A 416 to a request without Range stays a
+    permanent ``http_4xx``."""
+    size, at = 50000, 20000
+    clock = FakeClock()  # the retry waits for its backoff until the test moves time
+    config = make_config(
+        tmp_path, retry={"max_attempts": 3, "backoff_initial": 30.0, "backoff_max": 30.0}
+    )
+    whole, later = "/truncate/a.bin", "/truncate/b.bin"
+    cut, a_done, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def on_event(message: Any) -> None:
+        if isinstance(message, DownloadFailed) and message.item.id == "a":
+            cut.set()
+        if isinstance(message, Outcome) and message.id == "a":
+            a_done.set()
+        if isinstance(message, RunFinished):
+            finished.set()
+
+    def advance_until(done: threading.Event) -> None:
+        for _ in range(int(TIMEOUT / 0.05)):
+            clock.advance(5.0)  # past the backoff, and through the commits
+            if done.wait(0.05):
+                return
+        raise AssertionError("the run did not get there")
+
+    with Pipeline(config, clock=clock, on_event=on_event) as pipeline:
+        pipeline.submit(
+            [
+                {"id": "a", "url": server.url(f"{whole}?size={size}&at={at}")},
+                {"id": "plain", "url": server.url("/status/416/plain.bin")},
+            ]
+        )
+        assert cut.wait(TIMEOUT)
+        part = Path(config.output.dir) / "a.bin.part"
+        assert part.stat().st_size == at
+        part.write_bytes(body_of("a.bin", size))  # the rest came, then the run was killed
+        advance_until(a_done)
+        pipeline.submit([{"id": "b", "url": server.url(f"{later}?size={size}&at={at}")}])
+        pipeline.close_input()
+        advance_until(finished)
+        summary = pipeline.wait(TIMEOUT)
+    assert server.ranges[whole] == [None, f"bytes={size}-", None]  # cut, 416, the whole file
+    assert server.ranges[later] == [None, f"bytes={at}-"]  # the 416 did not distrust the host
+    assert server.ranges["/status/416/plain.bin"] == [None]
+    records = by_id(config)
+    for item, name in (("a", "a.bin"), ("b", "b.bin")):
+        assert (records[item]["status"], records[item]["attempts"]) == ("completed", 2)
+        assert (Path(config.output.dir) / name).read_bytes() == body_of(name, size)
+    assert (records["plain"]["status"], records["plain"]["error_kind"]) == ("failed", "http_4xx")
+    assert leftovers(config) == ["a.bin", "b.bin"]  # no .part behind
+    host = next(iter(summary.stats["hosts"].values()))
+    assert host["failures"] == {"truncated": 2, "http_4xx": 1}  # the 416 to a resume is not
 
 
 # -- limits -----------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from runtime.core.transfer import (
     Transfer,
     hash_into,
     open_part,
+    overdue,
     verify,
 )
 from runtime.core.transport import RequestsTransport, Transport
@@ -169,14 +170,22 @@ class CurlEngine:
         return None
 
     def _add(
-        self, item: WorkItem, dest: Path, part: Path, offset: int, headers: dict[str, str]
+        self,
+        item: WorkItem,
+        dest: Path,
+        part: Path,
+        offset: int,
+        headers: dict[str, str],
+        started: float | None = None,
     ) -> None:
-        """Add a transfer of ``item`` to the multi handle."""
+        """Add a transfer of ``item`` to the multi handle; ``started``: when its attempt
+        sent its first request, for a restart (default: now)."""
         handle = self.idle.pop() if self.idle else pycurl.Curl()
         now = self.clock.now()
         report = now + self.config.download.progress_interval
+        started = now if started is None else started
         job = _Job(item=item, dest=dest, part=part, offset=offset, handle=handle,
-                   started=now, next_report=report)  # fmt: skip
+                   started=started, next_report=report)  # fmt: skip
         self._configure(handle, job, headers)
         self.jobs[handle] = job
         self.multi.add_handle(handle)
@@ -208,10 +217,7 @@ class CurlEngine:
             if cancelled:
                 job.error = CancelledError(f"cancelled after {job.received} bytes")
             elif job.deadline and now > job.deadline:
-                job.error = FetchError(
-                    f"the download took longer than {job.deadline - job.started:.0f} s",
-                    error_kind="timeout",
-                )
+                job.error = overdue(job.deadline - job.started)
             if job.error is not None:
                 result = self._finish(handle, (pycurl.E_ABORTED_BY_CALLBACK, "aborted"))
                 if result is not None:
@@ -297,8 +303,9 @@ class CurlEngine:
         t.pending_validator = None
         offset, expected = t.check_response(job.item, _Head(job.status, job.headers), job.offset)
         job.validator, job.offset, job.expected = t.pending_validator, offset, expected
-        d = self.config.download
-        job.deadline = job.started + d.timeout + (expected or 0) / max(d.min_speed, 1)
+        job.deadline = job.started + t.time_limit(expected)
+        if self.clock.now() > job.deadline:  # a restart's answer came too late
+            raise overdue(job.deadline - job.started)
         job.digest = hashlib.sha256()
         if offset:
             hash_into(job.digest, job.part, offset)
@@ -353,8 +360,9 @@ class CurlEngine:
     def _finish(
         self, handle: Any, error: tuple[int, str] | None
     ) -> DownloadComplete | DownloadFailed | None:
-        """The result of a transfer that ended; None when it starts over (the server
-        ignored its Range: the whole file is fetched in the same attempt)."""
+        """The result of a transfer that ended; None when it starts over (its Range
+        request got an answer it cannot use: the whole file is fetched in the same
+        attempt, by the attempt's deadline; while cancelling, the item is cancelled)."""
         job = self.jobs.pop(handle)
         self.multi.remove_handle(handle)
         item = job.item
@@ -385,6 +393,9 @@ class CurlEngine:
         except RangeIgnoredError as exc:
             self.transfer.range_ignored(item, job.part, exc)
             result = None
+            if self.cancel.is_set():  # shutting down: no new request
+                cancelled = CancelledError("cancelled before fetching the whole file")
+                result = self.transfer.failed(item, cancelled)
         except FetchError as exc:
             if job.checked or job.status:
                 exc.scope = "url"  # the host answered: this transfer is what failed
@@ -398,7 +409,7 @@ class CurlEngine:
         handle.reset()
         self.idle.append(handle)
         if result is None:  # no Range this time, so it cannot be ignored again
-            self._add(item, job.dest, job.part, 0, {})
+            self._add(item, job.dest, job.part, 0, {}, started=job.started)
         return result
 
     def _close(self, job: _Job) -> None:

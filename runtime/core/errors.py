@@ -15,6 +15,7 @@ One root, so a host program can catch everything conveyor raises in one clause::
         ├── StalledError       slower than download.min_speed for download.stall_window
         ├── LaneChangeError    too large for the small-file lane (not a failure)
         ├── RangeIgnoredError  a Range request got other bytes (not a failure: fetch whole)
+        │   └── RangeNotSatisfiableError  a resume got 416 (not a failure: fetch whole)
         └── CancelledError     the transfer was cancelled (shutdown)
 
 ``requests`` exceptions never leave ``runtime.core.transport``: they are translated there,
@@ -38,6 +39,7 @@ __all__ = [
     "InputError",
     "LaneChangeError",
     "RangeIgnoredError",
+    "RangeNotSatisfiableError",
     "StalledError",
     "StateLockedError",
     "SupervisionError",
@@ -171,6 +173,17 @@ class RangeIgnoredError(FetchError):
     whole file in the same attempt."""
 
     scope = "url"  # the host answered
+    host_at_fault = True
+    """Whether the host cannot resume (its later resumes in this run ask for whole files)."""
+
+
+class RangeNotSatisfiableError(RangeIgnoredError):
+    """A resume was answered 416 Range Not Satisfiable: the ``.part`` is already as long
+    as the file (a run killed between its last write and the rename) or longer. Not a
+    failure and not the host's fault — the engine discards the ``.part`` and fetches the
+    whole file in the same attempt, as for any Range answer it cannot use."""
+
+    host_at_fault = False
 
 
 class CancelledError(FetchError):

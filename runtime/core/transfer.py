@@ -31,6 +31,7 @@ from runtime.core.errors import (
     HTTPStatusError,
     LaneChangeError,
     RangeIgnoredError,
+    RangeNotSatisfiableError,
     StalledError,
     TooLargeError,
     TruncatedError,
@@ -51,6 +52,7 @@ __all__ = [
     "hash_file",
     "hash_into",
     "open_part",
+    "overdue",
     "verify",
 ]
 
@@ -72,7 +74,13 @@ class TransferHooks(Protocol):
         ...
 
     def progress(self, item: WorkItem, received: int, total: int | None) -> None:
-        """Bytes received so far (at most every ``download.progress_interval``)."""
+        """Bytes in the item's ``.part`` so far (at most every ``progress_interval``).
+
+        Within an attempt they only grow: a restart from byte 0 (a Range answer that
+        cannot be used) is decided on the response's head, before a byte of the attempt
+        is written or reported. They may be lower than an earlier attempt's last report
+        when its ``.part`` was discarded, and then a ``DownloadStarted`` came between.
+        """
         ...
 
     def tick(self, now: float) -> None:
@@ -254,27 +262,46 @@ class Transfer:
 
     def _fetch(self, item: WorkItem, dest: Path) -> DownloadComplete:
         part, offset, headers = self.resume_plan(item, dest)
+        started = self.clock.now()  # one deadline for the attempt, a restart included
         try:
-            return self._fetch_from(item, dest, part, offset, headers)
+            return self._fetch_from(item, dest, part, offset, headers, started)
         except RangeIgnoredError as exc:
             self.range_ignored(item, part, exc)
-            return self._fetch_from(item, dest, part, 0, {})  # no Range: cannot lie again
+            if self.cancel.is_set():  # shutting down: no new request
+                raise CancelledError("cancelled before fetching the whole file") from exc
+            # No Range this time, so it cannot be ignored again.
+            return self._fetch_from(item, dest, part, 0, {}, started)
 
     def range_ignored(self, item: WorkItem, part: Path, exc: RangeIgnoredError) -> None:
-        """The server cannot resume ``item``: remember its host, discard the ``.part``
-        (the caller fetches the whole file in the same attempt)."""
-        log.info("range ignored; fetching the whole file", error=str(exc), url=item.url)
-        self.ranges.distrust(item.url)
+        """The server cannot use ``item``'s Range request: discard the ``.part``, and
+        remember the host when it cannot resume (the caller fetches the whole file in
+        the same attempt, unless it is cancelling)."""
+        log.info("range not usable; fetching the whole file", error=str(exc), url=item.url)
+        if exc.host_at_fault:
+            self.ranges.distrust(item.url)
         part.unlink(missing_ok=True)
 
+    def time_limit(self, expected: int | None) -> float:
+        """Seconds an attempt may take, from its first request (a restart from byte 0
+        included): ``download.timeout`` plus the expected size over ``min_speed``."""
+        d = self.config.download
+        return d.timeout + (expected or 0) / max(d.min_speed, 1)
+
     def _fetch_from(
-        self, item: WorkItem, dest: Path, part: Path, offset: int, headers: dict[str, str]
+        self,
+        item: WorkItem,
+        dest: Path,
+        part: Path,
+        offset: int,
+        headers: dict[str, str],
+        started: float,
     ) -> DownloadComplete:
         assert self.transport is not None
         response = self.transport.open(item.url, headers)
         try:
             offset, expected = self.check_response(item, response, offset)
-            size, digest = self._stream(item, response, part, offset, expected)
+            deadline = started + self.time_limit(expected)
+            size, digest = self._stream(item, response, part, offset, expected, deadline)
         except FetchError as exc:
             exc.scope = "url"  # the host answered: this transfer is what failed
             if exc.permanent:  # a transient failure keeps the part for a Range resume
@@ -301,6 +328,14 @@ class Transfer:
     def check_response(self, item: WorkItem, response: Any, offset: int) -> tuple[int, int | None]:
         """Check status, range and size; return the write offset and the expected total."""
         cfg = self.config.download
+        if response.status == 416 and offset:
+            # Nothing from the offset on: the .part is already the whole file (a run was
+            # killed before its rename), or longer. Never trusted as complete on the
+            # server's word (Content-Range: bytes */TOTAL): the caller fetches it whole.
+            raise RangeNotSatisfiableError(
+                f"asked for bytes from {offset}, got 416 "
+                f"({response.headers.get('Content-Range') or 'no Content-Range'})"
+            )
         if response.status >= 400:
             retry_after = parse_retry_after(response.headers.get("Retry-After"), self.clock.wall())
             raise HTTPStatusError(response.status, item.url, retry_after=retry_after)
@@ -338,9 +373,16 @@ class Transfer:
         return offset, expected
 
     def _stream(
-        self, item: WorkItem, response: Response, part: Path, offset: int, total: int | None
+        self,
+        item: WorkItem,
+        response: Response,
+        part: Path,
+        offset: int,
+        total: int | None,
+        deadline: float,
     ) -> tuple[int, str]:
-        """Append the body to ``part`` from ``offset``; return the size and the sha256."""
+        """Append the body to ``part`` from ``offset`` by ``deadline``; return the size
+        and the sha256."""
         digest = hashlib.sha256()
         if offset:
             hash_into(digest, part, offset)
@@ -348,7 +390,7 @@ class Transfer:
         # writing and hashing overlap on two cores instead of taking turns.
         hasher: Any = BackgroundHash(digest) if (total or 0) >= BACKGROUND_HASH else digest
         try:
-            received = self._receive(item, response, part, offset, total, hasher)
+            received = self._receive(item, response, part, offset, total, hasher, deadline)
         finally:
             if isinstance(hasher, BackgroundHash):
                 hasher.finish()
@@ -362,12 +404,11 @@ class Transfer:
         offset: int,
         total: int | None,
         digest: Any,
+        deadline: float,
     ) -> int:
         cfg = self.config.download
         received = offset
         now = self.clock.now()
-        limit = cfg.timeout + (total or 0) / max(cfg.min_speed, 1)  # scales with the size
-        deadline = now + limit
         window_start, window_bytes = now, 0
         next_report = now + cfg.progress_interval
         with open_part(part, offset) as fh:
@@ -390,20 +431,23 @@ class Transfer:
                             )
                         window_start, window_bytes = now, 0
                     if now > deadline:
-                        raise FetchError(
-                            f"the download took longer than {limit:.0f} s",
-                            error_kind="timeout",
-                        )
+                        raise overdue(self.time_limit(total))
                     if now >= next_report:
                         next_report = now + cfg.progress_interval
                         self.hooks.progress(item, received, total)
                     self.hooks.tick(now)
             except FetchError as exc:
-                if exc.error_kind == "timeout" and received > offset:
+                if exc.error_kind == "timeout" and received > offset and now <= deadline:
                     # no byte for a whole read timeout in the middle of a body: a stall
+                    # (past the deadline it is the attempt's own timeout)
                     raise StalledError(f"stalled after {received} bytes: {exc}") from exc
                 raise
         return received
+
+
+def overdue(limit: float) -> FetchError:
+    """The failure of an attempt that ran past its deadline (``limit`` seconds)."""
+    return FetchError(f"the download took longer than {limit:.0f} s", error_kind="timeout")
 
 
 EARLY_VALIDATOR = 1 << 20
