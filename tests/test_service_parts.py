@@ -1,4 +1,5 @@
-"""Parts of the job service without a server: the limits middleware, the job store."""
+"""Parts of the job service without a server: the limits middleware, the job store, the
+submit client's reading of failure examples."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from runtime.service.jobstore import Job, SQLiteJobStore
 from runtime.service.limits import Limits
@@ -226,3 +228,53 @@ def test_a_jobs_stored_counts_follow_its_progress(tmp_path: Path) -> None:
     assert (stored.summary["completed"], stored.summary["failed"]) == (3, 1)
     assert stored.summary["pending"] == 1
     manager.store.close()
+
+
+def test_submit_follow_reads_failed_items_until_every_kind_has_an_example(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pages of failed items are read until each kind of the job's ``errors`` has an
+    example (the first item of it), and no further; a kind never found stops the reading
+    after ``EXAMPLES_PAGES`` pages; a failed read keeps the examples found so far."""
+    from runtime.service import client
+
+    asked: list[int] = []
+
+    class Answer:
+        def __init__(self, cursor: int) -> None:
+            self.cursor = cursor
+
+        def raise_for_status(self) -> None:
+            if self.cursor < 0:
+                raise requests.HTTPError("503")
+
+        def json(self) -> dict[str, Any]:
+            page = self.cursor // client.EXAMPLES_PAGE
+            kind = "timeout" if page == 2 else "http_4xx"  # a kind first seen on page 3
+            items = [{"seq": self.cursor + i + 1, "url": f"u{self.cursor + i}",
+                      "error_kind": kind, "error": f"e{page}"}
+                     for i in range(client.EXAMPLES_PAGE)]  # fmt: skip
+            return {"items": items, "next_cursor": self.cursor + client.EXAMPLES_PAGE}
+
+    def get(url: str, *, params: dict[str, str], **_: Any) -> Answer:
+        assert url == "http://s/v1/jobs/j/items"
+        assert (params["status"], params["limit"]) == ("failed", str(client.EXAMPLES_PAGE))
+        asked.append(int(params["cursor"]))
+        return Answer(int(params["cursor"]) if len(asked) <= failing_after else -1)
+
+    monkeypatch.setattr(client.requests, "get", get)
+    failing_after = 1000
+    examples = client._failure_examples("http://s", "j", {}, {"http_4xx", "timeout"})
+    assert [(e["error_kind"], e["url"]) for e in examples] == [("http_4xx", "u0"),
+                                                               ("timeout", "u2000")]  # fmt: skip
+    assert asked == [0, 1000, 2000]
+    asked.clear()
+    examples = client._failure_examples("http://s", "j", {}, {"http_4xx", "never"})
+    assert len(asked) == client.EXAMPLES_PAGES == 20
+    assert [e["error_kind"] for e in examples] == ["http_4xx", "timeout"]
+    asked.clear()
+    failing_after = 1
+    examples = client._failure_examples("http://s", "j", {}, {"http_4xx", "timeout"})
+    assert (len(asked), [e["error_kind"] for e in examples]) == (2, ["http_4xx"])
+    assert client._failure_examples("http://s", "j", {}, set()) == []  # nothing failed
+    assert len(asked) == 2  # and nothing read

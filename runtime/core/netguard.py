@@ -20,8 +20,10 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import socket
+import threading
+import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from runtime.core.errors import FetchError
@@ -29,9 +31,13 @@ from runtime.core.errors import FetchError
 __all__ = [
     "DOWNLOAD_SETTING",
     "SERVICE_SETTING",
+    "AddrInfo",
     "BlockedAddressError",
+    "Lookup",
     "NetworkGuard",
     "Redirect",
+    "Resolver",
+    "allowed_addresses",
     "blocked_error",
     "check_host",
     "find_blocked",
@@ -170,27 +176,97 @@ class NetworkGuard:
             )
 
 
-def check_host(guard: NetworkGuard, host: str, port: int) -> None:
-    """Resolve ``host`` now and refuse it as a connection to it would be refused: when
-    none of its addresses is allowed. (A connection is still checked when it is made.)
+AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
+"""One answer of ``socket.getaddrinfo``: family, type, protocol, canonical name, address."""
+Lookup = Callable[[str, int], Sequence[AddrInfo]]
+"""Resolves a host and port (as ``socket.getaddrinfo`` for stream sockets)."""
+
+
+def _getaddrinfo(host: str, port: int) -> Sequence[AddrInfo]:
+    return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+
+
+def allowed_addresses(
+    guard: NetworkGuard, host: str, port: int, lookup: Lookup = _getaddrinfo
+) -> list[AddrInfo]:
+    """Resolve ``host`` now; the addresses the guard allows, in the resolver's order.
 
     Raises:
-        BlockedAddressError: no address of ``host`` is allowed (the first one's refusal).
-        OSError: ``host`` does not resolve.
+        BlockedAddressError: ``host`` resolves, but to no allowed address (the refusal of
+            the first address).
+        OSError: ``host`` does not resolve (or ``lookup`` failed: a ``TimeoutError``…).
         UnicodeError: ``host`` is not a valid name.
     """
     host = host.strip("[]")
+    allowed: list[AddrInfo] = []
     refused: BlockedAddressError | None = None
-    for *_, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+    for info in lookup(host, port):
         try:
-            guard.check(str(sockaddr[0]), host)
+            guard.check(str(info[4][0]), host)
         except BlockedAddressError as exc:
             refused = refused or exc
             continue
-        return
+        allowed.append(info)
+    if allowed:
+        return allowed
     if refused is not None:
         raise refused
     raise OSError(f"{host} resolves to no address")
+
+
+def check_host(guard: NetworkGuard, host: str, port: int, lookup: Lookup = _getaddrinfo) -> None:
+    """Resolve ``host`` now and refuse it as a connection to it would be refused: when
+    none of its addresses is allowed. (A connection is still checked when it is made.)
+    ``lookup`` resolves (a ``Resolver`` bounds the time it may take).
+
+    Raises:
+        BlockedAddressError: no address of ``host`` is allowed (the first one's refusal).
+        OSError: ``host`` does not resolve, or not in time.
+        UnicodeError: ``host`` is not a valid name.
+    """
+    allowed_addresses(guard, host, port, lookup)
+
+
+class Resolver:
+    """``getaddrinfo`` with a deadline: each lookup runs on a daemon thread, and the
+    caller waits at most ``timeout`` seconds for it (a slot, then the answer). At most
+    ``most`` lookups run at once, so names whose resolver never answers tie up that many
+    threads at worst, each until the system resolver gives up."""
+
+    def __init__(self, timeout: float, most: int = 16, lookup: Lookup = _getaddrinfo) -> None:
+        self.timeout = timeout
+        self.lookup = lookup
+        self._slots = threading.BoundedSemaphore(most)
+
+    def __call__(self, host: str, port: int) -> Sequence[AddrInfo]:
+        """``host``'s addresses.
+
+        Raises:
+            TimeoutError: no answer within ``timeout`` seconds.
+            OSError, UnicodeError: what the lookup raised.
+        """
+        deadline = time.monotonic() + self.timeout
+        if not self._slots.acquire(timeout=self.timeout):
+            raise TimeoutError(f"{host} did not resolve within {self.timeout:g} s (busy)")
+        answer: list[Sequence[AddrInfo] | BaseException] = []
+        done = threading.Event()
+
+        def resolve() -> None:
+            try:
+                answer.append(self.lookup(host, port))
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
+                answer.append(exc)
+            finally:
+                self._slots.release()
+                done.set()
+
+        threading.Thread(target=resolve, name=f"resolve {host}", daemon=True).start()
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            raise TimeoutError(f"{host} did not resolve within {self.timeout:g} s")
+        (result,) = answer
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
 
 def find_blocked(exc: BaseException) -> BlockedAddressError | None:
@@ -236,19 +312,13 @@ def guarded_connection(
     connecting: each resolved address is checked before a socket is opened to it.
 
     Raises:
-        BlockedAddressError: every address the name resolved to is refused.
+        BlockedAddressError: every address the name resolved to is refused (the first
+            one's refusal).
         OSError: resolving or connecting failed.
     """
     host, port = address
-    host = host.strip("[]")
-    refused: BlockedAddressError | None = None
     error: OSError | None = None
-    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
-        try:
-            guard.check(str(sockaddr[0]), host)
-        except BlockedAddressError as exc:
-            refused = exc
-            continue
+    for family, kind, proto, _, sockaddr in allowed_addresses(guard, host, port):
         sock = socket.socket(family, kind, proto)
         try:
             for option in socket_options or ():
@@ -262,8 +332,4 @@ def guarded_connection(
         except OSError as exc:
             error = exc
             sock.close()
-    if error is not None:
-        raise error
-    if refused is not None:
-        raise refused
-    raise OSError(f"getaddrinfo returned no address for {host}")
+    raise error or OSError(f"{host} resolves to no address")  # (allowed_addresses has one)

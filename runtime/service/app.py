@@ -18,11 +18,13 @@ from importlib import resources
 from typing import Annotated, Any, get_args
 from urllib.parse import quote, urlsplit
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Security, WebSocket
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -30,7 +32,8 @@ from starlette.websockets import WebSocketDisconnect
 
 from runtime import __version__
 from runtime.core.config import Config
-from runtime.core.netguard import BlockedAddressError, NetworkGuard, check_host
+from runtime.core.logs import get_logger
+from runtime.core.netguard import BlockedAddressError, Lookup, NetworkGuard, Resolver, check_host
 from runtime.service.jobs import JobError, JobManager
 from runtime.service.jobstore import TERMINAL, Job
 from runtime.service.limits import ASGIApp, Limits
@@ -64,6 +67,22 @@ PAGE = 500
 MAX_CURSOR = 2**62
 """Largest cursor or sequence number a client may pass (SQLite integers are 64-bit)."""
 STATUSES: tuple[str, ...] = get_args(JobStatus)
+RESOLVE_TIMEOUT = 5.0
+"""Seconds a submit waits for its ``callback_url``'s host to resolve."""
+CALLBACK_REFUSED = (
+    "callback_url refused: its host does not resolve to an address the service may reach "
+    "(service.allow_networks)"
+)
+"""The one answer to every refused callback: which names exist and what they resolve to
+stays on the server (in its log)."""
+BEARER = HTTPBearer(
+    auto_error=False,  # a missing or malformed header gets the same 401 as a wrong token
+    scheme_name="bearer",
+    description="the service's token (`service.token`, or CONVEYOR_SERVICE_TOKEN)",
+)
+"""The token, as the schema's security scheme (checked by ``create_app``'s dependency)."""
+
+log = get_logger("service.api")
 
 
 # -- wake-ups from the manager's threads ---------------------------------------------
@@ -127,15 +146,20 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
     hub = hub or Hub()
     manager.listeners.append(hub.notify)
     token = service.token.encode()
+    resolver = Resolver(RESOLVE_TIMEOUT)
+
+    def valid(given: str | None) -> bool:
+        """Whether ``given`` is the token (compared in constant time); any is without one."""
+        return not token or (given is not None and hmac.compare_digest(given.encode(), token))
 
     def authorized(header: str | None) -> bool:
-        if not token:
-            return True
-        scheme, _, given = (header or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
+        scheme, given = get_authorization_scheme_param(header)
+        return valid(given if scheme.lower() == "bearer" else None)
 
-    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
-        if not authorized(authorization):
+    def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+    ) -> None:
+        if not valid(credentials.credentials if credentials is not None else None):
             raise HTTPException(
                 401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
@@ -221,7 +245,7 @@ def create_app(manager: JobManager, config: Config, hub: Hub | None = None) -> F
             )
         if batch.callback_url is not None and service.webhook_secret:
             # (Without a secret the manager refuses any callback: no need to resolve it.)
-            await run_in_threadpool(_check_callback, manager.guard, batch.callback_url)
+            await run_in_threadpool(_check_callback, manager.guard, batch.callback_url, resolver)
         done = await run_in_threadpool(
             manager.submit,
             batch.items,
@@ -565,14 +589,20 @@ def _require_json(request: Request) -> None:
         )
 
 
-def _check_callback(guard: NetworkGuard, url: str) -> None:
+def _check_callback(guard: NetworkGuard, url: str, lookup: Lookup) -> None:
     """Refuse (422, naming ``callback_url``) a callback whose host the network guard
-    would refuse at delivery, or that does not resolve. (Each delivery is checked again
-    when it connects.)"""
+    would refuse at delivery, or that does not resolve (in time: ``lookup`` bounds it).
+    (Each delivery is checked again when it connects.)
+
+    Every refusal gets the same answer, ``CALLBACK_REFUSED``: naming the address a host
+    resolved to, or telling a name that does not resolve from one that resolves to a
+    private address, would let a client map the service's internal names. The reason
+    is logged.
+    """
     parts = urlsplit(url)
     default = 443 if parts.scheme == "https" else 80
     try:
-        check_host(guard, parts.hostname or "", parts.port or default)
+        check_host(guard, parts.hostname or "", parts.port or default, lookup)
     except BlockedAddressError as exc:
         reason = str(exc)
     except (OSError, UnicodeError) as exc:
@@ -580,12 +610,13 @@ def _check_callback(guard: NetworkGuard, url: str) -> None:
         reason = f"its host {parts.hostname} does not resolve ({detail})"
     else:
         return
+    log.warning("callback_url refused", url=url, reason=reason)
     raise RequestValidationError(
         [
             {
                 "type": "value_error",
                 "loc": ("body", "callback_url"),
-                "msg": f"callback_url refused: {reason}",
+                "msg": CALLBACK_REFUSED,
                 "input": url,
             }
         ]
@@ -630,17 +661,22 @@ class _Collector:
         yield GaugeMetricFamily("conveyor_jobs_running", "Pipelines running", value=m.running())
         hooks = GaugeMetricFamily(
             "conveyor_webhook_deliveries",
-            "Webhook attempts since start, by result",
+            "Webhook delivery attempts since the service started, by result "
+            "(given_up: deliveries abandoned after their last attempt)",
             labels=["result"],
         )
         for result, n in m.deliverer.results.items():
             hooks.add_metric([result], n)
         yield hooks
         items = GaugeMetricFamily(
-            "conveyor_job_items", "Items of a running job by status", labels=["job", "status"]
+            "conveyor_job_items",
+            "Items of a running job that ended, by status (all its runs)",
+            labels=["job", "status"],
         )
         size = GaugeMetricFamily(
-            "conveyor_job_bytes", "Bytes downloaded by a running job", labels=["job"]
+            "conveyor_job_bytes",
+            "Bytes in the completed files of a running job (all its runs), as committed",
+            labels=["job"],
         )
         active = GaugeMetricFamily(
             "conveyor_job_downloading", "Items a running job is downloading", labels=["job"]

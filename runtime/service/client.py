@@ -22,8 +22,10 @@ __all__ = ["ProgressLines", "print_job_summary", "read_sse", "submit_file"]
 
 PROGRESS_EVERY = 5.0
 """Seconds between two progress lines when the output is not a terminal."""
-EXAMPLES_READ = 1000
-"""Failed items read for an example of each error kind in the summary."""
+EXAMPLES_PAGE = 1000
+"""Failed items read at a time for an example of each error kind in the summary."""
+EXAMPLES_PAGES = 20
+"""Pages of failed items read at most for those examples (a kind first seen later has none)."""
 ENDED = ("completed", "failed", "cancelled")
 
 
@@ -149,7 +151,7 @@ def _follow(
         if display is not None:
             display.stop()
     final = requests.get(f"{base}/v1/jobs/{job_id}", headers=headers, timeout=30).json()
-    failed = _failed_items(base, job_id, headers) if final["errors"] else []
+    failed = _failure_examples(base, job_id, headers, set(final["errors"]))
     print_job_summary(final, failed, out)
     p = final["progress"]
     if final["status"] != "completed":
@@ -157,19 +159,32 @@ def _follow(
     return EXIT_CODES["ok"] if p["completed"] == p["total"] else EXIT_CODES["failed_items"]
 
 
-def _failed_items(base: str, job_id: str, headers: dict[str, str]) -> list[dict[str, Any]]:
-    """The first ``EXAMPLES_READ`` failed items of the job (examples for the summary)."""
-    try:
-        answer = requests.get(
-            f"{base}/v1/jobs/{job_id}/items",
-            params={"status": "failed", "limit": str(EXAMPLES_READ)},
-            headers=headers,
-            timeout=30,
-        )
-        answer.raise_for_status()
-    except requests.RequestException:
-        return []  # the summary shows the counts without examples
-    return list(answer.json()["items"])
+def _failure_examples(
+    base: str, job_id: str, headers: dict[str, str], kinds: set[str]
+) -> list[dict[str, Any]]:
+    """The job's first failed item of each error kind in ``kinds`` (examples for the
+    summary), reading its failed items a page at a time until every kind has one, the
+    items end, or ``EXAMPLES_PAGES`` pages were read."""
+    examples: dict[str, dict[str, Any]] = {}
+    cursor: int | None = 0
+    for _ in range(EXAMPLES_PAGES):
+        if cursor is None or kinds <= examples.keys():
+            break
+        try:
+            answer = requests.get(
+                f"{base}/v1/jobs/{job_id}/items",
+                params={"status": "failed", "limit": str(EXAMPLES_PAGE), "cursor": str(cursor)},
+                headers=headers,
+                timeout=30,
+            )
+            answer.raise_for_status()
+            page = answer.json()
+        except (requests.RequestException, ValueError):
+            break  # the summary shows the counts, with the examples found so far
+        for item in page["items"]:
+            examples.setdefault(str(item.get("error_kind")), item)
+        cursor = page["next_cursor"]
+    return list(examples.values())
 
 
 def print_job_summary(job: dict[str, Any], failed: list[dict[str, Any]], out: TextIO) -> None:
