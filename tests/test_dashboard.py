@@ -1,7 +1,8 @@
 """The dashboard in a real headless browser (Chromium driven by Selenium): the token is
 asked for once; a running job with failures shows its progress, a throughput chart, its
 failed items page by page and links to its files; it ends ``completed`` with failures,
-and is deleted."""
+and is deleted. The download rate is drawn from each run's bytes; a job deleted behind
+the page's back leaves it quietly."""
 
 from __future__ import annotations
 
@@ -118,6 +119,14 @@ def saved(folder: Path, name: str) -> Callable[[Any], bytes | Literal[False]]:
 def shown(first: int, last: int, of: int) -> str:
     """A pager's range as the page writes it: "1-20 of 40", with an en dash."""
     return f"{first}\N{EN DASH}{last} of {of}"
+
+
+def unexpected(entries: list[dict[str, Any]], job_id: str) -> list[dict[str, Any]]:
+    """The browser's log ``entries`` but the 404s of the job's urls: a request on its
+    way when the job was deleted is answered so (Chromium logs it, the page says
+    nothing)."""
+    gone = f"/v1/jobs/{job_id}"
+    return [e for e in entries if not (gone in e["message"] and "status of 404" in e["message"])]
 
 
 def enter_token(browser: Any, wait: Any, value: str) -> None:
@@ -254,9 +263,85 @@ def test_the_dashboard_follows_a_job_with_failures(
         wait.until(ec.invisibility_of_element_located((By.CSS_SELECTOR, row)))
         assert read(browser, "#detail", "e.hidden") is True
         assert service.call("GET", f"/v1/jobs/{job_id}").status_code == 404
-        problems = browser.get_log("browser")
-        assert problems == []  # no script error, no failed request
+        assert unexpected(browser.get_log("browser"), job_id) == []  # no script error
+        assert read(browser, "#message") == ""
     finally:
         service.stop()
         files.close()
         missing.close()
+
+
+def test_the_download_rate_is_drawn_from_the_bytes_each_run_downloaded(
+    browser: Any, tmp_path: Path
+) -> None:
+    """The rate chart follows ``run.bytes`` (what the run downloaded), not ``bytes`` (the
+    completed files' committed bytes, 0 here throughout); when a job resumes, its run's
+    count starts again at 0: the line breaks there, with no negative or zero rate."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    service = Service(write_config(tmp_path))
+    try:
+        browser.get(service.url("/"))
+        wait = WebDriverWait(browser, WAIT)
+        wait.until(lambda d: read(d, "#message") == "Enter the service's token.")  # idle now
+        # (ts, run bytes, run elapsed): a run at 1000 B/s, a pause, a run at 500 B/s.
+        events = [(1000.0, 0, 0.0), (1001.0, 1000, 1.0), (1002.0, 2000, 2.0),
+                  (1003.0, 3000, 3.0), (1004.0, 0, 0.5), (1005.0, 500, 1.5),
+                  (1006.0, 1000, 2.5)]  # fmt: skip
+        chart = browser.execute_script(
+            """
+            const id = "synthetic";
+            const counts = {completed: 0, failed: 0, skipped: 0, total: 1, percent: 0, bytes: 0};
+            jobs.set(id, {job_id: id, status: "running", progress: {...counts}});
+            selected = id;
+            for (const [ts, bytes, elapsed] of arguments[0]) {
+              apply(id, {type: "progress", ts, ...counts, run: {bytes, elapsed}});
+            }
+            drawCharts();
+            const svg = document.querySelector("#chart-bytes svg");
+            return {peak: svg.dataset.peak, points: svg.dataset.points,
+                    line: svg.querySelector(".line").getAttribute("d"),
+                    caption: document.querySelector("#chart-bytes figcaption").textContent};
+            """,
+            events,
+        )
+        assert (chart["peak"], chart["points"]) == ("1000", "5")  # 3 of the first run, 2
+        assert chart["line"].count("M") == 2  # two runs, two lines
+        assert chart["caption"] == "Download rate: 500 B/s now, peak 1.0 kB/s"
+    finally:
+        service.stop()
+
+
+def test_a_job_deleted_elsewhere_leaves_the_page_quietly(browser: Any, tmp_path: Path) -> None:
+    """Shown after another client deleted it, a job's 404s take it off the page — its
+    row and its details — without an error message."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    files = FileServer()
+    service = Service(write_config(tmp_path))
+    try:
+        job_id = service.submit(files.items(3, "v"))["job_id"]
+        service.wait_for(job_id, "completed")
+        browser.get(service.url("/"))
+        wait = WebDriverWait(browser, WAIT)
+        enter_token(browser, wait, TOKEN)
+        row = f'tr[data-job="{job_id}"]'
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, row)))
+        browser.get_log("browser")  # read: the 401 of the first load, before the token
+        assert service.call("DELETE", f"/v1/jobs/{job_id}").status_code == 204
+        browser.execute_script("select(arguments[0])", job_id)  # as a click on its row
+        wait.until(lambda d: d.execute_script("return !jobs.has(arguments[0])", job_id))
+        asked = (
+            "return performance.getEntriesByType('resource')"
+            ".filter(e => e.name.includes('/v1/jobs/' + arguments[0])).length"
+        )
+        wait.until(lambda d: d.execute_script(asked, job_id) >= 3)  # the job, its 2 pages
+        assert read(browser, "#detail", "e.hidden") is True
+        assert browser.find_elements(By.CSS_SELECTOR, row) == []
+        assert read(browser, "#message") == ""
+        assert unexpected(browser.get_log("browser"), job_id) == []
+    finally:
+        service.stop()
+        files.close()

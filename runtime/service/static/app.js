@@ -18,13 +18,17 @@ const MAX_JOB_PAGES = 10;  // 10,000 jobs: the list stops there
 
 const jobs = new Map();      // job id -> last known job document
 const streams = new Map();   // job id -> AbortController of its event stream
-const samples = new Map();   // job id -> [{ts, done, bytes}] from its progress events
+// job id -> [{ts, done, bytes, elapsed, run}] from its progress events: bytes and elapsed
+// are those of the pipeline's run (each resume starts a new one), run counts the runs seen.
+const samples = new Map();
 const replayed = new Set();  // ended jobs whose events were all read (their chart is whole)
+const deleted = new Set();   // jobs deleted (here or elsewhere): late answers are dropped
 let selected = null;
 let detailTimer = null;
 let chartFrame = null;
 
 class AuthError extends Error {}
+class GoneError extends Error {}  // the job no longer exists: nothing to tell the user
 
 // -- the API ------------------------------------------------------------------------
 
@@ -42,12 +46,28 @@ async function request(path, options) {
     askToken(token() ? "The token was refused." : "Enter the service's token.");
     throw new AuthError("401");
   }
+  const job = response.status === 404 ? goneJob(path) : null;
+  if (job !== null) {
+    // Deleted (by this page, while this request was on its way, or elsewhere): the job
+    // leaves the page quietly, as the next listing would drop it.
+    deleted.add(job);
+    if (jobs.has(job)) { forget(job); renderJobs(); }
+    throw new GoneError(path);
+  }
   if (!response.ok) {
     let detail = path;
     try { detail = (await response.json()).detail || path; } catch (e) { /* not JSON */ }
     throw new Error(`${response.status}: ${typeof detail === "string" ? detail : path}`);
   }
   return response;
+}
+
+function goneJob(path) {
+  // The job a 404 says is gone: any of its paths but a file's (a file can be missing
+  // from a job that exists).
+  const match = /^\/v1\/jobs\/([^/?#]+)(\/[^?#]*)?/.exec(path);
+  if (!match || (match[2] || "").startsWith("/files/")) return null;
+  return decodeURIComponent(match[1]);
 }
 
 async function api(path, options) {
@@ -78,7 +98,7 @@ function askToken(why) {
 }
 
 function showError(e) {
-  if (e instanceof AuthError || e.name === "AbortError") return;
+  if (e instanceof AuthError || e instanceof GoneError || e.name === "AbortError") return;
   const message = document.getElementById("message");
   const text = String(e.message || e);
   setText(message, text);
@@ -223,6 +243,7 @@ function fillJob(row, job) {
 
 function remember(doc) {
   // Keep the furthest progress: a replayed event or an older answer never moves it back.
+  if (deleted.has(doc.job_id)) return;  // an answer sent before the job was deleted
   const known = jobs.get(doc.job_id);
   if (known && done(known.progress) > done(doc.progress)) doc.progress = known.progress;
   jobs.set(doc.job_id, Object.assign(known || {}, doc));
@@ -248,7 +269,12 @@ async function control(id, verb) {
 
 async function remove(id) {
   if (!confirm(`Delete job ${id} and its files?`)) return;
-  await api(`/v1/jobs/${id}`, { method: "DELETE" });
+  deleted.add(id);
+  try {
+    await api(`/v1/jobs/${id}`, { method: "DELETE" });
+  } catch (e) {
+    if (!(e instanceof GoneError)) { deleted.delete(id); throw e; }  // not deleted after all
+  }
   forget(id);
   renderJobs();
   notice(`Deleted job ${id}.`);
@@ -405,7 +431,13 @@ function addSample(id, event) {
   if (!list) samples.set(id, (list = []));
   const last = list[list.length - 1];
   if (last && event.ts <= last.ts) return;  // replayed again
-  list.push({ ts: event.ts, done: done(event), bytes: event.bytes });
+  // The rate is drawn from the bytes the run downloaded (event.bytes counts completed
+  // files once committed, so it lags behind, across runs). A run's count starts again at
+  // 0 when the job resumes: a count or clock that goes back begins a new run.
+  const moved = event.run || { bytes: last ? last.bytes : 0, elapsed: last ? last.elapsed : 0 };
+  const restarted = last && (moved.bytes < last.bytes || moved.elapsed < last.elapsed);
+  const run = last ? last.run + (restarted ? 1 : 0) : 0;
+  list.push({ ts: event.ts, done: done(event), bytes: moved.bytes, elapsed: moved.elapsed, run });
   let old = 0;
   while (list[old].ts < event.ts - WINDOW_S - SMOOTH_S) old++;
   if (old) list.splice(0, old);
@@ -414,14 +446,15 @@ function addSample(id, event) {
 
 function series(list, key) {
   // The rate of list[key] at each sample, over the SMOOTH_S before it (at least since the
-  // sample before); null after a gap, where the line breaks.
+  // sample before) within the same run; null after a gap or at a new run's first sample,
+  // where the line breaks.
   const out = [];
   let j = 0;
   for (let i = 1; i < list.length; i++) {
-    while (j < i - 1 && list[i].ts - list[j].ts > SMOOTH_S) j++;
+    while (j < i - 1 && (list[i].ts - list[j].ts > SMOOTH_S || list[j].run !== list[i].run)) j++;
     const dt = list[i].ts - list[j].ts;
     const v = Math.max(0, (list[i][key] - list[j][key]) / dt);
-    out.push(dt > GAP_S ? null : { ts: list[i].ts, v });
+    out.push(dt > GAP_S || list[j].run !== list[i].run ? null : { ts: list[i].ts, v });
   }
   return out;
 }
