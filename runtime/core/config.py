@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from runtime.core.errors import ConfigError
-from runtime.core.netguard import SERVICE_SETTING, parse_networks
+from runtime.core.netguard import DOWNLOAD_SETTING, SERVICE_SETTING, parse_networks
 
 __all__ = [
     "CircuitConfig",
@@ -84,6 +84,9 @@ class StateConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DownloadConfig:
     """``[download]``: the downloader actors."""
+
+    allow_networks_setting: ClassVar[str] = DOWNLOAD_SETTING
+    """The setting a refusal of the network guard tells the user to change (not a key)."""
 
     workers: int = 2
     """Number of downloader actors (the requests engine's default: 8)."""

@@ -24,9 +24,12 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.core.errors import FetchError
+
+if TYPE_CHECKING:  # (config imports this module: only for the type)
+    from runtime.core.config import DownloadConfig
 
 __all__ = [
     "DOWNLOAD_SETTING",
@@ -284,14 +287,13 @@ def find_blocked(exc: BaseException) -> BlockedAddressError | None:
     return None
 
 
-def guard_of(config: Any) -> NetworkGuard | None:
+def guard_of(config: DownloadConfig) -> NetworkGuard | None:
     """The guard a ``DownloadConfig`` asks for, or None when it is off. Its refusals name
-    the config's ``allow_networks_setting`` (a job of the service: ``SERVICE_SETTING``),
-    by default ``DOWNLOAD_SETTING``."""
+    the config's ``allow_networks_setting`` (``DOWNLOAD_SETTING``; a job of the service:
+    ``SERVICE_SETTING``)."""
     if not config.block_private_networks:
         return None
-    setting = getattr(config, "allow_networks_setting", DOWNLOAD_SETTING)
-    return NetworkGuard(config.allow_networks, setting)
+    return NetworkGuard(config.allow_networks, config.allow_networks_setting)
 
 
 def blocked_error(message: str) -> FetchError:
