@@ -27,7 +27,6 @@ from runtime.core.netguard import (
     AddrInfo,
     BlockedAddressError,
     NetworkGuard,
-    Resolver,
     allowed_addresses,
     check_host,
 )
@@ -35,6 +34,7 @@ from runtime.service.app import CALLBACK_REFUSED, _check_callback
 from runtime.service.client import submit_file
 from runtime.service.jobstore import Delivery, Job, SQLiteJobStore
 from runtime.service.limits import Limits
+from runtime.service.resolver import Resolver
 from runtime.service.webhooks import Deliverer
 from runtime.testing import FakeClock, capture_logs
 from tests.service_helpers import TIMEOUT, TOKEN, Service, write_config

@@ -20,8 +20,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import socket
-import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,7 +37,6 @@ __all__ = [
     "Lookup",
     "NetworkGuard",
     "Redirect",
-    "Resolver",
     "allowed_addresses",
     "blocked_error",
     "check_host",
@@ -48,6 +45,7 @@ __all__ = [
     "guarded_connection",
     "parse_networks",
     "refusal",
+    "system_lookup",
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -185,12 +183,13 @@ Lookup = Callable[[str, int], Sequence[AddrInfo]]
 """Resolves a host and port (as ``socket.getaddrinfo`` for stream sockets)."""
 
 
-def _getaddrinfo(host: str, port: int) -> Sequence[AddrInfo]:
+def system_lookup(host: str, port: int) -> Sequence[AddrInfo]:
+    """``socket.getaddrinfo`` for stream sockets (the ``Lookup`` used by default)."""
     return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
 
 
 def allowed_addresses(
-    guard: NetworkGuard, host: str, port: int, lookup: Lookup = _getaddrinfo
+    guard: NetworkGuard, host: str, port: int, lookup: Lookup = system_lookup
 ) -> list[AddrInfo]:
     """Resolve ``host`` now; the addresses the guard allows, in the resolver's order.
 
@@ -217,10 +216,10 @@ def allowed_addresses(
     raise OSError(f"{host} resolves to no address")
 
 
-def check_host(guard: NetworkGuard, host: str, port: int, lookup: Lookup = _getaddrinfo) -> None:
+def check_host(guard: NetworkGuard, host: str, port: int, lookup: Lookup = system_lookup) -> None:
     """Resolve ``host`` now and refuse it as a connection to it would be refused: when
     none of its addresses is allowed. (A connection is still checked when it is made.)
-    ``lookup`` resolves (a ``Resolver`` bounds the time it may take).
+    ``lookup`` resolves (the service bounds the time it may take).
 
     Raises:
         BlockedAddressError: no address of ``host`` is allowed (the first one's refusal).
@@ -228,48 +227,6 @@ def check_host(guard: NetworkGuard, host: str, port: int, lookup: Lookup = _geta
         UnicodeError: ``host`` is not a valid name.
     """
     allowed_addresses(guard, host, port, lookup)
-
-
-class Resolver:
-    """``getaddrinfo`` with a deadline: each lookup runs on a daemon thread, and the
-    caller waits at most ``timeout`` seconds for it (a slot, then the answer). At most
-    ``most`` lookups run at once, so names whose resolver never answers tie up that many
-    threads at worst, each until the system resolver gives up."""
-
-    def __init__(self, timeout: float, most: int = 16, lookup: Lookup = _getaddrinfo) -> None:
-        self.timeout = timeout
-        self.lookup = lookup
-        self._slots = threading.BoundedSemaphore(most)
-
-    def __call__(self, host: str, port: int) -> Sequence[AddrInfo]:
-        """``host``'s addresses.
-
-        Raises:
-            TimeoutError: no answer within ``timeout`` seconds.
-            OSError, UnicodeError: what the lookup raised.
-        """
-        deadline = time.monotonic() + self.timeout
-        if not self._slots.acquire(timeout=self.timeout):
-            raise TimeoutError(f"{host} did not resolve within {self.timeout:g} s (busy)")
-        answer: list[Sequence[AddrInfo] | BaseException] = []
-        done = threading.Event()
-
-        def resolve() -> None:
-            try:
-                answer.append(self.lookup(host, port))
-            except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
-                answer.append(exc)
-            finally:
-                self._slots.release()
-                done.set()
-
-        threading.Thread(target=resolve, name=f"resolve {host}", daemon=True).start()
-        if not done.wait(max(0.0, deadline - time.monotonic())):
-            raise TimeoutError(f"{host} did not resolve within {self.timeout:g} s")
-        (result,) = answer
-        if isinstance(result, BaseException):
-            raise result
-        return result
 
 
 def find_blocked(exc: BaseException) -> BlockedAddressError | None:

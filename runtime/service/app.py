@@ -33,7 +33,7 @@ from starlette.websockets import WebSocketDisconnect
 from runtime import __version__
 from runtime.core.config import Config
 from runtime.core.logs import get_logger
-from runtime.core.netguard import BlockedAddressError, Lookup, NetworkGuard, Resolver, check_host
+from runtime.core.netguard import BlockedAddressError, Lookup, NetworkGuard, check_host
 from runtime.service.jobs import JobError, JobManager
 from runtime.service.jobstore import TERMINAL, Job
 from runtime.service.limits import ASGIApp, Limits
@@ -57,6 +57,7 @@ from runtime.service.models import (
     WebhookOut,
     errors,
 )
+from runtime.service.resolver import Resolver
 
 __all__ = ["Hub", "create_app"]
 
