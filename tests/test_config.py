@@ -276,3 +276,19 @@ def test_a_table_key_given_as_text_says_to_use_the_config_file(tmp_path: Path) -
     env = {"CONVEYOR_PROCESSING_PROCESSOR_OPTIONS": "x"}
     with pytest.raises(ConfigError, match=r"CONVEYOR_PROCESSING_PROCESSOR_OPTIONS.*config file"):
         load_config(path, environ=env)
+
+
+def test_a_class_attribute_of_a_section_is_not_a_key(tmp_path: Path) -> None:
+    """``DownloadConfig.allow_networks_setting`` is for the code, not a setting: it is not
+    listed among the known keys, and setting it is the usual unknown-key error (exit 2),
+    never a traceback, from the file, ``--set`` or the environment."""
+    path = write(tmp_path, '[input]\npath = "f.json"\n[download]\nallow_networks_setting = "x"\n')
+    with pytest.raises(ConfigError, match=r"unknown key download\.allow_networks_setting") as e:
+        load_config(path, environ={})
+    assert "allow_networks_setting," not in str(e.value).split("known keys")[1]
+    plain = write(tmp_path, '[input]\npath = "f.json"\n')
+    flag = {"download.allow_networks_setting": ("x", "--set download.allow_networks_setting")}
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(plain, environ={}, overrides=flag)
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(plain, environ={"CONVEYOR_DOWNLOAD_ALLOW_NETWORKS_SETTING": "x"})

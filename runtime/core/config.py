@@ -401,7 +401,7 @@ def _section_class(name: str) -> type[Any]:
 
 def _build_section(name: str, values: Mapping[str, Any], source: str, where: Where) -> Any:
     cls = _section_class(name)
-    hints = typing.get_type_hints(cls)
+    hints = _keys(cls)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in hints:
@@ -410,6 +410,12 @@ def _build_section(name: str, values: Mapping[str, Any], source: str, where: Whe
             )
         kwargs[key] = _coerce(value, hints[key], where(name, key))
     return cls(**kwargs)
+
+
+def _keys(cls: type) -> dict[str, Any]:
+    """A section's keys and their types: its dataclass fields (not its class attributes)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -470,7 +476,7 @@ def _apply_environ(
         section, _, key = var[len("CONVEYOR_") :].lower().partition("_")
         if section not in sections:
             continue  # not ours: CONVEYOR_ is a common prefix
-        hints = typing.get_type_hints(_section_class(section))
+        hints = _keys(_section_class(section))
         if key not in hints:
             raise ConfigError(
                 f"environment variable {var}: unknown key {section}.{key}; known keys: "
@@ -495,7 +501,7 @@ def _apply_overrides(
             raise ConfigError(
                 f"{who}: unknown section {section!r}; expected one of " + ", ".join(sections)
             )
-        hints = typing.get_type_hints(_section_class(section))
+        hints = _keys(_section_class(section))
         if key not in hints:
             raise ConfigError(
                 f"{who}: unknown key {section}.{key}; known keys in [{section}]: "
