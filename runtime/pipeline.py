@@ -20,7 +20,9 @@ StateKeeper sees; ``wait()`` declares the input complete and blocks until the ru
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import json
 import queue
 import random
 import secrets
@@ -251,7 +253,7 @@ class Pipeline:
             if isinstance(parsed, Rejected):
                 rejected.append(
                     Rejected(
-                        id=f"submit:{id(self)}:{n}",
+                        id=_rejected_key(entry),
                         line=0,
                         url=parsed.url,
                         name=parsed.name,
@@ -390,3 +392,10 @@ class Pipeline:
             )
             return
         tell(self._state_keeper, InputClosed())
+
+
+def _rejected_key(entry: Any) -> str:
+    """A submitted bad entry's id, from its content: the same entry submitted again on
+    the same state (a resumed program) is the same record, not a second one."""
+    text = json.dumps(entry, sort_keys=True, default=repr)
+    return "submit:" + hashlib.sha256(text.encode()).hexdigest()[:24]

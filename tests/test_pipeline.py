@@ -489,3 +489,20 @@ def test_an_outcome_is_announced_only_once_it_is_committed(tmp_path: Path) -> No
     assert sorted(i for i, _ in seen) == sorted(str(i) for i in range(40))
     assert [status for _, status in seen] == ["completed"] * 40
     assert numbers == stored_numbers == list(range(1, 41))
+
+
+def test_a_bad_entry_submitted_again_on_the_same_state_is_one_record(tmp_path: Path) -> None:
+    """A program that resumes by submitting the same entries again gets one record for a
+    bad entry, not one per run: its id comes from its content."""
+    from runtime.core.store import open_view
+
+    transport = ScriptedTransport({url("a"): [Ok(b"x")]})
+    config = make_config(tmp_path)
+    entries = [{"url": url("a"), "id": "a"}, {"url": "ftp://x/y"}]
+    for _ in range(2):
+        with Pipeline(config, transport_factory=transport) as pipeline:
+            pipeline.submit(entries)
+            summary = pipeline.wait(TIMEOUT)
+    assert (summary.finished.accepted, summary.finished.failed) == (2, 1)
+    with open_view(Path(config.state.dir)) as view:
+        assert view.counts() == {"completed": 1, "failed": 1}
