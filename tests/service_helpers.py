@@ -7,7 +7,7 @@ import contextlib
 import http.server
 import json
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
@@ -132,25 +132,29 @@ class Service:
         self.headers = {"Authorization": f"Bearer {TOKEN}"}
 
     def _wait_listening(self) -> str:
-        assert self.process.stderr is not None
-        seen: list[str] = []
-        self.log = seen
+        # A thread reads stderr from the start (select() on the pipe would miss lines
+        # already buffered by an earlier readline); this waits for its lines.
+        self.log: list[str] = []
+        lines: queue.Queue[str] = queue.Queue()
+        self._drainer = threading.Thread(target=self._drain, args=(lines,), daemon=True)
+        self._drainer.start()
         while True:
-            ready, _, _ = select.select([self.process.stderr], [], [], START_TIMEOUT)
-            line = self.process.stderr.readline() if ready else ""
+            try:
+                line = lines.get(timeout=START_TIMEOUT)
+            except queue.Empty:
+                line = ""
             if not line:
                 self.process.kill()
-                raise AssertionError(f"the service did not start: {''.join(seen)}")
-            seen.append(line)
+                raise AssertionError(f"the service did not start: {''.join(self.log)}")
             if "listening on " in line:
-                self._drainer = threading.Thread(target=self._drain, daemon=True)
-                self._drainer.start()
                 return line.split("listening on ")[1].split()[0]
 
-    def _drain(self) -> None:
+    def _drain(self, lines: queue.Queue[str]) -> None:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.log.append(line)
+            lines.put(line)
+        lines.put("")  # the end of the output
 
     def url(self, path: str) -> str:
         """An absolute url of this service."""

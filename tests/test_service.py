@@ -515,6 +515,17 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
     assert "CONVEYOR_SERVICE_TOKEN" in done.stderr
 
 
+def test_serve_without_a_token_says_the_api_is_open(tmp_path: Path) -> None:
+    """On loopback a token is not required, but the service says at start that without
+    one anyone on this machine can use the API (and with one it says nothing of it)."""
+    open_server = Service(write_config(tmp_path / "open", token=""))
+    open_server.stop()
+    assert any("no service.token is set" in line for line in open_server.log)
+    closed = Service(write_config(tmp_path / "closed"))
+    closed.stop()
+    assert not any("no service.token" in line for line in closed.log)
+
+
 def test_submit_follow_from_the_command_line(
     service: Service, files: FileServer, tmp_path: Path
 ) -> None:

@@ -105,6 +105,14 @@ def serve(config: Config, out: TextIO | None = None) -> int:
     )
     manager.start()
     host = f"[{s.host}]" if ":" in s.host else s.host
+    if not s.token:
+        print(
+            "conveyor service: no service.token is set: anyone who can reach this address "
+            "(any user of this machine) can submit, read and delete jobs; set "
+            "CONVEYOR_SERVICE_TOKEN to require a token",
+            file=out,
+            flush=True,
+        )
     print(
         f"conveyor service listening on http://{host}:{port} (data in {data_dir})",
         file=out,
