@@ -196,6 +196,7 @@ def test_cancel_mid_job_ends_it_for_good(service: Service) -> None:
         assert service.call("POST", f"/v1/jobs/{job_id}/resume").status_code == 409
         job = service.call("GET", f"/v1/jobs/{job_id}").json()
         assert 0 < job["progress"]["completed"] < 100
+        assert job["progress"]["eta_s"] is None  # items left, and none will come
     finally:
         files.close()
     assert service.call("DELETE", f"/v1/jobs/{job_id}").status_code == 204
@@ -310,12 +311,15 @@ def test_items_are_listed_in_input_order_rejected_ones_included(
     service: Service, files: FileServer
 ) -> None:
     """``/items`` pages through a job in the order it was submitted, rejected entries in
-    their place, each with the ``index`` submit reported it by (no ``line N:`` prefix)."""
+    their place, each with the ``index`` submit reported it by, and the same reason: no
+    ``line N`` of the service's own input file (a duplicate id is caught at submit too)."""
     entries: list[dict[str, Any]] = files.items(12, "o")
-    for index in (2, 3, 9, 10):
+    for index in (2, 3, 9):
         entries[index] = {"url": f"ftp://x/{index}", "id": f"o{index}"}
+    entries[10] = {"url": files.base + "/f/o99", "id": "o1"}  # a duplicate id
     job = service.submit(entries)
     assert [i["index"] for i in job["invalid_items"]] == [2, 3, 9, 10]
+    assert job["invalid_items"][3]["error"] == "duplicate id 'o1' (first seen at index 1)"
     service.wait_for(job["job_id"], "completed")
     listed: list[dict[str, Any]] = []
     cursor = 0
@@ -330,9 +334,9 @@ def test_items_are_listed_in_input_order_rejected_ones_included(
     assert [r["id"] for r in listed if r["index"] not in (2, 3, 9, 10)] == [
         e["id"] for i, e in enumerate(entries) if i not in (2, 3, 9, 10)
     ]
-    rejected = next(r for r in listed if r["index"] == 2)
-    assert rejected["error"] == job["invalid_items"][0]["error"]
-    assert not rejected["error"].startswith("line ")
+    rejected = {r["index"]: r["error"] for r in listed if r["index"] in (2, 3, 9, 10)}
+    assert list(rejected.values()) == [i["error"] for i in job["invalid_items"]]
+    assert not any("line" in error for error in rejected.values())
 
 
 def test_an_id_that_is_not_valid_unicode_is_a_bad_item_not_a_failed_job(
@@ -429,6 +433,7 @@ def test_sigkill_mid_job_then_restart_completes_without_downloading_again(
     assert seqs == sorted(set(seqs))
     resumed = [e for e in events if e["type"] == "status" and e.get("resumed")]
     assert resumed
+    assert (resumed[0]["status"], resumed[0]["previous"]) == ("queued", "running")
     assert resumed[0]["seq"] > last_seq
 
 

@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -174,11 +175,19 @@ class JobEvents:
         return self.progress
 
 
+_LINE = re.compile(r"\b(on )?line (\d+)\b")
+
+
 def _without_line(error: str) -> str:
-    """A reason without the ``line N:`` prefix the input reader gives it (the service's
-    clients know an item by its ``index`` in the submitted list, not by a line)."""
+    """A reason as the service's clients know their items — by ``index`` in the submitted
+    list, not by a line of the job's input file: no ``line N:`` prefix, and ``line N``
+    inside (``first seen on line 4``) becomes ``index N-1`` (``first seen at index 3``)."""
     head, sep, rest = error.partition(": ")
-    return rest if sep and head.startswith("line ") and head[5:].isdigit() else error
+    if sep and head.startswith("line ") and head[5:].isdigit():
+        error = rest
+    return _LINE.sub(
+        lambda m: ("at " if m.group(1) else "") + f"index {int(m.group(2)) - 1}", error
+    )
 
 
 def _summary_of(progress: dict[str, Any]) -> dict[str, Any]:
@@ -252,7 +261,8 @@ class JobManager:
         (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
         for job in self._all("running"):
             self.store.update(job.id, status="queued")  # back in line, in submission order
-            self._emit(job.id, "status", {"status": "queued", "resumed": True})
+            self._emit(job.id, "status", {"status": "queued", "previous": "running",
+                                          "resumed": True})  # fmt: skip
         self._flusher.start()
         self.deliverer.resume()
         self._schedule()
@@ -294,12 +304,19 @@ class JobManager:
         lines: list[bytes] = []
         invalid: list[dict[str, Any]] = []
         invalid_count = 0
+        first_seen: dict[str, int] = {}  # item id -> line of its first entry
         for index, entry in enumerate(items):
             parsed, _ = parse_entry(entry, index + 1)
-            if isinstance(parsed, Rejected):
+            reason = parsed.error if isinstance(parsed, Rejected) else None
+            if not isinstance(parsed, Rejected):
+                if parsed.id in first_seen:  # (the pipeline rejects it the same way)
+                    first = first_seen[parsed.id]
+                    reason = f"duplicate id {parsed.id!r} (first seen on line {first})"
+                first_seen.setdefault(parsed.id, index + 1)
+            if reason is not None:
                 invalid_count += 1
                 if len(invalid) < INVALID_SHOWN:
-                    invalid.append({"index": index, "error": _without_line(parsed.error)})
+                    invalid.append({"index": index, "error": _without_line(reason)})
             lines.append(json.dumps(entry).encode())
         body = b"\n".join(lines) + b"\n"
         digest = hashlib.sha256(
@@ -356,7 +373,7 @@ class JobManager:
             "percent": round(100.0 * done / job.total, 2) if job.total else 100.0,
             "bytes": s.get("bytes", 0),
             "bytes_per_s": self._average_rate(job),
-            "eta_s": None if job.status not in TERMINAL else 0,
+            "eta_s": 0 if job.status == "completed" else None,  # (none left, or unknown)
             "downloading": 0,
             "retries": s.get("retries", 0),
         }
