@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import http.server
+import logging
+import socket
 import ssl
 import threading
 import urllib.parse
@@ -16,6 +18,7 @@ from typing import Any
 
 import pycurl
 import pytest
+import structlog
 import trustme
 
 from messages import DownloadComplete, DownloadFailed, WorkItem
@@ -25,7 +28,7 @@ from runtime.core.curl import CURL_ERRORS, CurlEngine, translate_curl
 from runtime.core.errors import FAILURE_KINDS, StalledError
 from runtime.core.transfer import Transfer
 from runtime.core.transport import RequestsTransport
-from runtime.testing import FakeClock, FaultServer
+from runtime.testing import FakeClock, FaultServer, capture_logs
 from tests import helpers
 from tests.helpers import make_config, read_manifest
 
@@ -432,3 +435,45 @@ def test_progress_does_not_go_back_when_an_attempt_starts_over(engine: str, tmp_
     assert isinstance(result, DownloadComplete), result
     assert hooks.received == sorted(hooks.received)
     assert hooks.received[-1] == 100000
+
+
+RUN_EVENTS = {"state opened", "run starting", "run finished", "shutting down"}
+"""Log events about the run as a whole; every other event of a run concerns an item."""
+
+
+def test_every_log_line_about_an_item_names_it_with_either_engine(
+    engine: str, tmp_path: Path
+) -> None:
+    """A connection refused, a 404 and a Range answer that cannot be used, each with a
+    retry: every line logged about one of those items — ``download failed``, ``retry
+    scheduled``, ``range not usable``, … — carries its ``item_id``, whichever engine
+    downloads it (the CLI merges the context into each line, as here)."""
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        config = make_config(tmp_path, retry={"max_attempts": 2})
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+        try:
+            with (
+                FaultServer() as server,
+                capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs,
+                Pipeline(config) as pipeline,
+            ):
+                pipeline.submit([
+                    {"id": "refused", "url": f"http://127.0.0.1:{port}/a.bin"},
+                    {"id": "missing", "url": server.url("/status/404/b.bin")},
+                    {"id": "lied", "url": server.url("/range-lie/206/c.bin?at=3000")},
+                ])  # fmt: skip
+                summary = pipeline.wait(TIMEOUT)
+        finally:
+            structlog.configure(
+                wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING)
+            )
+    assert (summary.finished.failed, summary.finished.completed) == (2, 1)
+    events = {e["event"] for e in logs}
+    assert {"download failed", "retry scheduled", "range not usable; fetching the whole file"} \
+        <= events  # fmt: skip
+    unnamed = [e for e in logs if e["event"] not in RUN_EVENTS and "item_id" not in e]
+    assert unnamed == []
+    failures = {e["item_id"] for e in logs if e["event"] == "download failed"}
+    assert failures == {"refused", "missing", "lied"}

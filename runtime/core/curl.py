@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pycurl
+from structlog.contextvars import bound_contextvars
 
 from messages import DownloadComplete, DownloadFailed, WorkItem
 from messages.types import ErrorKind
@@ -159,6 +160,10 @@ class CurlEngine:
 
     def start(self, item: WorkItem) -> DownloadComplete | DownloadFailed | None:
         """Begin an item's transfer; a result when it ends at once, else None."""
+        with bound_contextvars(item_id=item.id):
+            return self._start(item)
+
+    def _start(self, item: WorkItem) -> DownloadComplete | DownloadFailed | None:
         try:
             prepared = self.transfer.prepare(item)
             if isinstance(prepared, DownloadComplete):
@@ -327,7 +332,8 @@ class CurlEngine:
         if 300 <= job.status < 400 and job.headers.get("Location"):
             return None  # the body of a redirect that libcurl follows
         try:
-            self._begin_body(job)
+            with bound_contextvars(item_id=job.item.id):  # what its checks log names it
+                self._begin_body(job)
         except (FetchError, OSError) as exc:
             job.error = exc
             return 0  # abort this transfer
@@ -365,6 +371,18 @@ class CurlEngine:
         attempt, by the attempt's deadline; while cancelling, the item is cancelled)."""
         job = self.jobs.pop(handle)
         self.multi.remove_handle(handle)
+        with bound_contextvars(item_id=job.item.id):  # every line logged about it names it
+            result = self._result(job, error)
+        handle.reset()
+        self.idle.append(handle)
+        if result is None:  # no Range this time, so it cannot be ignored again
+            self._add(job.item, job.dest, job.part, 0, {}, started=job.started)
+        return result
+
+    def _result(
+        self, job: _Job, error: tuple[int, str] | None
+    ) -> DownloadComplete | DownloadFailed | None:
+        """What an ended transfer comes to (see ``_finish``)."""
         item = job.item
         result: DownloadComplete | DownloadFailed | None
         try:
@@ -406,10 +424,6 @@ class CurlEngine:
             result = self.transfer.failed(item, exc)
         except OSError as exc:
             result = self.transfer.failed(item, exc)
-        handle.reset()
-        self.idle.append(handle)
-        if result is None:  # no Range this time, so it cannot be ignored again
-            self._add(item, job.dest, job.part, 0, {}, started=job.started)
         return result
 
     def _close(self, job: _Job) -> None:
