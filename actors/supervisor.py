@@ -14,6 +14,7 @@ and the StateKeeper commits and ends the run, leaving unfinished items pending.
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import random
 import tempfile
@@ -131,13 +132,15 @@ class Supervisor(pykka.ThreadingActor):
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConveyorError(f"cannot create the output directory {out}: {exc}") from exc
+            raise ConveyorError(
+                f"cannot create the output directory {out} (output.dir): {_why(exc, out)}"
+            ) from exc
         try:  # a read-only directory would cost every item its attempts: say so now
             with tempfile.TemporaryFile(dir=out, prefix=".conveyor-write-check-"):
                 pass
         except OSError as exc:
             raise ConveyorError(
-                f"cannot write to the output directory {out}: {exc.strerror or exc}"
+                f"cannot write to the output directory {out} (output.dir): {exc.strerror or exc}"
             ) from exc
         # Build every plugin first, so a bad plugin spec fails before anything runs.
         self._processor_plugin()
@@ -435,3 +438,12 @@ class Supervisor(pykka.ThreadingActor):
                 self.state_keeper.stop(block=True, timeout=30)
         self.on_finished(summary, self.failure, stats)
         self.actor_ref.stop(block=False)
+
+
+def _why(exc: OSError, path: Path) -> str:
+    """``exc``'s reason without repeating ``path`` (which the message names already); the
+    path that failed when it is another one (a parent that cannot be created)."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None and Path(os.fsdecode(exc.filename)) != path:
+        return f"{os.fsdecode(exc.filename)}: {reason}"
+    return reason

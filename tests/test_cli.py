@@ -502,6 +502,22 @@ def test_a_run_that_cannot_start_gives_no_resume_hint(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
+def test_an_output_directory_that_cannot_be_created_names_the_setting_once(
+    tmp_path: Path,
+) -> None:
+    """The refusal names the setting (``output.dir``) and its path once, with the reason
+    alone — not the OSError's text, which repeats the path."""
+    (tmp_path / "files.ndjson").write_text('{"url": "http://127.0.0.1:9/a.bin"}\n')
+    (tmp_path / "blocker").write_text("a file where a directory is needed")
+    out = tmp_path / "blocker" / "out"
+    result = run("run", "--input", tmp_path / "files.ndjson", "--output", out,
+                 "--state", tmp_path / "state", "--quiet")  # fmt: skip
+    assert result.returncode == 2
+    (line,) = [ln for ln in result.stderr.splitlines() if "output directory" in ln]
+    assert line == f"conveyor: cannot create the output directory {out} (output.dir): " \
+        "Not a directory"  # fmt: skip
+
+
 def test_version_flag_and_attribute() -> None:
     """``--version`` and ``runtime.__version__`` report the installed package's version."""
     from importlib import metadata
