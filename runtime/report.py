@@ -163,12 +163,17 @@ def print_error_kinds(kinds: list[dict[str, Any]], out: TextIO) -> None:
     _table(rows, out)
 
 
+def _invalid_count(report: dict[str, Any]) -> int:
+    """How many failed items are rejected input entries (``invalid_entry``)."""
+    return sum(k["count"] for k in report["error_kinds"] if k["error_kind"] == "invalid_entry")
+
+
 def print_invalid_entries(report: dict[str, Any], out: TextIO) -> None:
     """The first few rejected input entries, each with its line and reason."""
     examples = report.get("invalid_entries") or []
     if not examples:
         return
-    total = sum(k["count"] for k in report["error_kinds"] if k["error_kind"] == "invalid_entry")
+    total = _invalid_count(report)
     if total > len(examples):
         head = f"{len(examples)} of {total} invalid entries (`validate` lists all):"
     else:
@@ -235,6 +240,7 @@ def print_status(report: dict[str, Any], out: TextIO) -> None:
     print_invalid_entries(report, out)
     print_hosts(report["hosts"], out)
     print_cooldowns(report["hosts"], out)
-    if items["failed"]:
+    # retry-failed leaves rejected entries failed (the input must change): no hint for them
+    if items["failed"] > _invalid_count(report):
         print("\nput failed items back for the next run: python -m runtime retry-failed CONFIG "
               "[--kind KIND]", file=out)  # fmt: skip

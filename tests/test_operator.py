@@ -324,6 +324,33 @@ def test_status_of_a_finished_and_of_a_live_run(tmp_path: Path) -> None:
         assert "finished: interrupted" in cli("status", live).stdout
 
 
+def test_status_suggests_retry_failed_only_for_failures_it_would_retry(tmp_path: Path) -> None:
+    """Rejected entries (``invalid_entry``) stay failed under ``retry-failed``: a state
+    whose only failures are those gets no hint to run it; one more failure of another
+    kind brings the hint back."""
+    with FaultServer() as server:
+        config = write_config(
+            tmp_path,
+            [{"id": "ok", "url": server.url("/ok/ok.bin")},
+             {"id": "bad", "url": "ftp://example.invalid/x"}],
+        )  # fmt: skip
+        assert cli("run", config, "--quiet").returncode == 1
+        only_invalid = cli("status", config)
+        write_config(
+            tmp_path,
+            [{"id": "ok", "url": server.url("/ok/ok.bin")},
+             {"id": "bad", "url": "ftp://example.invalid/x"},
+             {"id": "gone", "url": server.url("/status/404/gone.bin")}],
+        )  # fmt: skip
+        assert cli("run", config, "--quiet").returncode == 1
+        also_404 = cli("status", config)
+    assert only_invalid.returncode == also_404.returncode == 0
+    assert "invalid_entry" in only_invalid.stdout
+    assert "retry-failed" not in only_invalid.stdout
+    assert "http_4xx" in also_404.stdout
+    assert "retry-failed" in also_404.stdout
+
+
 def test_status_of_a_directory_without_state_is_a_clear_error(tmp_path: Path) -> None:
     result = cli("status", tmp_path)
     assert result.returncode == 2
