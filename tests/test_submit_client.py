@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import select
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
 from runtime.pipeline import EXIT_CODES
-from runtime.service.client import ProgressLines, print_job_summary
+from runtime.service.client import ProgressLines, print_job_summary, submit_file
 from runtime.testing import FakeClock
 from tests.service_helpers import TIMEOUT, TOKEN, FileServer, Service, write_config
 
@@ -121,3 +125,106 @@ def test_submit_follow_not_on_a_terminal_shows_progress_and_why_items_failed(
         "(allow it with service.allow_networks)"
     ) in out.splitlines()
     assert files.base.removeprefix("http://") in out  # the hosts table
+
+
+def _read_until(stream: IO[bytes], wanted: str) -> str:
+    """What ``stream`` (a pipe) says until ``wanted`` appears; read unbuffered, so a
+    line already read is never held back in a buffer while waiting for more."""
+    fd, seen = stream.fileno(), ""
+    deadline = time.monotonic() + TIMEOUT
+    while wanted not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 65536).decode() if ready else ""
+        if not chunk:
+            raise AssertionError(f"{wanted!r} never came; got {seen!r}")
+        seen += chunk
+    return seen
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_submit_follow_leaves_the_job_running_and_says_where_it_is(
+    service: Service, tmp_path: Path
+) -> None:
+    """SIGINT while following: no traceback, one line naming the job and where to look at
+    it, exit 130 — and the job goes on running on the server."""
+    files = FileServer(free=0)  # every request waits: the job stays running
+    try:
+        listing = tmp_path / "list.ndjson"
+        listing.write_text("".join(json.dumps(i) + "\n" for i in files.items(2, "c")))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime", "submit", str(listing), "--server", service.base,
+             "--token", TOKEN, "--follow"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        job_id = _read_until(proc.stdout, "\n").split()[0]
+        _read_until(proc.stderr, f"job {job_id} running\n")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=TIMEOUT)
+        job = service.call("GET", f"/v1/jobs/{job_id}").json()
+        service.call("POST", f"/v1/jobs/{job_id}/cancel")
+    finally:
+        files.close()
+    assert proc.returncode == EXIT_CODES["interrupted"], err
+    assert job["status"] == "running"
+    text = err.decode()
+    assert "Traceback" not in text
+    assert "KeyboardInterrupt" not in text
+    url = f"{service.base}/v1/jobs/{job_id}"
+    assert [line for line in text.splitlines() if not line.startswith(f"job {job_id} ")] == [
+        f"conveyor: stopped following; job {job_id} keeps running on the server: "
+        f"GET {url} shows it, {url}/events streams its progress"
+    ]  # besides progress lines that came before the signal
+
+
+@pytest.mark.slow
+def test_submit_names_bad_entries_by_their_line_in_the_file_as_validate_does(
+    service: Service, tmp_path: Path
+) -> None:
+    """A blank line and a JSON array's multi-line elements make an item's position in the
+    submitted list differ from its line: each rejected entry is named by its line in the
+    file, with the reason, as ``validate`` names it."""
+    ndjson = tmp_path / "list.ndjson"
+    ndjson.write_text(
+        '{"url": "http://127.0.0.1:9/a.bin"}\n'
+        "\n"
+        '{"url": "ftp://example.org/b.bin"}\n'
+        '{"url": "http://127.0.0.1:9/c.bin", "name": "../c.bin"}\n'
+    )
+    array = tmp_path / "list.json"
+    array.write_text(
+        '[\n  {"url": "http://127.0.0.1:9/d.bin"},\n'
+        '  {\n    "url": "ftp://example.org/e.bin"\n  }\n]\n'
+    )
+    for listing, lines in ((ndjson, [3, 4]), (array, [3])):
+        config = tmp_path / f"{listing.suffix[1:]}.toml"
+        config.write_text(f'[input]\npath = "{listing.name}"\n')
+        validate = subprocess.run(
+            [sys.executable, "-m", "runtime", "validate", str(config)],
+            capture_output=True, text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+        reasons = [ln.strip() for ln in validate.stdout.splitlines() if ln.startswith("  line")]
+        assert [int(r.split()[1].rstrip(":")) for r in reasons] == lines, validate.stdout
+        submit = subprocess.run(
+            [sys.executable, "-m", "runtime", "submit", str(listing), "--server", service.base,
+             "--token", TOKEN],
+            capture_output=True, text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+        assert submit.returncode == EXIT_CODES["ok"], submit.stderr
+        assert submit.stderr.splitlines() == [f"conveyor: {listing}: {r}" for r in reasons]
+        service.call("POST", f"/v1/jobs/{submit.stdout.split()[0]}/cancel")
+
+
+def test_submit_names_a_line_that_is_not_json_once(tmp_path: Path) -> None:
+    """A line that is not JSON stops the submit before anything is sent, naming the line
+    once (the reader's reason already starts with it)."""
+    listing = tmp_path / "list.ndjson"
+    listing.write_text('{"url": "http://127.0.0.1:9/a.bin"}\n{not json\n')
+    err = io.StringIO()
+    code = submit_file(str(listing), server="http://127.0.0.1:9", out=io.StringIO(), err=err)
+    assert code == EXIT_CODES["bad_input"]
+    assert err.getvalue() == (
+        f"conveyor: {listing}: line 2: not valid JSON (Expecting property name enclosed in "
+        "double quotes)\n"
+    )

@@ -66,17 +66,13 @@ def submit_file(
 
     With ``follow``: ``run``'s live display on a terminal (``err``), else a progress line
     on ``err`` every ``PROGRESS_EVERY`` seconds of ``clock``; at the end the job's counts,
-    its failures by kind and its hosts on ``out``.
+    its failures by kind and its hosts on ``out``. Ctrl-C while following stops only
+    the following (exit 130); the job keeps running on the server.
     """
     out = out or sys.stdout
     err = err or sys.stderr
-    items: list[Any] = []
     try:
-        for line, entry, error in iter_raw_entries(Path(path)):
-            if error is not None:
-                print(f"conveyor: {path}: line {line}: {error}", file=err)
-                return EXIT_CODES["bad_input"]
-            items.append(entry)
+        items, line_of = _read_list(path)
     except InputError as exc:
         print(f"conveyor: {exc}", file=err)
         return EXIT_CODES["bad_input"]
@@ -101,11 +97,40 @@ def submit_file(
     job = answer.json()
     print(job["job_id"], file=out, flush=True)
     for bad in job["invalid_items"]:
-        print(f"conveyor: item {bad['index']}: {bad['error']}", file=err)
+        index = bad["index"]
+        where = f"line {line_of[index]}" if 0 <= index < len(line_of) else f"item {index}"
+        print(f"conveyor: {path}: {where}: {bad['error']}", file=err)
     if not follow:
         return EXIT_CODES["ok"]
     lines = None if err.isatty() else ProgressLines(job["job_id"], err, clock or SystemClock())
-    return _follow(base, job["job_id"], headers, (out, err), lines)
+    try:
+        return _follow(base, job["job_id"], headers, (out, err), lines)
+    except KeyboardInterrupt:  # Ctrl-C stops the following, not the job
+        url = f"{base}/v1/jobs/{job['job_id']}"
+        print(
+            f"conveyor: stopped following; job {job['job_id']} keeps running on the server: "
+            f"GET {url} shows it, {url}/events streams its progress",
+            file=err,
+            flush=True,
+        )
+        return EXIT_CODES["interrupted"]
+
+
+def _read_list(path: str) -> tuple[list[Any], list[int]]:
+    """The entries of the list at ``path``, and the line each starts on (how ``validate``
+    names an entry; the service knows it only by its index in the list).
+
+    Raises:
+        InputError: the list cannot be read, or a line of it is not JSON.
+    """
+    items: list[Any] = []
+    line_of: list[int] = []
+    for line, entry, error in iter_raw_entries(Path(path)):
+        if error is not None:
+            raise InputError(f"{path}: {error}")  # the reason starts with its line
+        items.append(entry)
+        line_of.append(line)
+    return items, line_of
 
 
 def _follow(
