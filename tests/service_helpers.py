@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from runtime.service.client import read_sse
@@ -26,6 +28,40 @@ SECRET = "webhook-secret"  # noqa: S105
 START_TIMEOUT = 60.0
 TIMEOUT = 120.0
 BODY_SIZE = 2048
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+@contextlib.contextmanager
+def headless_chromium(
+    flags: tuple[str, ...] = (),
+    prefs: dict[str, Any] | None = None,
+    capabilities: dict[str, Any] | None = None,
+) -> Iterator[Any]:
+    """Debian's chromium driven by Selenium, headless; skipped where it is not installed
+    (a failure under ``CI``, whose ``.ci/run`` installs it)."""
+    if not (CHROMIUM and DRIVER):
+        if os.environ.get("CI"):
+            pytest.fail("CI must install chromium and chromium-driver (see .ci/run)")
+        pytest.skip("needs Debian's chromium and chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", *flags):
+        options.add_argument(flag)
+    if prefs:
+        options.add_experimental_option("prefs", prefs)
+    for key, value in (capabilities or {}).items():
+        options.set_capability(key, value)
+    driver = webdriver.Chrome(service=DriverService(executable_path=DRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 class FileServer:

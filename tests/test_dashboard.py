@@ -6,51 +6,28 @@ the page's back leaves it quietly."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
-import shutil
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 
-from tests.service_helpers import BODY_SIZE, TOKEN, FileServer, Service, write_config
+from runtime.testing import FaultServer
+from tests.service_helpers import (
+    BODY_SIZE,
+    TOKEN,
+    FileServer,
+    Service,
+    headless_chromium,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
 ARTIFACTS = Path(os.environ.get("CONVEYOR_TEST_ARTIFACTS", "test-artifacts"))
 WAIT = 60.0
-
-
-class Missing:
-    """A server on 127.0.0.1 that answers every GET with a 404."""
-
-    def __init__(self) -> None:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                self.send_response(404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        """Stop."""
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -63,32 +40,14 @@ def downloads(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def browser(downloads: Path) -> Iterator[Any]:
-    if not (CHROMIUM and DRIVER):
-        if os.environ.get("CI"):
-            pytest.fail("CI must install chromium and chromium-driver (see .ci/run)")
-        pytest.skip("needs Debian's chromium and chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                 "--window-size=1280,1500"):  # fmt: skip
-        options.add_argument(flag)
-    options.add_experimental_option(
-        "prefs",
-        {
-            "download.default_directory": str(downloads),
-            "download.prompt_for_download": False,
-            "profile.default_content_setting_values.automatic_downloads": 1,
-        },
-    )
-    options.set_capability("goog:loggingPrefs", {"browser": "SEVERE"})
-    driver = webdriver.Chrome(service=DriverService(executable_path=DRIVER), options=options)
-    try:
+    prefs = {
+        "download.default_directory": str(downloads),
+        "download.prompt_for_download": False,
+        "profile.default_content_setting_values.automatic_downloads": 1,
+    }
+    with headless_chromium(("--window-size=1280,1500",), prefs,
+                           {"goog:loggingPrefs": {"browser": "SEVERE"}}) as driver:  # fmt: skip
         yield driver
-    finally:
-        driver.quit()
 
 
 def read(driver: Any, selector: str, what: str = "e.textContent") -> Any:
@@ -175,9 +134,9 @@ def test_the_dashboard_follows_a_job_with_failures(
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    files, missing = FileServer(free=40), Missing()
+    files, missing = FileServer(free=40), FaultServer().__enter__()
     good = files.items(160, "d")
-    items = [good.pop(0) if i % 5 else {"url": f"{missing.base}/gone/{i}"} for i in range(200)]
+    items = [good.pop(0) if i % 5 else {"url": missing.url(f"/status/404/{i}")} for i in range(200)]
     service = Service(write_config(tmp_path))
     try:
         job_id = service.submit(items)["job_id"]
@@ -223,12 +182,12 @@ def test_the_dashboard_follows_a_job_with_failures(
         failed = browser.find_element(By.CSS_SELECTOR, "#failed tbody")
         first_page = failed.text
         cells = [td.text for td in failed.find_elements(By.CSS_SELECTOR, "tr:first-child td")]
-        gone = f"{missing.base}/gone/0"
+        gone = missing.url("/status/404/0")
         assert cells == ["0", gone, "http_4xx", f"HTTP 404 for {gone}", "1"]  # index 0 of 200
         assert len(failed.find_elements(By.TAG_NAME, "tr")) == 20
         click(browser, "#failed .next")
         wait.until(lambda d: read(d, "#failed .range") == shown(21, 40, 40))
-        assert f"{missing.base}/gone/195" in failed.text
+        assert missing.url("/status/404/195") in failed.text
         assert failed.text != first_page
         assert read(browser, "#failed .next", "e.disabled") is True
         click(browser, "#failed .prev")
@@ -268,7 +227,7 @@ def test_the_dashboard_follows_a_job_with_failures(
     finally:
         service.stop()
         files.close()
-        missing.close()
+        missing.__exit__()
 
 
 def test_the_download_rate_is_drawn_from_the_bytes_each_run_downloaded(

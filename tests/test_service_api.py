@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
-import shutil
 import socket
 import threading
 import time
@@ -37,7 +35,7 @@ from runtime.service.limits import Limits
 from runtime.service.resolver import Resolver
 from runtime.service.webhooks import Deliverer
 from runtime.testing import FakeClock, capture_logs
-from tests.service_helpers import TIMEOUT, TOKEN, Service, write_config
+from tests.service_helpers import TIMEOUT, TOKEN, Service, headless_chromium, write_config
 
 MAX_BODY = 200_000
 
@@ -187,28 +185,10 @@ def test_the_schema_declares_the_token_as_a_bearer_security_scheme(service: Serv
     assert requests.get(service.url("/v1/jobs"), headers=lower, timeout=30).status_code == 200
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-
-
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    if not (CHROMIUM and DRIVER):
-        if os.environ.get("CI"):
-            pytest.fail("CI must install chromium and chromium-driver (see .ci/run)")
-        pytest.skip("needs Debian's chromium and chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=DriverService(executable_path=DRIVER), options=options)
-    try:
+    with headless_chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.mark.slow
