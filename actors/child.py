@@ -10,6 +10,7 @@ import pykka
 
 from actors.control import tell
 from messages.control import ChildCrashed
+from runtime.core import cputime
 
 __all__ = ["ChildActor", "ChildContext", "report_crash"]
 
@@ -61,6 +62,10 @@ class ChildActor(pykka.ThreadingActor):
         """Tell the supervisor, which restarts this slot and re-dispatches its work."""
         report_crash(self.supervisor, self.worker, self.kind, self.index, exception_value)
         self.cleanup()
+
+    def on_stop(self) -> None:
+        """Record this thread's CPU time (for the benchmarks; see ``cputime``)."""
+        cputime.record(self.kind)
 
     def cleanup(self) -> None:
         """Release resources after a crash (``on_stop`` is not called then)."""

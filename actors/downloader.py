@@ -98,6 +98,7 @@ class Downloader(ChildActor):
     def on_stop(self) -> None:
         """Close the transport (or the engine)."""
         self.cleanup()
+        super().on_stop()
 
     def cleanup(self) -> None:
         """Close the transport (or the engine); also after a crash."""

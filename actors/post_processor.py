@@ -45,6 +45,7 @@ class PostProcessor(ChildActor):
     def on_stop(self) -> None:
         """Close the plugin (flush the manifest)."""
         self.plugin.close()
+        super().on_stop()
 
     def cleanup(self) -> None:
         """Close the plugin after a crash, so a restarted one can reopen it."""

@@ -46,6 +46,7 @@ from messages import (
 )
 from messages.control import Batch, ChildCrashed, ProcessFiles, ProcessLost
 from messages.types import Lane
+from runtime.core import cputime
 from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.logs import configure_cli_logging, get_logger
@@ -182,6 +183,7 @@ def downloader_process_main(
             with contextlib.suppress(pykka.ActorDeadError):
                 ref.stop(block=False)
         pipe.close()
+        cputime.record_process("downloader_process")
 
 
 def processor_process_main(
@@ -200,6 +202,7 @@ def processor_process_main(
             return
         files = decode_batch(frame)
         if not files:  # the empty batch: goodbye
+            cputime.record_process("processor_process")
             return
         replies = [process_one(plugin, worker, done) for done in files]
         conn.send_bytes(encode_batch(replies))
@@ -360,6 +363,7 @@ class RemoteProcessor(ChildActor):
     def on_stop(self) -> None:
         """End the process."""
         self._close()
+        super().on_stop()
 
     def cleanup(self) -> None:
         """End the process after a crash."""

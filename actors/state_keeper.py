@@ -34,6 +34,7 @@ from messages import (
     ResumeInfo,
 )
 from messages.control import Attach, Batch, GetStats, InputClosed, Tick, WorkerLost
+from runtime.core import cputime
 from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.errors import ConveyorError
@@ -82,6 +83,7 @@ class StateKeeper(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         """Commit whatever is left."""
+        cputime.record("state_keeper")
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -153,8 +153,9 @@ class Supervisor(pykka.ThreadingActor):
             rng=self.rng,
         )
         self._start_child("post_processor", 0)
-        for i in range(self.config.processing.workers):
-            self._start_child("processor", i)
+        if not self.config.processing.skipped:
+            for i in range(self.config.processing.workers):
+                self._start_child("processor", i)
         d = self.config.download
         if d.processes:
             for what, obj in (("clock", self.clock),

@@ -53,6 +53,8 @@ class Workload:
     title: str
     count: int
     size: int
+    parallel: int = 16
+    delay: float = 0.0  # seconds the server waits before each response
     files: dict[str, str] = field(default_factory=dict)  # name -> sha256
 
     @property
@@ -101,6 +103,8 @@ def ensure_tools() -> None:
     missing = [p for p, b in (("nginx", "nginx"), ("aria2", "aria2c"), ("wget", "wget"),
                               ("curl", "curl")) if shutil.which(b) is None and not
                Path("/usr/sbin", b).exists()]  # fmt: skip
+    if not Path("/usr/lib/nginx/modules/ngx_http_echo_module.so").exists():
+        missing.append("libnginx-mod-http-echo")
     if missing:
         print(f"installing {' '.join(missing)} (apt-get)", file=sys.stderr)
         subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True,
@@ -117,8 +121,13 @@ def free_port() -> int:
 def start_nginx(work: Path, data: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     conf = work / "nginx.conf"
+    module = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
+    echo = f"load_module {module};\n" if module.exists() else ""
+    # W4: every response waits 50 ms before its first byte, as from a far-away server.
+    delayed = ("location /W4/ { echo_sleep 0.05; echo_exec @file; }\n"
+               "        location @file { }") if echo else ""  # fmt: skip
     conf.write_text(
-        f"""daemon off;
+        f"""{echo}daemon off;
 worker_processes auto;
 pid {work}/nginx.pid;
 error_log {work}/nginx-error.log;
@@ -133,6 +142,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {data};
+        {delayed}
     }}
 }}
 """
@@ -188,6 +198,7 @@ def measure(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> di
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {
+        "pid": proc.pid,
         "wall": wall,
         "cpu": cpu,
         "rss": peak[0],
@@ -195,6 +206,32 @@ def measure(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> di
         "stdout": out.decode(errors="replace")[-2000:],
         "stderr": err.decode(errors="replace")[-2000:],
     }
+
+
+def stages(log: Path, total: float, main_pid: int | None) -> dict[str, float]:
+    """CPU seconds per stage of a conveyor run, from its ``CONVEYOR_CPU_LOG`` lines.
+
+    Actor threads record their own CPU time as they stop; worker processes record their
+    total. What no thread claims is "main": the main thread (start-up imports, the CLI,
+    the display), the supervisor, the ticker and the pipes' reader threads.
+    """
+    by_stage: dict[str, float] = {}
+    threads_of: dict[int, float] = {}
+    processes: dict[int, float] = {}
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        if rec["stage"].endswith("_process"):
+            processes[rec["pid"]] = processes.get(rec["pid"], 0.0) + rec["cpu"]
+            continue
+        by_stage[rec["stage"]] = by_stage.get(rec["stage"], 0.0) + rec["cpu"]
+        threads_of[rec["pid"]] = threads_of.get(rec["pid"], 0.0) + rec["cpu"]
+    for pid, cpu in processes.items():
+        by_stage["worker processes (rest)"] = (
+            by_stage.get("worker processes (rest)", 0.0) + cpu - threads_of.get(pid, 0.0)
+        )
+    main = total - sum(processes.values()) - threads_of.get(main_pid or -1, 0.0)
+    by_stage["main (start-up, CLI, supervisor)"] = main
+    return by_stage
 
 
 # -- the tools ---------------------------------------------------------------------------
@@ -216,8 +253,8 @@ def curl_parallel(w: Workload, base: str, out: Path, work: Path) -> list[str]:
     cfg = work / f"curl-{w.name}.cfg"
     cfg.write_text("".join(f'url = "{u}"\noutput = "{out}/{u.rsplit("/", 1)[1]}"\n'
                            for u in _urls(w, base)))  # fmt: skip
-    return ["curl", "--parallel", "--parallel-max", "16", "--silent", "--show-error",
-            "--fail", "-K", str(cfg)]  # fmt: skip
+    return ["curl", "--parallel", "--parallel-max", str(w.parallel), "--silent",
+            "--show-error", "--fail", "-K", str(cfg)]  # fmt: skip
 
 
 def curl_devnull(w: Workload, base: str, out: Path, work: Path) -> list[str]:
@@ -228,7 +265,8 @@ def curl_devnull(w: Workload, base: str, out: Path, work: Path) -> list[str]:
 def aria2(w: Workload, base: str, out: Path, work: Path) -> list[str]:
     lst = work / f"aria2-{w.name}.txt"
     lst.write_text("".join(f"{u}\n  out={u.rsplit('/', 1)[1]}\n" for u in _urls(w, base)))
-    return ["aria2c", "-j", "16", "-x", "1", "-s", "1", "--dir", str(out), "-i", str(lst),
+    return ["aria2c", "-j", str(w.parallel), "-x", "1", "-s", "1", "--dir", str(out),
+            "-i", str(lst),
             "--console-log-level=error", "--summary-interval=0", "--download-result=hide",
             "--file-allocation=none", "--allow-overwrite=true", "--auto-file-renaming=false",
             "--max-connection-per-server=16", "-q"]  # fmt: skip
@@ -247,8 +285,11 @@ def threadpool(w: Workload, base: str, out: Path, work: Path) -> list[str]:
 
 
 def conveyor_tool(
-    processes: int, engine: str = "requests"
+    processes: int, engine: str = "curl"
 ) -> Callable[[Workload, str, Path, Path], list[str]]:
+    """conveyor as a new user runs it: the defaults, with ``per_host = 16`` (W1-W3) or
+    ``download.concurrency = 300`` and no per-host limit (W4)."""
+
     def build(w: Workload, base: str, out: Path, work: Path) -> list[str]:
         tag = f"conveyor-{engine}-p{processes}-{w.name}"
         lst = work / f"{tag}.ndjson"
@@ -256,16 +297,20 @@ def conveyor_tool(
                                for n, u in zip(w.files, _urls(w, base), strict=True)))  # fmt: skip
         state = work / f"{tag}-state"
         shutil.rmtree(state, ignore_errors=True)
-        workers = 1 if w.count == 1 else 16
+        download = f'engine = "{engine}"\n'
+        if w.parallel > 16:
+            if "concurrency" in _config_keys():
+                download += f"concurrency = {w.parallel}\nper_host = 0\n"
+            else:  # before download.concurrency existed: its best setting
+                download += f"mailbox = {w.parallel // 2}\nper_host = 0\n"
+        else:
+            download += "per_host = 16\n"
         cfg = work / f"{tag}.toml"
         cfg.write_text(
             f'[input]\npath = "{lst}"\n[output]\ndir = "{out}"\n[state]\ndir = "{state}"\n'
-            f'[download]\nengine = "{engine}"\nworkers = {workers}\nmailbox = 4\nper_host = 0\n'
-            f"large_threshold = {4 * GiB}\n"
-            f"chunk_size = {1 * MiB}\n"
+            f"[download]\n{download}"
             + (f"processes = {processes}\n" if processes else "")
-            + '[processing]\nprocessor = "runtime.plugins:NullProcessor"\n'
-            '[log]\nlevel = "warning"\n'
+            + '[log]\nlevel = "warning"\n'
         )
         return [sys.executable, "-m", "runtime", "run", str(cfg), "--log-format", "json"]
 
@@ -274,10 +319,10 @@ def conveyor_tool(
 
 def tools(with_processes: bool) -> list[Tool]:
     found = [
-        Tool("conveyor curl", conveyor_tool(0, "curl")),
+        Tool("conveyor curl", conveyor_tool(0, "curl"), workloads=("W1", "W2", "W3", "W4")),
         Tool("conveyor requests", conveyor_tool(0, "requests")),
-        Tool("curl --parallel", curl_parallel),
-        Tool("aria2c -j16", aria2),
+        Tool("curl --parallel", curl_parallel, workloads=("W1", "W2", "W3", "W4")),
+        Tool("aria2c", aria2, workloads=("W1", "W2", "W3", "W4")),
         Tool("wget", wget),
         Tool("ThreadPool+requests", threadpool),
         Tool("curl -o /dev/null", curl_devnull, verify=False, workloads=("W3",)),
@@ -304,7 +349,12 @@ def run_workloads(
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
                 argv = tool.build(w, base, out, work)
-                m = measure(argv, ROOT)
+                cpu_log = work / "cpu.jsonl"
+                cpu_log.unlink(missing_ok=True)
+                env = dict(os.environ, CONVEYOR_CPU_LOG=str(cpu_log))
+                env.pop("PYTHONDONTWRITEBYTECODE", None)  # start-up as users have it
+                m = measure(argv, ROOT, env)
+                m["stages"] = stages(cpu_log, m["cpu"], m.get("pid")) if cpu_log.exists() else {}
                 m["error"] = (f"exit {m['code']}: {m['stderr'][-300:]}" if m["code"] else
                               (verify(out, w) if tool.verify else None))  # fmt: skip
                 runs[tool.name].append(m)
@@ -327,6 +377,11 @@ def run_workloads(
                 "rss_mib": statistics.median(m["rss"] for m in good) / MiB,
                 "cpu_s": statistics.median(m["cpu"] for m in good),
                 "runs": len(good),
+                "cpu_us_per_file": statistics.median(m["cpu"] for m in good) / w.count * 1e6,
+                "stages_us_per_file": {
+                    k: statistics.median(m["stages"].get(k, 0.0) for m in good) / w.count * 1e6
+                    for k in sorted({k for m in good for k in m["stages"]})
+                },
                 "failed_runs": len(ms) - len(good),
             }
         results[w.name] = {"title": w.title, "count": w.count, "size": w.size, "tools": table}
@@ -442,7 +497,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="conveyor benchmarks against its peers")
     parser.add_argument("--quick", action="store_true", help="1 repetition, small data")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3)")
-    parser.add_argument("--only", default="W1,W2,W3,scale", help="comma-separated subset")
+    parser.add_argument("--only", default="W1,W2,W3,W4,scale", help="comma-separated subset")
+    parser.add_argument("--tools", default="", help="comma-separated name prefixes of the "
+                        "tools to run (default: all)")  # fmt: skip
     parser.add_argument("--scale-items", type=int, default=None)
     parser.add_argument("--scale-limit", type=float, default=120.0,
                         help="stop the first scale run after this many seconds")  # fmt: skip
@@ -459,6 +516,14 @@ def main() -> None:
         Workload("W1", "5,000 files x 16 KiB", 500 if args.quick else 5000, 16 * KiB),
         Workload("W2", "200 files x 1 MiB", 50 if args.quick else 200, MiB),
         Workload("W3", "1 file x 1 GiB", 1, (256 * MiB) if args.quick else GiB),
+        Workload(
+            "W4",
+            "20,000 files x 16 KiB, 50 ms before each response, 300 at once",
+            2000 if args.quick else 20000,
+            16 * KiB,
+            parallel=300,
+            delay=0.05,
+        ),
     ]
     workloads = [w for w in workloads if w.name in only]
     if args.quick:
@@ -472,8 +537,10 @@ def main() -> None:
         if workloads:
             nginx, port = start_nginx(work, data)
             with_processes = "processes" in _config_keys()
+            chosen = [t for t in tools(with_processes) if not args.tools
+                      or any(t.name.startswith(p) for p in args.tools.split(","))]  # fmt: skip
             results = run_workloads(workloads, f"http://127.0.0.1:{port}", work, reps,
-                                    tools(with_processes))  # fmt: skip
+                                    chosen)  # fmt: skip
         if "scale" in only:
             items = args.scale_items or (100_000 if args.quick else 1_000_000)
             results["scale"] = run_scale(work, items, args.scale_limit)

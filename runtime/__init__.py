@@ -1,8 +1,9 @@
 """conveyor's runtime: the core the actors use (``runtime.core``) and the host around them.
 
 The host — the command line, the embedding API (``Pipeline``), displays, reports — sits
-above the actors; the core sits below them. ``Pipeline`` and the run's exit codes are
-imported lazily (PEP 562), so ``import runtime.core.config`` loads no actor and no pykka.
+above the actors; the core sits below them. Every public name is
+imported lazily (PEP 562), so ``import runtime.core.config`` loads no actor and no pykka,
+and ``import runtime`` next to nothing.
 """
 
 from __future__ import annotations
@@ -41,41 +42,57 @@ def _check_own_packages() -> None:
 
 _check_own_packages()
 
-from runtime.core.clock import Clock, SystemClock  # noqa: E402 - after the check above
-from runtime.core.config import Config, load_config  # noqa: E402
-from runtime.core.errors import (  # noqa: E402
-    ConfigError,
-    ConveyorError,
-    FetchError,
-    HTTPStatusError,
-    InputError,
-    SupervisionError,
-)
-from runtime.core.plugins import (  # noqa: E402
-    BasePostProcessor,
-    BaseProcessor,
-    Downloaded,
-    PluginContext,
-)
-
 if TYPE_CHECKING:  # for type checkers only: at run time these come from __getattr__
-    from runtime.pipeline import EXIT_CODES, Pipeline, RunSummary
+    from runtime.core.clock import Clock, SystemClock
+    from runtime.core.config import Config, load_config
+    from runtime.core.errors import (
+        EXIT_CODES,
+        ConfigError,
+        ConveyorError,
+        FetchError,
+        HTTPStatusError,
+        InputError,
+        SupervisionError,
+    )
+    from runtime.core.plugins import BasePostProcessor, BaseProcessor, Downloaded, PluginContext
+    from runtime.pipeline import Pipeline, RunSummary
 
-try:
-    __version__ = _metadata.version("conveyor")
-except _metadata.PackageNotFoundError:  # run from a checkout that is not installed
-    __version__ = "0+unknown"
+    __version__: str
 
-_LAZY = {"EXIT_CODES": "runtime.pipeline", "Pipeline": "runtime.pipeline",
-         "RunSummary": "runtime.pipeline"}  # fmt: skip
-"""Names whose modules start actors: imported on first use only."""
+_LAZY = {
+    "Clock": "runtime.core.clock",
+    "SystemClock": "runtime.core.clock",
+    "Config": "runtime.core.config",
+    "load_config": "runtime.core.config",
+    "EXIT_CODES": "runtime.core.errors",
+    "ConfigError": "runtime.core.errors",
+    "ConveyorError": "runtime.core.errors",
+    "FetchError": "runtime.core.errors",
+    "HTTPStatusError": "runtime.core.errors",
+    "InputError": "runtime.core.errors",
+    "SupervisionError": "runtime.core.errors",
+    "BasePostProcessor": "runtime.core.plugins",
+    "BaseProcessor": "runtime.core.plugins",
+    "Downloaded": "runtime.core.plugins",
+    "PluginContext": "runtime.core.plugins",
+    "Pipeline": "runtime.pipeline",
+    "RunSummary": "runtime.pipeline",
+}
+"""Every public name, imported on first use: ``import runtime`` (and so the command
+line's ``--version``) loads none of them."""
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'runtime' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    if name == "__version__":
+        try:
+            value: Any = _metadata.version("conveyor")
+        except _metadata.PackageNotFoundError:  # run from a checkout that is not installed
+            value = "0+unknown"
+    else:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

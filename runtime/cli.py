@@ -9,26 +9,27 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runtime import __version__
-from runtime.core.config import Config, config_from_flags, load_config
-from runtime.core.errors import FAILURE_KINDS, ConveyorError
-from runtime.core.inputs import iter_batches
-from runtime.core.lock import StateLock
-from runtime.core.logs import configure_cli_logging
-from runtime.core.plugins import BasePostProcessor, BaseProcessor, check_plugin
-from runtime.core.store import SQLiteStore
-from runtime.demo import run_demo
-from runtime.foreground import plural, print_summary, run_pipeline, summary_dict
-from runtime.pipeline import EXIT_CODES
-from runtime.report import (
-    print_status,
-    read_report,
-    read_run,
-)
+from runtime.core.errors import EXIT_CODES, FAILURE_KINDS, ConveyorError
 
-__all__ = ["check_input", "main", "print_summary", "run_pipeline", "summary_dict"]
+if TYPE_CHECKING:
+    from runtime.core.config import Config
+
+# What a command needs is imported when it runs: ``--version`` and ``--help`` load no
+# actor, no HTTP engine, no store and no service (and start in a few tens of ms).
+
+__all__ = ["check_input", "main"]
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("conveyor")
+    except metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "0+unknown"
+
 
 _EPILOG = """\
 exit codes:
@@ -79,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
+    parser.add_argument("--version", action="version", version=f"conveyor {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser(
         "run",
@@ -273,7 +274,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from runtime.core.config import load_config
+    from runtime.core.logs import configure_cli_logging
+
     if args.command == "demo":
+        from runtime.demo import run_demo
+
         configure_cli_logging("warning", args.log_format or "auto")
         return run_demo(args.dir, args.files)
     if args.command == "status":
@@ -314,6 +320,8 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     configure_cli_logging(level, args.log_format or config.log.format)
     if args.retry_failed and _retry_failed(config, args.kind) != 0:
         return EXIT_CODES["bad_input"]
+    from runtime.foreground import run_pipeline
+
     return run_pipeline(
         config,
         simulate=args.simulate_downloads,
@@ -327,6 +335,8 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``serve``: the config file (optional), the flags, the environment; then serve."""
+    from runtime.core.config import Config, load_config
+    from runtime.core.logs import configure_cli_logging
     from runtime.service.server import serve  # FastAPI and uvicorn load only for this
 
     overrides: dict[str, tuple[str, str]] = {}
@@ -356,6 +366,8 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Config:
     """The config of ``run``: the file (if any), then the flags, then the environment."""
+    from runtime.core.config import config_from_flags, load_config
+
     if args.recheck_config is not None:
         if args.config is not None:
             parser.error(f"--recheck takes nothing or 'full', got {args.recheck_config!r}")
@@ -390,6 +402,8 @@ def _input_problem(config: Config) -> str | None:
 
 
 def _state_dir_of(target: str) -> Path:
+    from runtime.core.config import load_config
+
     path = Path(target)
     if path.is_dir():
         return path
@@ -397,6 +411,8 @@ def _state_dir_of(target: str) -> Path:
 
 
 def _status(target: str, *, as_json: bool) -> int:
+    from runtime.report import print_status, read_report
+
     try:
         report = read_report(_state_dir_of(target))
     except ConveyorError as exc:
@@ -410,6 +426,10 @@ def _status(target: str, *, as_json: bool) -> int:
 
 
 def _retry_failed(config: Config, kind: str | None) -> int:
+    from runtime.core.lock import StateLock
+    from runtime.core.store import SQLiteStore
+    from runtime.report import plural, read_run
+
     state_dir = Path(config.state.dir)
     try:
         read_run(state_dir)  # a clear error when there is no state yet
@@ -445,6 +465,9 @@ def check_input(config: Config) -> tuple[int, list[tuple[int, str]]]:
     Raises:
         InputError: the input cannot be read at all.
     """
+    from runtime.core.inputs import iter_batches
+    from runtime.core.store import SQLiteStore
+
     bad: list[tuple[int, str]] = []
     total = 0
     with tempfile.TemporaryDirectory(prefix="conveyor-validate-") as scratch:
@@ -462,6 +485,8 @@ def check_input(config: Config) -> tuple[int, list[tuple[int, str]]]:
 
 def _check_plugins(config: Config) -> None:
     """Import the processor and post-processor classes and check their options."""
+    from runtime.core.plugins import BasePostProcessor, BaseProcessor, check_plugin
+
     p = config.processing
     check_plugin(p.processor, p.processor_options, BaseProcessor, "processor", p.plugin_path)
     check_plugin(
@@ -481,6 +506,8 @@ def _line_of(reject_id: str) -> int:
 
 def _validate(config: Config) -> int:
     """Check every entry of the input; print the bad ones with their lines."""
+    from runtime.report import plural
+
     path = Path(config.input.path)
     if not config.input.path:
         print("conveyor: the config has no input.path", file=sys.stderr)

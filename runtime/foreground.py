@@ -23,6 +23,7 @@ from runtime.metrics import Metrics
 from runtime.pipeline import EXIT_CODES, Pipeline, RunSummary
 from runtime.report import (
     human_bytes,
+    plural,
     print_error_kinds,
     print_hosts,
     print_invalid_entries,
@@ -30,11 +31,6 @@ from runtime.report import (
 )
 
 __all__ = ["plural", "print_summary", "run_pipeline", "summary_dict"]
-
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """``1 item``, ``2 items``; ``many`` for irregular plurals (``entries``)."""
-    return f"{n} {word}" if n == 1 else f"{n} {many or word + 's'}"
 
 
 def run_pipeline(

@@ -48,10 +48,11 @@ from messages.control import (
     Shutdown,
     Start,
 )
+from runtime.core import cputime
 from runtime.core.clock import Clock, SystemClock
 from runtime.core.config import Config
 from runtime.core.curl import CurlEngineFactory
-from runtime.core.errors import ConveyorError, InputError
+from runtime.core.errors import EXIT_CODES, ConveyorError, InputError
 from runtime.core.inputs import iter_batches, parse_entry
 from runtime.core.lock import StateLock
 from runtime.core.logs import get_logger
@@ -65,15 +66,6 @@ log = get_logger("pipeline")
 
 EVENTS_BUFFER = 10_000
 """Most events waiting for a reader of ``Pipeline.events()``."""
-
-EXIT_CODES = {
-    "ok": 0,
-    "failed_items": 1,
-    "bad_input": 2,
-    "run_error": 3,
-    "interrupted": 130,
-}
-"""Process exit codes of ``python -m runtime run``; ``RunSummary.exit_code`` picks one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +302,7 @@ class Pipeline:
             return
         self._input_closed = True
         tell(self._state_keeper, InputClosed())
+        cputime.record("feeder")
 
     def wait(self, timeout: float | None = None) -> RunSummary:
         """Close the input and block until the run ends.

@@ -19,6 +19,7 @@ __all__ = [
     "human_bytes",
     "live_pid",
     "pid_alive",
+    "plural",
     "print_cooldowns",
     "print_error_kinds",
     "print_hosts",
@@ -31,6 +32,11 @@ __all__ = [
 MAX_ROWS = 20
 INVALID_EXAMPLES = 5
 """How many rejected input entries the summary and ``status`` show (``validate`` lists all)."""
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 item``, ``2 items``; ``many`` for irregular plurals (``entries``)."""
+    return f"{n} {word}" if n == 1 else f"{n} {many or word + 's'}"
 
 
 def human_bytes(n: float) -> str:

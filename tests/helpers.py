@@ -15,6 +15,10 @@ ENGINE = "curl"
 """The download engine ``make_config`` sets (the robustness tests run with each)."""
 
 
+CHECKSUM = "runtime.plugins:ChecksumProcessor"
+"""A processor that runs (the default one is skipped): reads each file back."""
+
+
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
     """A config rooted in tmp_path with quick commits and the given section overrides."""
     data: dict[str, dict[str, Any]] = {

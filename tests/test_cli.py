@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from messages import RunFinished
-from runtime.cli import print_summary
+from runtime.foreground import print_summary
 from runtime.pipeline import RunSummary
 from runtime.testing import LocalFileServer
 from tests.helpers import read_manifest, run_cli, start_cli
@@ -315,7 +315,8 @@ def test_run_with_worker_processes(tmp_path: Path) -> None:
             tmp_path,
             server,
             files,
-            '[download]\nprocesses = 2\nworkers = 4\n[processing]\nmode = "process"\n',
+            '[download]\nprocesses = 2\nworkers = 4\n[processing]\nmode = "process"\n'
+            'processor = "runtime.plugins:ChecksumProcessor"\n',
         )
         result = run("run", config, "--log-format", "json")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -84,11 +84,16 @@ class Model:
 class LedgerMachine(RuleBasedStateMachine):
     """See the module docstring."""
 
+    PROCESSOR = "runtime.plugins:ChecksumProcessor"
+    """The configured processor: one that runs (NullProcessor skips the stage)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="ledger-"))
+        self.skipped = self.PROCESSOR == "runtime.plugins:NullProcessor"
         self.config = make_config(
             self.tmp,
+            processing={"processor": self.PROCESSOR},
             download={"workers": 2, "mailbox": MAILBOX, "per_host": PER_HOST},
             retry={"max_attempts": MAX_ATTEMPTS, "backoff_initial": 0.5},
             circuit={"window": 4, "min_requests": 2, "reset_timeout": 5.0, "give_up_after": 2},
@@ -208,7 +213,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @initialize()
     def start(self) -> None:
-        self.ledger.attach("processor-0", "processor")
+        if not self.skipped:  # as the supervisor: no processor when the stage is skipped
+            self.ledger.attach("processor-0", "processor")
         self.ledger.attach("post_processor", "post_processor")
         self._attach_downloader()
         self._attach_downloader()
@@ -240,7 +246,7 @@ class LedgerMachine(RuleBasedStateMachine):
             )
         )
         self.ledger.demand(worker, 1)
-        if reused and self.config.output.if_exists == "skip":
+        if self.skipped or (reused and self.config.output.if_exists == "skip"):
             self.model.state[item.id] = "reporting"
             self.model.expected[item.id] = {None, "post_process_error"}
         self._settle()
@@ -392,8 +398,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 break
             if worker := next(iter(self._held()), None):
                 item = self._take(worker, 0)
-                self.model.state[item.id] = "downloaded"
-                self.model.expected[item.id] = {"post_process_error"}
+                self.model.state[item.id] = "reporting" if self.skipped else "downloaded"
+                self.model.expected[item.id] = {None if self.skipped else "post_process_error"}
                 self.ledger.downloaded(
                     DownloadComplete(worker=worker, item=item, path=item.name, size=3, sha256="h")
                 )
@@ -428,6 +434,17 @@ LedgerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_ledger_against_the_model = LedgerMachine.TestCase
+
+
+class SkippingLedgerMachine(LedgerMachine):
+    """The same machine with the default processor: the processing stage is skipped, each
+    downloaded file goes straight to the post-processor."""
+
+    PROCESSOR = "runtime.plugins:NullProcessor"
+
+
+SkippingLedgerMachine.TestCase.settings = LedgerMachine.TestCase.settings
+test_ledger_against_the_model_without_processing = SkippingLedgerMachine.TestCase
 
 
 def test_a_host_down_outcome_reopened_before_its_commit_is_never_announced(

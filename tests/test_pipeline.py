@@ -17,7 +17,7 @@ import structlog
 from messages import DownloadComplete, DownloadFailed, DownloadStarted, Outcome, RunFinished
 from runtime import Config, ConfigError, ConveyorError, Pipeline, SupervisionError
 from runtime.testing import Crash, Fail, Ok, ScriptedTransport, Stall, Status, capture_logs
-from tests.helpers import files_outside, make_config, read_manifest
+from tests.helpers import CHECKSUM, files_outside, make_config, read_manifest
 
 TIMEOUT = 60
 
@@ -30,7 +30,7 @@ def test_items_flow_to_completed_with_checksums(tmp_path: Path) -> None:
     """Downloads land under their names, verified, and the manifest records each one."""
     bodies = {f"f{i}.bin": bytes([i]) * (1000 + i) for i in range(20)}
     transport = ScriptedTransport({url(n): [Ok(b)] for n, b in bodies.items()})
-    config = make_config(tmp_path)
+    config = make_config(tmp_path, processing={"processor": CHECKSUM})
     with Pipeline(config, transport_factory=transport) as pipeline:
         pipeline.submit(
             [
@@ -47,6 +47,26 @@ def test_items_flow_to_completed_with_checksums(tmp_path: Path) -> None:
     assert sorted(r["id"] for r in records) == sorted(bodies)
     assert all(r["status"] == "completed" and r["result"]["size"] == r["size"] for r in records)
     assert not list(Path(config.output.dir).glob("*.part"))
+
+
+def test_the_default_processor_is_skipped(tmp_path: Path) -> None:
+    """With the default processor (which does nothing) no processor actor runs: each file
+    goes straight to the post-processor, with the sha256 computed while downloading."""
+    bodies = {f"f{i}.bin": bytes([i]) * (500 + i) for i in range(10)}
+    transport = ScriptedTransport({url(n): [Ok(b)] for n, b in bodies.items()})
+    config = make_config(tmp_path)
+    assert config.processing.skipped
+    with Pipeline(config, transport_factory=transport) as pipeline:
+        pipeline.submit([{"url": url(n), "id": n} for n in bodies])
+        running = [t.name for t in threading.enumerate()]
+        summary = pipeline.wait(TIMEOUT)
+    assert not [name for name in running if name.startswith("Processor")]
+    assert (summary.finished.accepted, summary.finished.completed) == (10, 10)
+    records = {r["id"]: r for r in read_manifest(config.manifest_path)}
+    assert {n: records[n]["sha256"] for n in bodies} == {
+        n: hashlib.sha256(b).hexdigest() for n, b in bodies.items()
+    }
+    assert all(r["result"] == {} for r in records.values())
 
 
 def test_retries_transient_failures_and_stops_at_permanent_ones(tmp_path: Path) -> None:

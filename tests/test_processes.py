@@ -18,7 +18,7 @@ from messages import DownloadStarted
 from runtime import ConveyorError, Pipeline
 from runtime.pipeline import RunSummary
 from runtime.testing import FaultServer, ScriptedTransport, body_of, capture_logs
-from tests.helpers import make_config, read_manifest
+from tests.helpers import CHECKSUM, make_config, read_manifest
 from tests.plugins import CrashOnceTransportFactory
 
 TIMEOUT = 120
@@ -142,7 +142,10 @@ def test_a_crashing_downloader_in_a_worker_process_is_restarted(tmp_path: Path) 
 
 
 def test_a_killed_processor_process_is_replaced(tmp_path: Path) -> None:
-    config = make_config(tmp_path, processing={"mode": "process", "workers": 2})
+    config = make_config(
+        tmp_path,
+        processing={"mode": "process", "workers": 2, "processor": CHECKSUM},
+    )
     with FaultServer() as server, capture_logs() as logs, Pipeline(config) as pipeline:
         victims = worker_pids("conveyor-processor-")
         assert len(victims) == 2

@@ -21,6 +21,11 @@ from typing import Any, ClassVar
 from runtime.core.errors import ConfigError
 from runtime.core.netguard import DOWNLOAD_SETTING, SERVICE_SETTING, parse_networks
 
+NO_OP_PROCESSORS = frozenset(
+    {"runtime.plugins:NullProcessor", "runtime.core.plugins:NullProcessor"}
+)
+"""Processor specs that do nothing: the processing stage is skipped for them."""
+
 __all__ = [
     "CircuitConfig",
     "Config",
@@ -192,8 +197,11 @@ class CircuitConfig:
 class ProcessingConfig:
     """``[processing]``: what happens to a file once it is downloaded."""
 
-    processor: str = "runtime.plugins:ChecksumProcessor"
-    """``package.module:Class`` of a ``BaseProcessor``."""
+    processor: str = "runtime.plugins:NullProcessor"
+    """``package.module:Class`` of a ``BaseProcessor``. The default does nothing, and costs
+    nothing: with it no processor runs and each downloaded file goes straight
+    to the post-processor, its sha256 the one computed while downloading. Use
+    ``runtime.plugins:ChecksumProcessor`` to read every file back and verify it."""
     post_processor: str = "runtime.plugins:JsonlManifest"
     """``package.module:Class`` of a ``BasePostProcessor``."""
     workers: int = 2
@@ -212,6 +220,11 @@ class ProcessingConfig:
     plugin_path: tuple[str, ...] = ()
     """Directories where plugin modules are found, relative to the config file (whose own
     directory is always searched first); from the environment: separated by ``:``."""
+
+    @property
+    def skipped(self) -> bool:
+        """Whether the processing stage is skipped (its processor does nothing)."""
+        return self.processor in NO_OP_PROCESSORS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -28,7 +28,17 @@ import typing
 
 from messages.types import ErrorKind, Scope
 
+EXIT_CODES = {
+    "ok": 0,
+    "failed_items": 1,
+    "bad_input": 2,
+    "run_error": 3,
+    "interrupted": 130,
+}
+"""Process exit codes of ``python -m runtime run``; ``RunSummary.exit_code`` picks one."""
+
 __all__ = [
+    "EXIT_CODES",
     "FAILURE_KINDS",
     "CancelledError",
     "ChecksumError",

@@ -59,6 +59,9 @@ REPORT_BATCH = 512
 REPORT_QUEUE = 4 * REPORT_BATCH
 """Most outcomes waiting for the post-processor in memory; rejected input entries and
 items of down hosts wait in the store (or unread) beyond it."""
+DISPATCH_REPORTS = 2 * REPORT_QUEUE
+"""Outcomes waiting for the post-processor beyond which no new item is granted (the
+post-processor's backpressure on downloads)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -253,7 +256,11 @@ class Ledger:
         batches: dict[str, list[WorkItem]] = {}
         dry: set[str] = set()  # lanes with nothing to give now
         now = self.clock.now()
-        while hungry and len(self.processing) < self.backlog_limit:
+        while (
+            hungry
+            and len(self.processing) < self.backlog_limit
+            and len(self.unsent_reports) < DISPATCH_REPORTS
+        ):
             held, order, worker, slot = heapq.heappop(hungry)
             if slot.lane in dry:
                 continue
@@ -332,6 +339,17 @@ class Ledger:
             self._report(
                 _outcome(
                     done.item, status="skipped", path=done.path, size=done.size, sha256=done.sha256
+                )
+            )
+            return
+        if self.config.processing.skipped:  # nothing to do: straight to the record
+            self._report(
+                _outcome(
+                    done.item,
+                    status="completed",
+                    path=done.path,
+                    size=done.size,
+                    sha256=done.sha256,
                 )
             )
             return

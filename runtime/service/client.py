@@ -12,10 +12,9 @@ import requests
 
 from messages import HostStatus, RunFinished, RunProgress
 from runtime.core.clock import Clock, SystemClock
-from runtime.core.errors import InputError
+from runtime.core.errors import EXIT_CODES, InputError
 from runtime.core.inputs import iter_raw_entries
 from runtime.display import LiveDisplay
-from runtime.pipeline import EXIT_CODES
 from runtime.report import human_bytes, print_error_kinds, print_hosts
 
 __all__ = ["ProgressLines", "print_job_summary", "read_sse", "submit_file"]
