@@ -37,7 +37,7 @@ from messages.control import Batch, TakeNext
 from messages.types import Lane
 from runtime.core.clock import Clock
 from runtime.core.config import Config
-from runtime.core.curl import CurlEngine
+from runtime.core.engine import Engine
 from runtime.core.logs import get_logger
 from runtime.core.transfer import RangeMemory, Transfer
 from runtime.core.transport import Transport, TransportFactory
@@ -81,8 +81,8 @@ class Downloader(ChildActor):
         self.transfer_started = 0.0
         self.pumping = False  # (curl engine) a TakeNext is on its way to us
         # Built here, in the starting thread: a failing on_start would stop us silently.
-        curl = getattr(transport_factory, "engine", None) == "curl" and lane == "small"
-        self.transport: Transport | None = None if curl else transport_factory()
+        make_engine = getattr(transport_factory, "make_engine", None) if lane == "small" else None
+        self.transport: Transport | None = None if make_engine else transport_factory()
         self.transfer = Transfer(
             worker=self.worker,
             config=config,
@@ -93,7 +93,7 @@ class Downloader(ChildActor):
             hooks=_Hooks(self),
             ranges=ranges,
         )
-        self.engine: CurlEngine | None = CurlEngine(self.transfer) if curl else None
+        self.engine: Engine | None = make_engine(self.transfer) if make_engine else None
 
     def on_stop(self) -> None:
         """Close the transport (or the engine)."""
@@ -132,7 +132,7 @@ class Downloader(ChildActor):
 
     # -- the curl engine: every held item transfers at once --------------------------
 
-    def _receive_concurrent(self, message: Any, engine: CurlEngine) -> None:
+    def _receive_concurrent(self, message: Any, engine: Engine) -> None:
         match message:
             case Grant(items=items):
                 if engine.active + len(items) > self.config.download.mailbox:
@@ -158,7 +158,7 @@ class Downloader(ChildActor):
         if batch:
             tell(self.state_keeper, Batch(messages=tuple(batch)))
 
-    def _pump(self, engine: CurlEngine) -> None:
+    def _pump(self, engine: Engine) -> None:
         """Keep the transfers moving while there are any (no loop when idle)."""
         if engine.active and not self.pumping:
             self.pumping = True

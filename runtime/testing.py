@@ -33,7 +33,9 @@ from structlog.testing import capture_logs
 from messages.types import ErrorKind
 from runtime.core.clock import Clock
 from runtime.core.config import SimulateConfig
+from runtime.core.engine import TransportEngine
 from runtime.core.errors import FetchError
+from runtime.core.transfer import Transfer
 from runtime.core.transport import Response, Transport
 
 __all__ = [
@@ -261,11 +263,12 @@ class _SimulatedResponse:
 
 
 class _SimulatedTransport:
-    def __init__(self, factory: SimulatedTransportFactory) -> None:
+    def __init__(self, factory: SimulatedTransportFactory, *, wait: bool = True) -> None:
         self._factory = factory
+        self._wait = wait  # sleep the latency here (else the engine waited for it)
 
     def open(self, url: str, headers: Mapping[str, str]) -> Response:
-        return self._factory.respond(url)
+        return self._factory.respond(url, wait=self._wait)
 
     def close(self) -> None:
         pass
@@ -289,16 +292,21 @@ class SimulatedTransportFactory:
         """Return a transport for one downloader."""
         return _SimulatedTransport(self)
 
+    def make_engine(self, transfer: Transfer) -> TransportEngine:
+        """The engine of a downloader of the small-file lane: the simulated requests wait
+        their latency in the downloader's loop, many at once, as with libcurl."""
+        return TransportEngine(transfer, _SimulatedTransport(self, wait=False), self.config.latency)
+
     def __reduce__(self) -> tuple[Any, ...]:
         # In a worker process: the same seed, settings and clock (which must pickle).
         return (SimulatedTransportFactory, (self.config, self.clock))
 
-    def respond(self, url: str) -> Response:
-        """Answer one simulated request."""
+    def respond(self, url: str, *, wait: bool = True) -> Response:
+        """Answer one simulated request (after its latency, when ``wait``)."""
         digest = hashlib.sha256(f"{self.config.seed}\x00{url}".encode()).digest()
         url_seed = int.from_bytes(digest[:8], "big")
         size = random.Random(url_seed).randint(self.config.min_size, self.config.max_size)
-        if self.config.latency:
+        if self.config.latency and wait:
             self.clock.sleep(self.config.latency)
         if self.config.throttle_hosts and urlsplit(url).hostname in self._throttled:
             return _SimulatedResponse(429, 0, url_seed, self.config.throttle_retry_after)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,11 +24,8 @@ def test_defaults_apply_and_paths_resolve_against_the_config_file(tmp_path: Path
     assert config.input.path == str(tmp_path / "files.json")
     assert config.output.dir == str(tmp_path / "downloads")
     assert config.state.dir == str(tmp_path / ".conveyor")
-    assert (config.download.engine, config.download.workers, config.download.mailbox) == (
-        "curl",
-        2,
-        16,
-    )
+    d = config.download  # one curl downloader runs every transfer
+    assert (d.engine, d.concurrency, d.workers, d.mailbox) == ("curl", 128, 1, 128)
     assert config.state.persist_interval == 0.5
     assert config.processing.workers == 2
     assert config.manifest_path == tmp_path / ".conveyor" / "manifest.jsonl"
@@ -107,7 +105,11 @@ def test_missing_file_is_reported(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("[download]\nworkers = 0\n", "download.workers must be greater than 0"),
+        ("[download]\nworkers = -1\n", "download.workers must not be negative"),
+        (
+            "[download]\nconcurrency = 8\nworkers = 2\nmailbox = 4\n",
+            "download.concurrency decides download.workers and download.mailbox",
+        ),
         ('[output]\nif_exists = "maybe"\n', "output.if_exists must be one of"),
         (
             '[processing]\nprocessor = "nocolon"\n',
@@ -169,7 +171,9 @@ def test_readme_documents_every_key_with_its_default() -> None:
     for section in dataclasses.fields(Config):
         for key in dataclasses.fields(getattr(defaults, section.name)):
             name = f"{section.name}.{key.name}"
-            value = getattr(getattr(defaults, section.name), key.name)
+            value = key.default  # as declared (0 for what follows from other keys)
+            if value is dataclasses.MISSING:
+                value = getattr(getattr(defaults, section.name), key.name)
             if name not in rows:
                 missing.append(name)
             elif name != "input.path" and rows[name] != f"`{_toml(value)}`":
@@ -203,14 +207,14 @@ def test_a_bad_environment_value_names_the_variable_not_the_file(tmp_path: Path)
     """A value that parses but is out of range blames the variable that set it."""
     path = write(tmp_path, '[input]\npath = "f.json"\n[download]\nworkers = 4\n')
     with pytest.raises(ConfigError) as info:
-        load_config(path, environ={"CONVEYOR_DOWNLOAD_WORKERS": "0"})
+        load_config(path, environ={"CONVEYOR_DOWNLOAD_WORKERS": "-1"})
     assert str(info.value) == (
-        "environment variable CONVEYOR_DOWNLOAD_WORKERS (download.workers) must be greater than 0"
+        "environment variable CONVEYOR_DOWNLOAD_WORKERS (download.workers) must not be negative"
     )
     with pytest.raises(ConfigError, match=r"^environment variable CONVEYOR_OUTPUT_IF_EXISTS"):
         load_config(path, environ={"CONVEYOR_OUTPUT_IF_EXISTS": "sometimes"})
-    bad_file = write(tmp_path, '[input]\npath = "f.json"\n[download]\nworkers = 0\n')
-    with pytest.raises(ConfigError, match=r"conveyor\.toml: download\.workers must be greater"):
+    bad_file = write(tmp_path, '[input]\npath = "f.json"\n[download]\nworkers = -2\n')
+    with pytest.raises(ConfigError, match=r"conveyor\.toml: download\.workers must not be neg"):
         load_config(bad_file, environ={})
 
 
@@ -292,3 +296,28 @@ def test_a_class_attribute_of_a_section_is_not_a_key(tmp_path: Path) -> None:
         load_config(plain, environ={}, overrides=flag)
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(plain, environ={"CONVEYOR_DOWNLOAD_ALLOW_NETWORKS_SETTING": "x"})
+
+
+@pytest.mark.parametrize(
+    ("download", "expected"),
+    [
+        ({}, (128, 1, 128)),
+        ({"concurrency": 300}, (300, 1, 300)),
+        ({"concurrency": 300, "processes": 2}, (300, 2, 150)),
+        ({"concurrency": 10, "workers": 3}, (10, 3, 4)),
+        ({"concurrency": 10, "mailbox": 4}, (10, 3, 4)),
+        ({"workers": 2, "mailbox": 16}, (32, 2, 16)),
+        ({"engine": "requests"}, (8, 8, 2)),
+        ({"engine": "requests", "concurrency": 20}, (20, 20, 2)),
+        ({"engine": "requests", "workers": 16, "mailbox": 4}, (16, 16, 4)),
+    ],
+)
+def test_download_concurrency_decides_workers_and_mailbox(
+    tmp_path: Path, download: dict[str, Any], expected: tuple[int, int, int]
+) -> None:
+    """``download.concurrency`` is the number of transfers at once: one curl downloader
+    runs them all (one per worker process at least), requests runs one per downloader;
+    ``workers`` or ``mailbox`` given beside it split it."""
+    config = Config.from_mapping({"download": download}, base_dir=tmp_path)
+    d = config.download
+    assert (d.concurrency, d.workers, d.mailbox) == expected

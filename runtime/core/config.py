@@ -93,11 +93,17 @@ class DownloadConfig:
     allow_networks_setting: ClassVar[str] = DOWNLOAD_SETTING
     """The setting a refusal of the network guard tells the user to change (not a key)."""
 
-    workers: int = 2
-    """Number of downloader actors (the requests engine's default: 8)."""
-    mailbox: int = 16
+    concurrency: int = 0
+    """Transfers at once, over all downloaders of the normal lane (like ``aria2c -j`` and
+    ``curl --parallel-max``); ``workers`` and ``mailbox`` follow from it. 0: the engine's
+    default, 128 with curl, 8 with requests. ``per_host`` still limits each host."""
+    workers: int = 0
+    """Downloader actors of the normal lane (0: from ``concurrency`` — one with the curl
+    engine, whose downloader runs all its transfers at once; ``concurrency`` with
+    requests, one transfer each)."""
+    mailbox: int = 0
     """Most items leased to one downloader at a time; with the curl engine, also how many
-    it transfers at once (the requests engine's default: 2)."""
+    it transfers at once (0: from ``concurrency``; 2 with requests)."""
     connect_timeout: float = 10.0
     """Seconds to establish a connection."""
     read_timeout: float = 30.0
@@ -141,6 +147,15 @@ class DownloadConfig:
     allow_networks: tuple[str, ...] = ()
     """Networks (CIDR, e.g. ``127.0.0.1/32``) allowed even when ``block_private_networks``
     is on."""
+
+    def __post_init__(self) -> None:
+        """Fill in ``concurrency``, ``workers`` and ``mailbox`` where they are 0."""
+        if min(self.concurrency, self.workers, self.mailbox) < 0:
+            return  # refused by the config's checks, naming the key
+        concurrency, workers, mailbox = derive_downloaders(self)
+        object.__setattr__(self, "concurrency", concurrency)
+        object.__setattr__(self, "workers", workers)
+        object.__setattr__(self, "mailbox", mailbox)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -370,11 +385,6 @@ class Config:
             merged[name] = dict(value)
         setters = _apply_overrides(merged, overrides or {}, sections)
         setters.update(_apply_environ(merged, environ or {}, sections))
-        download = merged.setdefault("download", {})
-        if download.get("engine") == "requests":
-            # One transfer at a time per downloader: more downloaders, shorter queues.
-            for key, value in REQUESTS_DEFAULTS.items():
-                download.setdefault(key, value)
 
         def where(section: str, key: str) -> str:
             """Who set a key, for error messages: the file, a flag or a variable."""
@@ -383,13 +393,50 @@ class Config:
         built = {
             name: _build_section(name, merged.get(name, {}), source, where) for name in sections
         }
+        _check_downloaders(merged.get("download", {}), where)
         config = cls(**built)
         return _resolve_paths(_check_values(config, source, where), base_dir or Path.cwd())
 
 
-REQUESTS_DEFAULTS = {"workers": 8, "mailbox": 2}
-"""``[download]`` defaults when ``engine = "requests"`` (the others suit the curl engine,
-whose downloaders each run their whole mailbox at once; see benchmarks/README.md)."""
+DEFAULT_CONCURRENCY = {"curl": 128, "requests": 8}
+"""``download.concurrency`` when it is 0, by engine (see benchmarks/README.md: W4)."""
+CURL_TRANSFERS_PER_DOWNLOADER = 1024
+"""Most transfers one curl downloader runs: past it, ``concurrency`` is split among
+several (each more costs GIL contention, so one is the rule)."""
+REQUESTS_MAILBOX = 2
+"""Items a requests downloader holds: the one it transfers and the next."""
+
+
+def derive_downloaders(d: DownloadConfig) -> tuple[int, int, int]:
+    """``(concurrency, workers, mailbox)`` of ``d``: the ones left at 0 follow from the
+    others (see ``DownloadConfig.concurrency``)."""
+    concurrency = d.concurrency or DEFAULT_CONCURRENCY.get(d.engine, 8)
+    workers, mailbox = d.workers, d.mailbox
+    if d.engine != "curl":  # one transfer at a time per downloader
+        workers = workers or concurrency
+        return workers, workers, mailbox or REQUESTS_MAILBOX
+    if workers and mailbox:
+        concurrency = workers * mailbox
+    elif workers:
+        mailbox = -(-concurrency // workers)
+    elif mailbox:
+        workers = -(-concurrency // mailbox)
+    else:
+        workers = -(-concurrency // CURL_TRANSFERS_PER_DOWNLOADER)
+        workers = max(workers, d.processes)  # every worker process runs one at least
+        mailbox = -(-concurrency // workers)
+    return concurrency, workers, mailbox
+
+
+def _check_downloaders(download: Mapping[str, Any], where: Where) -> None:
+    """Refuse ``concurrency`` together with both ``workers`` and ``mailbox``."""
+    given = [k for k in ("concurrency", "workers", "mailbox") if download.get(k)]
+    if len(given) == 3:
+        raise ConfigError(
+            f"{where('download', 'concurrency')} decides download.workers and "
+            "download.mailbox: give concurrency, or workers and mailbox, not all three"
+        )
+
 
 Where = Callable[[str, str], str]
 """Names who set ``section.key``: ``file: section.key`` or the environment variable."""
@@ -534,8 +581,6 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
                 f"got {value!r}"
             )
     positive = [
-        ("download", "workers"),
-        ("download", "mailbox"),
         ("retry", "max_attempts"),
         ("download", "max_redirects"),
         ("download", "stall_window"),
@@ -558,6 +603,9 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
         if getattr(getattr(config, section), key) <= 0:
             raise ConfigError(f"{where(section, key)} must be greater than 0")
     nonnegative = [
+        ("download", "concurrency"),
+        ("download", "workers"),
+        ("download", "mailbox"),
         ("supervisor", "max_restarts"),
         ("supervisor", "restart_window"),
         ("supervisor", "shutdown_grace"),

@@ -443,10 +443,12 @@ class CurlEngineFactory:
     (it reads big bodies 1 MiB at a time, where libcurl calls Python every 16 KiB: faster
     for files over ``download.large_threshold``). Picklable, for worker processes."""
 
-    engine = "curl"
-
     def __init__(self, config: Config) -> None:
         self.config = config
+
+    def make_engine(self, transfer: Transfer) -> CurlEngine:
+        """The engine of a downloader of the small-file lane."""
+        return CurlEngine(transfer)
 
     def __call__(self) -> Transport:
         """A transport for a downloader of the large-file lane."""

@@ -407,6 +407,13 @@ class SQLiteStore:
         id_counts = Counter(i.id for i in items)
         known = self._existing_ids([i.id for i in items])
         taken = self._taken_names([i.name for i in items])
+        # What the names' checks need from the store, in one statement each per block
+        # (not two queries per entry): stored files where a name needs a directory, and
+        # stored files below a name.
+        parents = {n.rpartition("/")[0] for n in (i.name for i in items) if "/" in n}
+        parents = {"/".join(p.split("/")[:k]) for p in parents for k in range(1, p.count("/") + 2)}
+        files_at = self._taken_names(sorted(parents)) if parents else {}
+        below = self._stored_below([i.name for i in items]) if self._has_dirs else {}
         rows: list[tuple[Any, ...]] = []
         rejects = list(rejected)
         batch_dirs: set[str] = set()  # directories implied by this batch's accepted names
@@ -427,7 +434,9 @@ class SQLiteStore:
             )
             attempt = 0
             while (
-                clash := self._clash(name, taken, batch_dirs, check_db=name != item.name)
+                clash := self._clash(
+                    name, taken, batch_dirs, files_at, below, renamed=name != item.name
+                )
             ) is not None:
                 if not is_derived or attempt >= _MAX_RENAMES:
                     rejects.append(self._dup(item, f"name {item.name!r} clashes with {clash}"))
@@ -538,30 +547,54 @@ class SQLiteStore:
         item_id, line = holder
         return f"item {item_id!r} (line {line})" if line else f"item {item_id!r}"
 
+    def _stored_below(self, names: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """For each of ``names`` that stored items use as a directory: one of them."""
+        found: dict[str, tuple[str, int]] = {}
+        for chunk in _chunks(names):
+            values = ",".join("(?)" for _ in chunk)
+            rows = self.db.execute(
+                f"WITH v(n) AS (VALUES {values}) "  # noqa: S608 - constants and ?s
+                "SELECT v.n, i.id, i.line FROM v JOIN items i ON i.seq = ("
+                " SELECT seq FROM items WHERE name > v.n || '/' AND name < v.n || '0' LIMIT 1)",
+                chunk,  # '0' follows '/': every 'name/...'
+            )
+            found.update((n, (i, line)) for n, i, line in rows)
+        return found
+
     def _clash(
-        self, name: str, taken: dict[str, tuple[str, int]], batch_dirs: set[str], *, check_db: bool
+        self,
+        name: str,
+        taken: dict[str, tuple[str, int]],
+        batch_dirs: set[str],
+        files_at: dict[str, tuple[str, int]],
+        below: dict[str, tuple[str, int]],
+        *,
+        renamed: bool,
     ) -> str | None:
         """What ``name`` collides with: another file of that name, a file where it needs a
-        directory (``a`` for ``a/b``), or files below it (``a/b`` for ``a``); else None."""
+        directory (``a`` for ``a/b``), or files below it (``a/b`` for ``a``); else None.
+
+        ``taken``: names of stored files looked up for the block, and those it accepted;
+        ``files_at``: stored files named like a directory of the block's names; ``below``:
+        the block's names that stored items use as directories. A ``renamed`` name (a
+        derived name made unique) was not looked up, so the store is asked directly.
+        """
         if name in taken:
             return f"{self._who(taken[name])}, which has the same name"
-        if check_db and (holder := self._holder(name)) is not None:
+        if renamed and (holder := self._holder(name)) is not None:
             return f"{self._who(holder)}, which has the same name"
         if name in batch_dirs:
             return "a directory of another item's path"
         parts = name.split("/")
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
-            holder = taken.get(parent) or self._holder(parent)
+            holder = taken.get(parent) or files_at.get(parent)
             if holder is not None:
                 return f"{self._who(holder)}, whose file {parent!r} is where a directory is needed"
         if self._has_dirs:
-            below = self.db.execute(
-                "SELECT id, line FROM items WHERE name > ? AND name < ? LIMIT 1",
-                (name + "/", name + "0"),  # '0' follows '/': every 'name/...'
-            ).fetchone()
-            if below is not None:
-                return f"{self._who((below[0], below[1]))}, stored below it as a directory"
+            child = self._stored_below([name]).get(name) if renamed else below.get(name)
+            if child is not None:
+                return f"{self._who(child)}, stored below it as a directory"
         return None
 
     # -- dispatch -----------------------------------------------------------------------
