@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-
 from actors.child import ChildActor, ChildContext
 from actors.control import tell
 from messages import Outcome, PostProcessed, PostProcessFailed
@@ -67,22 +65,29 @@ class PostProcessor(ChildActor):
     def _record_batch(
         self, outcomes: tuple[Outcome, ...]
     ) -> list[PostProcessed | PostProcessFailed]:
-        replies = []
-        for outcome in outcomes:
-            with structlog.contextvars.bound_contextvars(item_id=outcome.id):
-                replies.append(self._record(outcome))
+        """Record a block through ``post_process_batch``, then ``flush``; what the plugin
+        raises for one outcome fails that item, a failed flush the whole block."""
+        try:
+            errors: list[Exception | None] = self.plugin.post_process_batch(outcomes)
+            if len(errors) != len(outcomes):
+                raise TypeError(
+                    f"post_process_batch() returned {len(errors)} results "
+                    f"for {len(outcomes)} outcomes"
+                )
+        except Exception as exc:  # noqa: BLE001 - a plugin's failure is the items', not ours
+            errors = [exc] * len(outcomes)
+        replies: list[PostProcessed | PostProcessFailed] = []
+        for outcome, error in zip(outcomes, errors, strict=True):
+            if error is None:
+                replies.append(PostProcessed(item_id=outcome.id, status=outcome.status))
+                continue
+            text = f"{type(error).__name__}: {error}"
+            log.warning("post-processor failed", item_id=outcome.id, error=text)
+            replies.append(PostProcessFailed(item_id=outcome.id, error=text))
         try:
             self.plugin.flush()
         except Exception as exc:  # noqa: BLE001 - a plugin's failure is the items', not ours
-            error = f"flush failed: {type(exc).__name__}: {exc}"
-            log.warning("post-processor flush failed", error=error)
-            return [PostProcessFailed(item_id=o.id, error=error) for o in outcomes]
+            failure = f"flush failed: {type(exc).__name__}: {exc}"
+            log.warning("post-processor flush failed", error=failure)
+            return [PostProcessFailed(item_id=o.id, error=failure) for o in outcomes]
         return replies
-
-    def _record(self, outcome: Outcome) -> PostProcessed | PostProcessFailed:
-        try:
-            self.plugin.post_process(outcome)
-        except Exception as exc:  # noqa: BLE001 - a plugin's failure is the item's, not ours
-            log.warning("post-processor failed", error=f"{type(exc).__name__}: {exc}")
-            return PostProcessFailed(item_id=outcome.id, error=f"{type(exc).__name__}: {exc}")
-        return PostProcessed(item_id=outcome.id, status=outcome.status)

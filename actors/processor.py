@@ -6,10 +6,10 @@ only crashes on a bug of its own, and the StateKeeper then hands its items to an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
-import structlog
 
 from actors.child import ChildActor, ChildContext
 from actors.control import tell
@@ -18,7 +18,7 @@ from messages.control import Batch, ProcessFiles
 from runtime.core.logs import get_logger
 from runtime.core.plugins import BaseProcessor, Downloaded
 
-__all__ = ["Processor", "process_one"]
+__all__ = ["Processor", "process_block"]
 
 log = get_logger("processor")
 
@@ -41,42 +41,51 @@ class Processor(ChildActor):
         """Dispatch one message."""
         match message:
             case DownloadComplete():
-                with structlog.contextvars.bound_contextvars(item_id=message.item.id):
-                    tell(self.state_keeper, self._process(message))
+                tell(self.state_keeper, process_block(self.plugin, self.worker, (message,))[0])
             case ProcessFiles(files=files):  # a block of files, answered with one batch
-                replies = []
-                for done in files:
-                    with structlog.contextvars.bound_contextvars(item_id=done.item.id):
-                        replies.append(self._process(done))
+                replies = process_block(self.plugin, self.worker, files)
                 tell(self.state_keeper, Batch(messages=tuple(replies)))
             case _:
                 log.warning("unexpected message", actor=self.worker, message=repr(message))
 
-    def _process(self, done: DownloadComplete) -> ProcessingComplete | ProcessingFailed:
-        return process_one(self.plugin, self.worker, done)
 
-
-def process_one(
-    plugin: BaseProcessor, worker: str, done: DownloadComplete
-) -> ProcessingComplete | ProcessingFailed:
-    """Run the plugin on one downloaded file; its exception is the item's failure."""
-    item = done.item
-    downloaded = Downloaded(
-        id=item.id,
-        url=item.url,
-        name=item.name,
-        path=done.path,
-        size=done.size,
-        sha256=done.sha256,
-    )
-    try:
-        result = plugin.process(downloaded)
-        if not isinstance(result, dict):
-            raise TypeError(f"process() returned {type(result).__name__}, not a dict")
-        msgpack.packb(result)  # the result must be able to cross a process boundary
-    except Exception as exc:  # noqa: BLE001 - a plugin's failure is the item's, not ours
-        log.info("processor failed", error=f"{type(exc).__name__}: {exc}")
-        return ProcessingFailed(
-            worker=worker, item_id=item.id, error=f"{type(exc).__name__}: {exc}"
+def process_block(
+    plugin: BaseProcessor, worker: str, block: Sequence[DownloadComplete]
+) -> list[ProcessingComplete | ProcessingFailed]:
+    """Run the plugin on a block of downloaded files (``process_batch``); what it raises
+    for one file, or returns that is not a dict of plain values, is that item's failure."""
+    files = [
+        Downloaded(
+            id=done.item.id,
+            url=done.item.url,
+            name=done.item.name,
+            path=done.path,
+            size=done.size,
+            sha256=done.sha256,
         )
-    return ProcessingComplete(worker=worker, item_id=item.id, result=result)
+        for done in block
+    ]
+    try:
+        results: Sequence[Any] = plugin.process_batch(files)
+        if len(results) != len(files):
+            raise TypeError(
+                f"process_batch() returned {len(results)} results for {len(files)} files"
+            )
+    except Exception as exc:  # noqa: BLE001 - a plugin's failure is its items', not ours
+        results = [exc] * len(files)
+    replies: list[ProcessingComplete | ProcessingFailed] = []
+    for done, result in zip(block, results, strict=True):
+        item_id = done.item.id
+        try:
+            if isinstance(result, BaseException):
+                raise result
+            if not isinstance(result, dict):
+                raise TypeError(f"process() returned {type(result).__name__}, not a dict")
+            msgpack.packb(result)  # the result must be able to cross a process boundary
+        except Exception as exc:  # noqa: BLE001 - a plugin's failure is the item's, not ours
+            error = f"{type(exc).__name__}: {exc}"
+            log.info("processor failed", item_id=item_id, error=error)
+            replies.append(ProcessingFailed(worker=worker, item_id=item_id, error=error))
+            continue
+        replies.append(ProcessingComplete(worker=worker, item_id=item_id, result=result))
+    return replies

@@ -34,7 +34,7 @@ import pykka
 from actors.child import ChildActor, ChildContext
 from actors.control import tell
 from actors.downloader import Downloader
-from actors.processor import process_one
+from actors.processor import process_block
 from messages import (
     Cancel,
     DownloadComplete,
@@ -204,7 +204,7 @@ def processor_process_main(
         if not files:  # the empty batch: goodbye
             cputime.record_process("processor_process")
             return
-        replies = [process_one(plugin, worker, done) for done in files]
+        replies = process_block(plugin, worker, files)
         conn.send_bytes(encode_batch(replies))
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from messages import Outcome
 from runtime.core.config import Config
@@ -27,6 +27,32 @@ class ExplodingPostProcessor(BasePostProcessor):
     def post_process(self, outcome: Outcome) -> None:
         if outcome.id.startswith("pp-boom"):
             raise RuntimeError("post-processing refused")
+
+
+class BlockProcessor(BaseProcessor):
+    """Works on whole blocks: records each block's size in every result; fails files
+    whose name starts with ``boom``. (No ``process``: only blocks.)"""
+
+    def process_batch(self, files: Sequence[Downloaded]) -> list[dict[str, Any] | Exception]:
+        return [
+            ValueError(f"cannot process {f.name}")
+            if f.name.startswith("boom")
+            else {"block": len(files), "size": f.size}
+            for f in files
+        ]
+
+
+class BlockManifest(BasePostProcessor):
+    """Records outcomes a block at a time into ``blocks`` (sizes) and ``ids``; refuses
+    ids that start with ``pp-boom``."""
+
+    blocks: ClassVar[list[int]] = []
+    ids: ClassVar[list[str]] = []
+
+    def post_process_batch(self, outcomes: Sequence[Outcome]) -> list[Exception | None]:
+        BlockManifest.blocks.append(len(outcomes))
+        BlockManifest.ids.extend(o.id for o in outcomes)
+        return [RuntimeError("refused") if o.id.startswith("pp-boom") else None for o in outcomes]
 
 
 class CrashOnceTransportFactory:

@@ -549,9 +549,9 @@ def test_run_without_a_config_file(tmp_path: Path) -> None:
                                timeout=TIMEOUT, check=False)  # fmt: skip
         assert again.returncode == 0
         assert server.counts.total() == 4  # resumed: nothing fetched twice
-    bad = run("run", "--input", tmp_path / "files.ndjson", "--set", "download.workers=0")
+    bad = run("run", "--input", tmp_path / "files.ndjson", "--set", "download.workers=-1")
     assert bad.returncode == 2
-    assert "--set download.workers must be greater than 0" in bad.stderr
+    assert "--set download.workers must not be negative" in bad.stderr
     neither = run("run")
     assert neither.returncode == 2
     assert "give a config file or --input FILE" in neither.stderr

@@ -16,6 +16,7 @@ import structlog
 
 from messages import DownloadComplete, DownloadFailed, DownloadStarted, Outcome, RunFinished
 from runtime import Config, ConfigError, ConveyorError, Pipeline, SupervisionError
+from runtime.core.store import open_view
 from runtime.testing import Crash, Fail, Ok, ScriptedTransport, Stall, Status, capture_logs
 from tests.helpers import CHECKSUM, files_outside, make_config, read_manifest
 
@@ -47,6 +48,37 @@ def test_items_flow_to_completed_with_checksums(tmp_path: Path) -> None:
     assert sorted(r["id"] for r in records) == sorted(bodies)
     assert all(r["status"] == "completed" and r["result"]["size"] == r["size"] for r in records)
     assert not list(Path(config.output.dir).glob("*.part"))
+
+
+def test_batch_hooks_get_blocks_and_fail_items_one_by_one(tmp_path: Path) -> None:
+    """A processor and a post-processor that override only the batch hooks get blocks
+    of files and outcomes; what they return as an exception fails that item alone."""
+    from tests.plugins import BlockManifest
+
+    BlockManifest.blocks.clear()
+    BlockManifest.ids.clear()
+    names = [f"f{i}" for i in range(40)] + ["boom1", "pp-boom2"]
+    transport = ScriptedTransport({url(n): [Ok(b"x" * 7)] for n in names})
+    config = make_config(
+        tmp_path,
+        processing={
+            "processor": "tests.plugins:BlockProcessor",
+            "post_processor": "tests.plugins:BlockManifest",
+            "workers": 1,
+        },
+    )
+    with Pipeline(config, transport_factory=transport) as pipeline:
+        pipeline.submit([{"url": url(n), "id": n} for n in names])
+        summary = pipeline.wait(TIMEOUT)
+    assert (summary.finished.completed, summary.finished.failed) == (40, 2)
+    assert sorted(BlockManifest.ids) == sorted(names)  # every outcome, once
+    assert sum(BlockManifest.blocks) == len(names)
+    with open_view(Path(config.state.dir)) as view:
+        rows = {r["id"]: r for r in view.outcomes_after(0, 100)}
+    assert rows["boom1"]["error_kind"] == "processing_error"
+    assert "ValueError: cannot process boom1" in rows["boom1"]["error"]
+    assert rows["pp-boom2"]["error_kind"] == "post_process_error"
+    assert rows["f0"]["status"] == "completed"
 
 
 def test_the_default_processor_is_skipped(tmp_path: Path) -> None:

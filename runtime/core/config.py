@@ -225,7 +225,8 @@ class ProcessingConfig:
     """``thread`` (in the main process) or ``process`` (each processor in its own process,
     files and results crossing as msgpack)."""
     backlog: int = 0
-    """Most downloaded files waiting for processing before downloads pause (0: 4 x workers)."""
+    """Most downloaded files waiting for processing before downloads pause (0: 64 x workers,
+    so each processor gets full blocks of 32)."""
     manifest: str = ""
     """Manifest path for the JSONL post-processor (default ``<state.dir>/manifest.jsonl``)."""
     processor_options: dict[str, Any] = field(default_factory=dict)

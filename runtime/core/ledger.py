@@ -124,7 +124,9 @@ class Ledger:
             "retries": 0,
             "max_leased": 0,
         }
-        self.backlog_limit = config.processing.backlog or 4 * config.processing.workers
+        self.backlog_limit = (
+            config.processing.backlog or 2 * PROCESS_BATCH * config.processing.workers
+        )
         self.scheduler = Scheduler(config, store)
         self.scheduler.load_stats(store.load_hosts())
         log.info("state opened", **counts)

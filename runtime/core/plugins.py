@@ -4,9 +4,11 @@ A plugin is named ``package.module:Class`` in the config and built with the keyw
 arguments of ``processing.processor_options`` / ``processing.post_processor_options``.
 
 - ``BaseProcessor.process(downloaded) -> dict``: runs on every downloaded file, in one of
-  ``processing.workers`` processor actors. Whatever it raises fails that item only.
+  ``processing.workers`` processor actors. Whatever it raises fails that item only. The
+  actor calls ``process_batch`` with blocks of files; its default calls ``process``.
 - ``BasePostProcessor``: ``open(context)``, ``post_process(outcome)``, ``close()``; one
-  instance sees every terminal outcome (completed, failed or skipped), one at a time.
+  instance sees every terminal outcome (completed, failed or skipped), in order, in blocks
+  through ``post_process_batch`` (whose default calls ``post_process`` for each).
 """
 
 from __future__ import annotations
@@ -79,6 +81,21 @@ class BaseProcessor:
         """Process one file; raise to fail this item."""
         raise NotImplementedError
 
+    def process_batch(self, files: Sequence[Downloaded]) -> list[dict[str, Any] | Exception]:
+        """Process a block of files (up to 32), one result per file, in order: a result
+        dict, or the exception that fails that file.
+
+        The default calls ``process`` for each; override it to work on a whole block at
+        once (one database round trip, one model call on a batch).
+        """
+        results: list[dict[str, Any] | Exception] = []
+        for downloaded in files:
+            try:
+                results.append(self.process(downloaded))
+            except Exception as exc:  # noqa: BLE001 - a plugin's failure is the item's
+                results.append(exc)
+        return results
+
 
 class BasePostProcessor:
     """Record every terminal outcome: the single serialisation point of a run."""
@@ -89,6 +106,22 @@ class BasePostProcessor:
     def post_process(self, outcome: Outcome) -> None:
         """Record one outcome; raise to fail this item."""
         raise NotImplementedError
+
+    def post_process_batch(self, outcomes: Sequence[Outcome]) -> list[Exception | None]:
+        """Record a block of outcomes (up to 512), in order; for each, None or the
+        exception that fails that item. ``flush`` follows each block.
+
+        The default calls ``post_process`` for each; override it to write a block at once.
+        """
+        errors: list[Exception | None] = []
+        for outcome in outcomes:
+            try:
+                self.post_process(outcome)
+            except Exception as exc:  # noqa: BLE001 - a plugin's failure is the item's
+                errors.append(exc)
+            else:
+                errors.append(None)
+        return errors
 
     def flush(self) -> None:
         """Make the outcomes recorded so far durable.
