@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -40,7 +40,9 @@ from runtime.core.config import Config
 from runtime.core.engine import Engine
 from runtime.core.logs import get_logger
 from runtime.core.transfer import RangeMemory, Transfer
-from runtime.core.transport import Transport, TransportFactory
+
+if TYPE_CHECKING:
+    from runtime.core.transport import Transport, TransportFactory
 
 __all__ = ["Downloader", "ProtocolError"]
 
@@ -146,7 +148,12 @@ class Downloader(ChildActor):
                 self._pump(engine)
             case TakeNext():
                 self.pumping = False
-                self._report([], engine.perform(PUMP_WAIT))
+                # Keep the transfers moving here while nothing else waits in the inbox
+                # (a grant, a stop): no message round trip per finished transfer.
+                while True:
+                    self._report([], engine.perform(PUMP_WAIT))
+                    if not engine.active or not self.actor_inbox.empty():
+                        break
                 self._pump(engine)
             case _:
                 log.warning("unexpected message", actor=self.worker, message=repr(message))

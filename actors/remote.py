@@ -27,7 +27,7 @@ import multiprocessing.connection
 import multiprocessing.process
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
@@ -52,7 +52,9 @@ from runtime.core.config import Config
 from runtime.core.logs import configure_cli_logging, get_logger
 from runtime.core.plugins import BaseProcessor, load_plugin
 from runtime.core.transfer import RangeMemory
-from runtime.core.transport import TransportFactory
+
+if TYPE_CHECKING:
+    from runtime.core.transport import TransportFactory
 
 __all__ = [
     "DownloaderHost",

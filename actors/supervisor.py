@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
@@ -55,7 +55,9 @@ from runtime.core.errors import ConveyorError, InputError, SupervisionError
 from runtime.core.logs import get_logger
 from runtime.core.plugins import BasePostProcessor, BaseProcessor, PluginContext, load_plugin
 from runtime.core.transfer import RangeMemory
-from runtime.core.transport import TransportFactory
+
+if TYPE_CHECKING:
+    from runtime.core.transport import TransportFactory
 
 __all__ = ["Supervisor"]
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
@@ -57,8 +57,10 @@ from runtime.core.inputs import iter_batches, parse_entry
 from runtime.core.lock import StateLock
 from runtime.core.logs import get_logger
 from runtime.core.store import SQLiteStore
-from runtime.core.transport import RequestsTransportFactory, TransportFactory
 from runtime.testing import SimulatedTransportFactory
+
+if TYPE_CHECKING:
+    from runtime.core.transport import TransportFactory
 
 __all__ = ["EXIT_CODES", "Pipeline", "RunSummary"]
 
@@ -132,13 +134,14 @@ class Pipeline:
         self.config = config
         self.clock = clock or SystemClock()
         if transport_factory is None:
-            transport_factory = (
-                SimulatedTransportFactory(config.simulate, self.clock)
-                if simulate
-                else CurlEngineFactory(config)
-                if config.download.engine == "curl"
-                else RequestsTransportFactory(config)
-            )
+            if simulate:
+                transport_factory = SimulatedTransportFactory(config.simulate, self.clock)
+            elif config.download.engine == "curl":
+                transport_factory = CurlEngineFactory(config)
+            else:  # requests loads only for its engine
+                from runtime.core.transport import RequestsTransportFactory
+
+                transport_factory = RequestsTransportFactory(config)
         self.transport_factory = transport_factory
         self._on_event = on_event
         self.seed = secrets.randbits(63) if seed is None else seed

@@ -25,7 +25,7 @@ import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from structlog.testing import capture_logs
@@ -36,7 +36,9 @@ from runtime.core.config import SimulateConfig
 from runtime.core.engine import TransportEngine
 from runtime.core.errors import FetchError
 from runtime.core.transfer import Transfer
-from runtime.core.transport import Response, Transport
+
+if TYPE_CHECKING:
+    from runtime.core.transport import Response, Transport
 
 __all__ = [
     "Crash",

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pycurl
-from structlog.contextvars import bound_contextvars
 
 from messages import DownloadComplete, DownloadFailed, WorkItem
 from messages.types import ErrorKind
@@ -46,7 +46,9 @@ from runtime.core.transfer import (
     overdue,
     verify,
 )
-from runtime.core.transport import RequestsTransport, Transport
+
+if TYPE_CHECKING:
+    from runtime.core.transport import Transport
 
 __all__ = ["CURL_ERRORS", "CurlEngine", "CurlEngineFactory", "translate_curl"]
 
@@ -71,6 +73,10 @@ CURL_ERRORS: dict[int, tuple[ErrorKind, bool]] = {
 """libcurl error code → (``error_kind``, permanent); anything else is a transient
 ``connection`` failure."""
 
+SCAN_INTERVAL = 0.1
+"""Seconds between two looks at every transfer's deadline (not at each ``perform``: a
+busy downloader calls it for every finished transfer)."""
+
 FLUSH_BYTES = 1 << 20
 """Body bytes collected from libcurl's callbacks before they are written and hashed."""
 
@@ -88,6 +94,10 @@ def translate_curl(code: int, message: str, *, received: int, headers_seen: bool
     if code == pycurl.E_RECV_ERROR and received:
         kind = "truncated"  # the connection broke in the middle of the body
     return FetchError(text, error_kind=kind, permanent=permanent)
+
+
+_HEADER_LINE = re.compile(r"^([^:\r\n]+):([^\r\n]*)", re.MULTILINE)
+"""``Name: value`` lines of a response head."""
 
 
 class _Headers(dict[str, str]):
@@ -115,6 +125,11 @@ class _Job:
     started: float
     status: int = 0
     headers: _Headers = field(default_factory=_Headers)
+    raw: list[bytes] = field(default_factory=list)
+    """Header lines as libcurl hands them over (``list.append`` is the callback: no
+    Python frame per line); parsed into ``status`` and ``headers`` when needed."""
+    parsed: int = 0
+    """How many of ``raw`` were parsed."""
     checked: bool = False
     expected: int | None = None
     fh: IO[bytes] | None = None
@@ -150,6 +165,7 @@ class CurlEngine:
         self.idle: list[Any] = []  # handles to reuse (their connections stay cached)
         self.guard = guard_of(self.config.download)
         self.ca_bundle = next((os.environ[v] for v in _CA_VARIABLES if os.environ.get(v)), None)
+        self.next_scan = 0.0  # when perform next looks at every transfer's deadline
 
     # -- the actor's side -----------------------------------------------------------
 
@@ -160,10 +176,6 @@ class CurlEngine:
 
     def start(self, item: WorkItem) -> DownloadComplete | DownloadFailed | None:
         """Begin an item's transfer; a result when it ends at once, else None."""
-        with bound_contextvars(item_id=item.id):
-            return self._start(item)
-
-    def _start(self, item: WorkItem) -> DownloadComplete | DownloadFailed | None:
         try:
             prepared = self.transfer.prepare(item)
             if isinstance(prepared, DownloadComplete):
@@ -185,7 +197,7 @@ class CurlEngine:
     ) -> None:
         """Add a transfer of ``item`` to the multi handle; ``started``: when its attempt
         sent its first request, for a restart (default: now)."""
-        handle = self.idle.pop() if self.idle else pycurl.Curl()
+        handle = self.idle.pop() if self.idle else self._new_handle()
         now = self.clock.now()
         report = now + self.config.download.progress_interval
         started = now if started is None else started
@@ -218,6 +230,9 @@ class CurlEngine:
             self.multi.select(min(left, due / 1000) if due >= 0 else left)
         now = self.clock.now()
         cancelled = self.cancel.is_set()
+        if now < self.next_scan and not cancelled:
+            return done
+        self.next_scan = now + SCAN_INTERVAL
         for handle, job in list(self.jobs.items()):
             if cancelled:
                 job.error = CancelledError(f"cancelled after {job.received} bytes")
@@ -241,9 +256,11 @@ class CurlEngine:
 
     # -- one transfer ---------------------------------------------------------------
 
-    def _configure(self, handle: Any, job: _Job, headers: dict[str, str]) -> None:
+    def _new_handle(self) -> Any:
+        """An easy handle with the options every transfer shares (set once: handles are
+        reused, with their connections, and never reset)."""
         d = self.config.download
-        handle.setopt(pycurl.URL, job.item.url)
+        handle = pycurl.Curl()
         handle.setopt(pycurl.USERAGENT, d.user_agent)
         handle.setopt(pycurl.FOLLOWLOCATION, 1)
         handle.setopt(pycurl.MAXREDIRS, d.max_redirects)
@@ -261,15 +278,24 @@ class CurlEngine:
         handle.setopt(pycurl.NOSIGNAL, 1)
         if self.ca_bundle:
             handle.setopt(pycurl.CAINFO, self.ca_bundle)
-        handle.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers.items()])
+        return handle
+
+    def _configure(self, handle: Any, job: _Job, headers: dict[str, str]) -> None:
+        """Point a handle at one transfer: its url, headers and callbacks."""
+        handle.setopt(pycurl.URL, job.item.url)
+        if headers:
+            handle.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers.items()])
+        else:  # (an empty list would leave the last transfer's headers in place)
+            handle.unsetopt(pycurl.HTTPHEADER)
         if self.guard is not None:
             handle.setopt(pycurl.OPENSOCKETFUNCTION, lambda _, a: self._open_socket(job, a))
-        handle.setopt(pycurl.HEADERFUNCTION, lambda line: self._header(job, line))
+        handle.setopt(pycurl.HEADERFUNCTION, job.raw.append)
         handle.setopt(pycurl.WRITEFUNCTION, lambda data: self._write(job, data))
 
     def _open_socket(self, job: _Job, address: Any) -> socket.socket | int:
         """libcurl is about to connect (first request or a redirect): ask the guard."""
         assert self.guard is not None
+        self._parse_headers(job)  # the redirects so far name where libcurl is going
         family, kind, proto, where = address
         ip = where[0] if isinstance(where, tuple) else ""
         if isinstance(ip, bytes):
@@ -283,6 +309,26 @@ class CurlEngine:
         sock = socket.socket(family, kind, proto)
         job.sockets.append(sock)  # pycurl uses a duplicate; this one is closed at the end
         return sock
+
+    def _parse_headers(self, job: _Job) -> None:
+        """Parse the header lines that arrived since the last call."""
+        raw = job.raw
+        if self.guard is not None:  # line by line: the guard follows every redirect
+            while job.parsed < len(raw):
+                line = raw[job.parsed]
+                job.parsed += 1
+                self._header(job, line)
+            return
+        # Only the last response's head matters: from its status line on, all at once.
+        start = job.parsed
+        for i in range(len(raw) - 1, job.parsed - 1, -1):
+            if raw[i].startswith(b"HTTP/"):
+                self._header(job, raw[i])
+                start = i + 1
+                break
+        text = b"".join(raw[start:]).decode("iso-8859-1")
+        job.parsed = len(raw)
+        job.headers.update((k.strip().lower(), v.strip()) for k, v in _HEADER_LINE.findall(text))
 
     def _header(self, job: _Job, line: bytes) -> None:
         text = line.decode("iso-8859-1").rstrip("\r\n")
@@ -329,11 +375,11 @@ class CurlEngine:
             return None
         if job.error is not None:
             return 0
+        self._parse_headers(job)
         if 300 <= job.status < 400 and job.headers.get("Location"):
             return None  # the body of a redirect that libcurl follows
         try:
-            with bound_contextvars(item_id=job.item.id):  # what its checks log names it
-                self._begin_body(job)
+            self._begin_body(job)
         except (FetchError, OSError) as exc:
             job.error = exc
             return 0  # abort this transfer
@@ -371,9 +417,7 @@ class CurlEngine:
         attempt, by the attempt's deadline; while cancelling, the item is cancelled)."""
         job = self.jobs.pop(handle)
         self.multi.remove_handle(handle)
-        with bound_contextvars(item_id=job.item.id):  # every line logged about it names it
-            result = self._result(job, error)
-        handle.reset()
+        result = self._result(job, error)
         self.idle.append(handle)
         if result is None:  # no Range this time, so it cannot be ignored again
             self._add(job.item, job.dest, job.part, 0, {}, started=job.started)
@@ -386,6 +430,7 @@ class CurlEngine:
         item = job.item
         result: DownloadComplete | DownloadFailed | None
         try:
+            self._parse_headers(job)
             if error is None and not job.checked:
                 self._begin_body(job)  # an empty body: its head is still checked
             if job.checked and job.fh is not None:
@@ -452,4 +497,6 @@ class CurlEngineFactory:
 
     def __call__(self) -> Transport:
         """A transport for a downloader of the large-file lane."""
+        from runtime.core.transport import RequestsTransport  # requests loads only for this
+
         return RequestsTransport(self.config)

@@ -16,14 +16,14 @@ Both share every check of a transfer with the requests engine through
 from __future__ import annotations
 
 from collections import deque
-from typing import Protocol
-
-from structlog.contextvars import bound_contextvars
+from typing import TYPE_CHECKING, Protocol
 
 from messages import DownloadComplete, DownloadFailed, WorkItem
 from runtime.core.errors import CancelledError
 from runtime.core.transfer import Transfer
-from runtime.core.transport import Transport
+
+if TYPE_CHECKING:
+    from runtime.core.transport import Transport
 
 __all__ = ["Engine", "EngineFactory", "TransportEngine"]
 
@@ -108,5 +108,4 @@ class TransportEngine:
         self.waiting.clear()
 
     def _run(self, item: WorkItem) -> Result:
-        with bound_contextvars(item_id=item.id):
-            return self.transfer.download(item)
+        return self.transfer.download(item)  # what it logs names the item

@@ -221,7 +221,7 @@ class Ledger:
         self.stats["accepted"] += new
         self.open_items += new
         if result.added:
-            self.scheduler.input_grew(result.hosts)
+            self.scheduler.input_grew(result.hosts, result.large_hosts)
         self.rejects_waiting += len(result.rejected)  # reported from the store, in blocks
         return result.added
 

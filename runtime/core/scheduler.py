@@ -220,12 +220,15 @@ class Scheduler:
 
     # -- queues ---------------------------------------------------------------------------
 
-    def input_grew(self, hosts: Iterable[str]) -> None:
-        """New pending items of these hosts were stored: read on."""
+    def input_grew(self, hosts: Iterable[str], large: Iterable[str] | None = None) -> None:
+        """New pending items of these hosts were stored: read on (in the large-file lane
+        only for the ``large`` hosts, when they are known)."""
+        large = None if large is None else set(large)
         for key in hosts:
             self._state(key)
-            for lane in LANES:
-                self.unread.add((lane, key))
+            self.unread.add(("small", key))
+            if large is None or key in large:
+                self.unread.add(("large", key))
             self._refresh(key)
 
     def requeue(self, item: WorkItem, not_before: float = 0.0) -> None:

@@ -87,6 +87,8 @@ class IngestResult:
     """New terminal ``invalid_entry`` outcomes to report."""
     hosts: frozenset[str] = frozenset()
     """The hosts (``host:port``) of the new items."""
+    large_hosts: frozenset[str] = frozenset()
+    """The hosts of the new items that go to the large-file lane."""
 
 
 class Store(PendingSource, Protocol):
@@ -418,6 +420,7 @@ class SQLiteStore:
         rejects = list(rejected)
         batch_dirs: set[str] = set()  # directories implied by this batch's accepted names
         hosts: set[str] = set()
+        large_hosts: set[str] = set()
         for item in items:
             prior = known.get(item.id)
             if prior is not None:
@@ -455,11 +458,14 @@ class SQLiteStore:
             key = host_of(item.url)
             hosts.add(key)
             large = item.size is not None and item.size > self.large_threshold
+            if large:
+                large_hosts.add(key)
             rows.append((item.id, item.line, item.url, name, item.sha256, item.size, key, large))
         return IngestResult(
             added=len(rows),
             rejected=tuple(self._insert_in_order(rows, rejects)),
             hosts=frozenset(hosts),
+            large_hosts=frozenset(large_hosts),
         )
 
     def _insert_in_order(

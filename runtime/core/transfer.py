@@ -18,7 +18,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from messages import DownloadComplete, DownloadFailed, WorkItem
 from messages.types import Lane
@@ -39,7 +39,9 @@ from runtime.core.errors import (
 from runtime.core.logs import get_logger
 from runtime.core.retry import parse_retry_after
 from runtime.core.scheduler import host_of
-from runtime.core.transport import Response, Transport
+
+if TYPE_CHECKING:
+    from runtime.core.transport import Response, Transport
 
 __all__ = [
     "BACKGROUND_HASH",
@@ -103,14 +105,17 @@ class RangeMemory:
         """Whether a resume of ``url`` may ask for the rest with Range."""
         return host_of(url) not in self._hosts
 
-    def distrust(self, url: str) -> None:
-        """Remember that ``url``'s host cannot resume (logged the first time)."""
+    def distrust(self, url: str, item_id: str) -> None:
+        """Remember that ``url``'s host cannot resume (logged the first time, naming the
+        item that showed it)."""
         host = host_of(url)
         with self._lock:
             if host in self._hosts:
                 return
             self._hosts.add(host)
-        log.warning("host does not honour Range; fetching its files whole", host=host)
+        log.warning(
+            "host does not honour Range; fetching its files whole", host=host, item_id=item_id
+        )
 
 
 class Transfer:
@@ -173,7 +178,11 @@ class Transfer:
         """The ``DownloadFailed`` an attempt's exception stands for."""
         if isinstance(exc, FetchError):
             log.info(
-                "download failed", error_kind=exc.error_kind, error=str(exc), attempt=item.attempts
+                "download failed",
+                item_id=item.id,
+                error_kind=exc.error_kind,
+                error=str(exc),
+                attempt=item.attempts,
             )
             return DownloadFailed(
                 worker=self.worker,
@@ -186,7 +195,7 @@ class Transfer:
                 size=exc.size if isinstance(exc, LaneChangeError) else None,
                 scope=exc.scope,
             )
-        log.warning("file system error", error=str(exc))
+        log.warning("file system error", item_id=item.id, error=str(exc))
         return DownloadFailed(
             worker=self.worker,
             item=item,
@@ -235,7 +244,7 @@ class Transfer:
         digest = hash_file(dest)
         if item.sha256 is not None and digest != item.sha256:
             return None
-        log.debug("file already in place", path=str(dest))
+        log.debug("file already in place", item_id=item.id, path=str(dest))
         return DownloadComplete(
             worker=self.worker, item=item, path=str(dest), size=size, sha256=digest, reused=True
         )
@@ -276,9 +285,14 @@ class Transfer:
         """The server cannot use ``item``'s Range request: discard the ``.part``, and
         remember the host when it cannot resume (the caller fetches the whole file in
         the same attempt, unless it is cancelling)."""
-        log.info("range not usable; fetching the whole file", error=str(exc), url=item.url)
+        log.info(
+            "range not usable; fetching the whole file",
+            item_id=item.id,
+            error=str(exc),
+            url=item.url,
+        )
         if exc.host_at_fault:
-            self.ranges.distrust(item.url)
+            self.ranges.distrust(item.url, item.id)
         part.unlink(missing_ok=True)
 
     def time_limit(self, expected: int | None) -> float:
@@ -350,7 +364,7 @@ class Transfer:
             # The same validator (or none) means the file did not change: the host cannot
             # resume (a changed validator is the file changing, not the host's fault).
             if _validator(response.headers) in (None, item.validator):
-                self.ranges.distrust(item.url)
+                self.ranges.distrust(item.url, item.id)
             offset = 0
         length = _content_length(response.headers)
         expected = offset + length if length is not None else item.size
