@@ -83,7 +83,7 @@ class Downloader(ChildActor):
         self.transfer_started = 0.0
         self.pumping = False  # (curl engine) a TakeNext is on its way to us
         # Built here, in the starting thread: a failing on_start would stop us silently.
-        make_engine = getattr(transport_factory, "make_engine", None) if lane == "small" else None
+        make_engine = getattr(transport_factory, "make_engine", None)
         self.transport: Transport | None = None if make_engine else transport_factory()
         self.transfer = Transfer(
             worker=self.worker,

@@ -67,6 +67,9 @@ FinishCallback = Callable[[RunFinished, RunFailed | None, dict[str, Any]], None]
 """Called once at the end with the summary, the error the run ended on (if any), stats."""
 
 
+LARGE_MAILBOX = 1
+"""Items a downloader of the large-file lane holds: one big transfer at a time each."""
+
 class _SupervisedStateKeeper(StateKeeper):
     """The StateKeeper, reporting its own crash (it cannot be restarted mid-run)."""
 
@@ -231,7 +234,7 @@ class Supervisor(pykka.ThreadingActor):
             host = index % len(self.hosts)
             self.remote[worker] = (host, index)
             ref = self.hosts[host].start_downloader(worker, index, lane)
-            credit = self.config.download.mailbox
+            credit = self.config.download.mailbox if lane == "small" else LARGE_MAILBOX
             tell(
                 self.state_keeper,
                 Attach(worker=worker, kind=kind, ref=ref, credit=credit, lane=lane),
@@ -248,7 +251,7 @@ class Supervisor(pykka.ThreadingActor):
                 cancel=self.cancel,
                 ranges=self.ranges,
             )
-            credit = self.config.download.mailbox
+            credit = self.config.download.mailbox if lane == "small" else LARGE_MAILBOX
         elif kind == "processor" and self.config.processing.mode == "process":
             ref = RemoteProcessor.start(child=child, config=self.config)
         elif kind == "processor":

@@ -79,6 +79,8 @@ busy downloader calls it for every finished transfer)."""
 
 FLUSH_BYTES = 1 << 20
 """Body bytes collected from libcurl's callbacks before they are written and hashed."""
+FLUSH_PIECES = 256
+"""Most pieces collected before they are written (``writev`` takes at most 1,024)."""
 
 _CA_VARIABLES = ("CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
 
@@ -140,7 +142,10 @@ class _Job:
     next_report: float = 0.0
     validator: str | None = None
     error: BaseException | None = None
-    buffer: bytearray = field(default_factory=bytearray)
+    pieces: list[bytes] = field(default_factory=list)
+    """Body pieces collected since the last flush (written with one ``writev``)."""
+    collected: int = 0
+    """Bytes in ``pieces``."""
     sockets: list[socket.socket] = field(default_factory=list)
     url: str = ""
     """The url libcurl is at: the item's, then each redirect's (named by the guard)."""
@@ -369,8 +374,9 @@ class CurlEngine:
         # libcurl hands over at most 16 KiB per call: collect, and write, hash and check
         # a whole block at a time (a 1 GiB body is 65,000 calls).
         if job.checked and job.error is None:
-            job.buffer += data
-            if len(job.buffer) >= FLUSH_BYTES:
+            job.pieces.append(data)
+            job.collected += len(data)
+            if job.collected >= FLUSH_BYTES or len(job.pieces) >= FLUSH_PIECES:
                 return self._flush(job)
             return None
         if job.error is not None:
@@ -383,23 +389,28 @@ class CurlEngine:
         except (FetchError, OSError) as exc:
             job.error = exc
             return 0  # abort this transfer
-        job.buffer += data
-        return self._flush(job) if len(job.buffer) >= FLUSH_BYTES else None
+        job.pieces.append(data)
+        job.collected += len(data)
+        return self._flush(job) if job.collected >= FLUSH_BYTES else None  # (one piece)
 
     def _flush(self, job: _Job) -> int | None:
-        """Write, hash and check what was collected; 0 (abort) on a failure."""
-        if not job.buffer:
+        """Write, hash and check what was collected; 0 (abort) on a failure.
+
+        The pieces go to the file with one ``writev`` (no copy into a buffer first) and
+        to the digest one by one (on its helper thread for a big body)."""
+        if not job.pieces:
             return None
         try:
-            chunk = bytes(job.buffer)
-            job.buffer.clear()
-            job.received += len(chunk)
+            pieces, size = job.pieces, job.collected
+            job.pieces, job.collected = [], 0
+            job.received += size
             max_size = self.config.download.max_size
             if max_size and job.received > max_size:
                 raise TooLargeError(f"more than download.max_size = {max_size} bytes")
             assert job.fh is not None
-            job.fh.write(chunk)
-            job.hasher.update(chunk)
+            _write_all(job.fh.fileno(), pieces, size)
+            for piece in pieces:
+                job.hasher.update(piece)
             now = self.clock.now()
             if now >= job.next_report:
                 job.next_report = now + self.config.download.progress_interval
@@ -480,6 +491,15 @@ class CurlEngine:
         if job.fh is not None:
             job.fh.close()
             job.fh = None
+
+
+def _write_all(fd: int, pieces: list[bytes], size: int) -> None:
+    """Write ``pieces`` (``size`` bytes in all) to ``fd`` with as few calls as it takes."""
+    written = os.writev(fd, pieces)
+    if written < size:  # a short write (a full disk says so on the next call)
+        rest = b"".join(pieces)[written:]
+        while rest:
+            rest = rest[os.write(fd, rest) :]
 
 
 class CurlEngineFactory:
