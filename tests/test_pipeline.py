@@ -14,7 +14,13 @@ import pykka
 import pytest
 import structlog
 
-from messages import DownloadComplete, DownloadFailed, DownloadStarted, Outcome, RunFinished
+from messages import (
+    DownloadComplete,
+    DownloadFailed,
+    DownloadStarted,
+    Outcome,
+    RunFinished,
+)
 from runtime import Config, ConfigError, ConveyorError, Pipeline, SupervisionError
 from runtime.core.store import open_view
 from runtime.testing import Crash, Fail, Ok, ScriptedTransport, Stall, Status, capture_logs
@@ -389,6 +395,38 @@ def test_a_failing_ingest_ends_the_run_with_a_run_error_and_committed_state(
     db.close()
     assert count == 1000  # the first batch, committed
     assert run_state == '"finished"'
+
+
+def test_ingest_runs_beside_dispatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files are downloaded and recorded while the input is still being read: the reader
+    holds back its last block until the first outcome is announced, and the run neither
+    waits for the whole input before dispatching nor deadlocks."""
+    import runtime.pipeline
+
+    lines = 3000
+    entries = tmp_path / "in.ndjson"
+    entries.write_text(
+        "".join(f'{{"url": "http://h{i % 20}.test/f{i}.bin"}}\n' for i in range(lines))
+    )
+    config = make_config(tmp_path, input={"path": str(entries)})
+    first_outcome = threading.Event()
+    real_batches = runtime.pipeline.iter_batches
+
+    def held_back(path: Path, fmt: str = "auto") -> Any:
+        blocks = list(real_batches(path, fmt))
+        yield from blocks[:-1]
+        assert first_outcome.wait(TIMEOUT), "no file completed while the input was open"
+        yield blocks[-1]
+
+    def on_event(message: Any) -> None:
+        if isinstance(message, Outcome):
+            first_outcome.set()
+
+    monkeypatch.setattr(runtime.pipeline, "iter_batches", held_back)
+    with Pipeline(config, simulate=True, on_event=on_event) as pipeline:
+        summary = pipeline.wait(TIMEOUT)
+    assert summary.finished.completed == lines
+    assert first_outcome.is_set()
 
 
 def test_the_longest_accepted_file_name_downloads(tmp_path: Path) -> None:
