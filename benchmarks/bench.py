@@ -431,20 +431,32 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
         if key == "scale":
             continue
         lines += [f"### {key}: {r['title']}", "",
-                  "| tool | files/s | MB/s | peak RSS (MiB, all processes) | CPU s | ratio |",
-                  "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+                  "| tool | files/s | MB/s | peak RSS (MiB, all processes) | CPU s "
+                  "| CPU µs per file | ratio |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         best = max((t["files_per_s"] for t in r["tools"].values() if "error" not in t),
                    default=1.0)  # fmt: skip
         for name, t in sorted(r["tools"].items(),
                               key=lambda kv: -kv[1].get("files_per_s", 0)):  # fmt: skip
             if "error" in t:
                 error = " ".join(str(t["error"]).split()).replace("|", "/")[:160]
-                lines.append(f"| {name} | failed: {error} | | | | |")
+                lines.append(f"| {name} | failed: {error} | | | | | |")
                 continue
             lines.append(f"| {name} | {t['files_per_s']:,.0f} | {t['mb_per_s']:,.0f} | "
                          f"{t['rss_mib']:,.1f} | {t['cpu_s']:.2f} | "
+                         f"{t['cpu_us_per_file']:,.0f} | "
                          f"{t['files_per_s'] / best:.2f} |")  # fmt: skip
         lines.append("")
+        staged = {n: t for n, t in r["tools"].items() if t.get("stages_us_per_file")}
+        if staged:
+            names = sorted({k for t in staged.values() for k in t["stages_us_per_file"]})
+            lines += [f"CPU µs per file by stage ({key}; threads' own CPU time, medians):", "",
+                      "| tool | " + " | ".join(names) + " |",
+                      "|---|" + "---:|" * len(names)]  # fmt: skip
+            for n, t in staged.items():
+                cells = [f"{t['stages_us_per_file'].get(k, 0):,.0f}" for k in names]
+                lines.append(f"| {n} | " + " | ".join(cells) + " |")
+            lines.append("")
     if "scale" in results:
         s = results["scale"]
         f, r = s["first_run"], s["restart"]
