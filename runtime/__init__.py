@@ -9,7 +9,6 @@ and ``import runtime`` next to nothing.
 from __future__ import annotations
 
 import importlib.util
-from importlib import metadata as _metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +30,9 @@ def _check_own_packages() -> None:
         if ours:
             continue
         where = f"found at {origin.parent}" if origin is not None else "not found"
-        others = [d for d in _metadata.packages_distributions().get(name, []) if d != "conveyor"]
+        from importlib import metadata  # (slow to import: only when it goes wrong)
+
+        others = [d for d in metadata.packages_distributions().get(name, []) if d != "conveyor"]
         owner = f", installed by {', '.join(sorted(set(others)))}" if others else ""
         raise ImportError(
             f"conveyor needs its own top-level package {name!r}, but the {name!r} on the "
@@ -84,9 +85,11 @@ line's ``--version``) loads none of them."""
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
+        from importlib import metadata
+
         try:
-            value: Any = _metadata.version("conveyor")
-        except _metadata.PackageNotFoundError:  # run from a checkout that is not installed
+            value: Any = metadata.version("conveyor")
+        except metadata.PackageNotFoundError:  # run from a checkout that is not installed
             value = "0+unknown"
     else:
         module = _LAZY.get(name)

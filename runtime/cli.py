@@ -22,13 +22,24 @@ if TYPE_CHECKING:
 __all__ = ["check_input", "main"]
 
 
-def _version() -> str:
-    from importlib import metadata
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, looked up only when asked for (reading the
+    package metadata costs more than the rest of the command line's start-up)."""
 
-    try:
-        return metadata.version("conveyor")
-    except metadata.PackageNotFoundError:  # run from a checkout that is not installed
-        return "0+unknown"
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        import runtime
+
+        print(f"conveyor {runtime.__version__}")
+        parser.exit()
 
 
 _EPILOG = """\
@@ -80,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"conveyor {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser(
         "run",

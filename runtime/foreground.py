@@ -13,13 +13,12 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from runtime.core.config import Config
 from runtime.core.errors import ConveyorError
 from runtime.display import LiveDisplay, ProgressLogger
 from runtime.events import EventStream, continue_events_file, fan_out
-from runtime.metrics import Metrics
 from runtime.pipeline import EXIT_CODES, Pipeline, RunSummary
 from runtime.report import (
     human_bytes,
@@ -29,6 +28,9 @@ from runtime.report import (
     print_invalid_entries,
     read_report,
 )
+
+if TYPE_CHECKING:
+    from runtime.metrics import Metrics
 
 __all__ = ["plural", "print_summary", "run_pipeline", "summary_dict"]
 
@@ -61,6 +63,8 @@ def run_pipeline(
             return EXIT_CODES["bad_input"]
     metrics: Metrics | None = None
     if metrics_port is not None:
+        from runtime.metrics import Metrics  # prometheus_client loads only for this
+
         metrics = Metrics()
         try:
             metrics.serve(metrics_port)
