@@ -305,7 +305,6 @@ class Pipeline:
             return
         self._input_closed = True
         tell(self._state_keeper, InputClosed())
-        cputime.record("feeder")
 
     def wait(self, timeout: float | None = None) -> RunSummary:
         """Close the input and block until the run ends.
@@ -388,6 +387,7 @@ class Pipeline:
             )
             return
         tell(self._state_keeper, InputClosed())
+        cputime.record("feeder")
 
 
 def _rejected_key(entry: Any) -> str:
