@@ -82,9 +82,13 @@ class Downloader(ChildActor):
         self.owed = 0  # demand for items handed back, sent when the running transfer ends
         self.transfer_started = 0.0
         self.pumping = False  # (curl engine) a TakeNext is on its way to us
-        # Built here, in the starting thread: a failing on_start would stop us silently.
-        make_engine = getattr(transport_factory, "make_engine", None)
-        self.transport: Transport | None = None if make_engine else transport_factory()
+        # The engine is built here, in the starting thread (a failing on_start would stop
+        # us silently). The large-file lane transfers with a transport: requests reads
+        # big bodies 1 MiB at a time, where libcurl calls Python every 16 KiB (W3 in
+        # benchmarks/README.md); it is built with the first item, so a run without large
+        # files never loads requests.
+        make_engine = getattr(transport_factory, "make_engine", None) if lane == "small" else None
+        self.transport: Transport | None = None
         self.transfer = Transfer(
             worker=self.worker,
             config=config,
@@ -177,6 +181,8 @@ class Downloader(ChildActor):
         if not self.queue:
             return
         item = self.queue[0]
+        if self.transport is None:
+            self.transport = self.transfer.transport = self.transport_factory()
         if item.id != self.announced:
             tell(self.state_keeper, self._started(item))
         self.announced = None  # a retry of the same item later must be announced again

@@ -70,6 +70,7 @@ FinishCallback = Callable[[RunFinished, RunFailed | None, dict[str, Any]], None]
 LARGE_MAILBOX = 1
 """Items a downloader of the large-file lane holds: one big transfer at a time each."""
 
+
 class _SupervisedStateKeeper(StateKeeper):
     """The StateKeeper, reporting its own crash (it cannot be restarted mid-run)."""
 
