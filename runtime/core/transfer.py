@@ -520,12 +520,14 @@ def _lstat(path: Path) -> os.stat_result | None:
 
 
 def open_part(part: Path, offset: int) -> Any:
-    """Open the partial file without following a link (O_NOFOLLOW)."""
+    """Open the partial file without following a link (O_NOFOLLOW), positioned at
+    ``offset`` with nothing after it (emptied by the open itself from byte 0)."""
     flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(part, flags, 0o644)
+    fd = os.open(part, flags | (0 if offset else os.O_TRUNC), 0o644)
     fh = os.fdopen(fd, "wb")
-    fh.seek(offset)
-    fh.truncate()
+    if offset:
+        fh.seek(offset)
+        fh.truncate()
     return fh
 
 
