@@ -84,7 +84,7 @@ def process_block(
             msgpack.packb(result)  # the result must be able to cross a process boundary
         except Exception as exc:  # noqa: BLE001 - a plugin's failure is the item's, not ours
             error = f"{type(exc).__name__}: {exc}"
-            log.info("processor failed", item_id=item_id, error=error)
+            log.warning("processor failed", item_id=item_id, error=error)
             replies.append(ProcessingFailed(worker=worker, item_id=item_id, error=error))
             continue
         replies.append(ProcessingComplete(worker=worker, item_id=item_id, result=result))

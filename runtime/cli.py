@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="any config key, e.g. --set download.workers=16 (repeatable)",
+        help="any config key, e.g. --set download.concurrency=64 (repeatable)",
     )
     run.add_argument(
         "--simulate-downloads",
@@ -536,4 +536,10 @@ def _validate(config: Config) -> int:
         print(f"  {error}")
     if len(bad) > 200:
         print(f"  ... and {len(bad) - 200} more")
+    d = config.download
+    print(
+        f"downloads: {d.concurrency} at once ({plural(d.workers, 'downloader')} of "
+        f"{d.mailbox}, engine {d.engine}), at most "
+        f"{d.per_host if d.per_host else 'any number'} per host"
+    )
     return 0 if not bad else 1

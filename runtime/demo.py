@@ -64,7 +64,7 @@ def _write_demo(root: Path, server: LocalFileServer, files: dict[str, bytes]) ->
     config = root / "conveyor.toml"
     config.write_text(
         '[input]\npath = "files.ndjson"\n\n[output]\ndir = "downloads"\n\n'
-        '[state]\ndir = "state"\n\n[download]\nworkers = 8\n\n'
+        '[state]\ndir = "state"\n\n[download]\nconcurrency = 16\n\n'
         "[retry]\nmax_attempts = 3\nbackoff_initial = 0.05\n\n"
         "[circuit]\nreset_timeout = 2.0\n"
     )

@@ -174,7 +174,16 @@ class Pipeline:
         if self._supervisor is not None:
             raise RuntimeError("this pipeline was already started")
         self._lock = self._take_lock()
-        log.info("run starting", seed=self.seed, state=self.config.state.dir)
+        d = self.config.download
+        log.info(
+            "run starting",
+            seed=self.seed,
+            state=self.config.state.dir,
+            concurrency=d.concurrency,
+            downloaders=d.workers,
+            mailbox=d.mailbox,
+            per_host=d.per_host,
+        )
         try:
             if self._recheck is not None:
                 self.rechecked = self._run_recheck(self._recheck == "full")

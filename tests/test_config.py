@@ -108,8 +108,15 @@ def test_missing_file_is_reported(tmp_path: Path) -> None:
         ("[download]\nworkers = -1\n", "download.workers must not be negative"),
         (
             "[download]\nconcurrency = 8\nworkers = 2\nmailbox = 4\n",
-            "download.concurrency decides download.workers and download.mailbox",
+            "conveyor.toml: download.concurrency, download.workers and download.mailbox are "
+            "all set",
         ),
+        (
+            '[download]\nengine = "requests"\nconcurrency = 20\nworkers = 4\n',
+            "conveyor.toml: download.concurrency and download.workers differ",
+        ),
+        ("[download]\nconcurrency = 100000\n", "download.concurrency must be at most 4096"),
+        ("[download]\nworkers = 1000\n", "download.workers must be at most 512"),
         ('[output]\nif_exists = "maybe"\n', "output.if_exists must be one of"),
         (
             '[processing]\nprocessor = "nocolon"\n',

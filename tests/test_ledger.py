@@ -470,3 +470,31 @@ def test_a_host_down_outcome_reopened_before_its_commit_is_never_announced(
     assert announced == []
     assert store.counts() == {"pending": 1}
     store.close()
+
+
+def test_download_concurrency_is_a_ceiling_whatever_the_mailboxes_add_up_to(
+    tmp_path: Path,
+) -> None:
+    """With curl, ``download.concurrency = 10`` and ``mailbox = 3`` make 4 downloaders
+    (12 slots): never more than 10 items are leased to them at once."""
+    config = make_config(
+        tmp_path,
+        download={"engine": "curl", "concurrency": 10, "mailbox": 3, "per_host": 0, "workers": 0},
+    )
+    assert (config.download.workers, config.download.mailbox) == (4, 3)
+    store = SQLiteStore(Path(config.state.dir))
+    ledger = Ledger(config, store, FakeClock(), random.Random(0))
+    for i in range(config.download.workers):
+        ledger.attach(f"downloader-{i}", "downloader", config.download.mailbox)
+    items = [WorkItem(id=f"i{n}", url=f"http://h{n % 3}.test/{n}", name=f"i{n}") for n in range(30)]
+    ledger.enqueue(Enqueue(items=tuple(items)))
+    ledger.pump()
+    assert len(ledger.leases) == 10
+    worker, item = next(iter(ledger.leases.values()))
+    ledger.downloaded(
+        DownloadComplete(worker=worker, item=item, path=item.name, size=1, sha256="h")
+    )
+    ledger.demand(worker, 1)
+    ledger.pump()
+    assert len(ledger.leases) == 10  # one ended, one more granted: still at the ceiling
+    store.close()

@@ -165,7 +165,11 @@ def test_summary_shows_the_first_invalid_entries_with_lines_and_reasons(tmp_path
                       '[state]\ndir = "state"\n')  # fmt: skip
     result = cli("run", config, "--quiet", "--simulate-downloads")
     assert result.returncode == 1, result.stderr[-2000:]
-    validated = [line.strip() for line in cli("validate", config).stdout.splitlines()[1:]]
+    validated = [
+        line.strip()
+        for line in cli("validate", config).stdout.splitlines()[1:]
+        if line.startswith("  ")  # (not the closing "downloads: …" line)
+    ]
     assert len(validated) == 7
     shown = result.stdout.split("5 of 7 invalid entries (`validate` lists all):\n")[1]
     assert [line.strip() for line in shown.splitlines()[:6]] == [*validated[:5], ""]
@@ -415,8 +419,10 @@ def test_validate_lists_bad_entries_and_downloads_nothing(tmp_path: Path) -> Non
     result = cli("validate", config)
     assert result.returncode == 1, result.stderr
     assert "9 entries, 3 usable, 6 bad" in result.stdout
-    bad_lines = [line.split(":")[0].strip() for line in result.stdout.splitlines()[1:]]
+    *bad, settings = result.stdout.splitlines()[1:]
+    bad_lines = [line.split(":")[0].strip() for line in bad]
     assert bad_lines == ["line 2", "line 3", "line 5", "line 7", "line 8", "line 9"]
+    assert settings.startswith("downloads: 128 at once (1 downloader of 128, engine ")
     assert "whose file 'same.bin' is where a directory is needed" in result.stdout
     assert "duplicate id 'x'" in result.stdout
     assert not (tmp_path / "out").exists()

@@ -13,7 +13,7 @@ import math
 import os
 import tomllib
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -404,6 +404,11 @@ DEFAULT_CONCURRENCY = {"curl": 128, "requests": 8}
 CURL_TRANSFERS_PER_DOWNLOADER = 1024
 """Most transfers one curl downloader runs: past it, ``concurrency`` is split among
 several (each more costs GIL contention, so one is the rule)."""
+MAX_CONCURRENCY = 4096
+"""Most transfers at once (each holds a socket and a file; past a few thousand, the
+process's descriptor limit and the remote hosts give out first)."""
+MAX_DOWNLOADERS = 512
+"""Most downloader actors (each is a thread)."""
 REQUESTS_MAILBOX = 2
 """Items a requests downloader holds: the one it transfers and the next."""
 
@@ -430,13 +435,31 @@ def derive_downloaders(d: DownloadConfig) -> tuple[int, int, int]:
 
 
 def _check_downloaders(download: Mapping[str, Any], where: Where) -> None:
-    """Refuse ``concurrency`` together with both ``workers`` and ``mailbox``."""
+    """Refuse ``concurrency`` together with both ``workers`` and ``mailbox`` (and, with
+    the requests engine, a ``workers`` that differs from it: there they are one number)."""
     given = [k for k in ("concurrency", "workers", "mailbox") if download.get(k)]
     if len(given) == 3:
         raise ConfigError(
-            f"{where('download', 'concurrency')} decides download.workers and "
-            "download.mailbox: give concurrency, or workers and mailbox, not all three"
+            f"{_both(where, given)} are all set: download.concurrency decides the other "
+            "two; give concurrency, or workers and mailbox, not all three"
         )
+    c, w = download.get("concurrency"), download.get("workers")
+    if download.get("engine") == "requests" and c and w and c != w:
+        raise ConfigError(
+            f'{_both(where, ["concurrency", "workers"])} differ: with engine = "requests" '
+            "each downloader runs one transfer, so they are the same number; give one of them"
+        )
+
+
+def _both(where: Where, keys: Sequence[str]) -> str:
+    """``download.a, download.b and download.c`` with who set each: a file named once when
+    it set them all (``conveyor.toml: download.a and download.b``)."""
+    named = [where("download", k) for k in keys]
+    sources = {n.rpartition(": ")[0] for n in named}
+    if len(sources) == 1 and "" not in sources:
+        prefix = sources.pop() + ": "
+        named = [named[0]] + [n.removeprefix(prefix) for n in named[1:]]
+    return ", ".join(named[:-1]) + " and " + named[-1]
 
 
 Where = Callable[[str, str], str]
@@ -632,6 +655,9 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
     for section, key in nonnegative:
         if getattr(getattr(config, section), key) < 0:
             raise ConfigError(f"{where(section, key)} must not be negative")
+    for key, most in (("concurrency", MAX_CONCURRENCY), ("workers", MAX_DOWNLOADERS)):
+        if getattr(config.download, key) > most:
+            raise ConfigError(f"{where('download', key)} must be at most {most}")
     config = _check_circuit(config, where)
     try:
         parse_networks(config.download.allow_networks, where("download", "allow_networks"))

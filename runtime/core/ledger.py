@@ -59,6 +59,8 @@ REPORT_BATCH = 512
 REPORT_QUEUE = 4 * REPORT_BATCH
 """Most outcomes waiting for the post-processor in memory; rejected input entries and
 items of down hosts wait in the store (or unread) beyond it."""
+NO_CEILING = 1 << 62
+"""(dispatch) No limit on transfers beyond the downloaders' credit."""
 DISPATCH_REPORTS = 2 * REPORT_QUEUE
 """Outcomes waiting for the post-processor beyond which no new item is granted (the
 post-processor's backpressure on downloads)."""
@@ -258,6 +260,17 @@ class Ledger:
         batches: dict[str, list[WorkItem]] = {}
         dry: set[str] = set()  # lanes with nothing to give now
         now = self.clock.now()
+        # With curl, every item a downloader holds is a transfer: download.concurrency
+        # is the ceiling, whatever workers x mailbox came to. (With requests, a
+        # downloader transfers one item and holds the next: workers is the ceiling.)
+        d = self.config.download
+        room = NO_CEILING
+        if d.engine == "curl":
+            room = d.concurrency - sum(
+                len(s.held)
+                for s in self.workers.values()
+                if s.kind == "downloader" and s.lane == "small"
+            )
         while (
             hungry
             and len(self.processing) < self.backlog_limit
@@ -266,10 +279,15 @@ class Ledger:
             held, order, worker, slot = heapq.heappop(hungry)
             if slot.lane in dry:
                 continue
+            if slot.lane == "small" and room <= 0:
+                dry.add("small")
+                continue
             item = self.grant(slot.lane, now)
             if item is None:
                 dry.add(slot.lane)
                 continue
+            if slot.lane == "small":
+                room -= 1
             batch = batches.setdefault(worker, [])
             batch.append(item)
             if len(batch) < slot.credit:
