@@ -313,8 +313,7 @@ def table(r: dict[str, Any]) -> str:
             f"| {_f(r['real']['lines_per_s'])} | ≥ 100,000 |"
         )
         rows.append(
-            f"| the same run: peak RSS, all processes (MiB) "
-            f"| {_f(r['real']['rss_mib'])} | ≤ 150 |"
+            f"| the same run: peak RSS, all processes (MiB) | {_f(r['real']['rss_mib'])} | ≤ 150 |"
         )
     if "ingest" in r:
         i = r["ingest"]
