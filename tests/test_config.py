@@ -25,7 +25,7 @@ def test_defaults_apply_and_paths_resolve_against_the_config_file(tmp_path: Path
     assert config.output.dir == str(tmp_path / "downloads")
     assert config.state.dir == str(tmp_path / ".conveyor")
     d = config.download  # one curl downloader runs every transfer
-    assert (d.engine, d.concurrency, d.workers, d.mailbox) == ("curl", 128, 1, 128)
+    assert (d.engine, d.concurrency, d.workers, d.mailbox) == ("curl", 256, 1, 256)
     assert config.state.persist_interval == 0.5
     assert config.processing.workers == 2
     assert config.manifest_path == tmp_path / ".conveyor" / "manifest.jsonl"
@@ -308,7 +308,7 @@ def test_a_class_attribute_of_a_section_is_not_a_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("download", "expected"),
     [
-        ({}, (128, 1, 128)),
+        ({}, (256, 1, 256)),
         ({"concurrency": 300}, (300, 1, 300)),
         ({"concurrency": 300, "processes": 2}, (300, 2, 150)),
         ({"concurrency": 10, "workers": 3}, (10, 3, 4)),

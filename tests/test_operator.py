@@ -422,7 +422,7 @@ def test_validate_lists_bad_entries_and_downloads_nothing(tmp_path: Path) -> Non
     *bad, settings = result.stdout.splitlines()[1:]
     bad_lines = [line.split(":")[0].strip() for line in bad]
     assert bad_lines == ["line 2", "line 3", "line 5", "line 7", "line 8", "line 9"]
-    assert settings.startswith("downloads: 128 at once (1 downloader of 128, engine ")
+    assert settings.startswith("downloads: 256 at once (1 downloader of 256, engine ")
     assert "whose file 'same.bin' is where a directory is needed" in result.stdout
     assert "duplicate id 'x'" in result.stdout
     assert not (tmp_path / "out").exists()

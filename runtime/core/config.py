@@ -96,7 +96,7 @@ class DownloadConfig:
     concurrency: int = 0
     """Transfers at once, over all downloaders of the normal lane (like ``aria2c -j`` and
     ``curl --parallel-max``); ``workers`` and ``mailbox`` follow from it. 0: the engine's
-    default, 128 with curl, 8 with requests. ``per_host`` still limits each host."""
+    default, 256 with curl, 8 with requests. ``per_host`` still limits each host."""
     workers: int = 0
     """Downloader actors of the normal lane (0: from ``concurrency`` — one with the curl
     engine, whose downloader runs all its transfers at once; ``concurrency`` with
@@ -399,7 +399,7 @@ class Config:
         return _resolve_paths(_check_values(config, source, where), base_dir or Path.cwd())
 
 
-DEFAULT_CONCURRENCY = {"curl": 128, "requests": 8}
+DEFAULT_CONCURRENCY = {"curl": 256, "requests": 8}
 """``download.concurrency`` when it is 0, by engine (see benchmarks/README.md: W4)."""
 CURL_TRANSFERS_PER_DOWNLOADER = 1024
 """Most transfers one curl downloader runs: past it, ``concurrency`` is split among
