@@ -10,7 +10,9 @@ the results of the transfers that ended. Two engines implement it:
   by the loop instead of by a thread, so a simulated run exercises the code users run.
 
 Both share every check of a transfer with the requests engine through
-``runtime.core.transfer.Transfer``.
+``runtime.core.transfer.Transfer``. A transport factory with a ``make_engine(transfer)``
+method gives the downloaders of the small-file lane an engine; without one, they
+transfer one item at a time through the factory's transports.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from runtime.core.transfer import Transfer
 if TYPE_CHECKING:
     from runtime.core.transport import Transport
 
-__all__ = ["Engine", "EngineFactory", "TransportEngine"]
+__all__ = ["Engine", "TransportEngine"]
 
 Result = DownloadComplete | DownloadFailed
 
@@ -48,14 +50,6 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Abort what runs and free what the engine holds."""
-        ...
-
-
-class EngineFactory(Protocol):
-    """A transport factory that also builds engines (``make_engine``)."""
-
-    def make_engine(self, transfer: Transfer) -> Engine:
-        """The engine of one downloader of the small-file lane."""
         ...
 
 

@@ -264,13 +264,8 @@ class Ledger:
         # is the ceiling, whatever workers x mailbox came to. (With requests, a
         # downloader transfers one item and holds the next: workers is the ceiling.)
         d = self.config.download
-        room = NO_CEILING
-        if d.engine == "curl":
-            room = d.concurrency - sum(
-                len(s.held)
-                for s in self.workers.values()
-                if s.kind == "downloader" and s.lane == "small"
-            )
+        small = (s for s in self.workers.values() if s.kind == "downloader" and s.lane == "small")
+        room = d.concurrency - sum(len(s.held) for s in small) if d.engine == "curl" else NO_CEILING
         while (
             hungry
             and len(self.processing) < self.backlog_limit
@@ -355,21 +350,12 @@ class Ledger:
             self._revive(host_of(done.item.url))
         if not done.reused:
             self.stats["bytes"] += done.size
-        if done.reused and self.config.output.if_exists == "skip":
+        kept = done.reused and self.config.output.if_exists == "skip"
+        if kept or self.config.processing.skipped:  # no processing: straight to the record
+            status: Status = "skipped" if kept else "completed"
             self._report(
                 _outcome(
-                    done.item, status="skipped", path=done.path, size=done.size, sha256=done.sha256
-                )
-            )
-            return
-        if self.config.processing.skipped:  # nothing to do: straight to the record
-            self._report(
-                _outcome(
-                    done.item,
-                    status="completed",
-                    path=done.path,
-                    size=done.size,
-                    sha256=done.sha256,
+                    done.item, status=status, path=done.path, size=done.size, sha256=done.sha256
                 )
             )
             return

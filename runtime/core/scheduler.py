@@ -16,7 +16,7 @@ import heapq
 import itertools
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -220,10 +220,9 @@ class Scheduler:
 
     # -- queues ---------------------------------------------------------------------------
 
-    def input_grew(self, hosts: Iterable[str], large: Iterable[str] | None = None) -> None:
+    def input_grew(self, hosts: Iterable[str], large: Collection[str] | None = None) -> None:
         """New pending items of these hosts were stored: read on (in the large-file lane
         only for the ``large`` hosts, when they are known)."""
-        large = None if large is None else set(large)
         for key in hosts:
             self._state(key)
             self.unread.add(("small", key))

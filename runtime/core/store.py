@@ -412,8 +412,11 @@ class SQLiteStore:
         # What the names' checks need from the store, in one statement each per block
         # (not two queries per entry): stored files where a name needs a directory, and
         # stored files below a name.
-        parents = {n.rpartition("/")[0] for n in (i.name for i in items) if "/" in n}
-        parents = {"/".join(p.split("/")[:k]) for p in parents for k in range(1, p.count("/") + 2)}
+        parents = {
+            "/".join(parts[:k])
+            for parts in (i.name.split("/") for i in items)
+            for k in range(1, len(parts))
+        }
         files_at = self._taken_names(sorted(parents)) if parents else {}
         below = self._stored_below([i.name for i in items]) if self._has_dirs else {}
         rows: list[tuple[Any, ...]] = []
