@@ -307,7 +307,9 @@ class SimulatedTransportFactory:
         """Answer one simulated request (after its latency, when ``wait``)."""
         digest = hashlib.sha256(f"{self.config.seed}\x00{url}".encode()).digest()
         url_seed = int.from_bytes(digest[:8], "big")
-        size = random.Random(url_seed).randint(self.config.min_size, self.config.max_size)
+        low, high = self.config.min_size, self.config.max_size
+        # From the url's own digest, not a Random seeded per request (~6 µs each).
+        size = low + int.from_bytes(digest[8:16], "big") % (high - low + 1)
         if self.config.latency and wait:
             self.clock.sleep(self.config.latency)
         if self.config.throttle_hosts and urlsplit(url).hostname in self._throttled:

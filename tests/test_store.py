@@ -33,6 +33,27 @@ def test_a_second_entry_with_a_taken_id_is_a_duplicate(tmp_path: Path) -> None:
     assert reject.error == "line 7: duplicate id 'a' (first seen on line 1)"
 
 
+def test_a_block_the_indexes_object_to_is_taken_again_the_careful_way(tmp_path: Path) -> None:
+    """New blocks are not looked up before they go in; a block holding a stored id or
+    name is undone and checked entry by entry, and nothing of it is stored twice."""
+    store = SQLiteStore(tmp_path)
+    store.ingest([item("a", 1), item("b", 2, name="f.bin")], [], [])
+    mixed = [item("c", 3), item("a", 4, name="x"), item("d", 5, name="f.bin"), item("e", 6)]
+    result = store.ingest(mixed, [Rejected(id="line:7", line=7, url="ftp://x", error="bad")], [])
+    assert result.added == 2
+    assert [r.error for r in result.rejected] == [
+        "line 4: duplicate id 'a' (first seen on line 1)",
+        "line 5: name 'f.bin' clashes with item 'b' (line 2), which has the same name",
+        "bad",
+    ]
+    lines = [line for (line,) in store.db.execute("SELECT line FROM items ORDER BY seq")]
+    assert lines == [1, 2, 3, 4, 5, 6, 7]  # input order, each line once
+    fresh = store.ingest([item("g", 8), item("g", 9, name="y")], [], [])  # new again
+    assert fresh.added == 1
+    assert [r.error for r in fresh.rejected] == ["line 9: duplicate id 'g' (first seen on line 8)"]
+    assert store.counts() == {"pending": 5, "reporting": 4}
+
+
 def test_a_given_name_that_clashes_is_rejected_a_derived_one_renamed(tmp_path: Path) -> None:
     """Two entries may not write the same file; derived names get a suffix instead."""
     store = SQLiteStore(tmp_path)

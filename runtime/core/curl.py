@@ -22,7 +22,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import pycurl
 
@@ -42,7 +42,7 @@ from runtime.core.transfer import (
     BackgroundHash,
     Transfer,
     hash_into,
-    open_part,
+    open_part_fd,
     overdue,
     verify,
 )
@@ -134,7 +134,8 @@ class _Job:
     """How many of ``raw`` were parsed."""
     checked: bool = False
     expected: int | None = None
-    fh: IO[bytes] | None = None
+    fd: int | None = None
+    """The part file while the body arrives."""
     digest: Any = None
     hasher: Any = None
     received: int = 0
@@ -367,7 +368,7 @@ class CurlEngine:
             hash_into(job.digest, job.part, offset)
         big = (expected or 0) >= BACKGROUND_HASH
         job.hasher = BackgroundHash(job.digest) if big else job.digest
-        job.fh = open_part(job.part, offset)
+        job.fd = open_part_fd(job.part, offset)
         job.received = offset
 
     def _write(self, job: _Job, data: bytes) -> int | None:
@@ -407,8 +408,8 @@ class CurlEngine:
             max_size = self.config.download.max_size
             if max_size and job.received > max_size:
                 raise TooLargeError(f"more than download.max_size = {max_size} bytes")
-            assert job.fh is not None
-            _write_all(job.fh.fileno(), pieces, size)
+            assert job.fd is not None
+            _write_all(job.fd, pieces, size)
             for piece in pieces:
                 job.hasher.update(piece)
             now = self.clock.now()
@@ -444,7 +445,7 @@ class CurlEngine:
             self._parse_headers(job)
             if error is None and not job.checked:
                 self._begin_body(job)  # an empty body: its head is still checked
-            if job.checked and job.fh is not None:
+            if job.checked and job.fd is not None:
                 # What the last callbacks collected: the rest of the body, or, when the
                 # transfer failed or was cancelled, bytes a Range resume goes on from.
                 first = job.error
@@ -488,9 +489,9 @@ class CurlEngine:
         job.sockets.clear()
         if isinstance(job.hasher, BackgroundHash):
             job.hasher.finish()
-        if job.fh is not None:
-            job.fh.close()
-            job.fh = None
+        if job.fd is not None:
+            os.close(job.fd)
+            job.fd = None
 
 
 def _write_all(fd: int, pieces: list[bytes], size: int) -> None:

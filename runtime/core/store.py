@@ -281,6 +281,7 @@ class SQLiteStore:
         self._reject_cursor = 0
         self._in_tx = False
         self._outcomes: list[tuple[Any, ...]] = []
+        self._optimistic = True  # see ingest
         # Whether any stored name has a directory part: only then can a new name collide
         # with a stored file used as a directory (``a`` vs ``a/b``), which costs a query.
         self._has_dirs = (
@@ -406,9 +407,37 @@ class SQLiteStore:
         gave it, made unique when derived.
         """
         derived_ids = set(derived)
-        id_counts = Counter(i.id for i in items)
+        if self._optimistic and items:
+            # Most blocks of a long input are new: their ids and names are not looked up
+            # but left to the unique indexes, and a block they object to (a resumed run
+            # reading its input again, a duplicate, a clash) is undone and taken again
+            # the careful way, which stays on until a block turns out new again.
+            self._write("SAVEPOINT ingest")
+            try:
+                result = self._ingest(items, rejected, derived_ids, {}, {})
+            except sqlite3.IntegrityError:
+                self.db.execute("ROLLBACK TO ingest")
+                self._optimistic = False
+            else:
+                return result
+            finally:
+                self.db.execute("RELEASE ingest")
         known = self._existing_ids([i.id for i in items])
         taken = self._taken_names([i.name for i in items])
+        self._optimistic = not known and not taken
+        return self._ingest(items, rejected, derived_ids, known, taken)
+
+    def _ingest(
+        self,
+        items: Sequence[WorkItem],
+        rejected: Sequence[Rejected],
+        derived_ids: set[str],
+        known: dict[str, tuple[int, str]],
+        taken: dict[str, tuple[str, int]],
+    ) -> IngestResult:
+        """``ingest`` with what the store holds of the block's ids (``known``) and names
+        (``taken``) looked up already; an id or name not given raises IntegrityError."""
+        id_counts = Counter(i.id for i in items)
         # What the names' checks need from the store, in one statement each per block
         # (not two queries per entry): stored files where a name needs a directory, and
         # stored files below a name.

@@ -54,6 +54,7 @@ __all__ = [
     "hash_file",
     "hash_into",
     "open_part",
+    "open_part_fd",
     "overdue",
     "verify",
 ]
@@ -522,13 +523,21 @@ def _lstat(path: Path) -> os.stat_result | None:
 def open_part(part: Path, offset: int) -> Any:
     """Open the partial file without following a link (O_NOFOLLOW), positioned at
     ``offset`` with nothing after it (emptied by the open itself from byte 0)."""
+    return os.fdopen(open_part_fd(part, offset), "wb")
+
+
+def open_part_fd(part: Path, offset: int) -> int:
+    """``open_part`` as a bare descriptor (for writers that call ``os.writev``)."""
     flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(part, flags | (0 if offset else os.O_TRUNC), 0o644)
-    fh = os.fdopen(fd, "wb")
     if offset:
-        fh.seek(offset)
-        fh.truncate()
-    return fh
+        try:
+            os.lseek(fd, offset, os.SEEK_SET)
+            os.ftruncate(fd, offset)
+        except OSError:
+            os.close(fd)
+            raise
+    return fd
 
 
 def _validator(headers: Any) -> str | None:
