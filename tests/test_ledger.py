@@ -472,6 +472,26 @@ def test_a_host_down_outcome_reopened_before_its_commit_is_never_announced(
     store.close()
 
 
+def test_a_run_reopens_only_its_own_host_down_failures(tmp_path: Path) -> None:
+    """Each ledger begins a run of its own: items an earlier run failed ``host_down``
+    stay failed when their host turns out to be up in this one (``--retry-failed``
+    brings them back), only this run's are reopened."""
+    config = make_config(tmp_path)
+    item = WorkItem(id="a", url="http://a.test/a", name="a", line=1)
+    down = Outcome(id="a", url=item.url, name="a", path="", status="failed",
+                   error_kind="host_down", error="a.test:80 is down")  # fmt: skip
+    store = SQLiteStore(Path(config.state.dir))
+    Ledger(config, store, FakeClock(), random.Random(0)).enqueue(Enqueue(items=(item,)))
+    store.record_outcome(down)
+    assert store.failed_host_down_this_run() == [("a", item.url)]
+    store.close()
+    again = SQLiteStore(Path(config.state.dir))
+    Ledger(config, again, FakeClock(), random.Random(0))
+    assert again.failed_host_down_this_run() == []
+    assert again.counts() == {"failed": 1}
+    again.close()
+
+
 def test_download_concurrency_is_a_ceiling_whatever_the_mailboxes_add_up_to(
     tmp_path: Path,
 ) -> None:

@@ -112,6 +112,7 @@ class Ledger:
         self._events: list[Any] = []
         self._recorded: list[Outcome] = []  # announced once committed (durable before visible)
         self._summary: RunFinished | None = None
+        store.begin_run()  # outcomes remember the run that recorded them
         store.set_meta(run_state="running", started_at=clock.wall())
         counts = store.counts()
         self.open_items = store.open_count()

@@ -108,6 +108,10 @@ class Store(PendingSource, Protocol):
         """Stored items, as they would be dispatched."""
         ...
 
+    def begin_run(self) -> int:
+        """Number a new run (outcomes remember which run recorded them); return it."""
+        ...
+
     def count_rejects(self) -> int:
         """Rejected entries whose report may not have been written yet."""
         ...
