@@ -4,12 +4,12 @@
 (``queued``); at most ``service.max_running_jobs`` run at once, in submission order. A
 job's directory ``<data_dir>/jobs/<id>/`` holds its input (``input.ndjson``), its files
 (``files/``) and its pipeline state (``state/``), so a job that was running when the
-service died resumes where it stopped when the service starts again.
+service died resumes where it stopped when the service starts again. (What the API reads
+of a job is ``JobQueries``'s, in ``runtime.service.jobqueries``: the manager is one.)
 
-Events: the pipeline's sink (``JobEvents``) only buffers, on the StateKeeper's thread; a
-flusher thread numbers them into the job store every ``FLUSH_INTERVAL`` and tells the
-listeners (the HTTP streams). Item events (one per terminal item) are all kept; progress
-events are coalesced to one per ``service.progress_interval``.
+Events: the pipeline's sink (``JobEvents``, in ``runtime.service.jobevents``) only
+buffers, on the StateKeeper's thread; a flusher thread here numbers them into the job
+store every ``FLUSH_INTERVAL`` and tells the listeners (the HTTP streams).
 
 Exactly one item event per item, whatever crashes: the pipeline announces an outcome
 only after the commit that makes it durable, and each stored batch of item events
@@ -32,24 +32,23 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import secrets
 import shutil
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from messages import HostStatus, Outcome, Rejected, RunFinished, RunProgress
+from messages import Rejected
 from runtime.core.clock import Clock, SystemClock
 from runtime.core.config import Config, ServiceDownloadConfig
 from runtime.core.errors import ConveyorError
 from runtime.core.inputs import parse_entry
 from runtime.core.logs import get_logger
 from runtime.core.netguard import SERVICE_SETTING, NetworkGuard
-from runtime.core.store import TERMINAL as ITEM_TERMINAL
-from runtime.core.store import StoreView, open_view
 from runtime.pipeline import Pipeline, RunSummary
+from runtime.service.jobevents import ITEM_FIELDS, JobEvents, summary_of
+from runtime.service.jobqueries import JobError, JobQueries, without_line
 from runtime.service.jobstore import TERMINAL, Delivery, Job, JobStore
 from runtime.service.webhooks import Deliverer
 
@@ -66,17 +65,6 @@ INVALID_SHOWN = 100
 CATCH_UP_BLOCK = 1000
 """Committed outcomes read at a time when a job catches up on its item events."""
 
-_ITEM_FIELDS = ("id", "name", "url", "status", "size", "sha256", "error_kind", "error", "attempts")
-"""The fields of an ``item`` event."""
-
-
-class JobError(Exception):
-    """A request the job's state does not allow; ``status`` is the HTTP answer."""
-
-    def __init__(self, message: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.status = status
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Submitted:
@@ -85,132 +73,6 @@ class Submitted:
     job: Job
     new: bool
     invalid: list[dict[str, Any]]
-
-
-class JobEvents:
-    """A running job's event sink: buffers on the StateKeeper's thread, ``take`` drains."""
-
-    def __init__(self, job: Job, interval: float, clock: Clock | None = None) -> None:
-        self.total = job.total
-        self.interval = interval
-        self.clock = clock or SystemClock()
-        self._lock = threading.Lock()
-        self._items: list[tuple[str, float, dict[str, Any]]] = []
-        self._announced = 0  # the highest done_seq among the buffered item events
-        self._unstored: list[tuple[str, float, dict[str, Any]]] = []
-        self._run: RunProgress | None = None
-        self._hosts: dict[str, HostStatus] = {}
-        self._changed_hosts: set[str] = set()
-        self._last_progress: float | None = None  # none yet: the first one is due at once
-        self._done_at_start: int | None = None
-        self.finished: RunFinished | None = None
-        self.progress: dict[str, Any] = {}
-        """The latest progress (what ``GET /v1/jobs/{id}`` shows while it runs)."""
-
-    def __call__(self, message: Any) -> None:
-        """Pipeline sink (the StateKeeper's thread): keep it quick."""
-        match message:
-            case Outcome():
-                data = {key: getattr(message, key) for key in _ITEM_FIELDS}
-                with self._lock:
-                    self._items.append(("item", self.clock.wall(), data))
-                    self._announced = max(self._announced, message.done_seq)
-            case RunProgress():
-                with self._lock:
-                    self._run = message
-            case HostStatus():
-                with self._lock:
-                    self._hosts[message.host] = message
-                    self._changed_hosts.add(message.host)
-            case RunFinished():
-                with self._lock:
-                    self.finished = message
-
-    def take(self, final: bool = False) -> tuple[list[tuple[str, float, dict[str, Any]]], int]:
-        """Events to store now — the item events, and a progress event when one is due —
-        and the highest ``done_seq`` of their outcomes (0: none)."""
-        now = self.clock.now()
-        with self._lock:
-            events, self._items = self._items, []
-            if self._unstored:  # a failed write's events go first
-                events, self._unstored = self._unstored + events, []
-            announced, self._announced = self._announced, 0
-            last = self._last_progress
-            due = final or last is None or now - last >= self.interval
-            if self._run is not None and due:
-                self._last_progress = now
-                progress = self._progress(self._run)
-                hosts = [dataclasses.asdict(self._hosts[h]) for h in sorted(self._changed_hosts)]
-                self._changed_hosts.clear()
-                self._run = None
-                events.append(("progress", self.clock.wall(), {**progress, "hosts": hosts}))
-        return events, announced
-
-    def put_back(self, events: list[tuple[str, float, dict[str, Any]]], announced: int) -> None:
-        """Events ``take`` gave out that could not be stored: the next ``take`` has them
-        first (an item event is never dropped, nor its done_seq mark passed over)."""
-        with self._lock:
-            self._unstored = events + self._unstored
-            self._announced = max(self._announced, announced)
-
-    def _progress(self, run: RunProgress) -> dict[str, Any]:
-        done = run.completed + run.failed + run.skipped
-        if self._done_at_start is None:
-            self._done_at_start = done
-        rate = (done - self._done_at_start) / run.elapsed if run.elapsed > 0 else 0.0
-        left = max(0, self.total - done)
-        self.progress = {
-            "completed": run.completed,
-            "failed": run.failed,
-            "skipped": run.skipped,
-            "total": self.total,
-            "percent": round(100.0 * done / self.total, 2) if self.total else 100.0,
-            "bytes": run.completed_bytes,
-            "bytes_per_s": round(run.bytes / run.elapsed) if run.elapsed > 0 else 0,
-            "eta_s": round(left / rate, 1) if rate > 0 else None,
-            "downloading": run.downloading,
-            "retries": run.retries,
-            "run": dataclasses.asdict(run),
-        }
-        return self.progress
-
-
-_LINE = re.compile(r"\b(on )?line (\d+)\b")
-
-
-def _without_line(error: str) -> str:
-    """A reason as the service's clients know their items — by ``index`` in the submitted
-    list, not by a line of the job's input file: no ``line N:`` prefix, and ``line N``
-    inside (``first seen on line 4``) becomes ``index N-1`` (``first seen at index 3``)."""
-    head, sep, rest = error.partition(": ")
-    if sep and head.startswith("line ") and head[5:].isdigit():
-        error = rest
-    return _LINE.sub(
-        lambda m: ("at " if m.group(1) else "") + f"index {int(m.group(2)) - 1}", error
-    )
-
-
-def _summary_of(progress: dict[str, Any]) -> dict[str, Any]:
-    """A job's stored counts, from one of its progress events."""
-    run = progress.get("run", {})
-    return {
-        "completed": progress["completed"],
-        "failed": progress["failed"],
-        "skipped": progress["skipped"],
-        "accepted": run.get("accepted", 0),
-        "pending": run.get("pending", 0),
-        "bytes": progress["bytes"],
-        "retries": progress["retries"],
-    }
-
-
-def _by_index(record: dict[str, Any]) -> dict[str, Any]:
-    """An item record as the API shows it: ``index`` (0-based) instead of ``line``."""
-    line = record.pop("line", 0) or 0
-    record["index"] = line - 1 if line > 0 else None
-    if record.get("error"):
-        record["error"] = _without_line(record["error"])
-    return record
 
 
 @dataclasses.dataclass
@@ -228,15 +90,14 @@ def default_running_jobs() -> int:
     return max(2, os.cpu_count() or 1)
 
 
-class JobManager:
+class JobManager(JobQueries):
     """Queue, run, stop and forget jobs; see the module docstring."""
 
     def __init__(self, config: Config, store: JobStore, clock: Clock | None = None) -> None:
+        super().__init__(store, Path(config.service.data_dir))
         self.config = config
         self.clock = clock or SystemClock()
         self.service = config.service
-        self.store = store
-        self.data_dir = Path(self.service.data_dir)
         self.max_running = self.service.max_running_jobs or default_running_jobs()
         self.guard = NetworkGuard(self.service.allow_networks, SERVICE_SETTING)
         self.listeners: list[Callable[[str], None]] = []
@@ -316,7 +177,7 @@ class JobManager:
             if reason is not None:
                 invalid_count += 1
                 if len(invalid) < INVALID_SHOWN:
-                    invalid.append({"index": index, "error": _without_line(reason)})
+                    invalid.append({"index": index, "error": without_line(reason)})
             lines.append(json.dumps(entry).encode())
         body = b"\n".join(lines) + b"\n"
         digest = hashlib.sha256(
@@ -349,90 +210,6 @@ class JobManager:
         self._schedule()
         return Submitted(stored, True, invalid)
 
-    def get(self, job_id: str) -> Job:
-        """A job; ``JobError`` (404) when there is none."""
-        job = self.store.get(job_id)
-        if job is None:
-            raise JobError(f"no job {job_id!r}", 404)
-        return job
-
-    def progress(self, job: Job) -> dict[str, Any]:
-        """The job's counts: live while it runs, as last stored otherwise."""
-        with self._lock:
-            runner = self.runners.get(job.id)
-        live = runner.events.progress if runner is not None else {}
-        if live:
-            return {k: v for k, v in live.items() if k != "run"}
-        s = job.summary
-        done = s.get("completed", 0) + s.get("failed", 0) + s.get("skipped", 0)
-        return {
-            "completed": s.get("completed", 0),
-            "failed": s.get("failed", 0),
-            "skipped": s.get("skipped", 0),
-            "total": job.total,
-            "percent": round(100.0 * done / job.total, 2) if job.total else 100.0,
-            "bytes": s.get("bytes", 0),
-            "bytes_per_s": self._average_rate(job),
-            "eta_s": 0 if job.status == "completed" else None,  # (none left, or unknown)
-            "downloading": 0,
-            "retries": s.get("retries", 0),
-        }
-
-    @staticmethod
-    def _average_rate(job: Job) -> int:
-        """Bytes per second from the job's first start to its end (0 while unknown)."""
-        if job.started_at is None or job.finished_at is None:
-            return 0
-        seconds = job.finished_at - job.started_at
-        return round(job.summary.get("bytes", 0) / seconds) if seconds > 0 else 0
-
-    @contextlib.contextmanager
-    def _view(self, job: Job) -> Iterator[StoreView | None]:
-        """A read-only view of the job's state; None before its pipeline first ran."""
-        state = self.job_dir(job.id) / "state"
-        if not (state / "state.sqlite3").is_file():
-            yield None
-            return
-        with open_view(state) as view:
-            yield view
-
-    def details(self, job: Job) -> dict[str, Any]:
-        """Failures by kind and per-host statistics, read from the job's state."""
-        try:
-            with self._view(job) as view:
-                if view is None:
-                    return {"errors": {}, "hosts": {}}
-                errors = {kind: n for kind, n, _ in view.failures_by_kind()}
-                return {"errors": errors, "hosts": view.hosts()}
-        except ConveyorError:
-            return {"errors": {}, "hosts": {}}
-
-    def items(self, job: Job, status: str | None, after: int, limit: int) -> list[dict[str, Any]]:
-        """A page of the job's item records (empty before the job first ran), in input
-        order, each with its ``index`` in the submitted ``items``."""
-        with self._view(job) as view:
-            rows = [] if view is None else view.items(status, after, limit)
-        return [_by_index(row) for row in rows]
-
-    def completed_file(self, job: Job, name: str) -> tuple[Path, str | None]:
-        """The path and sha256 of a completed item's file; ``JobError`` (404) otherwise.
-
-        Only names the job's state records as completed are served, and only when the
-        resolved path is a regular file inside the job's ``files`` directory.
-        """
-        missing = JobError(f"no completed file {name!r} in job {job.id}", 404)
-        if "\x00" in name:
-            raise missing
-        with self._view(job) as view:
-            record = None if view is None else view.item_named(name)
-        if record is None or record["status"] not in ("completed", "skipped"):
-            raise missing
-        root = (self.job_dir(job.id) / "files").resolve()
-        path = (root / name).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
-            raise missing
-        return path, record["sha256"]
-
     def cancel(self, job_id: str) -> Job:
         """Stop a job for good; its pending items stay pending."""
         return self._stop(job_id, "cancel")
@@ -460,14 +237,19 @@ class JobManager:
             self.store.delete(job_id)
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
-    def job_dir(self, job_id: str) -> Path:
-        """``<data_dir>/jobs/<id>``."""
-        return self.data_dir / "jobs" / job_id
-
     def running(self) -> int:
         """Pipelines running now."""
         with self._lock:
             return len(self.runners)
+
+    def progress(self, job: Job) -> dict[str, Any]:
+        """The job's counts: live while it runs, as last stored otherwise."""
+        with self._lock:
+            runner = self.runners.get(job.id)
+        live = runner.events.progress if runner is not None else {}
+        if live:
+            return {k: v for k, v in live.items() if k != "run"}
+        return super().progress(job)
 
     # -- internals --------------------------------------------------------------------
 
@@ -605,7 +387,7 @@ class JobManager:
         with self._view(job) as view:
             while view is not None and (block := view.outcomes_after(announced, CATCH_UP_BLOCK)):
                 now = self.clock.wall()
-                events = [("item", now, {k: r[k] for k in _ITEM_FIELDS}) for r in block]
+                events = [("item", now, {k: r[k] for k in ITEM_FIELDS}) for r in block]
                 announced = block[-1]["done_seq"]
                 self.store.append_events(job.id, events, self.service.events_kept, announced)
                 log.info("item events caught up", job=job.id, events=len(events))
@@ -656,22 +438,6 @@ class JobManager:
             runner.stopped.set()
         self._schedule()
 
-    def _stored_counts(self, job: Job) -> dict[str, int]:
-        """The job's counts and completed bytes as its state committed them ({} before its
-        pipeline first ran)."""
-        with self._view(job) as view:
-            if view is None:
-                return {}
-            counts = view.counts()
-            return {
-                "completed": counts.get("completed", 0),
-                "failed": counts.get("failed", 0),
-                "skipped": counts.get("skipped", 0),
-                "accepted": sum(counts.values()),
-                "pending": sum(n for s, n in counts.items() if s not in ITEM_TERMINAL),
-                "bytes": view.completed_bytes(),
-            }
-
     def _flush(self, runner: _Runner, final: bool = False) -> None:
         with runner.flushing:  # taken and stored in one step: events keep their order
             events, announced = runner.events.take(final)
@@ -685,7 +451,7 @@ class JobManager:
                     raise
                 progress = [data for kind, _, data in events if kind == "progress"]
                 if progress:  # the job's stored counts follow its progress (after a kill too)
-                    self.store.update(runner.job_id, summary=_summary_of(progress[-1]))
+                    self.store.update(runner.job_id, summary=summary_of(progress[-1]))
         if events:
             self._notify(runner.job_id)
 
@@ -716,17 +482,3 @@ class JobManager:
     def _webhook_attempt(self, delivery: Delivery, record: dict[str, Any]) -> None:
         if self.store.get(delivery.job_id) is not None:  # (not for a deleted job)
             self._emit(delivery.job_id, "webhook", {"delivery_id": delivery.id, **record})
-
-    def summary(self, job: Job) -> dict[str, Any]:
-        """What a webhook carries and ``/result`` starts with."""
-        return {
-            "job_id": job.id,
-            "status": job.status,
-            "total": job.total,
-            "invalid": job.invalid,
-            "progress": self.progress(job),
-            "created_at": job.created_at,
-            "started_at": job.started_at,
-            "finished_at": job.finished_at,
-            "error": job.error,
-        }
