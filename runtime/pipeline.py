@@ -56,8 +56,8 @@ from runtime.core.errors import EXIT_CODES, ConveyorError, InputError
 from runtime.core.inputs import iter_batches, parse_entry
 from runtime.core.lock import StateLock
 from runtime.core.logs import get_logger
+from runtime.core.simulate import SimulatedTransportFactory
 from runtime.core.store import SQLiteStore
-from runtime.testing import SimulatedTransportFactory
 
 if TYPE_CHECKING:
     from runtime.core.transport import TransportFactory
