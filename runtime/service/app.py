@@ -682,12 +682,7 @@ class _Collector:
         active = GaugeMetricFamily(
             "conveyor_job_downloading", "Items a running job is downloading", labels=["job"]
         )
-        with m._lock:
-            runners = list(m.runners.items())
-        for job_id, runner in runners:
-            p = runner.events.progress
-            if not p:
-                continue
+        for job_id, p in m.live_progress().items():
             for status in ("completed", "failed", "skipped"):
                 items.add_metric([job_id, status], p[status])
             size.add_metric([job_id], p["bytes"])

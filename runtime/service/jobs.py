@@ -251,6 +251,14 @@ class JobManager(JobQueries):
             return {k: v for k, v in live.items() if k != "run"}
         return super().progress(job)
 
+    def live_progress(self) -> dict[str, dict[str, Any]]:
+        """The latest progress of each running job that reported one, by job id (what
+        the metrics show of each running job)."""
+        with self._lock:
+            runners = list(self.runners.items())
+        latest = ((job_id, runner.events.progress) for job_id, runner in runners)
+        return {job_id: progress for job_id, progress in latest if progress}
+
     # -- internals --------------------------------------------------------------------
 
     def _all(self, status: str) -> list[Job]:
