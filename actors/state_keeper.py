@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import os
 import random
-import sqlite3
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pykka
@@ -37,10 +35,9 @@ from messages.control import Attach, Batch, GetStats, InputClosed, Tick, WorkerL
 from runtime.core import cputime
 from runtime.core.clock import Clock
 from runtime.core.config import Config
-from runtime.core.errors import ConveyorError
 from runtime.core.ledger import Ledger
 from runtime.core.logs import get_logger
-from runtime.core.store import SQLiteStore
+from runtime.core.store import Store
 
 __all__ = ["EventSink", "StateKeeper"]
 
@@ -63,23 +60,21 @@ class StateKeeper(pykka.ThreadingActor):
         clock: Clock,
         on_event: EventSink | None = None,
         rng: random.Random,
+        store_factory: Callable[[], Store],
     ) -> None:
+        """``store_factory``: opens the run's state store (``runtime.core.store.open_store``
+        of the configuration, unless the host program gave another)."""
         super().__init__()
         self.supervisor = supervisor
         self._sink = on_event or (lambda _m: None)
         self.refs: dict[str, Any] = {}  # where each attached worker's messages go
-        # Opened here, in the starting thread: a state directory that cannot be opened is
-        # an error for whoever starts the run (a failing on_start would stop us silently).
-        state_dir = Path(config.state.dir)
-        try:
-            self.store: SQLiteStore | None = SQLiteStore(
-                state_dir, large_threshold=config.download.large_threshold
-            )
-            self.store.set_meta(pid=os.getpid())
-            self.ledger = Ledger(config, self.store, clock, rng)
-            self.store.commit()
-        except (OSError, sqlite3.Error) as exc:
-            raise ConveyorError(f"cannot open the state in {state_dir}: {exc}") from exc
+        # Opened here, in the starting thread: a state that cannot be opened is an error
+        # (StoreError) for whoever starts the run (a failing on_start would stop us
+        # silently).
+        self.store: Store | None = store_factory()
+        self.store.set_meta(pid=os.getpid())
+        self.ledger = Ledger(config, self.store, clock, rng)
+        self.store.commit()
 
     def on_stop(self) -> None:
         """Commit whatever is left."""

@@ -54,6 +54,7 @@ from runtime.core.config import Config
 from runtime.core.errors import ConveyorError, InputError, SupervisionError
 from runtime.core.logs import get_logger
 from runtime.core.plugins import BasePostProcessor, BaseProcessor, PluginContext, load_plugin
+from runtime.core.store import Store
 from runtime.core.transfer import RangeMemory
 
 if TYPE_CHECKING:
@@ -97,9 +98,11 @@ class Supervisor(pykka.ThreadingActor):
         on_event: EventSink | None,
         on_finished: FinishCallback,
         rng: random.Random,
+        store_factory: Callable[[], Store],
     ) -> None:
         super().__init__()
         self.config = config
+        self.store_factory = store_factory
         self.transport_factory = transport_factory
         self.clock = clock
         self.on_event = on_event
@@ -157,6 +160,7 @@ class Supervisor(pykka.ThreadingActor):
             clock=self.clock,
             on_event=self.on_event,
             rng=self.rng,
+            store_factory=self.store_factory,
         )
         self._start_child("post_processor", 0)
         if not self.config.processing.skipped:

@@ -438,14 +438,14 @@ def _status(target: str, *, as_json: bool) -> int:
 
 def _retry_failed(config: Config, kind: str | None) -> int:
     from runtime.core.lock import StateLock
-    from runtime.core.store import SQLiteStore
+    from runtime.core.store import open_store
     from runtime.report import plural, read_run
 
     state_dir = Path(config.state.dir)
     try:
         read_run(state_dir)  # a clear error when there is no state yet
         with StateLock.acquire(state_dir):
-            store = SQLiteStore(state_dir)
+            store = open_store(config, lanes=False)
             try:
                 count = store.retry_failed(kind)
             finally:
@@ -477,15 +477,16 @@ def check_input(config: Config) -> tuple[int, list[tuple[int, str]]]:
         InputError: the input cannot be read at all.
     """
     from runtime.core.inputs import iter_batches
-    from runtime.core.store import SQLiteStore
+    from runtime.core.store import Admission, SQLiteStore
 
     bad: list[tuple[int, str]] = []
     total = 0
     with tempfile.TemporaryDirectory(prefix="conveyor-validate-") as scratch:
         store = SQLiteStore(Path(scratch), scratch=True)
+        admission = Admission(store)
         try:
             for batch in iter_batches(Path(config.input.path), config.input.format):
-                result = store.ingest(batch.items, batch.rejected, batch.derived_name_ids)
+                result = admission.ingest(batch.items, batch.rejected, batch.derived_name_ids)
                 bad.extend((_line_of(o.id), o.error or "") for o in result.rejected)
                 total += len(batch.items) + len(batch.rejected)
         finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from messages import Outcome, RunFinished, RunProgress
-from runtime.core.store import open_view
+from runtime.core.store import open_view, state_exists
 
 __all__ = ["EventStream", "fan_out"]
 
@@ -86,7 +86,7 @@ def continue_events_file(path: Path, state_dir: Path) -> EventStream:
     """
     seq, done, existed = _last_marks(path)
     stream = EventStream(path.open("a", encoding="utf-8"), close=True, seq=seq)
-    if not existed or not (state_dir / "state.sqlite3").is_file():
+    if not existed or not state_exists(state_dir):
         return stream
     with open_view(state_dir) as view:
         while block := view.outcomes_after(done, CATCH_UP_BLOCK):

@@ -20,13 +20,13 @@ StateKeeper sees; ``wait()`` declares the input complete and blocks until the ru
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
 import queue
 import random
 import secrets
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -57,7 +57,7 @@ from runtime.core.inputs import iter_batches, parse_entry
 from runtime.core.lock import StateLock
 from runtime.core.logs import get_logger
 from runtime.core.simulate import SimulatedTransportFactory
-from runtime.core.store import SQLiteStore
+from runtime.core.store import Store, StoreError, open_store, recheck
 
 if TYPE_CHECKING:
     from runtime.core.transport import TransportFactory
@@ -114,6 +114,7 @@ class Pipeline:
         rng: random.Random | None = None,
         seed: int | None = None,
         recheck: str | None = None,
+        store: Callable[[], Store] | None = None,
     ) -> None:
         """Prepare a run; nothing starts before ``start()``.
 
@@ -130,6 +131,8 @@ class Pipeline:
             recheck: before starting, check that every completed item's file is still in
                 the output directory with its recorded size (``"size"``) or also its
                 sha256 (``"full"``), and put missing or changed ones back to pending.
+            store: opens the run's state store (default: the one ``state.backend`` names,
+                in ``state.dir``).
         """
         self.config = config
         self.clock = clock or SystemClock()
@@ -159,6 +162,7 @@ class Pipeline:
         if recheck not in (None, "size", "full"):
             raise ValueError(f"recheck must be None, 'size' or 'full', not {recheck!r}")
         self._recheck = recheck
+        self._open_store = store or functools.partial(open_store, config)
         self.rechecked: tuple[int, list[str]] | None = None
         """After ``start()`` with ``recheck``: files checked and ids put back to pending."""
 
@@ -194,6 +198,7 @@ class Pipeline:
                 on_event=self._event,
                 on_finished=self._finished,
                 rng=self._rng,
+                store_factory=self._open_store,
             )
             # The supervisor stops whatever it started when this raises.
             self._state_keeper = self._supervisor.ask(Start(), block=True)
@@ -206,15 +211,13 @@ class Pipeline:
         return self
 
     def _run_recheck(self, full: bool) -> tuple[int, list[str]]:
-        state_dir = Path(self.config.state.dir)
+        store = self._open_store()
         try:
-            store = SQLiteStore(state_dir)
-            try:
-                result = store.recheck(Path(self.config.output.dir), full)
-            finally:
-                store.close()
-        except (OSError, sqlite3.Error) as exc:
-            raise ConveyorError(f"cannot recheck the state in {state_dir}: {exc}") from exc
+            result = recheck(store, Path(self.config.output.dir), full)
+        except OSError as exc:
+            raise StoreError(f"cannot recheck the state in {self.config.state.dir}: {exc}") from exc
+        finally:
+            store.close()
         log.info("recheck", checked=result[0], pending_again=len(result[1]), full=full)
         return result
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from runtime.core.store import StoreView, open_view
+from runtime.core.store import StoreView, open_view, state_file
 
 __all__ = [
     "breaker_text",
@@ -79,7 +79,7 @@ def read_report(state_dir: Path) -> dict[str, Any]:
     items = {s: statuses.get(s, 0) for s in ("completed", "failed", "skipped")}
     items["pending"] = sum(n for s, n in statuses.items() if s not in items)
     return {
-        "state": str(Path(state_dir) / "state.sqlite3"),
+        "state": str(state_file(state_dir)),
         "items": items,
         "total": sum(statuses.values()),
         "error_kinds": [{"error_kind": k, "count": n, "example_url": u} for k, n, u in kinds],

@@ -49,7 +49,7 @@ from messages.control import ProcessFiles, RecordOutcomes
 from messages.types import ErrorKind
 from runtime.core.ledger import Ledger
 from runtime.core.scheduler import host_of
-from runtime.core.store import SQLiteStore
+from runtime.core.store import MemoryStore, SQLiteStore, open_store
 from runtime.testing import FakeClock
 from tests.helpers import make_config
 
@@ -86,6 +86,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
     PROCESSOR = "runtime.plugins:ChecksumProcessor"
     """The configured processor: one that runs (NullProcessor skips the stage)."""
+    BACKEND = "sqlite"
+    """The store the ledger writes (``state.backend``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -97,9 +99,10 @@ class LedgerMachine(RuleBasedStateMachine):
             download={"workers": 2, "mailbox": MAILBOX, "per_host": PER_HOST},
             retry={"max_attempts": MAX_ATTEMPTS, "backoff_initial": 0.5},
             circuit={"window": 4, "min_requests": 2, "reset_timeout": 5.0, "give_up_after": 2},
+            state={"backend": self.BACKEND},
         )
         self.clock = FakeClock()
-        self.store = SQLiteStore(Path(self.config.state.dir))
+        self.store = open_store(self.config)
         self.durable_through = 0  # the store's done_seq at its last commit
         commit = self.store.commit
 
@@ -176,7 +179,12 @@ class LedgerMachine(RuleBasedStateMachine):
             self.summary = effects.finished
 
     def _committed(self, item_id: str) -> tuple[str, int | None]:
-        """An item's status and done_seq as committed (what a crash would leave)."""
+        """An item's status and done_seq as committed (what a crash would leave; in
+        memory, outcomes wait for the commit too)."""
+        if isinstance(self.store, MemoryStore):
+            row = self.store.rows[item_id]
+            return row.status, row.done_seq
+        assert isinstance(self.store, SQLiteStore)
         db = sqlite3.connect(f"file:{self.store.path}?mode=ro", uri=True)
         try:
             row = db.execute("SELECT status, done_seq FROM items WHERE id=?", (item_id,))
@@ -192,11 +200,15 @@ class LedgerMachine(RuleBasedStateMachine):
         if not m.host_down:
             return
         ids = sorted(m.host_down)
-        marks = ",".join("?" * len(ids))
-        rows = self.store.db.execute(
-            f"SELECT id FROM items WHERE status='pending' AND id IN ({marks})",  # noqa: S608
-            ids,
-        )
+        if isinstance(self.store, MemoryStore):
+            rows = [(i,) for i in ids if self.store.rows[i].status == "pending"]
+        else:
+            assert isinstance(self.store, SQLiteStore)
+            marks = ",".join("?" * len(ids))
+            rows = self.store.db.execute(
+                f"SELECT id FROM items WHERE status='pending' AND id IN ({marks})",  # noqa: S608
+                ids,
+            ).fetchall()
         for (i,) in rows:
             m.host_down.discard(i)
             m.terminal[i] -= 1
@@ -445,6 +457,16 @@ class SkippingLedgerMachine(LedgerMachine):
 
 SkippingLedgerMachine.TestCase.settings = LedgerMachine.TestCase.settings
 test_ledger_against_the_model_without_processing = SkippingLedgerMachine.TestCase
+
+
+class MemoryLedgerMachine(LedgerMachine):
+    """The same machine on the in-memory store: the ledger cannot tell the stores apart."""
+
+    BACKEND = "memory"
+
+
+MemoryLedgerMachine.TestCase.settings = LedgerMachine.TestCase.settings
+test_ledger_against_the_model_in_memory = MemoryLedgerMachine.TestCase
 
 
 def test_a_host_down_outcome_reopened_before_its_commit_is_never_announced(

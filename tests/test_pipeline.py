@@ -367,18 +367,18 @@ def test_a_failing_ingest_ends_the_run_with_a_run_error_and_committed_state(
     with the error named, and what was ingested before it is committed."""
     import sqlite3
 
-    from runtime.core.store import SQLiteStore
+    from runtime.core.store import Admission
 
-    real_ingest = SQLiteStore.ingest
+    real_ingest = Admission.ingest
     calls = {"n": 0}
 
-    def failing_ingest(self: SQLiteStore, *args: object, **kwargs: object) -> object:
+    def failing_ingest(self: Admission, *args: object, **kwargs: object) -> object:
         calls["n"] += 1
         if calls["n"] == 2:
             raise sqlite3.OperationalError("disk I/O error (injected)")
         return real_ingest(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(SQLiteStore, "ingest", failing_ingest)
+    monkeypatch.setattr(Admission, "ingest", failing_ingest)
     entries = tmp_path / "in.ndjson"
     entries.write_text("".join(f'{{"url": "http://sim.test/{i}"}}\n' for i in range(2500)))
     config = make_config(tmp_path, input={"path": str(entries)})

@@ -18,10 +18,13 @@ from messages import RunFinished
 from messages.control import GetStats, InputClosed, Tick
 from runtime import Pipeline
 from runtime.cli import check_input
+from runtime.core.config import Config
+from runtime.core.store import MemoryStore, Store, open_store
 from runtime.testing import Crash, FakeClock, Ok, ScriptedTransport, Status, Step, capture_logs
 from tests.helpers import make_config, read_manifest
 
 MAX_ATTEMPTS = 3
+BACKENDS = ["sqlite", "memory"]
 STEPS = {
     "ok": Ok(b"payload"),
     "transient": Status(503),
@@ -54,11 +57,13 @@ item_strategy = st.tuples(
     workers=st.integers(1, 4),
     mailbox=st.integers(1, 3),
     processors=st.integers(1, 3),
+    backend=st.sampled_from(BACKENDS),
 )
 def test_every_item_ends_exactly_once(
-    items: list[tuple[list[str], bool]], workers: int, mailbox: int, processors: int
+    items: list[tuple[list[str], bool]], workers: int, mailbox: int, processors: int, backend: str
 ) -> None:
-    """Terminal records are unique and complete, match the model, and mailboxes hold."""
+    """Terminal records are unique and complete, match the model, and mailboxes hold —
+    with either store."""
     names = [f"{'boom' if boom else 'item'}-{i}" for i, (_, boom) in enumerate(items)]
     script: dict[str, list[Step]] = {
         f"http://h.test/{name}": [STEPS[s] for s in steps]
@@ -73,8 +78,13 @@ def test_every_item_ends_exactly_once(
             processing={"workers": processors, "processor": "tests.plugins:FailingProcessor"},
             supervisor={"max_restarts": 1000},
             circuit={"give_up_after": 0},  # the model counts attempts; keep probing
+            state={"backend": backend},
         )
-        with capture_logs() as logs, Pipeline(config, transport_factory=transport) as pipeline:
+        store = open_store(config)
+        with (
+            capture_logs() as logs,
+            Pipeline(config, transport_factory=transport, store=lambda: store) as pipeline,
+        ):
             pipeline.submit([{"url": u, "id": n} for n, u in zip(names, script, strict=True)])
             summary = pipeline.wait(15)
         f = summary.finished
@@ -83,9 +93,7 @@ def test_every_item_ends_exactly_once(
         assert summary.stats["max_leased"] <= mailbox
         records = read_manifest(config.manifest_path)
         assert sorted(r["id"] for r in records) == sorted(names)
-        db = sqlite3.connect(Path(config.state.dir) / "state.sqlite3")
-        stored = dict(db.execute("SELECT id, status FROM items").fetchall())
-        db.close()
+        stored = _statuses(config, store)
         for record, (name, (steps, boom)), url in zip(
             sorted(records, key=lambda r: int(r["id"].split("-")[1])),
             zip(names, items, strict=True),
@@ -101,6 +109,17 @@ def test_every_item_ends_exactly_once(
     assert pykka.ActorRegistry.get_all() == []
 
 
+def _statuses(config: Config, store: Store) -> dict[str, str]:
+    """Each stored item's status, after the run (which closed the store)."""
+    if isinstance(store, MemoryStore):
+        return {i: row.status for i, row in store.rows.items()}
+    db = sqlite3.connect(Path(config.state.dir) / "state.sqlite3")
+    try:
+        return dict(db.execute("SELECT id, status FROM items").fetchall())
+    finally:
+        db.close()
+
+
 class _Inbox(pykka.ThreadingActor):
     """Stands in for the supervisor: takes whatever it is told."""
 
@@ -111,12 +130,14 @@ class _Inbox(pykka.ThreadingActor):
 def test_a_tick_after_the_run_finished_announces_nothing(tmp_path: Path) -> None:
     """A Tick that reaches the StateKeeper after RunFinished commits but emits no event."""
     events: list[object] = []
+    config = make_config(tmp_path)
     keeper = StateKeeper.start(
-        config=make_config(tmp_path),
+        config=config,
         supervisor=_Inbox.start(),
         clock=FakeClock(),
         on_event=events.append,
         rng=random.Random(0),
+        store_factory=lambda: open_store(config),
     )
     keeper.tell(InputClosed())
     keeper.ask(GetStats())  # a barrier: InputClosed was handled
@@ -132,9 +153,10 @@ def test_a_tick_after_the_run_finished_announces_nothing(tmp_path: Path) -> None
     steps=st.lists(st.sampled_from(["ok", "transient"]), min_size=0, max_size=10),
     jumps=st.lists(st.floats(0.0, 0.2), min_size=1, max_size=20),
     workers=st.integers(1, 3),
+    backend=st.sampled_from(BACKENDS),
 )
 def test_run_finished_is_always_the_last_event(
-    steps: list[str], jumps: list[float], workers: int
+    steps: list[str], jumps: list[float], workers: int, backend: str
 ) -> None:
     """Fake time jumps at random moments (on events, so ticks land anywhere, also around
     the end): whatever the timing, exactly one RunFinished ends the events."""
@@ -153,7 +175,10 @@ def test_run_finished_is_always_the_last_event(
         # Fake time moves only on events: a breaker that opened would wait for a clock
         # nobody moves, so it must not open here (the property is about the event order).
         config = make_config(
-            Path(tmp), download={"workers": workers}, circuit={"failure_threshold": 1000}
+            Path(tmp),
+            download={"workers": workers},
+            circuit={"failure_threshold": 1000},
+            state={"backend": backend},
         )
         pipeline = Pipeline(
             config, transport_factory=ScriptedTransport(script), clock=clock, on_event=on_event

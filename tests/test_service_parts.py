@@ -145,7 +145,7 @@ def _manager_with_a_job(tmp_path: Path) -> tuple[Any, Job]:
     """A job manager (not started) and one stored job whose state recorded five outcomes."""
     from messages import Outcome, WorkItem
     from runtime.core.config import Config
-    from runtime.core.store import SQLiteStore
+    from runtime.core.store import Admission, SQLiteStore
     from runtime.service.jobs import JobManager
 
     config = Config.from_mapping({"service": {"data_dir": str(tmp_path / "data")}})
@@ -155,7 +155,7 @@ def _manager_with_a_job(tmp_path: Path) -> tuple[Any, Job]:
         Job(id="j", number=0, status="running", total=5, invalid=0, created_at=0.0), None
     )
     state = SQLiteStore(manager.job_dir("j") / "state")
-    state.ingest([WorkItem(id=f"i{n}", url=f"http://h/{n}", name=f"i{n}", line=n + 1)
+    Admission(state).ingest([WorkItem(id=f"i{n}", url=f"http://h/{n}", name=f"i{n}", line=n + 1)
                   for n in range(5)], [], [])  # fmt: skip
     for n in (3, 0, 4, 1, 2):  # recorded in this order: done_seq 1..5
         state.record_outcome(Outcome(id=f"i{n}", url=f"http://h/{n}", name=f"i{n}", path="",

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from messages import Outcome, Rejected, WorkItem
 from runtime.core.scheduler import host_of
-from runtime.core.store import PENDING_OF_SQL, SQLiteStore
+from runtime.core.store import PENDING_OF_SQL, Admission, IngestResult, SQLiteStore, Store
+
+
+def ingest(store: Store, *args: Any) -> IngestResult:
+    """A block of input through admission, into ``store``."""
+    return Admission(store).ingest(*args)
 
 
 def item(i: str, line: int, name: str | None = None, url: str | None = None) -> WorkItem:
@@ -17,8 +23,8 @@ def item(i: str, line: int, name: str | None = None, url: str | None = None) -> 
 def test_reading_the_same_input_again_adds_nothing(tmp_path: Path) -> None:
     """A resumed run re-reads its input; ids from the same lines are not added twice."""
     store = SQLiteStore(tmp_path)
-    first = store.ingest([item("a", 1), item("b", 2)], [], [])
-    again = store.ingest([item("a", 1), item("b", 2)], [], [])
+    first = ingest(store, [item("a", 1), item("b", 2)], [], [])
+    again = ingest(store, [item("a", 1), item("b", 2)], [], [])
     assert (first.added, again.added, again.rejected) == (2, 0, ())
     assert store.counts() == {"pending": 2}
 
@@ -26,7 +32,7 @@ def test_reading_the_same_input_again_adds_nothing(tmp_path: Path) -> None:
 def test_a_second_entry_with_a_taken_id_is_a_duplicate(tmp_path: Path) -> None:
     """Duplicate ids end invalid_entry naming both lines."""
     store = SQLiteStore(tmp_path)
-    result = store.ingest([item("a", 1), item("a", 7, name="other")], [], [])
+    result = ingest(store, [item("a", 1), item("a", 7, name="other")], [], [])
     assert result.added == 1
     (reject,) = result.rejected
     assert reject.error_kind == "invalid_entry"
@@ -37,9 +43,9 @@ def test_a_block_the_indexes_object_to_is_taken_again_the_careful_way(tmp_path: 
     """New blocks are not looked up before they go in; a block holding a stored id or
     name is undone and checked entry by entry, and nothing of it is stored twice."""
     store = SQLiteStore(tmp_path)
-    store.ingest([item("a", 1), item("b", 2, name="f.bin")], [], [])
+    ingest(store, [item("a", 1), item("b", 2, name="f.bin")], [], [])
     mixed = [item("c", 3), item("a", 4, name="x"), item("d", 5, name="f.bin"), item("e", 6)]
-    result = store.ingest(mixed, [Rejected(id="line:7", line=7, url="ftp://x", error="bad")], [])
+    result = ingest(store, mixed, [Rejected(id="line:7", line=7, url="ftp://x", error="bad")], [])
     assert result.added == 2
     assert [r.error for r in result.rejected] == [
         "line 4: duplicate id 'a' (first seen on line 1)",
@@ -48,7 +54,7 @@ def test_a_block_the_indexes_object_to_is_taken_again_the_careful_way(tmp_path: 
     ]
     lines = [line for (line,) in store.db.execute("SELECT line FROM items ORDER BY seq")]
     assert lines == [1, 2, 3, 4, 5, 6, 7]  # input order, each line once
-    fresh = store.ingest([item("g", 8), item("g", 9, name="y")], [], [])  # new again
+    fresh = ingest(store, [item("g", 8), item("g", 9, name="y")], [], [])  # new again
     assert fresh.added == 1
     assert [r.error for r in fresh.rejected] == ["line 9: duplicate id 'g' (first seen on line 8)"]
     assert store.counts() == {"pending": 5, "reporting": 4}
@@ -57,8 +63,8 @@ def test_a_block_the_indexes_object_to_is_taken_again_the_careful_way(tmp_path: 
 def test_a_given_name_that_clashes_is_rejected_a_derived_one_renamed(tmp_path: Path) -> None:
     """Two entries may not write the same file; derived names get a suffix instead."""
     store = SQLiteStore(tmp_path)
-    store.ingest([item("a", 1, name="f.bin")], [], [])
-    result = store.ingest([item("b", 2, name="f.bin"), item("c", 3, name="f.bin")], [], ["c"])
+    ingest(store, [item("a", 1, name="f.bin")], [], [])
+    result = ingest(store, [item("b", 2, name="f.bin"), item("c", 3, name="f.bin")], [], ["c"])
     assert result.added == 1
     assert [r.error for r in result.rejected] == [
         "line 2: name 'f.bin' clashes with item 'a' (line 1), which has the same name"
@@ -71,7 +77,7 @@ def test_pending_items_are_read_per_host_in_input_order(tmp_path: Path) -> None:
     """Each host's pending items come back in input order, from a position on, by lane."""
     store = SQLiteStore(tmp_path, large_threshold=100)
     urls = ["http://a/1", "http://b/1", "http://a/2", "http://A:80/3", "https://a/4"]
-    store.ingest([item(str(i), i + 1, url=u) for i, u in enumerate(urls)], [], [])
+    ingest(store, [item(str(i), i + 1, url=u) for i, u in enumerate(urls)], [], [])
     assert store.pending_hosts() == ["a:443", "a:80", "b:80"]
     first = store.pending_of("a:80", False, 0, 2)
     assert [w.id for _, w in first] == ["0", "2"]
@@ -85,7 +91,7 @@ def test_pending_items_are_read_per_host_in_input_order(tmp_path: Path) -> None:
 
 def test_a_state_from_before_hosts_were_stored_gets_them(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path)
-    store.ingest([item("x", 1)], [], [])
+    ingest(store, [item("x", 1)], [], [])
     store.db.execute("DROP INDEX items_queue")
     store.db.execute("ALTER TABLE items DROP COLUMN host")
     store.db.execute("ALTER TABLE items DROP COLUMN large")
@@ -97,7 +103,7 @@ def test_a_state_from_before_hosts_were_stored_gets_them(tmp_path: Path) -> None
 def test_changes_are_visible_to_others_only_after_commit(tmp_path: Path) -> None:
     """Group commit: a reader sees nothing until commit()."""
     store = SQLiteStore(tmp_path)
-    store.ingest([item("a", 1)], [], [])
+    ingest(store, [item("a", 1)], [], [])
     reader = sqlite3.connect(tmp_path / "state.sqlite3")
     assert reader.execute("SELECT count(*) FROM items").fetchone() == (0,)
     store.commit()
@@ -111,7 +117,7 @@ def test_changes_are_visible_to_others_only_after_commit(tmp_path: Path) -> None
 def test_unreported_rejections_are_recovered(tmp_path: Path) -> None:
     """A rejection whose manifest line may be missing is reported again after a crash."""
     store = SQLiteStore(tmp_path)
-    store.ingest([], [Rejected(id="line:4", line=4, url="ftp://x", error="line 4: bad")], [])
+    ingest(store, [], [Rejected(id="line:4", line=4, url="ftp://x", error="line 4: bad")], [])
     store.close()
     reopened = SQLiteStore(tmp_path)
     assert reopened.count_rejects() == 1
@@ -126,7 +132,7 @@ def test_rejects_are_handed_out_in_blocks_in_input_order(tmp_path: Path) -> None
     store = SQLiteStore(tmp_path)
     rejects = [Rejected(id=f"line:{n}", line=n, url="", name=f"n{n}", error="bad")
                for n in range(1, 8)]  # fmt: skip
-    store.ingest([], rejects, [])
+    ingest(store, [], rejects, [])
     first, second, third = store.next_rejects(3), store.next_rejects(3), store.next_rejects(3)
     assert [o.id for o in first + second + third] == [f"line:{n}" for n in range(1, 8)]
     assert [len(first), len(second), len(third)] == [3, 3, 1]
@@ -137,20 +143,20 @@ def test_a_file_and_a_directory_of_the_same_name_clash(tmp_path: Path) -> None:
     """``a`` and ``a/b`` cannot both exist: the later entry is rejected, in one batch or
     across batches and in either order; a derived name is renamed instead."""
     store = SQLiteStore(tmp_path)
-    one = store.ingest([item("f", 1, name="a"), item("g", 2, name="a/b")], [], [])
+    one = ingest(store, [item("f", 1, name="a"), item("g", 2, name="a/b")], [], [])
     assert one.added == 1
     assert one.rejected[0].error.startswith("line 2: name 'a/b' clashes with item 'f' (line 1)")
-    two = store.ingest([item("h", 3, name="x/y/z"), item("i", 4, name="x/y")], [], [])
+    two = ingest(store, [item("h", 3, name="x/y/z"), item("i", 4, name="x/y")], [], [])
     assert two.added == 1
     assert "line 4: name 'x/y' clashes with a directory" in two.rejected[0].error
-    three = store.ingest([item("j", 5, name="x"), item("k", 6, name="a/c/d")], [], [])
+    three = ingest(store, [item("j", 5, name="x"), item("k", 6, name="a/c/d")], [], [])
     assert three.added == 0
     assert "stored below it as a directory" in three.rejected[0].error
     assert "whose file 'a' is where a directory is needed" in three.rejected[1].error
     store.commit()
 
     again = SQLiteStore(tmp_path)  # a resumed run knows the stored directories too
-    derived = again.ingest([item("m", 7, name="x")], [], ["m"])
+    derived = ingest(again, [item("m", 7, name="x")], [], ["m"])
     assert derived.added == 1
     stored = dict(again.db.execute("SELECT id, name FROM items WHERE id='m'").fetchall())
     assert stored["m"] != "x"
@@ -171,7 +177,7 @@ def test_an_entry_sharing_an_id_with_a_derived_one_keeps_its_given_name(tmp_path
     parsed = [parse_entry(e, line) for line, e in enumerate(entries, start=1)]
     items = [p for p, _ in parsed]
     derived = [p.id for p, was_derived in parsed if was_derived]
-    result = SQLiteStore(tmp_path).ingest(items, [], derived)  # type: ignore[arg-type]
+    result = ingest(SQLiteStore(tmp_path), items, [], derived)  # type: ignore[arg-type]
     assert result.added == 2
     (reject,) = result.rejected
     assert reject.id == "line:2"
@@ -181,7 +187,7 @@ def test_an_entry_sharing_an_id_with_a_derived_one_keeps_its_given_name(tmp_path
 def test_items_change_lanes_when_the_large_threshold_changes(tmp_path: Path) -> None:
     """Known sizes sort pending items into the lanes; another threshold sorts them again."""
     store = SQLiteStore(tmp_path, large_threshold=100)
-    store.ingest(
+    ingest(store,
         [WorkItem(id=i, url=f"http://h/{i}", name=i, line=n, size=s)
          for n, (i, s) in enumerate((("s", 50), ("m", 500), ("u", None)), 1)],
         [],
@@ -224,7 +230,8 @@ def test_rejected_entries_keep_their_place_in_input_order(tmp_path: Path) -> Non
     input, so a listing in stored order is the input's order."""
     store = SQLiteStore(tmp_path)
     bad = Rejected(id="line:3", line=3, url="ftp://x", name="", error="line 3: not http")
-    store.ingest(
+    ingest(
+        store,
         [item("a", 1), item("b", 2), item("d", 4), item("d", 5, name="dup"), item("f", 6)],
         [bad],
         [],
@@ -239,7 +246,7 @@ def test_outcomes_are_numbered_in_the_order_they_are_recorded(tmp_path: Path) ->
     from runtime.core.store import SQLiteView
 
     store = SQLiteStore(tmp_path)
-    store.ingest([item("a", 1), item("b", 2), item("c", 3)], [], [])
+    ingest(store, [item("a", 1), item("b", 2), item("c", 3)], [], [])
     outcome = Outcome(id="b", url="http://h/b", name="b", path="", status="completed", size=5)
     assert store.record_outcome(outcome) == 1
     store.commit()
@@ -260,7 +267,7 @@ def test_a_done_seq_is_never_given_twice_even_after_its_item_reopened(tmp_path: 
     cleared) does not let a later outcome, after a restart, take that number again — a
     sink that stored it would skip the new outcome."""
     store = SQLiteStore(tmp_path)
-    store.ingest([item("a", 1), item("b", 2), item("c", 3)], [], [])
+    ingest(store, [item("a", 1), item("b", 2), item("c", 3)], [], [])
     store.record_outcome(Outcome(id="a", url="", name="a", path="", status="failed"))
     assert store.record_outcome(Outcome(id="b", url="", name="b", path="", status="failed")) == 2
     store.commit()

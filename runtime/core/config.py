@@ -52,6 +52,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("processing", "mode"): ("thread", "process"),
     ("download", "trust_env"): ("auto", "yes", "no"),
     ("download", "engine"): ("requests", "curl"),
+    ("state", "backend"): ("sqlite", "memory"),
 }
 
 
@@ -78,12 +79,16 @@ class OutputConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StateConfig:
-    """``[state]``: the SQLite store that makes runs resumable."""
+    """``[state]``: the store that makes runs resumable."""
 
     dir: str = ".conveyor"
     """Directory of ``state.sqlite3`` (and by default the manifest)."""
     persist_interval: float = 0.5
     """Seconds between group commits of status changes."""
+    backend: str = "sqlite"
+    """``sqlite``: the state in ``state.sqlite3``, so a run resumes where it stopped.
+    ``memory``: nothing is kept between runs (throw-away runs and tests); the manifest is
+    still written."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -46,7 +46,7 @@ from runtime.core.config import Config
 from runtime.core.logs import get_logger
 from runtime.core.retry import RetryPolicy
 from runtime.core.scheduler import Scheduler, host_of
-from runtime.core.store import Store
+from runtime.core.store import Admission, Store
 
 __all__ = ["PROCESS_BATCH", "REPORT_BATCH", "REPORT_QUEUE", "Effects", "Ledger"]
 
@@ -93,6 +93,7 @@ class Ledger:
         self.config = config
         self.clock = clock
         self.store = store
+        self.admission = Admission(store)
         self.policy = RetryPolicy(config.retry, rng)
         self.workers: dict[str, _Worker] = {}
         self.post_processor: str | None = None
@@ -219,7 +220,7 @@ class Ledger:
 
     def enqueue(self, batch: Enqueue) -> int:
         """Store a block of input; return how many new items are pending."""
-        result = self.store.ingest(batch.items, batch.rejected, batch.derived_name_ids)
+        result = self.admission.ingest(batch.items, batch.rejected, batch.derived_name_ids)
         new = result.added + len(result.rejected)
         self.stats["accepted"] += new
         self.open_items += new

@@ -1,0 +1,66 @@
+"""Recheck: are the files of finished items still what the state says they are?
+
+``run --recheck`` looks at every completed or skipped item's file in the output directory
+before a run: a missing one, or one of another size (or, with ``full``, another sha256),
+puts its item back to pending, and a changed file is removed so that it is downloaded
+again rather than taken as already in place. Nothing outside the output directory is
+ever touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from runtime.core.store.protocol import Store
+
+__all__ = ["recheck"]
+
+
+def recheck(store: Store, out_dir: Path, full: bool = False) -> tuple[int, list[str]]:
+    """Put completed and skipped items whose file is gone or changed back to pending;
+    committed before returning.
+
+    Returns:
+        How many files were checked, and the ids put back to pending.
+    """
+    kept = store.kept_files()
+    bad = []
+    for item_id, name, size, sha in kept:
+        path = out_dir / name
+        if not _file_matches(path, size, sha, full):
+            bad.append(item_id)
+            # A changed file would be taken as already in place: remove it, so the item
+            # is downloaded again (a directory in its place is left alone).
+            if _inside(path.parent, out_dir):  # never touch a file outside the output
+                with contextlib.suppress(IsADirectoryError, FileNotFoundError):
+                    path.unlink()
+    store.requeue(bad)
+    store.commit()
+    return len(kept), bad
+
+
+def _inside(folder: Path, root: Path) -> bool:
+    """Whether ``folder`` resolves (symlinks included) to ``root`` or below it."""
+    real, real_root = os.path.realpath(folder), os.path.realpath(root)
+    return real == real_root or real.startswith(real_root + os.sep)
+
+
+def _file_matches(path: Path, size: int | None, sha256: str | None, full: bool) -> bool:
+    """Whether ``path`` is a regular file of ``size`` bytes (and ``sha256`` when ``full``)."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or (size is not None and st.st_size != size):
+        return False
+    if not full or sha256 is None:
+        return True
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest() == sha256
