@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import pykka
 
 from actors.control import tell
-from messages.control import ChildCrashed
+from messages import ChildCrashed
 from runtime.core import cputime
 
 __all__ = ["ChildActor", "ChildContext", "report_crash"]

@@ -14,7 +14,7 @@ from actors.control import tell
 from messages import Outcome, PostProcessed, PostProcessFailed
 from messages.control import Batch, RecordOutcomes
 from runtime.core.logs import get_logger
-from runtime.core.plugins import BasePostProcessor, PluginContext
+from runtime.core.plugins import BasePostProcessor, PluginContext, call_batch, failure
 
 __all__ = ["PostProcessor"]
 
@@ -67,27 +67,19 @@ class PostProcessor(ChildActor):
     ) -> list[PostProcessed | PostProcessFailed]:
         """Record a block through ``post_process_batch``, then ``flush``; what the plugin
         raises for one outcome fails that item, a failed flush the whole block."""
-        try:
-            errors: list[Exception | None] = self.plugin.post_process_batch(outcomes)
-            if len(errors) != len(outcomes):
-                raise TypeError(
-                    f"post_process_batch() returned {len(errors)} results "
-                    f"for {len(outcomes)} outcomes"
-                )
-        except Exception as exc:  # noqa: BLE001 - a plugin's failure is the items', not ours
-            errors = [exc] * len(outcomes)
+        errors = call_batch(self.plugin.post_process_batch, outcomes, "outcomes")
         replies: list[PostProcessed | PostProcessFailed] = []
         for outcome, error in zip(outcomes, errors, strict=True):
             if error is None:
                 replies.append(PostProcessed(item_id=outcome.id, status=outcome.status))
                 continue
-            text = f"{type(error).__name__}: {error}"
+            text = failure(error)
             log.warning("post-processor failed", item_id=outcome.id, error=text)
             replies.append(PostProcessFailed(item_id=outcome.id, error=text))
         try:
             self.plugin.flush()
         except Exception as exc:  # noqa: BLE001 - a plugin's failure is the items', not ours
-            failure = f"flush failed: {type(exc).__name__}: {exc}"
-            log.warning("post-processor flush failed", error=failure)
-            return [PostProcessFailed(item_id=o.id, error=failure) for o in outcomes]
+            text = f"flush failed: {failure(exc)}"
+            log.warning("post-processor flush failed", error=text)
+            return [PostProcessFailed(item_id=o.id, error=text) for o in outcomes]
         return replies

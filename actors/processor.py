@@ -16,7 +16,7 @@ from actors.control import tell
 from messages import DownloadComplete, ProcessingComplete, ProcessingFailed
 from messages.control import Batch, ProcessFiles
 from runtime.core.logs import get_logger
-from runtime.core.plugins import BaseProcessor, Downloaded
+from runtime.core.plugins import BaseProcessor, Downloaded, call_batch, failure
 
 __all__ = ["Processor", "process_block"]
 
@@ -65,14 +65,7 @@ def process_block(
         )
         for done in block
     ]
-    try:
-        results: Sequence[Any] = plugin.process_batch(files)
-        if len(results) != len(files):
-            raise TypeError(
-                f"process_batch() returned {len(results)} results for {len(files)} files"
-            )
-    except Exception as exc:  # noqa: BLE001 - a plugin's failure is its items', not ours
-        results = [exc] * len(files)
+    results = call_batch(plugin.process_batch, files, "files")
     replies: list[ProcessingComplete | ProcessingFailed] = []
     for done, result in zip(block, results, strict=True):
         item_id = done.item.id
@@ -83,7 +76,7 @@ def process_block(
                 raise TypeError(f"process() returned {type(result).__name__}, not a dict")
             msgpack.packb(result)  # the result must be able to cross a process boundary
         except Exception as exc:  # noqa: BLE001 - a plugin's failure is the item's, not ours
-            error = f"{type(exc).__name__}: {exc}"
+            error = failure(exc)
             log.warning("processor failed", item_id=item_id, error=error)
             replies.append(ProcessingFailed(worker=worker, item_id=item_id, error=error))
             continue

@@ -9,7 +9,7 @@ message in ``messages/`` encoded with msgpack, one frame per batch, over a
 Downloaders: a ``DownloaderHost`` (main process) starts one worker process that hosts
 downloader actors. Their ``state_keeper`` and ``supervisor`` there are an ``Uplink`` that
 frames what they send; a reader thread in the main process decodes the frames and tells
-the StateKeeper (or, for ``WorkerCrashed``, the Supervisor). Grants go the other way
+the StateKeeper (or, for ``ChildCrashed``, the Supervisor). Grants go the other way
 through a ``RemoteRef``. When the process dies, the reader sees the pipe close and tells
 the Supervisor, which re-dispatches the work of every downloader that lived there and
 starts a new process.
@@ -37,14 +37,14 @@ from actors.downloader import Downloader
 from actors.processor import process_block
 from messages import (
     Cancel,
+    ChildCrashed,
     DownloadComplete,
     Grant,
     StartDownloader,
-    WorkerCrashed,
     decode_batch,
     encode_batch,
 )
-from messages.control import Batch, ChildCrashed, ProcessFiles, ProcessLost
+from messages.control import Batch, ProcessFiles, ProcessLost
 from messages.types import Lane
 from runtime.core import cputime
 from runtime.core.clock import Clock
@@ -119,10 +119,6 @@ class Uplink:
 
     def tell(self, message: Any) -> None:
         """Frame ``message`` (or a ``Batch`` of them) for the main process."""
-        if isinstance(message, ChildCrashed):
-            message = WorkerCrashed(
-                worker=message.worker, kind=message.kind, index=message.index, error=message.error
-            )
         if not self.pipe.send(message.messages if isinstance(message, Batch) else (message,)):
             raise pykka.ActorDeadError("the main process is gone")
 
@@ -306,19 +302,14 @@ class DownloaderHost:
             except ValueError as exc:  # CodecError: a broken peer
                 error = f"bad frame from the worker process: {exc}"
                 break
-            crashes = [m for m in messages if isinstance(m, WorkerCrashed)]
-            rest = tuple(m for m in messages if not isinstance(m, WorkerCrashed))
+            crashes = [m for m in messages if isinstance(m, ChildCrashed)]
+            rest = tuple(m for m in messages if not isinstance(m, ChildCrashed))
             if rest and not tell(
                 self.state_keeper, Batch(messages=rest) if len(rest) > 1 else rest[0]
             ):
                 return
             for crash in crashes:
-                tell(
-                    self.supervisor,
-                    ChildCrashed(
-                        worker=crash.worker, kind=crash.kind, index=crash.index, error=crash.error
-                    ),
-                )
+                tell(self.supervisor, crash)
         with contextlib.suppress(OSError):
             conn.close()
         if not self.stopping:

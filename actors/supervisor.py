@@ -34,10 +34,9 @@ from actors.post_processor import PostProcessor
 from actors.processor import Processor
 from actors.remote import DownloaderHost, RemoteProcessor
 from actors.state_keeper import EventSink, StateKeeper
-from messages import Cancel, RunFinished
+from messages import Cancel, ChildCrashed, RunFinished
 from messages.control import (
     Attach,
-    ChildCrashed,
     GetStats,
     GraceExpired,
     InputFailed,

@@ -4,7 +4,6 @@ in-process control (``control``) — importable from here."""
 from messages.codec import MESSAGE_TYPES, CodecError, decode, decode_batch, encode, encode_batch
 from messages.control import (
     Attach,
-    ChildCrashed,
     GetStats,
     GraceExpired,
     InputClosed,
@@ -18,7 +17,9 @@ from messages.control import (
 )
 from messages.types import (
     HANDED_BACK,
+    OUTCOME_FIELDS,
     Cancel,
+    ChildCrashed,
     Demand,
     DownloadComplete,
     DownloadFailed,
@@ -41,7 +42,6 @@ from messages.types import (
     Scope,
     StartDownloader,
     Status,
-    WorkerCrashed,
     WorkItem,
 )
 
@@ -51,6 +51,7 @@ __conveyor_package__ = True
 __all__ = [
     "HANDED_BACK",
     "MESSAGE_TYPES",
+    "OUTCOME_FIELDS",
     "Attach",
     "Cancel",
     "ChildCrashed",
@@ -89,7 +90,6 @@ __all__ = [
     "TakeNext",
     "Tick",
     "WorkItem",
-    "WorkerCrashed",
     "WorkerLost",
     "decode",
     "decode_batch",

@@ -14,7 +14,6 @@ from messages.types import DownloadComplete, Lane, Outcome
 __all__ = [
     "Attach",
     "Batch",
-    "ChildCrashed",
     "GetStats",
     "GraceExpired",
     "InputClosed",
@@ -56,20 +55,6 @@ class WorkerLost:
     """The crashed instance."""
     error: str
     """What it crashed with."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChildCrashed:
-    """Child → Supervisor, from ``on_failure``: restart me."""
-
-    worker: str
-    """The crashed instance."""
-    kind: str
-    """Its kind."""
-    index: int
-    """Its slot among children of that kind."""
-    error: str
-    """The exception, as ``Type: message``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,7 +11,7 @@ so the codec can check every field on the way in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 Status = Literal["completed", "failed", "skipped"]
@@ -294,6 +294,11 @@ class Outcome:
     stored knows, after a crash, which committed outcomes it has not announced yet."""
 
 
+OUTCOME_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Outcome))
+"""The fields of an ``Outcome``, in order: what a record of one (a manifest line, an item
+event, a stored row read back) is made of."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PostProcessed:
     """The post-processor recorded an outcome; the StateKeeper may commit it as terminal."""
@@ -371,10 +376,11 @@ class StartDownloader:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class WorkerCrashed:
-    """A worker process → Supervisor: one of its actors crashed (restart it)."""
+class ChildCrashed:
+    """A child actor → Supervisor, from ``on_failure``: restart me (through the pipe when
+    the child lives in a worker process)."""
 
-    TAG: ClassVar[str] = "worker_crashed"
+    TAG: ClassVar[str] = "child_crashed"
 
     worker: str
     """The crashed instance."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from messages import Outcome, RunFinished, RunProgress
+from messages import OUTCOME_FIELDS, Outcome, RunFinished, RunProgress
 from runtime.core.store import open_view, state_exists
 
 __all__ = ["EventStream", "fan_out"]
@@ -99,19 +99,8 @@ def continue_events_file(path: Path, state_dir: Path) -> EventStream:
 
 def _outcome_of(record: dict[str, Any]) -> Outcome:
     """A stored terminal record as the ``Outcome`` it was (without the processor's result)."""
-    return Outcome(
-        id=record["id"],
-        url=record["url"],
-        name=record["name"] or "",
-        path=record["path"],
-        status=record["status"],
-        size=record["size"],
-        sha256=record["sha256"],
-        error_kind=record["error_kind"],
-        error=record["error"],
-        attempts=record["attempts"],
-        done_seq=record["done_seq"],
-    )
+    fields = {k: record[k] for k in OUTCOME_FIELDS if k in record}
+    return Outcome(**{**fields, "name": record["name"] or ""})
 
 
 def _last_marks(path: Path) -> tuple[int, int, bool]:

@@ -16,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from messages import WorkItem
 from runtime.core.breaker import CircuitBreaker
-from runtime.core.config import RetryConfig
+from runtime.core.config import CircuitConfig, RetryConfig
 from runtime.core.retry import RetryPolicy, parse_retry_after
 from runtime.core.scheduler import Scheduler, host_of
 from tests.helpers import make_config
@@ -43,11 +43,13 @@ class BreakerMachine(RuleBasedStateMachine):
     @initialize()
     def setup(self) -> None:
         self.breaker = CircuitBreaker(
-            window=WINDOW,
-            min_requests=MIN_REQUESTS,
-            failure_rate=RATE,
-            reset_timeout=RESET,
-            give_up_after=self.give_up_after,
+            CircuitConfig(
+                window=WINDOW,
+                min_requests=MIN_REQUESTS,
+                failure_rate=RATE,
+                reset_timeout=RESET,
+                give_up_after=self.give_up_after,
+            )
         )
         self.m_probe_failures = 0
         self.now = 0.0
@@ -149,11 +151,13 @@ def breaker(**overrides: float) -> CircuitBreaker:
     values: dict[str, float] = {"window": 10, "min_requests": 4, "failure_rate": 0.5,
                                 "reset_timeout": 5.0, **overrides}  # fmt: skip
     return CircuitBreaker(
-        window=int(values["window"]),
-        min_requests=int(values["min_requests"]),
-        failure_rate=values["failure_rate"],
-        reset_timeout=values["reset_timeout"],
-        give_up_after=int(values.get("give_up_after", 0)),
+        CircuitConfig(
+            window=int(values["window"]),
+            min_requests=int(values["min_requests"]),
+            failure_rate=values["failure_rate"],
+            reset_timeout=values["reset_timeout"],
+            give_up_after=int(values.get("give_up_after", 0)),
+        )
     )
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from runtime.core.config import CircuitConfig
+
 __all__ = ["CircuitBreaker"]
 
 
@@ -31,11 +33,8 @@ __all__ = ["CircuitBreaker"]
 class CircuitBreaker:
     """The breaker of one host."""
 
-    window: int = 50
-    min_requests: int = 20
-    failure_rate: float = 0.5
-    reset_timeout: float = 30.0
-    give_up_after: int = 0
+    config: CircuitConfig = field(default_factory=CircuitConfig)
+    """``[circuit]``: the window, the rate that opens it, the timeouts."""
     state: str = "closed"
     probe_failures: int = 0
     opened_at: float = 0.0
@@ -65,7 +64,7 @@ class CircuitBreaker:
 
     def allows(self, now: float) -> bool:
         """Whether a request may be sent now (turning open into half-open when due)."""
-        if self.state == "open" and now >= self.opened_at + self.reset_timeout:
+        if self.state == "open" and now >= self.opened_at + self.config.reset_timeout:
             self.state = "half_open"
             self.probe_in_flight = False
         if self.state == "closed":
@@ -93,13 +92,13 @@ class CircuitBreaker:
             self.probe_failures += 1
             self.reason = f"the probe failed ({kind})"
             self._open(now)
-            if self.give_up_after and self.probe_failures >= self.give_up_after:
+            if self.config.give_up_after and self.probe_failures >= self.config.give_up_after:
                 self.state = "down"
             return
         if self.state != "closed":
             return  # a late answer while open or down: the window restarts on close
         self._record(kind)
-        if len(self.outcomes) >= self.min_requests and self.rate > self.failure_rate:
+        if len(self.outcomes) >= self.config.min_requests and self.rate > self.config.failure_rate:
             self.reason = self.describe()
             self._open(now)
 
@@ -123,7 +122,7 @@ class CircuitBreaker:
         self.outcomes.append(kind)
         if kind:
             self.kinds[kind] += 1
-        while len(self.outcomes) > self.window:
+        while len(self.outcomes) > self.config.window:
             old = self.outcomes.popleft()
             if old:
                 self.kinds[old] -= 1

@@ -21,12 +21,12 @@ import os
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from messages import Outcome
+from messages import OUTCOME_FIELDS, Outcome
 from runtime.core.errors import ConfigError
 
 __all__ = [
@@ -38,7 +38,9 @@ __all__ = [
     "NullPostProcessor",
     "NullProcessor",
     "PluginContext",
+    "call_batch",
     "check_plugin",
+    "failure",
     "load_plugin",
     "plugin_class",
 ]
@@ -178,19 +180,8 @@ class JsonlManifest(BasePostProcessor):
     compacts it to one line per id (the last one wins) without loading it into memory.
     """
 
-    FIELDS = (
-        "id",
-        "url",
-        "name",
-        "path",
-        "status",
-        "size",
-        "sha256",
-        "error_kind",
-        "error",
-        "attempts",
-        "result",
-    )
+    FIELDS = tuple(f for f in OUTCOME_FIELDS if f != "done_seq")
+    """What a line holds: the outcome (its place in the state's record is the state's)."""
 
     def __init__(self, path: str = "") -> None:
         self.path_option = path
@@ -253,6 +244,28 @@ def _compact_jsonl(path: Path) -> None:
                 fh.write(text)
         db.close()
         os.replace(out, path)
+
+
+def call_batch(
+    hook: Callable[[Sequence[Any]], Sequence[Any]], items: Sequence[Any], what: str
+) -> list[Any]:
+    """Call a plugin's batch hook (``process_batch``, ``post_process_batch``): one answer
+    per item, or, when the hook raises or answers for another number of items, that
+    exception for every item (a plugin's failure is its items', never the actor's)."""
+    try:
+        answers = list(hook(items))
+        if len(answers) != len(items):
+            raise TypeError(
+                f"{hook.__name__}() returned {len(answers)} results for {len(items)} {what}"
+            )
+    except Exception as exc:  # noqa: BLE001 - a plugin's failure is the items', not ours
+        return [exc] * len(items)
+    return answers
+
+
+def failure(exc: BaseException) -> str:
+    """A plugin's exception as an item's error: ``Type: message``."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def plugin_class(spec: str, base: type[Any], key: str, path: Sequence[str] = ()) -> type[Any]:

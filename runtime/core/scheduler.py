@@ -165,16 +165,7 @@ class Scheduler:
         """The state of a host, created on first sight."""
         state = self.hosts.get(key)
         if state is None:
-            c = self.config.circuit
-            state = HostState(
-                breaker=CircuitBreaker(
-                    window=c.window,
-                    min_requests=c.min_requests,
-                    failure_rate=c.failure_rate,
-                    reset_timeout=c.reset_timeout,
-                    give_up_after=c.give_up_after,
-                )
-            )
+            state = HostState(breaker=CircuitBreaker(self.config.circuit))
             self.hosts[key] = state
             self.dirty.add(key)
         return state
@@ -206,7 +197,7 @@ class Scheduler:
         until = host.not_before
         breaker = host.breaker
         if breaker.state == "open":
-            until = max(until, breaker.opened_at + breaker.reset_timeout)
+            until = max(until, breaker.opened_at + breaker.config.reset_timeout)
         return until
 
     def lane_of(self, item: WorkItem) -> Lane:
