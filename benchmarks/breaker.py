@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from runtime import Config, Pipeline
-from runtime.testing import LocalFileServer
+from runtime.fileserver import LocalFileServer
 
 
 def batch(server: LocalFileServer, healthy: int, bad: int, order: str) -> list[dict[str, str]]:

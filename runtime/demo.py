@@ -13,8 +13,8 @@ from pathlib import Path
 from runtime.core.config import load_config
 from runtime.core.errors import ConveyorError
 from runtime.core.lock import StateLock
+from runtime.fileserver import LocalFileServer
 from runtime.foreground import run_pipeline
-from runtime.testing import LocalFileServer
 
 __all__ = ["run_demo"]
 
