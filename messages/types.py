@@ -424,7 +424,9 @@ class RunProgress:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HostStatus:
-    """StateKeeper → displays and event streams: a host whose state changed this tick."""
+    """A host's statistics — their one shape: sent by the StateKeeper to displays and event
+    streams when they change (once per commit), kept in the state (without ``host``,
+    ``runtime.core.scheduler.host_record``) and shown by ``status``."""
 
     TAG: ClassVar[str] = "host_status"
 
@@ -456,3 +458,7 @@ class HostStatus:
     """Failures among them."""
     breaker_reason: str = ""
     """Why the breaker opened, while it is not closed (``62 % of last 50 failed …``)."""
+    failures_by_kind: dict[str, int] = field(default_factory=dict)
+    """``failures`` by error kind."""
+    cooldown_until: float = 0.0
+    """Wall-clock end of the cool-down (0: none)."""

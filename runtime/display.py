@@ -150,14 +150,7 @@ class LiveDisplay:
                     str(h.active),
                     f"{h.successes:,}",
                     f"{h.failures:,}",
-                    breaker_text(
-                        {
-                            "breaker": h.breaker,
-                            "window": h.window,
-                            "window_failures": h.window_failures,
-                            "breaker_reason": h.breaker_reason,
-                        }
-                    ),
+                    breaker_text(h),
                     f"{h.cooldown:.0f} s ({h.cooldown_reason})"
                     if h.cooldown > 0 and h.cooldown_reason
                     else f"{h.cooldown:.0f} s"

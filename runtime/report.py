@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from messages import HostStatus
+from runtime.core.scheduler import host_record, host_status
 from runtime.core.store import StoreView, open_view, state_file
 
 __all__ = [
@@ -74,7 +76,7 @@ def read_report(state_dir: Path) -> dict[str, Any]:
         kinds = view.failures_by_kind()
         invalid = next((n for k, n, _ in kinds if k == "invalid_entry"), 0)
         examples = _invalid_examples(view, invalid)
-        hosts = view.hosts()
+        hosts = {h: host_record(host_status(h, r)) for h, r in view.hosts().items()}
         meta = view.meta()
     items = {s: statuses.get(s, 0) for s in ("completed", "failed", "skipped")}
     items["pending"] = sum(n for s, n in statuses.items() if s not in items)
@@ -124,38 +126,35 @@ def _table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
 
 
 def print_hosts(hosts: dict[str, dict[str, Any]], out: TextIO) -> None:
-    """Per-host statistics, busiest first."""
+    """Per-host statistics (as the state keeps them), busiest first."""
     if not hosts:
         return
     rows = [("host", "attempts", "ok", "retries", "bytes", "breaker", "failures")]
-    busiest = sorted(hosts.items(), key=lambda kv: (-kv[1].get("attempts", 0), kv[0]))
-    for host, st in busiest[:MAX_ROWS]:
-        failures = ", ".join(f"{k} {v}" for k, v in sorted(st.get("failures", {}).items()))
-        breaker = breaker_text(st)
-        rows.append((host, str(st.get("attempts", 0)), str(st.get("successes", 0)),
-                     str(st.get("retries", 0)), human_bytes(st.get("bytes", 0)), breaker,
-                     failures or "-"))  # fmt: skip
+    busiest = sorted((host_status(h, r) for h, r in hosts.items()),
+                     key=lambda st: (-st.attempts, st.host))  # fmt: skip
+    for st in busiest[:MAX_ROWS]:
+        failures = ", ".join(f"{k} {v}" for k, v in sorted(st.failures_by_kind.items()))
+        rows.append((st.host, str(st.attempts), str(st.successes), str(st.retries),
+                     human_bytes(st.bytes), breaker_text(st), failures or "-"))  # fmt: skip
     print("", file=out)
     _table(rows, out)
     if len(busiest) > MAX_ROWS:
         print(f"  ... and {len(busiest) - MAX_ROWS} more hosts", file=out)
 
 
-def breaker_text(st: dict[str, Any]) -> str:
+def breaker_text(st: HostStatus) -> str:
     """A host's breaker for people: its state, its window's failure rate, why it opened.
 
     ``closed, 2 % of last 50 failed`` or ``open: 62 % of last 50 failed (connection 31);
     opened 2x``.
     """
-    state = st.get("breaker", "closed")
-    window, failures = st.get("window", 0), st.get("window_failures", 0)
-    if state == "closed":
-        rate = f"{failures / max(window, 1):.0%}".replace("%", " %")
-        text = f"closed, {rate} of last {window} failed" if window else state
+    if st.breaker == "closed":
+        rate = f"{st.window_failures / max(st.window, 1):.0%}".replace("%", " %")
+        text = f"closed, {rate} of last {st.window} failed" if st.window else st.breaker
     else:
-        text = f"{state}: {st['breaker_reason']}" if st.get("breaker_reason") else state
-    if st.get("times_opened"):
-        text += f"; opened {st['times_opened']}x"
+        text = f"{st.breaker}: {st.breaker_reason}" if st.breaker_reason else st.breaker
+    if st.times_opened:
+        text += f"; opened {st.times_opened}x"
     return text
 
 
@@ -194,12 +193,13 @@ def print_cooldowns(
 ) -> None:
     """Hosts paused by a Retry-After right now, with the end of the pause and its cause."""
     now = time.time() if now is None else now
-    paused = sorted((h, st) for h, st in hosts.items() if (st.get("cooldown_until") or 0) > now)
-    for host, st in paused[:MAX_ROWS]:
-        left = st["cooldown_until"] - now
+    kept = (host_status(h, r) for h, r in sorted(hosts.items()))
+    paused = [st for st in kept if st.cooldown_until > now]
+    for st in paused[:MAX_ROWS]:
+        left = st.cooldown_until - now
         print(
-            f"\npaused   {host} for {left:.0f} s more (until {_when(st['cooldown_until'])}): "
-            f"{st.get('cooldown_reason') or 'cool-down'}",
+            f"\npaused   {st.host} for {left:.0f} s more (until {_when(st.cooldown_until)}): "
+            f"{st.cooldown_reason or 'cool-down'}",
             file=out,
         )
 

@@ -45,7 +45,7 @@ from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.logs import get_logger
 from runtime.core.retry import RetryPolicy
-from runtime.core.scheduler import Scheduler, host_of
+from runtime.core.scheduler import Scheduler, host_of, host_record
 from runtime.core.store import Admission, Store
 
 __all__ = ["PROCESS_BATCH", "REPORT_BATCH", "REPORT_QUEUE", "Effects", "Ledger"]
@@ -607,8 +607,8 @@ class Ledger:
         announcement (a sink catches up from the store's ``done_seq``), but never makes
         one that the resumed run would repeat.
         """
-        hosts = self.scheduler.take_dirty()
-        self.store.save_hosts(hosts)
+        hosts = self.scheduler.take_dirty(self.clock.now())
+        self.store.save_hosts({h.host: host_record(h) for h in hosts})
         self.store.set_meta(last_commit_at=self.clock.wall())  # wall time, for `status`
         self.store.commit()
         recorded, self._recorded = self._recorded, []
@@ -616,30 +616,10 @@ class Ledger:
             self.emit(outcome)
         self._progress_events(hosts)
 
-    def _progress_events(self, hosts: dict[str, dict[str, Any]]) -> None:
+    def _progress_events(self, hosts: list[HostStatus]) -> None:
         """Tell displays where the run stands (once per commit, so at a bounded rate)."""
-        now = self.clock.now()
-        for key, st in sorted(hosts.items()):
-            not_before = self.scheduler.hosts[key].not_before
-            cooldown = max(0.0, not_before - now)
-            self.emit(
-                HostStatus(
-                    host=key,
-                    active=st["active"],
-                    attempts=st["attempts"],
-                    successes=st["successes"],
-                    failures=sum(st["failures"].values()),
-                    retries=st["retries"],
-                    bytes=st["bytes"],
-                    breaker=st["breaker"],
-                    times_opened=st["times_opened"],
-                    cooldown=cooldown,
-                    cooldown_reason=st["cooldown_reason"] if cooldown else "",
-                    window=st["window"],
-                    window_failures=st["window_failures"],
-                    breaker_reason=st["breaker_reason"],
-                )
-            )
+        for status in hosts:
+            self.emit(status)
         self.emit(
             RunProgress(
                 accepted=self.stats["accepted"],
@@ -651,7 +631,7 @@ class Ledger:
                 processing=len(self.processing),
                 bytes=self.stats["bytes"],
                 retries=self.stats["retries"],
-                elapsed=now - self.run_started,
+                elapsed=self.clock.now() - self.run_started,
                 completed_bytes=self.stats["completed_bytes"],
             )
         )
@@ -664,7 +644,7 @@ class Ledger:
             leased=len(self.leases),
             processing=len(self.processing),
             reporting=len(self.reporting),
-            hosts=self.scheduler.host_stats(),
+            hosts=self.scheduler.host_stats(self.clock.now()),
         )
         return stats
 

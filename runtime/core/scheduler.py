@@ -17,11 +17,11 @@ import itertools
 import re
 from collections import deque
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from messages import WorkItem
+from messages import HostStatus, WorkItem
 from messages.types import Lane
 from runtime.core.breaker import CircuitBreaker
 from runtime.core.config import Config
@@ -110,23 +110,51 @@ class HostState:
     cooldown_until: float = 0.0
     """Wall-clock end of the cool-down, for ``status`` (0: none)."""
 
-    def as_dict(self) -> dict[str, Any]:
-        """Statistics as plain data."""
-        return {
-            "attempts": self.attempts,
-            "successes": self.successes,
-            "failures": dict(self.failures),
-            "retries": self.retries,
-            "bytes": self.bytes,
-            "active": self.active,
-            "breaker": self.breaker.state,
-            "times_opened": self.breaker.times_opened,
-            "window": len(self.breaker.outcomes),
-            "window_failures": self.breaker.failures,
-            "breaker_reason": self.breaker.reason if self.breaker.state != "closed" else "",
-            "cooldown_until": self.cooldown_until,
-            "cooldown_reason": self.cooldown_reason,
-        }
+    def status(self, key: str, now: float) -> HostStatus:
+        """The statistics as they are shown, sent and kept (``now``: for the cool-down)."""
+        cooldown = max(0.0, self.not_before - now)
+        return HostStatus(
+            host=key,
+            active=self.active,
+            attempts=self.attempts,
+            successes=self.successes,
+            failures=sum(self.failures.values()),
+            failures_by_kind=dict(self.failures),
+            retries=self.retries,
+            bytes=self.bytes,
+            breaker=self.breaker.state,
+            times_opened=self.breaker.times_opened,
+            window=len(self.breaker.outcomes),
+            window_failures=self.breaker.failures,
+            breaker_reason=self.breaker.reason if self.breaker.state != "closed" else "",
+            cooldown=cooldown,
+            cooldown_until=self.cooldown_until if cooldown else 0.0,
+            cooldown_reason=self.cooldown_reason if cooldown else "",
+        )
+
+
+def host_record(status: HostStatus) -> dict[str, Any]:
+    """A host's statistics as plain data — what the state keeps, ``status --json`` shows
+    and ``RunSummary.stats["hosts"]`` holds: the fields of ``HostStatus`` but ``host``,
+    with the failures by kind under ``failures``. ``host_status`` reads it back."""
+    record = {f.name: getattr(status, f.name) for f in fields(HostStatus)}
+    del record["host"]
+    record["failures"] = dict(record.pop("failures_by_kind"))
+    return record
+
+
+def host_status(host: str, record: dict[str, Any]) -> HostStatus:
+    """A ``host_record`` (or what an earlier version kept) as a ``HostStatus`` again."""
+    known = {f.name for f in fields(HostStatus)}
+    values = {k: v for k, v in record.items() if k in known}
+    if isinstance(values.get("failures"), dict):
+        values["failures_by_kind"] = values["failures"]
+        values["failures"] = sum(values["failures"].values())
+    values.setdefault("failures", sum(values.get("failures_by_kind", {}).values()))
+    for key in ("active", "attempts", "successes", "retries", "bytes"):
+        values.setdefault(key, 0)
+    values.setdefault("breaker", "closed")
+    return HostStatus(host=host, **values)
 
 
 class Scheduler:
@@ -172,14 +200,15 @@ class Scheduler:
 
     def load_stats(self, saved: dict[str, dict[str, Any]]) -> None:
         """Continue the statistics of earlier runs (breakers start closed)."""
-        for key, stats in saved.items():
+        for key, record in saved.items():
+            kept = host_status(key, record)
             state = self._state(key)
-            state.breaker.times_opened = stats.get("times_opened", 0)
-            state.attempts = stats.get("attempts", 0)
-            state.successes = stats.get("successes", 0)
-            state.retries = stats.get("retries", 0)
-            state.bytes = stats.get("bytes", 0)
-            state.failures = dict(stats.get("failures", {}))
+            state.breaker.times_opened = kept.times_opened
+            state.attempts = kept.attempts
+            state.successes = kept.successes
+            state.retries = kept.retries
+            state.bytes = kept.bytes
+            state.failures = dict(kept.failures_by_kind)
         self.dirty.clear()  # nothing changed yet
 
     def allowed(self, host: HostState, now: float) -> bool:
@@ -458,12 +487,14 @@ class Scheduler:
         if large_size is not None:
             self.large_ids.add(item.id)
 
-    def take_dirty(self) -> dict[str, dict[str, Any]]:
-        """Statistics of hosts changed since the last call (for the store)."""
-        dirty = {key: self.hosts[key].as_dict() for key in self.dirty if key in self.hosts}
+    def take_dirty(self, now: float) -> list[HostStatus]:
+        """Statistics of the hosts changed since the last call, by host."""
+        dirty = [
+            self.hosts[key].status(key, now) for key in sorted(self.dirty) if key in self.hosts
+        ]
         self.dirty.clear()
         return dirty
 
-    def host_stats(self) -> dict[str, dict[str, Any]]:
-        """Statistics of every host."""
-        return {key: state.as_dict() for key, state in sorted(self.hosts.items())}
+    def host_stats(self, now: float) -> dict[str, dict[str, Any]]:
+        """Statistics of every host, as the state keeps them."""
+        return {key: host_record(s.status(key, now)) for key, s in sorted(self.hosts.items())}
