@@ -63,3 +63,19 @@ def test_a_foreign_messages_package_is_named_clearly(tmp_path: Path) -> None:
     assert "virtual environment" in last
     clean = python("import runtime", cwd=elsewhere)
     assert clean.returncode == 0, clean.stderr
+
+
+def test_every_package_is_installed() -> None:
+    """``pyproject.toml`` lists its packages one by one: a new package missing there would
+    work from a checkout (and an editable install) and be left out of a real one."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("actors", "messages", "runtime")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert found == listed
