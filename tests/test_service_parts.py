@@ -278,3 +278,29 @@ def test_submit_follow_reads_failed_items_until_every_kind_has_an_example(
     assert (len(asked), [e["error_kind"] for e in examples]) == (2, ["http_4xx"])
     assert client._failure_examples("http://s", "j", {}, set()) == []  # nothing failed
     assert len(asked) == 2  # and nothing read
+
+
+def test_a_job_whose_state_is_being_created_reads_as_not_started(tmp_path: Path) -> None:
+    """A starting run creates ``state.sqlite3`` a moment before its tables: the job's
+    items, details and files read as not started yet (they used to answer 500)."""
+    import sqlite3
+
+    from runtime.core.config import Config
+    from runtime.service.jobqueries import JobError
+    from runtime.service.jobs import JobManager
+
+    config = Config.from_mapping({"service": {"data_dir": str(tmp_path / "data")}})
+    store = SQLiteJobStore(tmp_path / "data")
+    manager = JobManager(config, store)
+    job, _ = store.create(
+        Job(id="j", number=0, status="running", total=1, invalid=0, created_at=0.0), None
+    )
+    state = manager.job_dir("j") / "state"
+    state.mkdir(parents=True)
+    db = sqlite3.connect(state / "state.sqlite3")
+    db.execute("PRAGMA journal_mode=WAL")  # the file exists, no table yet
+    db.close()
+    assert manager.items(job, None, 0, 10) == []
+    assert manager.details(job) == {"errors": {}, "hosts": {}}
+    with pytest.raises(JobError):
+        manager.completed_file(job, "a.bin")

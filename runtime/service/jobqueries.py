@@ -18,7 +18,7 @@ from typing import Any
 
 from runtime.core.errors import ConveyorError
 from runtime.core.store import TERMINAL as ITEM_TERMINAL
-from runtime.core.store import StoreView, open_view
+from runtime.core.store import StoreView, open_view, state_ready
 from runtime.service.jobstore import Job, JobStore
 
 __all__ = ["JobError", "JobQueries", "without_line"]
@@ -104,7 +104,7 @@ class JobQueries:
     def _view(self, job: Job) -> Iterator[StoreView | None]:
         """A read-only view of the job's state; None before its pipeline first ran."""
         state = self.job_dir(job.id) / "state"
-        if not (state / "state.sqlite3").is_file():
+        if not state_ready(state):  # (a starting run creates the file, then its tables)
             yield None
             return
         with open_view(state) as view:

@@ -27,7 +27,13 @@ from runtime.core.store.protocol import (
 )
 from runtime.core.store.recheck import recheck
 from runtime.core.store.sqlite import PENDING_OF_SQL, SQLiteStore
-from runtime.core.store.view import SQLiteView, open_view, state_exists, state_file
+from runtime.core.store.view import (
+    SQLiteView,
+    open_view,
+    state_exists,
+    state_file,
+    state_ready,
+)
 
 __all__ = [
     "PENDING_OF_SQL",
@@ -46,6 +52,7 @@ __all__ = [
     "recheck",
     "state_exists",
     "state_file",
+    "state_ready",
 ]
 
 

@@ -109,7 +109,7 @@ class SQLiteStore:
         self.db.execute(f"PRAGMA journal_mode={'OFF' if scratch else 'WAL'}")
         self.db.execute(f"PRAGMA synchronous={'OFF' if scratch else 'NORMAL'}")
         self.db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        self.db.executescript(_SCHEMA)
+        self.db.executescript(f"BEGIN;{_SCHEMA}COMMIT;")  # readers see all of it or none
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(items)")}
         for column, kind in (
             ("reject_name", "TEXT"),

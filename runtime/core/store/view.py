@@ -13,7 +13,7 @@ from typing import Any
 from runtime.core.errors import ConveyorError
 from runtime.core.store.protocol import StoreView
 
-__all__ = ["SQLiteView", "open_view", "state_exists", "state_file"]
+__all__ = ["SQLiteView", "open_view", "state_exists", "state_file", "state_ready"]
 
 STATE_FILE = "state.sqlite3"
 """The state's file in ``state.dir``."""
@@ -25,8 +25,36 @@ def state_file(state_dir: Path) -> Path:
 
 
 def state_exists(state_dir: Path) -> bool:
-    """Whether ``state_dir`` holds a conveyor state."""
+    """Whether ``state_dir`` holds a conveyor state (perhaps still being created)."""
     return state_file(state_dir).is_file()
+
+
+_TABLES = ("hosts", "items", "meta")
+
+
+def _ready(db: sqlite3.Connection) -> bool:
+    marks = ",".join("?" * len(_TABLES))
+    row = db.execute(
+        f"SELECT count(*) FROM sqlite_master WHERE type='table' AND name IN ({marks})",  # noqa: S608 - ?s only
+        _TABLES,
+    ).fetchone()
+    return int(row[0]) == len(_TABLES)
+
+
+def state_ready(state_dir: Path) -> bool:
+    """Whether ``state_dir`` holds a conveyor state that can be read: its file exists and
+    its tables were created (a run that is starting has the file a moment before)."""
+    path = state_file(state_dir)
+    if not path.is_file():
+        return False
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            return _ready(db)
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
 
 
 class SQLiteView:
@@ -117,6 +145,8 @@ def open_view(state_dir: Path) -> Iterator[StoreView]:
     try:
         view = SQLiteView(path)
         try:
+            if not _ready(view.db):
+                raise ConveyorError(f"the state in {state_dir} is being created; try again")
             yield view
         finally:
             view.close()
