@@ -28,14 +28,9 @@ class Processor(ChildActor):
 
     kind = "processor"
 
-    def __init__(
-        self,
-        *,
-        child: ChildContext,
-        plugin: BaseProcessor,
-    ) -> None:
+    def __init__(self, *, child: ChildContext, plugin: BaseProcessor) -> None:
         super().__init__(child=child)
-        self.plugin = plugin
+        self.plugin = plugin  # this instance's own
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch one message."""

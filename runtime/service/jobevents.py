@@ -13,14 +13,15 @@ import dataclasses
 import threading
 from typing import Any
 
-from messages import HostStatus, Outcome, RunFinished, RunProgress
+from messages import OUTCOME_FIELDS, HostStatus, Outcome, RunFinished, RunProgress
 from runtime.core.clock import Clock, SystemClock
 from runtime.service.jobstore import Job
 
 __all__ = ["ITEM_FIELDS", "JobEvents", "summary_of"]
 
-ITEM_FIELDS = ("id", "name", "url", "status", "size", "sha256", "error_kind", "error", "attempts")
-"""The fields of an ``item`` event."""
+ITEM_FIELDS = tuple(f for f in OUTCOME_FIELDS if f not in ("path", "result", "done_seq"))
+"""The fields of an ``item`` event: the outcome's, but where the file is on the server
+(``/files`` serves it), the processor's result (``/result``) and the state's numbering."""
 
 
 class JobEvents:
