@@ -58,7 +58,7 @@ def one(config_path: str, limit: float, blocked: str, total: int) -> None:
     sys.path.insert(0, str(ROOT))
     from messages import DownloadStarted, Outcome, RunProgress
     from runtime import Pipeline
-    from runtime.core.config import load_config
+    from runtime.core.configfile import load_config
 
     config = load_config(config_path)
     first: list[float] = []

@@ -45,7 +45,8 @@ _check_own_packages()
 
 if TYPE_CHECKING:  # for type checkers only: at run time these come from __getattr__
     from runtime.core.clock import Clock, SystemClock
-    from runtime.core.config import Config, load_config
+    from runtime.core.config import Config
+    from runtime.core.configfile import load_config
     from runtime.core.errors import (
         EXIT_CODES,
         ConfigError,
@@ -64,7 +65,7 @@ _LAZY = {
     "Clock": "runtime.core.clock",
     "SystemClock": "runtime.core.clock",
     "Config": "runtime.core.config",
-    "load_config": "runtime.core.config",
+    "load_config": "runtime.core.configfile",
     "EXIT_CODES": "runtime.core.errors",
     "ConfigError": "runtime.core.errors",
     "ConveyorError": "runtime.core.errors",

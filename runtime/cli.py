@@ -285,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from runtime.core.config import load_config
+    from runtime.core.configfile import load_config
     from runtime.core.logs import configure_cli_logging
 
     if args.command == "demo":
@@ -346,7 +346,8 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``serve``: the config file (optional), the flags, the environment; then serve."""
-    from runtime.core.config import Config, load_config
+    from runtime.core.config import Config
+    from runtime.core.configfile import load_config
     from runtime.core.logs import configure_cli_logging
     from runtime.service.server import serve  # FastAPI and uvicorn load only for this
 
@@ -377,7 +378,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Config:
     """The config of ``run``: the file (if any), then the flags, then the environment."""
-    from runtime.core.config import config_from_flags, load_config
+    from runtime.core.configfile import config_from_flags, load_config
 
     if args.recheck_config is not None:
         if args.config is not None:
@@ -413,7 +414,7 @@ def _input_problem(config: Config) -> str | None:
 
 
 def _state_dir_of(target: str) -> Path:
-    from runtime.core.config import load_config
+    from runtime.core.configfile import load_config
 
     path = Path(target)
     if path.is_dir():

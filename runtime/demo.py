@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from runtime.core.config import load_config
+from runtime.core.configfile import load_config
 from runtime.core.errors import ConveyorError
 from runtime.core.lock import StateLock
 from runtime.fileserver import LocalFileServer

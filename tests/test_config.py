@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from runtime.core.config import Config, load_config
+from runtime.core.config import Config
+from runtime.core.configfile import load_config
 from runtime.core.errors import ConfigError
 
 
