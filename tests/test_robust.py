@@ -773,7 +773,7 @@ def test_big_bodies_hashed_on_a_helper_thread_verify_and_resume(
 ) -> None:
     """With the helper-thread hash for every size: digests are right, also after a reset."""
     monkeypatch.setattr("runtime.core.transfer.BACKGROUND_HASH", 1)
-    monkeypatch.setattr("runtime.core.transfer.BackgroundHash.BATCH", 10_000)  # many batches
+    monkeypatch.setattr("runtime.core.partfile.BackgroundHash.BATCH", 10_000)  # many batches
     body = body_of("h.bin", 300000)
     config = make_config(tmp_path, retry={"max_attempts": 3})
     run(

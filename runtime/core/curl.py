@@ -37,15 +37,8 @@ from runtime.core.errors import (
     TooLargeError,
 )
 from runtime.core.netguard import BlockedAddressError, Redirect, blocked_error, guard_of
-from runtime.core.transfer import (
-    BACKGROUND_HASH,
-    BackgroundHash,
-    Transfer,
-    hash_into,
-    open_part_fd,
-    overdue,
-    verify,
-)
+from runtime.core.partfile import BACKGROUND_HASH, BackgroundHash, hash_into, open_part_fd
+from runtime.core.transfer import Transfer, overdue, verify
 
 if TYPE_CHECKING:
     from runtime.core.transport import Transport

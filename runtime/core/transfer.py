@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import stat
-import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +35,14 @@ from runtime.core.errors import (
     TruncatedError,
 )
 from runtime.core.logs import get_logger
+from runtime.core.partfile import (
+    BACKGROUND_HASH,
+    BackgroundHash,
+    hash_file,
+    hash_into,
+    lstat_or_none,
+    open_part,
+)
 from runtime.core.retry import parse_retry_after
 from runtime.core.scheduler import host_of
 
@@ -44,17 +50,11 @@ if TYPE_CHECKING:
     from runtime.core.transport import Response, Transport
 
 __all__ = [
-    "BACKGROUND_HASH",
     "EARLY_VALIDATOR",
-    "BackgroundHash",
     "RangeMemory",
     "ResponseHead",
     "Transfer",
     "TransferHooks",
-    "hash_file",
-    "hash_into",
-    "open_part",
-    "open_part_fd",
     "overdue",
     "verify",
 ]
@@ -165,7 +165,7 @@ class Transfer:
         dest = self.out_dir / item.name
         self.pending_validator = None  # never a stale one from the previous item
         self._prepare_dir(dest.parent)
-        st = _lstat(dest)
+        st = lstat_or_none(dest)
         if st is not None:
             if stat.S_ISLNK(st.st_mode):
                 self._check_inside(dest)  # a link planted under the final name
@@ -258,7 +258,7 @@ class Transfer:
         The offset is 0 unless Range is asked for, so a non-zero offset always means a
         Range request (what ``check_response`` holds the answer to)."""
         part = dest.with_name(dest.name + ".part")
-        st = _lstat(part)
+        st = lstat_or_none(part)
         if st is not None and not stat.S_ISREG(st.st_mode):
             part.unlink()  # not ours (a planted link?): start over, never write through it
             st = None
@@ -470,75 +470,6 @@ EARLY_VALIDATOR = 1 << 20
 before the transfer; smaller ones only when the transfer fails (one message and one
 store write less per small file)."""
 
-BACKGROUND_HASH = 16 << 20
-"""Bodies at least this large (bytes, when known) are hashed on a helper thread."""
-
-
-class BackgroundHash:
-    """Feeds a digest from a helper thread; ``update`` only collects the chunk.
-
-    Chunks travel in batches of about ``BATCH`` bytes (one queue hand-over, not one per
-    read), at most ``DEPTH`` batches waiting: memory stays below ~20 MiB per transfer.
-    """
-
-    BATCH = 4 << 20
-    DEPTH = 4
-
-    def __init__(self, digest: Any) -> None:
-        self.digest = digest
-        self.batches: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=self.DEPTH)
-        self.pending: list[bytes] = []
-        self.pending_size = 0
-        self.thread = threading.Thread(target=self._run, name="conveyor-hash", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (batch := self.batches.get()) is not None:
-            for chunk in batch:
-                self.digest.update(chunk)
-
-    def update(self, chunk: bytes) -> None:
-        self.pending.append(chunk)
-        self.pending_size += len(chunk)
-        if self.pending_size >= self.BATCH:
-            self.batches.put(self.pending)
-            self.pending, self.pending_size = [], 0
-
-    def finish(self) -> None:
-        """Wait until every chunk is hashed."""
-        if self.pending:
-            self.batches.put(self.pending)
-            self.pending, self.pending_size = [], 0
-        self.batches.put(None)
-        self.thread.join()
-
-
-def _lstat(path: Path) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
-
-
-def open_part(part: Path, offset: int) -> Any:
-    """Open the partial file without following a link (O_NOFOLLOW), positioned at
-    ``offset`` with nothing after it (emptied by the open itself from byte 0)."""
-    return os.fdopen(open_part_fd(part, offset), "wb")
-
-
-def open_part_fd(part: Path, offset: int) -> int:
-    """``open_part`` as a bare descriptor (for writers that call ``os.writev``)."""
-    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(part, flags | (0 if offset else os.O_TRUNC), 0o644)
-    if offset:
-        try:
-            os.lseek(fd, offset, os.SEEK_SET)
-            os.ftruncate(fd, offset)
-        except OSError:
-            os.close(fd)
-            raise
-    return fd
-
 
 def _validator(headers: Any) -> str | None:
     """A strong ETag, else Last-Modified: what If-Range may carry."""
@@ -557,15 +488,6 @@ def _range_start(content_range: str | None) -> int | None:
         return int(content_range[6:].split("-", 1)[0])
     except ValueError:
         return None
-
-
-def hash_into(digest: Any, path: Path, length: int = sys.maxsize) -> Any:
-    """Feed the first ``length`` bytes of ``path`` (all of it by default) to ``digest``."""
-    with path.open("rb") as fh:
-        while length > 0 and (chunk := fh.read(min(length, 1 << 20))):
-            digest.update(chunk)
-            length -= len(chunk)
-    return digest
 
 
 def _content_length(headers: Any) -> int | None:
@@ -590,8 +512,3 @@ def verify(item: WorkItem, size: int, digest: str, expected: int | None) -> None
         )
     if item.sha256 is not None and digest != item.sha256:
         raise ChecksumError(f"sha256 {digest} differs from the entry's {item.sha256}")
-
-
-def hash_file(path: Path) -> str:
-    """The sha256 of a whole file, in hex."""
-    return str(hash_into(hashlib.sha256(), path).hexdigest())
