@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from messages import HostStatus
-from runtime.core.scheduler import host_record, host_status
+from runtime.core.hosts import host_record, host_status
 from runtime.core.store import StoreView, open_view, state_file
 
 __all__ = [

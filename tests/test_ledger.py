@@ -47,8 +47,8 @@ from messages import (
 )
 from messages.control import ProcessFiles, RecordOutcomes
 from messages.types import ErrorKind
+from runtime.core.hosts import host_of
 from runtime.core.ledger import Ledger
-from runtime.core.scheduler import host_of
 from runtime.core.store import MemoryStore, SQLiteStore, open_store
 from runtime.testing import FakeClock
 from tests.helpers import make_config

@@ -17,8 +17,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from messages import WorkItem
 from runtime.core.breaker import CircuitBreaker
 from runtime.core.config import CircuitConfig, RetryConfig
+from runtime.core.hosts import host_of
 from runtime.core.retry import RetryPolicy, parse_retry_after
-from runtime.core.scheduler import Scheduler, host_of
+from runtime.core.scheduler import Scheduler
 from tests.helpers import make_config
 
 # -- the circuit breaker against a reference model ----------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from messages import Outcome, Rejected, WorkItem
-from runtime.core.scheduler import host_of
+from runtime.core.hosts import host_of
 from runtime.core.store import PENDING_OF_SQL, Admission, IngestResult, SQLiteStore, Store
 
 

@@ -43,9 +43,10 @@ from messages.control import ProcessFiles, RecordOutcomes
 from messages.types import ErrorKind, Lane, Status
 from runtime.core.clock import Clock
 from runtime.core.config import Config
+from runtime.core.hosts import host_of, host_record
 from runtime.core.logs import get_logger
 from runtime.core.retry import RetryPolicy
-from runtime.core.scheduler import Scheduler, host_of, host_record
+from runtime.core.scheduler import Scheduler
 from runtime.core.store import Admission, Store
 
 __all__ = ["PROCESS_BATCH", "REPORT_BATCH", "REPORT_QUEUE", "Effects", "Ledger"]

@@ -34,6 +34,7 @@ from runtime.core.errors import (
     TooLargeError,
     TruncatedError,
 )
+from runtime.core.hosts import host_of
 from runtime.core.logs import get_logger
 from runtime.core.partfile import (
     BACKGROUND_HASH,
@@ -44,7 +45,6 @@ from runtime.core.partfile import (
     open_part,
 )
 from runtime.core.retry import parse_retry_after
-from runtime.core.scheduler import host_of
 
 if TYPE_CHECKING:
     from runtime.core.transport import Response, Transport

@@ -23,8 +23,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from messages import Rejected, WorkItem
+from runtime.core.hosts import host_of
 from runtime.core.inputs import MAX_FILE_NAME_BYTES, derive_name
-from runtime.core.scheduler import host_of
 from runtime.core.store.protocol import IngestResult, NewItem, Store, TakenError
 
 __all__ = ["Admission"]

@@ -19,7 +19,7 @@ from typing import Any
 
 from messages import Outcome, Rejected, WorkItem
 from runtime.core.config import DownloadConfig
-from runtime.core.scheduler import host_of
+from runtime.core.hosts import host_of
 from runtime.core.store.protocol import NewItem, StoreError, TakenError, rejected_outcome
 from runtime.core.store.view import STATE_FILE
 
