@@ -17,10 +17,7 @@ import hashlib
 import importlib
 import inspect
 import json
-import os
-import sqlite3
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +25,7 @@ from typing import IO, Any
 
 from messages import OUTCOME_FIELDS, Outcome
 from runtime.core.errors import ConfigError
+from runtime.core.store.compact import compact_jsonl
 
 __all__ = [
     "BasePostProcessor",
@@ -219,31 +217,7 @@ class JsonlManifest(BasePostProcessor):
         self.fh.close()
         self.fh = None
         if (self.resumed or self.supersedable) and self.path is not None:
-            _compact_jsonl(self.path)
-
-
-def _compact_jsonl(path: Path) -> None:
-    """Rewrite a JSONL manifest keeping the last line per id, in first-seen order."""
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        db = sqlite3.connect(Path(tmp) / "compact.sqlite3")
-        db.execute("CREATE TABLE m (id TEXT PRIMARY KEY, pos INTEGER, text TEXT)")
-        with path.open(encoding="utf-8") as fh:
-            for pos, text in enumerate(fh):
-                try:
-                    key = str(json.loads(text)["id"])
-                except (ValueError, KeyError, TypeError):
-                    key = f"\x00unparsable:{pos}"  # keep lines we cannot read, untouched
-                db.execute(
-                    "INSERT INTO m VALUES (?, ?, ?) "
-                    "ON CONFLICT(id) DO UPDATE SET text=excluded.text",
-                    (key, pos, text),
-                )
-        out = path.with_name(path.name + ".compact")
-        with out.open("w", encoding="utf-8") as fh:
-            for (text,) in db.execute("SELECT text FROM m ORDER BY pos"):
-                fh.write(text)
-        db.close()
-        os.replace(out, path)
+            compact_jsonl(self.path)
 
 
 def call_batch(

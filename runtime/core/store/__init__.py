@@ -5,7 +5,8 @@
 - ``recheck``: whether finished items' files are still in place;
 - ``sqlite``: the durable store (``state.sqlite3``), its schema and migrations;
 - ``memory``: a store that keeps nothing between runs;
-- ``view``: the read-only look at a SQLite state that ``status`` and the service take.
+- ``view``: the read-only look at a SQLite state that ``status`` and the service take;
+- ``compact``: the last line per id of a JSONL file larger than memory (the manifest).
 
 ``open_store`` builds the store a configuration asks for.
 """
