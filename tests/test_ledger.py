@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,6 +112,14 @@ class LedgerMachine(RuleBasedStateMachine):
             self.durable_through = self.store.done_seq
 
         self.store.commit = committed  # type: ignore[method-assign]
+        self.reopened: set[str] = set()  # ids the ledger made pending again (Store.reopen)
+        reopen = self.store.reopen
+
+        def reopened(ids: Sequence[str]) -> None:
+            reopen(ids)
+            self.reopened.update(ids)
+
+        self.store.reopen = reopened  # type: ignore[method-assign]
         self.ledger = Ledger(self.config, self.store, self.clock, random.Random(0))
         self.model = Model()
         self.downloaders: dict[str, list[WorkItem]] = {}
@@ -195,24 +204,18 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def _sync_reopened(self) -> None:
         """Items failed ``host_down`` whose host came back are pending again: their
-        record is superseded by the next one (the only way an item ends twice)."""
+        record is superseded by the next one (the only way an item ends twice).
+
+        Known from the ledger's calls of ``Store.reopen``, not by reading the store's
+        rows: a recorded outcome waits there for the next commit, so a row read directly
+        still says ``pending`` for an item that has just ended.
+        """
         m = self.model
-        if not m.host_down:
-            return
-        ids = sorted(m.host_down)
-        if isinstance(self.store, MemoryStore):
-            rows = [(i,) for i in ids if self.store.rows[i].status == "pending"]
-        else:
-            assert isinstance(self.store, SQLiteStore)
-            marks = ",".join("?" * len(ids))
-            rows = self.store.db.execute(
-                f"SELECT id FROM items WHERE status='pending' AND id IN ({marks})",  # noqa: S608
-                ids,
-            ).fetchall()
-        for (i,) in rows:
+        for i in sorted(m.host_down & self.reopened):
             m.host_down.discard(i)
             m.terminal[i] -= 1
             m.state[i] = "pending"
+        self.reopened.clear()
 
     def _take(self, worker: str, index: int) -> WorkItem:
         held = self.downloaders[worker]
