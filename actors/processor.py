@@ -15,6 +15,7 @@ from actors.child import ChildActor, ChildContext
 from actors.control import tell
 from messages import DownloadComplete, ProcessingComplete, ProcessingFailed
 from messages.control import Batch, ProcessFiles
+from runtime.core.inputs import fields_of
 from runtime.core.logs import get_logger
 from runtime.core.plugins import BaseProcessor, Downloaded, call_batch, failure
 
@@ -57,6 +58,7 @@ def process_block(
             path=done.path,
             size=done.size,
             sha256=done.sha256,
+            fields=fields_of(done.item),
         )
         for done in block
     ]

@@ -75,6 +75,10 @@ class WorkItem:
     """Download attempts already made, including the one this grant starts."""
     validator: str | None = None
     """ETag or Last-Modified of the partial file, for a Range request with If-Range."""
+    fields: bytes = b""
+    """The entry's other keys (beyond ``url``, ``id``, ``name``, ``sha256``, ``size``),
+    msgpack-encoded as one map; empty when it has none (``runtime.core.inputs.fields_of``
+    reads them)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -288,6 +292,8 @@ class Outcome:
     """Download attempts spent."""
     result: dict[str, Any] = field(default_factory=dict)
     """The processor's result for completed items."""
+    fields: dict[str, Any] = field(default_factory=dict)
+    """The entry's other keys, as the input gave them."""
     done_seq: int = 0
     """Where this outcome stands in the state's record of terminal outcomes (1, 2, …, never
     reused), set when it is recorded; 0 before. An event sink that keeps the highest it has

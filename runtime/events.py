@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from messages import OUTCOME_FIELDS, Outcome, RunFinished, RunProgress
+from messages import OUTCOME_FIELDS, Outcome, RunFinished, RunProgress, WorkItem
+from runtime.core.inputs import fields_of
 from runtime.core.store import open_view, state_exists
 
 __all__ = ["EventStream", "fan_out"]
@@ -54,6 +55,9 @@ class EventStream:
         if tag is None:
             return
         fields = dataclasses.asdict(message)
+        item = getattr(message, "item", None)
+        if isinstance(item, WorkItem):  # its entry's other keys, as the input gave them
+            fields["item"]["fields"] = fields_of(item)
         with self._lock:
             self.seq += 1
             self.out.write(json.dumps({"seq": self.seq, "type": tag, **fields}) + "\n")

@@ -83,3 +83,10 @@ class _CrashOnce:
 
     def close(self) -> None:
         self.inner.close()
+
+
+class FieldsProcessor(BaseProcessor):
+    """Reports the ``speaker`` an entry named among its other keys (``Downloaded.fields``)."""
+
+    def process(self, downloaded: Downloaded) -> dict[str, Any]:
+        return {"speaker": downloaded.fields.get("speaker")}

@@ -11,8 +11,10 @@ import pytest
 from messages import Rejected, WorkItem
 from runtime.core.errors import InputError
 from runtime.core.inputs import (
+    MAX_FIELDS_BYTES,
     UnsafeNameError,
     derive_name,
+    fields_of,
     iter_batches,
     iter_raw_entries,
     parse_entry,
@@ -200,3 +202,22 @@ def test_a_string_with_a_lone_surrogate_is_a_bad_entry_that_can_be_stored() -> N
         assert rejected.error.startswith(f"line 7: {key} is not valid Unicode")
         for text in (rejected.url, rejected.name, rejected.error):
             text.encode("utf-8")  # raises on a surrogate
+
+
+def test_an_entrys_other_keys_are_kept_within_a_limit() -> None:
+    """Keys beyond the ones conveyor reads travel with the item (``fields_of``); more
+    than ``MAX_FIELDS_BYTES`` of them, or a value that cannot be stored, rejects the entry
+    naming its line."""
+    item, _ = parse_entry({"url": "http://h/a", "speaker": "ada", "n": [1, {"x": None}]}, 3)
+    assert isinstance(item, WorkItem)
+    assert fields_of(item) == {"speaker": "ada", "n": [1, {"x": None}]}
+    plain, _ = parse_entry({"url": "http://h/b", "id": "b", "size": 3}, 4)
+    assert isinstance(plain, WorkItem)
+    assert (plain.fields, fields_of(plain)) == (b"", {})
+    big, _ = parse_entry({"url": "http://h/c", "notes": "x" * MAX_FIELDS_BYTES}, 5)
+    assert isinstance(big, Rejected)
+    assert big.error.startswith("line 5: ")
+    assert "more than the 65,536 an entry may carry" in big.error
+    huge, _ = parse_entry({"url": "http://h/d", "n": 2**70}, 6)
+    assert isinstance(huge, Rejected)
+    assert huge.error.startswith("line 6: its other keys cannot be stored")

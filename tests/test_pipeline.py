@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import json
 import logging
 import threading
 from collections.abc import Mapping
@@ -23,6 +25,7 @@ from messages import (
 )
 from runtime import Config, ConfigError, ConveyorError, Pipeline, SupervisionError
 from runtime.core.store import open_view
+from runtime.events import EventStream
 from runtime.testing import Crash, Fail, Ok, ScriptedTransport, Stall, Status, capture_logs
 from tests.helpers import CHECKSUM, files_outside, make_config, read_manifest
 
@@ -153,6 +156,33 @@ def test_processor_exception_fails_only_that_item(tmp_path: Path) -> None:
     assert "ValueError: cannot process boom.bin" in by_name["boom.bin"]["error"]
     assert by_name["fine.bin"]["status"] == "completed"
     assert summary.finished.failed == 1
+
+
+def test_an_entrys_other_keys_reach_the_processor_and_the_manifest(tmp_path: Path) -> None:
+    """Keys beyond url, id, name, sha256 and size travel with the item: the processor
+    sees them (``Downloaded.fields``) and the manifest line carries them; the line of an
+    entry without any stays as it was. Without a processor they reach the manifest too."""
+    names = ("talk.wav", "plain.wav")
+    for processor in ("tests.plugins:FieldsProcessor", "runtime.plugins:NullProcessor"):
+        transport = ScriptedTransport({url(n): [Ok(b"x")] for n in names})
+        config = make_config(tmp_path / processor[:5], processing={"processor": processor})
+        out = io.StringIO()
+        events = EventStream(out)
+        with Pipeline(config, transport_factory=transport, on_event=events) as pipeline:
+            pipeline.submit(
+                [{"url": url("talk.wav"), "speaker": "ada", "take": [1, 2.5, None]},
+                 {"url": url("plain.wav")}]
+            )  # fmt: skip
+            assert pipeline.wait(TIMEOUT).finished.completed == 2
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        done = {e["item"]["name"]: e["item"] for e in lines if e["type"] == "download_complete"}
+        assert done["talk.wav"]["fields"] == {"speaker": "ada", "take": [1, 2.5, None]}
+        by_name = {r["name"]: r for r in read_manifest(config.manifest_path)}
+        assert by_name["talk.wav"]["fields"] == {"speaker": "ada", "take": [1, 2.5, None]}
+        assert "fields" not in by_name["plain.wav"]
+        if processor.startswith("tests"):
+            assert by_name["talk.wav"]["result"] == {"speaker": "ada"}
+            assert by_name["plain.wav"]["result"] == {"speaker": None}
 
 
 def test_post_processor_exception_fails_only_that_item(tmp_path: Path) -> None:

@@ -6,9 +6,19 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import msgpack
+import pytest
+
 from messages import Outcome, Rejected, WorkItem
 from runtime.core.hosts import host_of
-from runtime.core.store import PENDING_OF_SQL, Admission, IngestResult, SQLiteStore, Store
+from runtime.core.store import (
+    PENDING_OF_SQL,
+    Admission,
+    IngestResult,
+    MemoryStore,
+    SQLiteStore,
+    Store,
+)
 
 
 def ingest(store: Store, *args: Any) -> IngestResult:
@@ -277,3 +287,15 @@ def test_a_done_seq_is_never_given_twice_even_after_its_item_reopened(tmp_path: 
     store = SQLiteStore(tmp_path)
     assert store.record_outcome(Outcome(id="c", url="", name="c", path="", status="failed")) == 3
     store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_an_items_fields_come_back_with_it(tmp_path: Path, backend: str) -> None:
+    """The entry's other keys are stored with the item and dispatched with it."""
+    store = SQLiteStore(tmp_path) if backend == "sqlite" else MemoryStore()
+    blob = msgpack.packb({"speaker": "ada"})
+    with_fields = WorkItem(id="a", url="http://h/a", name="a", line=1, fields=blob)
+    ingest(store, [with_fields, item("b", 2, url="http://h/b")], [], [])
+    (_, a), (_, b) = store.pending_of(host_of("http://h/a"), False, 0, 10)
+    assert (a.fields, b.fields) == (blob, b"")
+    assert store.items_by_id(["a"])[0].fields == blob

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
+import msgpack
+
 from messages import Enqueue, Rejected, WorkItem
 from runtime.core.errors import InputError
 
@@ -181,6 +183,7 @@ def parse_entry(obj: Any, line: int) -> tuple[WorkItem | Rejected, bool]:
         size = obj.get("size")
         if size is not None and (type(size) is not int or size < 0):
             raise ValueError("'size' must be a non-negative integer")
+        fields = _extra_fields(obj)
     except (ValueError, UnsafeNameError) as exc:
         return _reject(line, obj, str(exc)), False
     item = WorkItem(
@@ -190,8 +193,42 @@ def parse_entry(obj: Any, line: int) -> tuple[WorkItem | Rejected, bool]:
         sha256=sha256.lower() if sha256 else None,
         size=size,
         line=line,
+        fields=fields,
     )
     return item, derived
+
+
+ENTRY_KEYS = frozenset({"url", "id", "name", "sha256", "size"})
+"""The keys of an entry that conveyor reads itself; any other is one of its fields."""
+MAX_FIELDS_BYTES = 64 * 1024
+"""Most bytes an entry's other keys may take, encoded (each is stored with its item)."""
+
+
+def _extra_fields(obj: Mapping[str, Any]) -> bytes:
+    """An entry's other keys, encoded for the store (empty when there are none)."""
+    if len(obj) <= len(ENTRY_KEYS) and obj.keys() <= ENTRY_KEYS:
+        return b""
+    extra = {k: v for k, v in obj.items() if k not in ENTRY_KEYS}
+    if not extra:
+        return b""
+    try:
+        blob: bytes = msgpack.packb(extra)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"its other keys cannot be stored: {exc}") from None
+    if len(blob) > MAX_FIELDS_BYTES:
+        raise ValueError(
+            f"its other keys take {len(blob):,} bytes, more than the {MAX_FIELDS_BYTES:,} "
+            "an entry may carry"
+        )
+    return blob
+
+
+def fields_of(item: WorkItem) -> dict[str, Any]:
+    """The entry's other keys of ``item``, as the input gave them."""
+    if not item.fields:
+        return {}
+    fields: dict[str, Any] = msgpack.unpackb(item.fields)
+    return fields
 
 
 def _entry_name(obj: Mapping[str, Any], url: str, item_id: str, path: str) -> tuple[str, bool]:

@@ -44,6 +44,7 @@ from messages.types import ErrorKind, Lane, Status
 from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.hosts import host_of, host_record
+from runtime.core.inputs import fields_of
 from runtime.core.logs import get_logger
 from runtime.core.retry import RetryPolicy
 from runtime.core.scheduler import Scheduler
@@ -705,6 +706,7 @@ def _outcome(
         id=item.id,
         url=item.url,
         name=item.name,
+        fields=fields_of(item),
         path=path,
         status=status,
         size=size,

@@ -19,7 +19,7 @@ import inspect
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -60,6 +60,9 @@ class Downloaded:
     """Bytes in the file."""
     sha256: str
     """Digest computed while downloading."""
+    fields: dict[str, Any] = field(default_factory=dict)
+    """The entry's other keys (beyond ``url``, ``id``, ``name``, ``sha256``, ``size``), as
+    the input gave them: what the file is about."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,6 +206,8 @@ class JsonlManifest(BasePostProcessor):
         # Field by field, not dataclasses.asdict: that deep-copies every value and cost as
         # much as the rest of the post-processor together.
         record = {k: getattr(outcome, k) for k in self.FIELDS}
+        if not record["fields"]:
+            del record["fields"]  # (most entries have none: their lines stay as they were)
         self.fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def flush(self) -> None:

@@ -157,7 +157,17 @@ class Admission:
             if large:
                 large_hosts.add(key)
             rows.append(
-                NewItem(item.id, item.line, item.url, name, item.sha256, item.size, key, large)
+                NewItem(
+                    item.id,
+                    item.line,
+                    item.url,
+                    name,
+                    item.sha256,
+                    item.size,
+                    key,
+                    large,
+                    item.fields or None,
+                )
             )
         outcomes = store.add(_in_order(rows, rejects), checked=checked)
         return IngestResult(

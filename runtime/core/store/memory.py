@@ -45,6 +45,7 @@ class _Row:
     host: str | None = None
     large: bool = False
     done_seq: int | None = None
+    fields: bytes | None = None
 
     def work_item(self) -> WorkItem:
         return WorkItem(
@@ -56,6 +57,7 @@ class _Row:
             line=self.line,
             attempts=self.attempts,
             validator=self.validator,
+            fields=self.fields or b"",
         )
 
 
@@ -132,6 +134,7 @@ class MemoryStore:
                         size=entry.size,
                         host=entry.host,
                         large=entry.large,
+                        fields=entry.fields,
                     )
                 )
             elif entry.id not in self.rows:  # INSERT OR IGNORE

@@ -54,6 +54,8 @@ class NewItem(NamedTuple):
     """``host:port`` (``runtime.core.scheduler.host_of``): the queue it waits in."""
     large: bool
     """Whether it waits in the large-file lane."""
+    fields: bytes | None
+    """The entry's other keys, encoded (``WorkItem.fields``); None when it has none."""
 
 
 def rejected_outcome(reject: Rejected) -> Outcome:

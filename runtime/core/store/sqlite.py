@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS items (
     run_no INTEGER,
     host TEXT,
     large INTEGER NOT NULL DEFAULT 0,
-    done_seq INTEGER
+    done_seq INTEGER,
+    fields BLOB
 );
 CREATE UNIQUE INDEX IF NOT EXISTS items_name ON items(name) WHERE name IS NOT NULL;
 CREATE INDEX IF NOT EXISTS items_status ON items(status, seq);
@@ -63,7 +64,7 @@ def _chunks(seq: Sequence[str]) -> Iterable[Sequence[str]]:
         yield seq[i : i + _VARS]
 
 
-_ITEM_COLUMNS = "id, url, name, sha256, size, line, attempts, validator"
+_ITEM_COLUMNS = "id, url, name, sha256, size, line, attempts, validator, fields"
 """The columns a ``WorkItem`` is read back from, in ``_work_item``'s order."""
 
 
@@ -76,9 +77,17 @@ PENDING_OF_SQL = (
 
 def _work_item(row: Sequence[Any]) -> WorkItem:
     """A stored item, as it is dispatched (the ``_ITEM_COLUMNS`` of one row)."""
-    i, u, n, h, size, line, attempts, validator = row
+    i, u, n, h, size, line, attempts, validator, fields = row
     return WorkItem(
-        id=i, url=u, name=n, sha256=h, size=size, line=line, attempts=attempts, validator=validator
+        id=i,
+        url=u,
+        name=n,
+        sha256=h,
+        size=size,
+        line=line,
+        attempts=attempts,
+        validator=validator,
+        fields=fields or b"",
     )
 
 
@@ -117,6 +126,7 @@ class SQLiteStore:
             ("host", "TEXT"),
             ("large", "INTEGER NOT NULL DEFAULT 0"),
             ("done_seq", "INTEGER"),
+            ("fields", "BLOB"),
         ):
             if column not in columns:  # a state written by an earlier version
                 self.db.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
@@ -329,8 +339,8 @@ class SQLiteStore:
     def _insert_items(self, rows: list[NewItem]) -> None:
         if rows:
             self._write(
-                "INSERT INTO items (id, line, url, name, sha256, size, host, large, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+                "INSERT INTO items (id, line, url, name, sha256, size, host, large, fields, "
+                "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
                 rows,
                 many=True,
             )
