@@ -312,11 +312,13 @@ def test_items_are_listed_in_input_order_rejected_ones_included(
 ) -> None:
     """``/items`` pages through a job in the order it was submitted, rejected entries in
     their place, each with the ``index`` submit reported it by, and the same reason: no
-    ``line N`` of the service's own input file (a duplicate id is caught at submit too)."""
+    ``line N`` of the service's own input file (a duplicate id is caught at submit too);
+    an entry's other keys come back as its ``fields``."""
     entries: list[dict[str, Any]] = files.items(12, "o")
     for index in (2, 3, 9):
         entries[index] = {"url": f"ftp://x/{index}", "id": f"o{index}"}
     entries[10] = {"url": files.base + "/f/o99", "id": "o1"}  # a duplicate id
+    entries[0] = {**entries[0], "speaker": "ada", "take": [1, None]}  # other keys: kept
     job = service.submit(entries)
     assert [i["index"] for i in job["invalid_items"]] == [2, 3, 9, 10]
     assert job["invalid_items"][3]["error"] == "duplicate id 'o1' (first seen at index 1)"
@@ -330,6 +332,8 @@ def test_items_are_listed_in_input_order_rejected_ones_included(
         if cursor is None:
             break
     assert [r["index"] for r in listed] == list(range(12))
+    assert listed[0]["fields"] == {"speaker": "ada", "take": [1, None]}
+    assert listed[1]["fields"] == {}
     assert [r["status"] for r in listed if r["index"] in (2, 3, 9, 10)] == ["failed"] * 4
     assert [r["id"] for r in listed if r["index"] not in (2, 3, 9, 10)] == [
         e["id"] for i, e in enumerate(entries) if i not in (2, 3, 9, 10)

@@ -177,6 +177,9 @@ class ItemOut(BaseModel):
     error: str | None
     size: int | None
     sha256: str | None
+    fields: dict[str, Any] = {}
+    """The entry's other keys (beyond ``url``, ``id``, ``name``, ``sha256``, ``size``), as
+    submitted."""
 
 
 class ItemPage(BaseModel):

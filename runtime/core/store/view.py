@@ -10,6 +10,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from runtime.core.errors import ConveyorError
 from runtime.core.store.protocol import StoreView
 
@@ -121,15 +123,17 @@ class SQLiteView:
 
 _RECORD = (
     "seq, id, url, COALESCE(name, reject_name), status, attempts, error_kind, error, "
-    "final_size, final_sha256, line"
+    "final_size, final_sha256, line, fields"
 )
 """The columns of an item record, in ``_record``'s order (fixed text: no user input)."""
 
 
 def _record(row: Sequence[Any]) -> dict[str, Any]:
     keys = ("seq", "id", "url", "name", "status", "attempts", "error_kind", "error",
-            "size", "sha256", "line")  # fmt: skip
-    return dict(zip(keys, row, strict=True))
+            "size", "sha256", "line", "fields")  # fmt: skip
+    record = dict(zip(keys, row, strict=True))
+    record["fields"] = msgpack.unpackb(record["fields"]) if record["fields"] else {}
+    return record
 
 
 @contextlib.contextmanager
