@@ -13,11 +13,25 @@ from urllib.parse import urlsplit
 from messages import HostStatus
 from runtime.core.breaker import CircuitBreaker
 
-__all__ = ["HostState", "host_of", "host_record", "host_status"]
+__all__ = ["HostState", "host_of", "host_record", "host_status", "split_plain_url"]
 
 
-_BLANK = re.compile("[\x00-\x20]")
-"""Characters urlsplit strips or removes: left to it."""
+_PLAIN_URL = re.compile(
+    r"(https?)://([a-z0-9.-]+)(?::([0-9]{1,5}))?(/[^?#\x00-\x20\x7f-\x9f]*)?"
+    r"(?:[?#][^\x00-\x20\x7f-\x9f]*)?"
+)
+
+
+def split_plain_url(url: str) -> tuple[str, str, int | None, str] | None:
+    """``(scheme, host, port, path)`` of a plain url — ``http(s)://host[:port]/path…``
+    with a lower-case host name or IPv4 address, no user info, no whitespace or control
+    character — found without ``urlsplit`` (a third of parsing an entry); None for any
+    other url, which ``urlsplit`` then takes apart."""
+    match = _PLAIN_URL.fullmatch(url)
+    if match is None:
+        return None
+    scheme, host, port, path = match.groups()
+    return scheme, host, int(port) if port else None, path or ""
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -26,24 +40,10 @@ def host_of(url: str) -> str:
 
     Cached: the ledger asks for the host of each item in flight several times.
     """
-    # The common case without urlsplit (a third of ingest's time): a lower-case scheme,
-    # no user info, no IPv6 literal, no or a plain port.
-    scheme, sep, rest = url.partition("://")
-    if sep and (scheme == "http" or scheme == "https") and not _BLANK.search(url):
-        netloc = rest.partition("/")[0].partition("?")[0].partition("#")[0]
-        if (
-            netloc.isascii()
-            and "@" not in netloc
-            and "[" not in netloc
-            and "]" not in netloc
-            and "\\" not in netloc
-        ):
-            host, colon, port = netloc.partition(":")
-            default = 443 if scheme == "https" else 80
-            if not colon:
-                return f"{host.lower()}:{default}"
-            if port.isdigit() and int(port) <= 65535:  # ascii: the netloc is
-                return f"{host.lower()}:{int(port) or default}"
+    plain = split_plain_url(url)
+    if plain is not None and (plain[2] or 0) <= 65535:
+        scheme, host, port, _ = plain
+        return f"{host}:{port or (443 if scheme == 'https' else 80)}"
     parts = urlsplit(url)
     number = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{(parts.hostname or '').lower()}:{number}"

@@ -20,6 +20,7 @@ import msgpack
 
 from messages import Enqueue, Rejected, WorkItem
 from runtime.core.errors import InputError
+from runtime.core.hosts import split_plain_url
 
 __all__ = [
     "UnsafeNameError",
@@ -127,9 +128,9 @@ def _check_url(url: Any) -> tuple[str, str]:
     """The url and its path, or ValueError saying why the url cannot be fetched."""
     if not isinstance(url, str) or not url:
         raise ValueError("'url' must be a non-empty string")
-    plain = _plain_url_path(url)
+    plain = split_plain_url(url)
     if plain is not None:
-        return url, plain
+        return url, plain[3]
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https"):
         raise ValueError(f"url scheme {parts.scheme or '(none)'!r} is not http or https")
@@ -138,23 +139,6 @@ def _check_url(url: Any) -> tuple[str, str]:
     if _CONTROL_OR_SPACE.search(url):
         raise ValueError("url contains whitespace or a control character")
     return url, parts.path
-
-
-_PLAIN_NETLOC = re.compile(r"[a-z0-9.-]+(:[0-9]{1,5})?")
-"""A host name or IPv4 address, with an optional port: what most urls have."""
-
-
-def _plain_url_path(url: str) -> str | None:
-    """The path of a plain ``http(s)://host[:port]/path`` url (no user info, no IPv6, no
-    whitespace or control character), found without ``urlsplit`` (a third of parsing an
-    entry); None for anything else, which ``urlsplit`` then checks."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or (scheme != "http" and scheme != "https") or _CONTROL_OR_SPACE.search(url):
-        return None
-    netloc, slash, tail = rest.partition("/")
-    if not _PLAIN_NETLOC.fullmatch(netloc) or "?" in netloc or "#" in netloc:
-        return None
-    return (slash + tail).partition("#")[0].partition("?")[0]
 
 
 def parse_entry(obj: Any, line: int) -> tuple[WorkItem | Rejected, bool]:
@@ -206,11 +190,9 @@ MAX_FIELDS_BYTES = 64 * 1024
 
 def _extra_fields(obj: Mapping[str, Any]) -> bytes:
     """An entry's other keys, encoded for the store (empty when there are none)."""
-    if len(obj) <= len(ENTRY_KEYS) and obj.keys() <= ENTRY_KEYS:
+    if obj.keys() <= ENTRY_KEYS:
         return b""
     extra = {k: v for k, v in obj.items() if k not in ENTRY_KEYS}
-    if not extra:
-        return b""
     try:
         blob: bytes = msgpack.packb(extra)
     except (TypeError, ValueError, OverflowError) as exc:

@@ -18,7 +18,7 @@ from typing import Any
 
 from runtime.core.errors import ConveyorError
 from runtime.core.store import TERMINAL as ITEM_TERMINAL
-from runtime.core.store import StoreView, open_view, state_ready
+from runtime.core.store import NoStateError, StoreView, open_view
 from runtime.service.jobstore import Job, JobStore
 
 __all__ = ["JobError", "JobQueries", "without_line"]
@@ -103,11 +103,13 @@ class JobQueries:
     @contextlib.contextmanager
     def _view(self, job: Job) -> Iterator[StoreView | None]:
         """A read-only view of the job's state; None before its pipeline first ran."""
-        state = self.job_dir(job.id) / "state"
-        if not state_ready(state):  # (a starting run creates the file, then its tables)
-            yield None
-            return
-        with open_view(state) as view:
+        with contextlib.ExitStack() as stack:
+            try:
+                view: StoreView | None = stack.enter_context(
+                    open_view(self.job_dir(job.id) / "state")
+                )
+            except NoStateError:  # not run yet, or starting (the file comes before its tables)
+                view = None
             yield view
 
     def details(self, job: Job) -> dict[str, Any]:

@@ -29,11 +29,11 @@ from runtime.core.store.protocol import (
 from runtime.core.store.recheck import recheck
 from runtime.core.store.sqlite import PENDING_OF_SQL, SQLiteStore
 from runtime.core.store.view import (
+    NoStateError,
     SQLiteView,
     open_view,
     state_exists,
     state_file,
-    state_ready,
 )
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "IngestResult",
     "MemoryStore",
     "NewItem",
+    "NoStateError",
     "SQLiteStore",
     "SQLiteView",
     "Store",
@@ -53,7 +54,6 @@ __all__ = [
     "recheck",
     "state_exists",
     "state_file",
-    "state_ready",
 ]
 
 

@@ -122,21 +122,7 @@ class MemoryStore:
             if isinstance(entry, NewItem):
                 if entry.id in self.rows or entry.name in self.names:
                     raise ValueError(f"{entry.id!r} or {entry.name!r} is stored already")
-                self._insert(
-                    _Row(
-                        seq=0,
-                        id=entry.id,
-                        line=entry.line,
-                        url=entry.url,
-                        status="pending",
-                        name=entry.name,
-                        sha256=entry.sha256,
-                        size=entry.size,
-                        host=entry.host,
-                        large=entry.large,
-                        fields=entry.fields,
-                    )
-                )
+                self._insert(_Row(seq=0, status="pending", **entry._asdict()))
             elif entry.id not in self.rows:  # INSERT OR IGNORE
                 self._insert(
                     _Row(

@@ -15,7 +15,7 @@ import msgpack
 from runtime.core.errors import ConveyorError
 from runtime.core.store.protocol import StoreView
 
-__all__ = ["SQLiteView", "open_view", "state_exists", "state_file", "state_ready"]
+__all__ = ["NoStateError", "SQLiteView", "open_view", "state_exists", "state_file"]
 
 STATE_FILE = "state.sqlite3"
 """The state's file in ``state.dir``."""
@@ -31,6 +31,11 @@ def state_exists(state_dir: Path) -> bool:
     return state_file(state_dir).is_file()
 
 
+class NoStateError(ConveyorError):
+    """There is no conveyor state to read (yet): no ``state.sqlite3``, or a run that is
+    starting has created the file but not its tables."""
+
+
 _TABLES = ("hosts", "items", "meta")
 
 
@@ -41,22 +46,6 @@ def _ready(db: sqlite3.Connection) -> bool:
         _TABLES,
     ).fetchone()
     return int(row[0]) == len(_TABLES)
-
-
-def state_ready(state_dir: Path) -> bool:
-    """Whether ``state_dir`` holds a conveyor state that can be read: its file exists and
-    its tables were created (a run that is starting has the file a moment before)."""
-    path = state_file(state_dir)
-    if not path.is_file():
-        return False
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        try:
-            return _ready(db)
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return False
 
 
 class SQLiteView:
@@ -141,16 +130,17 @@ def open_view(state_dir: Path) -> Iterator[StoreView]:
     """A read-only view of the state in ``state_dir``.
 
     Raises:
-        ConveyorError: there is no readable conveyor state there.
+        NoStateError: there is no state there, or its run is creating it right now.
+        ConveyorError: the state cannot be read.
     """
     path = Path(state_dir) / STATE_FILE
     if not path.is_file():
-        raise ConveyorError(f"no conveyor state in {state_dir} (no state.sqlite3 there)")
+        raise NoStateError(f"no conveyor state in {state_dir} (no state.sqlite3 there)")
     try:
         view = SQLiteView(path)
         try:
             if not _ready(view.db):
-                raise ConveyorError(f"the state in {state_dir} is being created; try again")
+                raise NoStateError(f"the state in {state_dir} is being created; try again")
             yield view
         finally:
             view.close()
