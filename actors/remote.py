@@ -50,7 +50,7 @@ from runtime.core import cputime
 from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.logs import configure_cli_logging, get_logger
-from runtime.core.plugins import BaseProcessor, load_plugin
+from runtime.core.pluginload import load_pre_processor, load_processor
 from runtime.core.transfer import RangeMemory
 
 if TYPE_CHECKING:
@@ -189,10 +189,8 @@ def processor_process_main(
 ) -> None:
     """Entry point of a processor process: process batches until the pipe closes."""
     _setup_child(config.log.level, config.log.format)
-    p = config.processing
-    plugin = load_plugin(
-        p.processor, p.processor_options, BaseProcessor, "processor", p.plugin_path
-    )
+    plugin = load_processor(config)
+    pre = load_pre_processor(config)
     while True:
         try:
             frame = conn.recv_bytes()
@@ -202,7 +200,7 @@ def processor_process_main(
         if not files:  # the empty batch: goodbye
             cputime.record_process("processor_process")
             return
-        replies = process_block(plugin, worker, files)
+        replies = process_block(plugin, worker, files, pre)
         conn.send_bytes(encode_batch(replies))
 
 

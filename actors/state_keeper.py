@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pykka
@@ -37,7 +38,7 @@ from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.ledger import Ledger
 from runtime.core.logs import get_logger
-from runtime.core.store import Store
+from runtime.core.store import Store, discard, sweep_unkept
 
 __all__ = ["EventSink", "StateKeeper"]
 
@@ -75,6 +76,9 @@ class StateKeeper(pykka.ThreadingActor):
         self.store.set_meta(pid=os.getpid())
         self.ledger = Ledger(config, self.store, clock, rng)
         self.store.commit()
+        swept = sweep_unkept(self.store, Path(config.output.dir), self.ledger.discard)
+        if swept:
+            log.info("deleted files an interrupted run did not keep", files=swept)
 
     def on_stop(self) -> None:
         """Commit whatever is left."""
@@ -151,6 +155,8 @@ class StateKeeper(pykka.ThreadingActor):
     def _carry_out(self) -> None:
         """Send what the ledger decided."""
         effects = self.ledger.take()
+        if effects.discards:
+            discard(effects.discards)
         for worker, message in effects.sends:
             tell(self.refs[worker], message)
         for event in effects.events:

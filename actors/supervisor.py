@@ -52,7 +52,8 @@ from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.errors import ConveyorError, InputError, SupervisionError
 from runtime.core.logs import get_logger
-from runtime.core.plugins import BasePostProcessor, BaseProcessor, PluginContext, load_plugin
+from runtime.core.pluginload import load_post_processor, load_pre_processor, load_processor
+from runtime.core.plugins import PluginContext
 from runtime.core.store import Store
 from runtime.core.transfer import RangeMemory
 
@@ -151,8 +152,9 @@ class Supervisor(pykka.ThreadingActor):
                 f"cannot write to the output directory {out} (output.dir): {exc.strerror or exc}"
             ) from exc
         # Build every plugin first, so a bad plugin spec fails before anything runs.
-        self._processor_plugin()
-        self._post_processor_plugin()
+        load_processor(self.config)
+        load_pre_processor(self.config)
+        load_post_processor(self.config)
         self.state_keeper = _SupervisedStateKeeper.start(
             config=self.config,
             supervisor=self.actor_ref,
@@ -204,24 +206,6 @@ class Supervisor(pykka.ThreadingActor):
         for host in self.hosts:
             host.stop(timeout=2.0)
 
-    def _processor_plugin(self) -> BaseProcessor:
-        p = self.config.processing
-        plugin: BaseProcessor = load_plugin(
-            p.processor, p.processor_options, BaseProcessor, "processor", p.plugin_path
-        )
-        return plugin
-
-    def _post_processor_plugin(self) -> BasePostProcessor:
-        p = self.config.processing
-        plugin: BasePostProcessor = load_plugin(
-            p.post_processor,
-            p.post_processor_options,
-            BasePostProcessor,
-            "post_processor",
-            p.plugin_path,
-        )
-        return plugin
-
     def _start_child(self, kind: str, index: int) -> None:
         assert self.state_keeper is not None
         gen = self.generation.get((kind, index), 0) + 1
@@ -259,7 +243,11 @@ class Supervisor(pykka.ThreadingActor):
         elif kind == "processor" and self.config.processing.mode == "process":
             ref = RemoteProcessor.start(child=child, config=self.config)
         elif kind == "processor":
-            ref = Processor.start(child=child, plugin=self._processor_plugin())
+            ref = Processor.start(
+                child=child,
+                plugin=load_processor(self.config),
+                pre=load_pre_processor(self.config),
+            )
         else:
             context = PluginContext(
                 output_dir=Path(self.config.output.dir),
@@ -268,7 +256,7 @@ class Supervisor(pykka.ThreadingActor):
             )
             ref = PostProcessor.start(
                 child=child,
-                plugin=self._post_processor_plugin(),
+                plugin=load_post_processor(self.config),
                 context=context,
             )
         self.children[worker] = ref

@@ -41,6 +41,7 @@ ErrorKind = Literal[
     "filesystem",
     "unsafe_name",
     "worker_crash",
+    "pre_process_error",
     "processing_error",
     "post_process_error",
     "invalid_entry",
@@ -252,7 +253,8 @@ class ProcessingComplete:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProcessingFailed:
-    """A processor raised on a downloaded file; the item ends failed, nothing crashes."""
+    """A pre-processor or processor raised on a downloaded file; the item ends failed,
+    nothing crashes."""
 
     TAG: ClassVar[str] = "processing_failed"
 
@@ -262,6 +264,9 @@ class ProcessingFailed:
     """The item it failed on."""
     error: str
     """The exception, as ``Type: message``."""
+    error_kind: ErrorKind = "processing_error"
+    """The stage that failed: ``pre_process_error`` (the pre-processor) or
+    ``processing_error`` (the processor)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

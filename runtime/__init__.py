@@ -56,7 +56,14 @@ if TYPE_CHECKING:  # for type checkers only: at run time these come from __getat
         InputError,
         SupervisionError,
     )
-    from runtime.core.plugins import BasePostProcessor, BaseProcessor, Downloaded, PluginContext
+    from runtime.core.filedata import FileData
+    from runtime.core.plugins import (
+        BasePostProcessor,
+        BasePreProcessor,
+        BaseProcessor,
+        Downloaded,
+        PluginContext,
+    )
     from runtime.pipeline import Pipeline, RunSummary
 
     __version__: str
@@ -74,6 +81,8 @@ _LAZY = {
     "InputError": "runtime.core.errors",
     "SupervisionError": "runtime.core.errors",
     "BasePostProcessor": "runtime.core.plugins",
+    "BasePreProcessor": "runtime.core.plugins",
+    "FileData": "runtime.core.filedata",
     "BaseProcessor": "runtime.core.plugins",
     "Downloaded": "runtime.core.plugins",
     "PluginContext": "runtime.core.plugins",
@@ -104,6 +113,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "EXIT_CODES",
     "BasePostProcessor",
+    "BasePreProcessor",
     "BaseProcessor",
     "Clock",
     "Config",
@@ -111,6 +121,7 @@ __all__ = [
     "ConveyorError",
     "Downloaded",
     "FetchError",
+    "FileData",
     "HTTPStatusError",
     "InputError",
     "Pipeline",

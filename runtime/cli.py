@@ -129,6 +129,39 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="any config key, e.g. --set download.concurrency=64 (repeatable)",
     )
+    dpp = run.add_argument_group(
+        "as download-pipeline-processor takes them",
+        "Its flags, onto conveyor's keys (see the README: Coming from "
+        "download-pipeline-processor). Its plugin classes run unchanged.",
+    )
+    dpp.add_argument("--files", metavar="FILE", help="the list of files (= --input)")
+    for stage in ("pre-processor", "processor", "post-processor"):
+        key = stage.replace("-", "_")
+        dpp.add_argument(
+            f"--{stage}", metavar="PKG:CLASS", help=f"the {stage} class (processing.{key})"
+        )
+    dpp.add_argument(
+        "--processing-limit", type=int, metavar="N", help="processors at once (processing.workers)"
+    )
+    dpp.add_argument(
+        "--download-queue-size",
+        type=int,
+        metavar="N",
+        help="downloaded files waiting for processing before downloads pause (processing."
+        "backlog, together with --pre-processing-queue-size)",
+    )
+    dpp.add_argument(
+        "--pre-processing-queue-size",
+        type=int,
+        metavar="N",
+        help="added to processing.backlog: pre-processing runs in the processor, just before it",
+    )
+    dpp.add_argument(
+        "--download-cache",
+        metavar="DIR",
+        help="download into DIR and delete each file once its outcome is recorded "
+        '(output.dir = DIR with output.keep = "none")',
+    )
     run.add_argument(
         "--simulate-downloads",
         action="store_true",
@@ -349,6 +382,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from runtime.core.config import Config
     from runtime.core.configfile import load_config
     from runtime.core.logs import configure_cli_logging
+    from runtime.core.pluginload import check_plugins
     from runtime.service.server import serve  # FastAPI and uvicorn load only for this
 
     overrides: dict[str, tuple[str, str]] = {}
@@ -368,7 +402,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                                          overrides=overrides)  # fmt: skip
         else:
             config = load_config(args.config, overrides=overrides, need_input=False)
-        _check_plugins(config)
+        check_plugins(config)
         configure_cli_logging(config.log.level, args.log_format or config.log.format)
         return serve(config)
     except ConveyorError as exc:
@@ -384,21 +418,60 @@ def _run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Co
         if args.config is not None:
             parser.error(f"--recheck takes nothing or 'full', got {args.recheck_config!r}")
         args.config = args.recheck_config
-    overrides: dict[str, tuple[str, str]] = {}
-    for flag, key in (("input", "input.path"), ("output", "output.dir"), ("state", "state.dir")):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides[key] = (str(Path(value).resolve()), f"--{flag}")
+    settings: dict[str, tuple[str, str]] = {}
     for setting in args.set:
         key, sep, value = setting.partition("=")
         if not sep or "." not in key:
             parser.error(f"--set takes SECTION.KEY=VALUE, got {setting!r}")
-        overrides[key.strip()] = (value, f"--set {key.strip()}")
+        settings[key.strip()] = (value, f"--set {key.strip()}")
+    overrides = _flag_overrides(parser, args, settings) | settings  # (--set over the flags)
     if args.config is None:
         if "input.path" not in overrides:
             parser.error("give a config file or --input FILE")
         return config_from_flags(overrides)
     return load_config(args.config, overrides=overrides)
+
+
+def _flag_overrides(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, given: dict[str, tuple[str, str]]
+) -> dict[str, tuple[str, str]]:
+    """The keys ``run``'s own flags set; two flags for one key are an error."""
+    overrides: dict[str, tuple[str, str]] = {}
+
+    def put(key: str, value: str, flag: str) -> None:
+        if key in overrides:
+            parser.error(f"{flag} and {overrides[key][1]} both set {key}: give one")
+        overrides[key] = (value, flag)
+
+    paths = (("input", "input.path"), ("files", "input.path"), ("output", "output.dir"),
+             ("state", "state.dir"), ("download_cache", "output.dir"))  # fmt: skip
+    for flag, key in paths:
+        value = getattr(args, flag)
+        if value is not None:
+            put(key, str(Path(value).resolve()), "--" + flag.replace("_", "-"))
+    if args.download_cache is not None:
+        keep = given.get("output.keep", ("none", ""))[0].strip().strip("\"'")
+        if keep != "none":
+            parser.error(f"--download-cache keeps no file, but --set output.keep={keep}")
+        put("output.keep", "none", "--download-cache")
+    for stage in ("pre_processor", "processor", "post_processor"):
+        if getattr(args, stage) is not None:
+            put(f"processing.{stage}", getattr(args, stage), "--" + stage.replace("_", "-"))
+    if args.processing_limit is not None:
+        put("processing.workers", str(args.processing_limit), "--processing-limit")
+    queues = [
+        q for q in (args.download_queue_size, args.pre_processing_queue_size) if q is not None
+    ]
+    if queues:
+        if any(q < 0 for q in queues):
+            parser.error("the queue sizes must not be negative")
+        flags = "--download-queue-size" if args.download_queue_size is not None else ""
+        if args.pre_processing_queue_size is not None:
+            flags = " + ".join(f for f in (flags, "--pre-processing-queue-size") if f)
+        put("processing.backlog", str(sum(queues)), flags)
+    if args.debug:
+        put("log.level", "debug", "--debug")
+    return overrides
 
 
 def _input_problem(config: Config) -> str | None:
@@ -496,21 +569,6 @@ def check_input(config: Config) -> tuple[int, list[tuple[int, str]]]:
     return total, bad
 
 
-def _check_plugins(config: Config) -> None:
-    """Import the processor and post-processor classes and check their options."""
-    from runtime.core.plugins import BasePostProcessor, BaseProcessor, check_plugin
-
-    p = config.processing
-    check_plugin(p.processor, p.processor_options, BaseProcessor, "processor", p.plugin_path)
-    check_plugin(
-        p.post_processor,
-        p.post_processor_options,
-        BasePostProcessor,
-        "post_processor",
-        p.plugin_path,
-    )
-
-
 def _line_of(reject_id: str) -> int:
     """The input line of a rejected entry (its id is ``line:N``)."""
     _, _, line = reject_id.partition(":")
@@ -519,6 +577,7 @@ def _line_of(reject_id: str) -> int:
 
 def _validate(config: Config) -> int:
     """Check every entry of the input; print the bad ones with their lines."""
+    from runtime.core.pluginload import check_plugins
     from runtime.report import plural
 
     path = Path(config.input.path)
@@ -526,7 +585,7 @@ def _validate(config: Config) -> int:
         print("conveyor: the config has no input.path", file=sys.stderr)
         return EXIT_CODES["bad_input"]
     try:
-        _check_plugins(config)
+        check_plugins(config)
         total, bad = check_input(config)
     except ConveyorError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)

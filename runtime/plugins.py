@@ -5,8 +5,10 @@
 ``runtime.core.plugins`` (below the actors, which run the plugins).
 """
 
+from runtime.core.filedata import FileData
 from runtime.core.plugins import (
     BasePostProcessor,
+    BasePreProcessor,
     BaseProcessor,
     ChecksumProcessor,
     Downloaded,
@@ -18,9 +20,11 @@ from runtime.core.plugins import (
 
 __all__ = [
     "BasePostProcessor",
+    "BasePreProcessor",
     "BaseProcessor",
     "ChecksumProcessor",
     "Downloaded",
+    "FileData",
     "JsonlManifest",
     "NullPostProcessor",
     "NullProcessor",

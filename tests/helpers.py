@@ -69,7 +69,7 @@ def run_cli(*args: str | Path, **kwargs: Any) -> subprocess.CompletedProcess[str
     )
 
 
-def start_cli(*args: str | Path) -> subprocess.Popen[str]:
+def start_cli(*args: str | Path, **kwargs: Any) -> subprocess.Popen[str]:
     """``python -m runtime ARGS`` in the background, stdout and stderr piped."""
     return subprocess.Popen(
         [sys.executable, "-m", "runtime", *map(str, args)],
@@ -77,4 +77,5 @@ def start_cli(*args: str | Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        **kwargs,
     )

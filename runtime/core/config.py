@@ -56,6 +56,12 @@ class OutputConfig:
     if_exists: str = "reuse"
     """A final file already in place: ``reuse`` (verify and count as completed),
     ``skip`` (record as skipped) or ``overwrite`` (download again)."""
+    keep: str = "all"
+    """Which files stay once their item is recorded: ``all``; ``failed`` (a file whose
+    processing or post-processing failed stays, completed ones are deleted); ``none``
+    (every file is deleted once its outcome is recorded and committed: the point is the
+    result, and disk holds only what is in flight). A deleted file's item stays completed
+    and is not downloaded again."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,6 +209,9 @@ class ProcessingConfig:
     nothing: with it no processor runs and each downloaded file goes straight
     to the post-processor, its sha256 the one computed while downloading. Use
     ``runtime.plugins:ChecksumProcessor`` to read every file back and verify it."""
+    pre_processor: str = ""
+    """``package.module:Class`` of a ``BasePreProcessor``, run on each downloaded file just
+    before the processor, in the same processor actor (empty: none, at no cost)."""
     post_processor: str = "runtime.plugins:JsonlManifest"
     """``package.module:Class`` of a ``BasePostProcessor``."""
     workers: int = 2
@@ -217,6 +226,8 @@ class ProcessingConfig:
     """Manifest path for the JSONL post-processor (default ``<state.dir>/manifest.jsonl``)."""
     processor_options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the processor's constructor."""
+    pre_processor_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the pre-processor's constructor."""
     post_processor_options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the post-processor's constructor."""
     plugin_path: tuple[str, ...] = ()
@@ -225,8 +236,9 @@ class ProcessingConfig:
 
     @property
     def skipped(self) -> bool:
-        """Whether the processing stage is skipped (its processor does nothing)."""
-        return self.processor in NO_OP_PROCESSORS
+        """Whether the processing stage is skipped (no pre-processor, and a processor
+        that does nothing)."""
+        return self.processor in NO_OP_PROCESSORS and not self.pre_processor
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

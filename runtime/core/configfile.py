@@ -27,6 +27,7 @@ __all__ = ["build_config", "config_from_flags", "load_config", "with_config_dir_
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("input", "format"): ("auto", "json", "ndjson"),
     ("output", "if_exists"): ("reuse", "skip", "overwrite"),
+    ("output", "keep"): ("all", "failed", "none"),
     ("log", "format"): ("auto", "console", "json"),
     ("log", "level"): ("debug", "info", "warning", "error"),
     ("processing", "mode"): ("thread", "process"),
@@ -272,9 +273,18 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
         raise ConfigError(f"{where('simulate', 'failure_rate')} must be between 0 and 1")
     if config.simulate.max_size < config.simulate.min_size:
         raise ConfigError(f"{where('simulate', 'max_size')} must be at least simulate.min_size")
-    for key in ("processor", "post_processor"):
+    if config.output.keep != "all" and config.output.if_exists == "skip":
+        raise ConfigError(
+            f"{where('output', 'keep')} = {config.output.keep!r} and "
+            f"{where('output', 'if_exists')} = 'skip' do not go together: a file found in "
+            "place would be recorded without being processed (after an interruption it is "
+            "one that was downloaded but not yet processed); use if_exists = 'reuse'"
+        )
+    for key in ("processor", "pre_processor", "post_processor"):
         spec = getattr(config.processing, key)
         module, sep, attr = spec.partition(":")
+        if key == "pre_processor" and not spec:
+            continue
         if not (sep and module and attr):
             raise ConfigError(
                 f"{where('processing', key)} must be 'package.module:Class', got {spec!r}"

@@ -63,6 +63,9 @@ REPORT_QUEUE = 4 * REPORT_BATCH
 items of down hosts wait in the store (or unread) beyond it."""
 NO_CEILING = 1 << 62
 """(dispatch) No limit on transfers beyond the downloaders' credit."""
+DISCARD_BATCH = 64
+"""Files (``output.keep``) waiting to be deleted that make the ledger commit at once
+rather than at the next tick (as does a backlog of files that stops granting)."""
 DISPATCH_REPORTS = 2 * REPORT_QUEUE
 """Outcomes waiting for the post-processor beyond which no new item is granted (the
 post-processor's backpressure on downloads)."""
@@ -78,6 +81,9 @@ class Effects:
     """Messages for the event sink (displays, the API), in order."""
     finished: RunFinished | None
     """The run's summary, once: the run is over."""
+    discards: list[str] = dataclasses.field(default_factory=list)
+    """Files to delete (``output.keep``): their outcomes are committed. Deleted before
+    the ``sends`` go out, so the files a grant brings never meet them on disk."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -114,6 +120,13 @@ class Ledger:
         self._sends: list[tuple[str, Any]] = []
         self._events: list[Any] = []
         self._recorded: list[Outcome] = []  # announced once committed (durable before visible)
+        # output.keep: which terminal statuses lose their file once committed
+        keep = config.output.keep
+        self.discard = {"all": (), "failed": ("completed",), "none": ("completed", "failed")}[keep]
+        self._uncommitted: list[str] = []  # files of recorded outcomes, deleted after commit
+        self._discards: list[str] = []  # committed: to delete (an effect)
+        self._pending_mark = self._discard_mark = 0  # done_seq of the newest in each list
+        self._discarded_through = self._mark_saved = 0  # handed out (so deleted), and saved
         self._summary: RunFinished | None = None
         store.begin_run()  # outcomes remember the run that recorded them
         store.set_meta(run_state="running", started_at=clock.wall())
@@ -141,8 +154,11 @@ class Ledger:
 
     def take(self) -> Effects:
         """The effects of everything fed in since the last call."""
-        effects = Effects(self._sends, self._events, self._summary)
+        effects = Effects(self._sends, self._events, self._summary, self._discards)
         self._sends, self._events, self._summary = [], [], None
+        if self._discards:
+            self._discards = []
+            self._discarded_through = self._discard_mark
         return effects
 
     def emit(self, message: Any) -> None:
@@ -156,6 +172,10 @@ class Ledger:
 
     def pump(self) -> None:
         """Move work forward after any event, then check whether the run is over."""
+        if self._uncommitted and (
+            len(self._uncommitted) >= DISCARD_BATCH or self._files_waiting() >= self.backlog_limit
+        ):
+            self.commit()  # files to delete wait for a commit: the next tick may be too late
         self._dispatch()
         self._fail_given_up()
         self._feed_processors()
@@ -274,6 +294,7 @@ class Ledger:
             hungry
             and len(self.processing) < self.backlog_limit
             and len(self.unsent_reports) < DISPATCH_REPORTS
+            and (not self.discard or self._files_waiting() < self.backlog_limit)
         ):
             held, order, worker, slot = heapq.heappop(hungry)
             if slot.lane in dry:
@@ -323,6 +344,16 @@ class Ledger:
             )
 
     # -- downloads ----------------------------------------------------------------------
+
+    def _files_waiting(self) -> int:
+        """Downloaded files not yet deleted (``output.keep``): granting stops at the
+        backlog, so disk holds at most the transfers and the backlog."""
+        return (
+            len(self.processing)
+            + len(self.reporting)
+            + len(self.unsent_reports)
+            + len(self._uncommitted)
+        )
 
     def started_transfer(self, item_id: str) -> None:
         """A leased item's transfer began (a crash from now on costs it an attempt)."""
@@ -481,7 +512,7 @@ class Ledger:
                 path=done.path,
                 size=done.size,
                 sha256=done.sha256,
-                error_kind="processing_error",
+                error_kind=message.error_kind,
                 error=message.error,
             )
         self._report(outcome)
@@ -522,7 +553,14 @@ class Ledger:
             outcome = dataclasses.replace(
                 outcome, status="failed", error_kind="post_process_error", error=message.error
             )
-        outcome = dataclasses.replace(outcome, done_seq=self.store.record_outcome(outcome))
+        if outcome.status in self.discard and outcome.path:
+            # Stored as not kept (recheck leaves it alone); deleted once committed.
+            seq = self.store.record_outcome(dataclasses.replace(outcome, path=""))
+            self._uncommitted.append(outcome.path)
+            self._pending_mark = seq
+        else:
+            seq = self.store.record_outcome(outcome)
+        outcome = dataclasses.replace(outcome, done_seq=seq)
         self.stats[outcome.status] += 1
         if outcome.status == "completed":
             self.stats["completed_bytes"] += outcome.size or 0
@@ -612,7 +650,14 @@ class Ledger:
         hosts = self.scheduler.take_dirty(self.clock.now())
         self.store.save_hosts({h.host: host_record(h) for h in hosts})
         self.store.set_meta(last_commit_at=self.clock.wall())  # wall time, for `status`
+        if self._discarded_through > self._mark_saved:  # (a restart sweeps what follows)
+            self._mark_saved = self._discarded_through
+            self.store.set_meta(discarded_through=self._mark_saved)
         self.store.commit()
+        if self._uncommitted:
+            self._discards += self._uncommitted
+            self._uncommitted = []
+            self._discard_mark = self._pending_mark
         recorded, self._recorded = self._recorded, []
         for outcome in recorded:
             self.emit(outcome)

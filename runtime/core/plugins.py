@@ -1,8 +1,12 @@
-"""Processor and post-processor plugins, and the built-in ones.
+"""Pre-processor, processor and post-processor plugins, and the built-in ones.
 
 A plugin is named ``package.module:Class`` in the config and built with the keyword
-arguments of ``processing.processor_options`` / ``processing.post_processor_options``.
+arguments of ``processing.<stage>_options`` (see ``runtime.core.pluginload``, which also
+runs classes written for download-pipeline-processor through ``runtime.core.filedata``).
 
+- ``BasePreProcessor.pre_process(downloaded) -> Downloaded``: runs on every downloaded
+  file just before the processor, in the same actor; what it raises fails the item
+  ``pre_process_error`` and the processor does not see it.
 - ``BaseProcessor.process(downloaded) -> dict``: runs on every downloaded file, in one of
   ``processing.workers`` processor actors. Whatever it raises fails that item only. The
   actor calls ``process_batch`` with blocks of files; its default calls ``process``.
@@ -14,21 +18,18 @@ arguments of ``processing.processor_options`` / ``processing.post_processor_opti
 from __future__ import annotations
 
 import hashlib
-import importlib
-import inspect
 import json
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from messages import OUTCOME_FIELDS, Outcome
-from runtime.core.errors import ConfigError
 from runtime.core.store.compact import compact_jsonl
 
 __all__ = [
     "BasePostProcessor",
+    "BasePreProcessor",
     "BaseProcessor",
     "ChecksumProcessor",
     "Downloaded",
@@ -37,10 +38,7 @@ __all__ = [
     "NullProcessor",
     "PluginContext",
     "call_batch",
-    "check_plugin",
     "failure",
-    "load_plugin",
-    "plugin_class",
 ]
 
 
@@ -95,6 +93,27 @@ class BaseProcessor:
         for downloaded in files:
             try:
                 results.append(self.process(downloaded))
+            except Exception as exc:  # noqa: BLE001 - a plugin's failure is the item's
+                results.append(exc)
+        return results
+
+
+class BasePreProcessor:
+    """Prepare a downloaded file for the processor (convert, split, look something up)."""
+
+    def pre_process(self, downloaded: Downloaded) -> Downloaded:
+        """Return the file the processor gets (``dataclasses.replace`` of ``downloaded``
+        with another ``path`` or more ``fields``, or ``downloaded`` itself); raise to fail
+        this item."""
+        raise NotImplementedError
+
+    def pre_process_batch(self, files: Sequence[Downloaded]) -> list[Downloaded | Exception]:
+        """Pre-process a block of files, one answer per file, in order: the file for the
+        processor, or the exception that fails it. The default calls ``pre_process``."""
+        results: list[Downloaded | Exception] = []
+        for downloaded in files:
+            try:
+                results.append(self.pre_process(downloaded))
             except Exception as exc:  # noqa: BLE001 - a plugin's failure is the item's
                 results.append(exc)
         return results
@@ -245,63 +264,3 @@ def call_batch(
 def failure(exc: BaseException) -> str:
     """A plugin's exception as an item's error: ``Type: message``."""
     return f"{type(exc).__name__}: {exc}"
-
-
-def plugin_class(spec: str, base: type[Any], key: str, path: Sequence[str] = ()) -> type[Any]:
-    """Import the class of ``package.module:Class``, looking in ``path`` too.
-
-    Plugins are found on the import path of the process, to which the directories of
-    ``path`` (``processing.plugin_path``: the config file's directory first) are added
-    at the end, so a plugin module next to the config is found from any directory.
-
-    Raises:
-        ConfigError: naming ``processing.<key>`` when the import or lookup fails, or the
-            class is not a subclass of ``base``.
-    """
-    for folder in path:
-        if folder not in sys.path:
-            sys.path.append(folder)
-    module_name, _, attr = spec.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except ImportError as exc:
-        where = ", ".join(path) or "the current directory"
-        raise ConfigError(
-            f"processing.{key}: cannot import {module_name!r}: {exc} (plugins are looked "
-            f"for on the Python path and in processing.plugin_path: {where})"
-        ) from exc
-    except AttributeError:
-        raise ConfigError(f"processing.{key}: {module_name!r} has no {attr!r}") from None
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise ConfigError(f"processing.{key}: {spec} is not a subclass of {base.__name__}")
-    return cls
-
-
-def check_plugin(
-    spec: str, options: dict[str, Any], base: type[Any], key: str, path: Sequence[str] = ()
-) -> None:
-    """Check that the plugin imports and takes ``options``, without building it.
-
-    Raises:
-        ConfigError: as ``plugin_class``, or naming ``processing.<key>_options``.
-    """
-    cls = plugin_class(spec, base, key, path)
-    try:
-        inspect.signature(cls).bind(**options)
-    except TypeError as exc:
-        raise ConfigError(f"processing.{key}_options: {spec} rejects the options: {exc}") from exc
-
-
-def load_plugin(
-    spec: str, options: dict[str, Any], base: type[Any], key: str, path: Sequence[str] = ()
-) -> Any:
-    """Import ``package.module:Class`` (see ``plugin_class``) and build it with ``options``.
-
-    Raises:
-        ConfigError: naming ``processing.<key>`` when the import, lookup or call fails.
-    """
-    cls = plugin_class(spec, base, key, path)
-    try:
-        return cls(**options)
-    except TypeError as exc:
-        raise ConfigError(f"processing.{key}_options: {spec} rejected the options: {exc}") from exc

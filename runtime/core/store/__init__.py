@@ -2,7 +2,8 @@
 
 - ``protocol``: what a store is (``Store``, ``StoreView``) — the contract;
 - ``admission``: which input entries become items, under which names;
-- ``recheck``: whether finished items' files are still in place;
+- ``recheck``: whether finished items' files are still in place, and deleting the ones
+  not kept (``output.keep``);
 - ``sqlite``: the durable store (``state.sqlite3``), its schema and migrations;
 - ``memory``: a store that keeps nothing between runs;
 - ``view``: the read-only look at a SQLite state that ``status`` and the service take;
@@ -26,7 +27,7 @@ from runtime.core.store.protocol import (
     StoreError,
     StoreView,
 )
-from runtime.core.store.recheck import recheck
+from runtime.core.store.recheck import discard, recheck, sweep_unkept
 from runtime.core.store.sqlite import PENDING_OF_SQL, SQLiteStore
 from runtime.core.store.view import (
     NoStateError,
@@ -49,11 +50,13 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreView",
+    "discard",
     "open_store",
     "open_view",
     "recheck",
     "state_exists",
     "state_file",
+    "sweep_unkept",
 ]
 
 

@@ -243,8 +243,23 @@ class MemoryStore:
         return [
             (r.id, r.name, r.final_size, r.final_sha256)
             for r in sorted(self.rows.values(), key=lambda r: r.seq)
-            if r.status in ("completed", "skipped") and r.name is not None
+            if r.status in ("completed", "skipped") and r.name is not None and r.path is not None
         ]
+
+    def unkept_since_sweep(self, statuses: Sequence[str]) -> list[str]:
+        """See ``Store``."""
+        self._flush_outcomes()
+        mark = json.loads(self.meta.get("discarded_through", "0"))
+        rows = [
+            r
+            for r in self.rows.values()
+            if r.done_seq is not None
+            and r.done_seq > mark
+            and r.path is None
+            and r.name is not None
+            and r.status in statuses
+        ]
+        return [r.name for r in sorted(rows, key=lambda r: r.done_seq or 0) if r.name is not None]
 
     def failed_host_down_this_run(self) -> list[tuple[str, str]]:
         """See ``Store``."""

@@ -153,7 +153,14 @@ class Store(PendingSource, Protocol):
 
     def kept_files(self) -> list[tuple[str, str, int | None, str | None]]:
         """``(id, name, size, sha256)`` of every completed or skipped item with a file, in
-        input order (what ``recheck`` looks at)."""
+        input order (what ``recheck`` looks at); not those recorded as not kept (their
+        outcome's ``path`` was empty: ``output.keep``)."""
+        ...
+
+    def unkept_since_sweep(self, statuses: Sequence[str]) -> list[str]:
+        """Names of the items of these statuses recorded as not kept after the
+        ``discarded_through`` mark of the meta (a ``done_seq``): files a run meant to
+        delete, which an interruption may have left in place."""
         ...
 
     def failed_host_down_this_run(self) -> list[tuple[str, str]]:

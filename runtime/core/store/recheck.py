@@ -5,6 +5,10 @@ before a run: a missing one, or one of another size (or, with ``full``, another 
 puts its item back to pending, and a changed file is removed so that it is downloaded
 again rather than taken as already in place. Nothing outside the output directory is
 ever touched.
+
+With ``output.keep`` other than ``all``, files are deleted once their outcome is
+committed (``discard``), and a run that starts deletes what an interrupted one meant to
+(``sweep_unkept``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 
 from runtime.core.store.protocol import Store
 
-__all__ = ["recheck"]
+__all__ = ["discard", "recheck", "sweep_unkept"]
 
 
 def recheck(store: Store, out_dir: Path, full: bool = False) -> tuple[int, list[str]]:
@@ -41,6 +45,36 @@ def recheck(store: Store, out_dir: Path, full: bool = False) -> tuple[int, list[
     store.requeue(bad)
     store.commit()
     return len(kept), bad
+
+
+def discard(paths: list[str]) -> None:
+    """Delete the files of committed outcomes that are not kept (``output.keep``); one
+    already gone is fine."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            os.unlink(path)
+
+
+def sweep_unkept(store: Store, out_dir: Path, statuses: tuple[str, ...]) -> int:
+    """Delete what an interrupted run meant to delete: the files of items recorded as not
+    kept since the last mark (see ``Store.unkept_since_sweep``). Returns how many."""
+    if not statuses:
+        return 0
+    swept = 0
+    for name in store.unkept_since_sweep(statuses):
+        path = out_dir / name
+        if _inside(path.parent, out_dir) and _regular(path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                swept += 1
+    return swept
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def _inside(folder: Path, root: Path) -> bool:

@@ -422,8 +422,21 @@ class SQLiteStore:
         self._flush_outcomes()
         return self.db.execute(
             "SELECT id, name, final_size, final_sha256 FROM items "
-            "WHERE status IN ('completed', 'skipped') AND name IS NOT NULL ORDER BY seq"
+            "WHERE status IN ('completed', 'skipped') AND name IS NOT NULL "
+            "AND path IS NOT NULL ORDER BY seq"
         ).fetchall()
+
+    def unkept_since_sweep(self, statuses: Sequence[str]) -> list[str]:
+        """See ``Store``."""
+        self._flush_outcomes()
+        row = self.db.execute("SELECT value FROM meta WHERE key='discarded_through'").fetchone()
+        marks = ",".join("?" * len(statuses))
+        rows = self.db.execute(
+            "SELECT name FROM items WHERE done_seq > ? AND path IS NULL "  # noqa: S608
+            f"AND name IS NOT NULL AND status IN ({marks}) ORDER BY done_seq",
+            (json.loads(row[0]) if row else 0, *statuses),
+        )
+        return [name for (name,) in rows]
 
     def requeue(self, ids: Sequence[str]) -> None:
         """See ``Store``."""
