@@ -89,6 +89,8 @@ class LedgerMachine(RuleBasedStateMachine):
     """The configured processor: one that runs (NullProcessor skips the stage)."""
     BACKEND = "sqlite"
     """The store the ledger writes (``state.backend``)."""
+    KEEP = "all"
+    """``output.keep``: which files the ledger has deleted once their outcome is committed."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -101,6 +103,7 @@ class LedgerMachine(RuleBasedStateMachine):
             retry={"max_attempts": MAX_ATTEMPTS, "backoff_initial": 0.5},
             circuit={"window": 4, "min_requests": 2, "reset_timeout": 5.0, "give_up_after": 2},
             state={"backend": self.BACKEND},
+            output={"keep": self.KEEP},
         )
         self.clock = FakeClock()
         self.store = open_store(self.config)
@@ -129,6 +132,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.next_id = 0
         self.summary: RunFinished | None = None
         self.steps = 0
+        self.ids_of: dict[str, str] = {}  # a recorded file's path -> its item
+        self.discarded: Counter[str] = Counter()  # paths the ledger had deleted
+        self.to_discard: set[str] = set()  # paths whose outcome says they go
 
     def teardown(self) -> None:
         self.store.close()
@@ -184,6 +190,11 @@ class LedgerMachine(RuleBasedStateMachine):
                 assert self._committed(event.id) == (event.status, event.done_seq), event
                 m.announced[event.id] += 1
                 assert m.announced[event.id] <= m.records[event.id], "announced twice"
+        for path in effects.discards:
+            self.discarded[path] += 1
+            assert self.discarded[path] == 1, f"{path} deleted twice"
+            status, _ = self._committed(self.ids_of[path])
+            assert status in self.ledger.discard, (path, status)  # committed, and not kept
         if effects.finished is not None:
             self.summary = effects.finished
 
@@ -342,6 +353,10 @@ class LedgerMachine(RuleBasedStateMachine):
         self._settle()
 
     def _record(self, outcome: Outcome, ok: bool) -> None:
+        if outcome.path:
+            self.ids_of[outcome.path] = outcome.id
+            if (outcome.status if ok else "failed") in self.ledger.discard:
+                self.to_discard.add(outcome.path)
         m = self.model
         m.state[outcome.id] = "terminal"
         m.terminal[outcome.id] += 1
@@ -438,6 +453,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert ended == set(self.model.state), set(self.model.state) - ended
         assert all(self.model.terminal[i] == 1 for i in self.model.state)
         assert self.model.announced == self.model.records  # every record, once, committed
+        assert set(self.discarded) == self.to_discard  # every file that goes, once committed
         counts = self.store.counts()
         assert sum(counts.get(s, 0) for s in TERMINAL) == len(self.model.state)
 
@@ -470,6 +486,17 @@ class MemoryLedgerMachine(LedgerMachine):
 
 MemoryLedgerMachine.TestCase.settings = LedgerMachine.TestCase.settings
 test_ledger_against_the_model_in_memory = MemoryLedgerMachine.TestCase
+
+
+class DiscardingLedgerMachine(LedgerMachine):
+    """The same machine with ``output.keep = "none"``: each file is deleted once, only
+    after the commit that made its outcome durable."""
+
+    KEEP = "none"
+
+
+DiscardingLedgerMachine.TestCase.settings = LedgerMachine.TestCase.settings
+test_ledger_against_the_model_deleting_files = DiscardingLedgerMachine.TestCase
 
 
 def test_a_host_down_outcome_reopened_before_its_commit_is_never_announced(

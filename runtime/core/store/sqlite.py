@@ -433,7 +433,7 @@ class SQLiteStore:
         marks = ",".join("?" * len(statuses))
         rows = self.db.execute(
             "SELECT name FROM items WHERE done_seq > ? AND path IS NULL "  # noqa: S608
-            f"AND name IS NOT NULL AND status IN ({marks}) ORDER BY done_seq",
+            f"AND name IS NOT NULL AND +status IN ({marks}) ORDER BY done_seq",  # (by done_seq)
             (json.loads(row[0]) if row else 0, *statuses),
         )
         return [name for (name,) in rows]
