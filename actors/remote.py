@@ -34,7 +34,7 @@ import pykka
 from actors.child import ChildActor, ChildContext
 from actors.control import tell
 from actors.downloader import Downloader
-from actors.processor import process_block
+from actors.processor import process_block, scratch_of
 from messages import (
     Cancel,
     ChildCrashed,
@@ -44,7 +44,7 @@ from messages import (
     decode_batch,
     encode_batch,
 )
-from messages.control import Batch, ProcessFiles, ProcessLost
+from messages.control import Batch, ProcessFiles, ProcessLost, Started
 from messages.types import Lane
 from runtime.core import cputime
 from runtime.core.clock import Clock
@@ -200,7 +200,7 @@ def processor_process_main(
         if not files:  # the empty batch: goodbye
             cputime.record_process("processor_process")
             return
-        replies = process_block(plugin, worker, files, pre)
+        replies = process_block(plugin, worker, files, pre, scratch_of(config))
         conn.send_bytes(encode_batch(replies))
 
 
@@ -337,6 +337,8 @@ class RemoteProcessor(ChildActor):
     def on_receive(self, message: Any) -> Any:
         """Forward a batch of files; relay the results."""
         match message:
+            case Started():
+                return None  # (its plugins are built in its process)
             case ProcessFiles(files=files):
                 pass
             case DownloadComplete():

@@ -38,7 +38,7 @@ from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.ledger import Ledger
 from runtime.core.logs import get_logger
-from runtime.core.store import Store, discard, sweep_unkept
+from runtime.core.store import Store, discard, refuse_foreign_files, sweep_unkept
 
 __all__ = ["EventSink", "StateKeeper"]
 
@@ -74,9 +74,16 @@ class StateKeeper(pykka.ThreadingActor):
         # silently).
         self.store: Store | None = store_factory()
         self.store.set_meta(pid=os.getpid())
+        out = Path(config.output.dir)
+        if config.output.keep != "all":
+            try:
+                refuse_foreign_files(self.store, out, Path(config.state.dir))
+            except BaseException:
+                self.store.close()
+                raise
         self.ledger = Ledger(config, self.store, clock, rng)
         self.store.commit()
-        swept = sweep_unkept(self.store, Path(config.output.dir), self.ledger.discard)
+        swept = sweep_unkept(self.store, out, self.ledger.discard, self.ledger.discard_parts)
         if swept:
             log.info("deleted files an interrupted run did not keep", files=swept)
 
@@ -156,7 +163,7 @@ class StateKeeper(pykka.ThreadingActor):
         """Send what the ledger decided."""
         effects = self.ledger.take()
         if effects.discards:
-            discard(effects.discards)
+            discard(effects.discards)  # (what cannot be deleted is logged)
         for worker, message in effects.sends:
             tell(self.refs[worker], message)
         for event in effects.events:

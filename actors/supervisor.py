@@ -31,7 +31,7 @@ from actors.child import ChildContext, report_crash
 from actors.control import tell
 from actors.downloader import Downloader
 from actors.post_processor import PostProcessor
-from actors.processor import Processor
+from actors.processor import Processor, scratch_of
 from actors.remote import DownloaderHost, RemoteProcessor
 from actors.state_keeper import EventSink, StateKeeper
 from messages import Cancel, ChildCrashed, RunFinished
@@ -44,16 +44,22 @@ from messages.control import (
     RunFailed,
     Shutdown,
     Start,
+    Started,
     Tick,
     WorkerLost,
 )
 from messages.types import Lane
 from runtime.core.clock import Clock
 from runtime.core.config import Config
-from runtime.core.errors import ConveyorError, InputError, SupervisionError
+from runtime.core.errors import ConfigError, ConveyorError, InputError, SupervisionError
 from runtime.core.logs import get_logger
-from runtime.core.pluginload import load_post_processor, load_pre_processor, load_processor
-from runtime.core.plugins import PluginContext
+from runtime.core.pluginload import (
+    check_plugins,
+    load_post_processor,
+    load_pre_processor,
+    load_processor,
+)
+from runtime.core.plugins import PluginContext, failure
 from runtime.core.store import Store
 from runtime.core.transfer import RangeMemory
 
@@ -117,6 +123,7 @@ class Supervisor(pykka.ThreadingActor):
         self.state_keeper: pykka.ActorRef[Any] | None = None
         self.failure: RunFailed | None = None  # the first error the run is ending on
         self.finished = False
+        self.starting = True  # until every child started: a failure is the start's
         self.shutting_down = False
         self.hosts: list[DownloaderHost] = []  # download.processes worker processes
         self.remote: dict[str, tuple[int, int]] = {}  # downloader -> (host, slot)
@@ -151,10 +158,9 @@ class Supervisor(pykka.ThreadingActor):
             raise ConveyorError(
                 f"cannot write to the output directory {out} (output.dir): {exc.strerror or exc}"
             ) from exc
-        # Build every plugin first, so a bad plugin spec fails before anything runs.
-        load_processor(self.config)
-        load_pre_processor(self.config)
-        load_post_processor(self.config)
+        # Import every plugin and check its options first, so a bad spec fails before
+        # anything runs (each is built by its actor, in the thread where it runs).
+        check_plugins(self.config)
         self.state_keeper = _SupervisedStateKeeper.start(
             config=self.config,
             supervisor=self.actor_ref,
@@ -181,6 +187,7 @@ class Supervisor(pykka.ThreadingActor):
             self.hosts = [self._new_host(i) for i in range(d.processes)]
         for i in range(d.workers + d.large_workers):  # the large-file lane comes last
             self._start_child("downloader", i)
+        self.starting = False
         threading.Thread(target=self._tick, name="conveyor-ticker", daemon=True).start()
         if self.config.supervisor.job_timeout:
             threading.Thread(
@@ -243,10 +250,11 @@ class Supervisor(pykka.ThreadingActor):
         elif kind == "processor" and self.config.processing.mode == "process":
             ref = RemoteProcessor.start(child=child, config=self.config)
         elif kind == "processor":
+            config = self.config
             ref = Processor.start(
                 child=child,
-                plugin=load_processor(self.config),
-                pre=load_pre_processor(self.config),
+                build=lambda: (load_processor(config), load_pre_processor(config)),
+                scratch=scratch_of(config),
             )
         else:
             context = PluginContext(
@@ -254,14 +262,30 @@ class Supervisor(pykka.ThreadingActor):
                 state_dir=Path(self.config.state.dir),
                 manifest=self.config.manifest_path,
             )
+            config = self.config
             ref = PostProcessor.start(
-                child=child,
-                plugin=load_post_processor(self.config),
-                context=context,
+                child=child, build=lambda: load_post_processor(config), context=context
             )
+        if kind != "downloader" and not self._started(worker, kind, index, ref):
+            return
         self.children[worker] = ref
         attach = Attach(worker=worker, kind=kind, ref=ref, credit=credit, lane=lane)
         tell(self.state_keeper, attach)
+
+    def _started(self, worker: str, kind: str, index: int, ref: pykka.ActorRef[Any]) -> bool:
+        """Whether a plugin's actor built its plugin. At the start of the run a failure
+        is the run's (a ConfigError naming the key); later it counts as a crash."""
+        error: BaseException | None = ref.ask(Started(), block=True)
+        if error is None:
+            return True
+        ref.stop(block=False)
+        if not isinstance(error, ConveyorError):
+            key = "post_processor" if kind == "post_processor" else "processor"
+            error = ConfigError(f"processing.{key}: building the plugin failed: {failure(error)}")
+        if self.starting:
+            raise error
+        tell(self.actor_ref, ChildCrashed(worker=worker, kind=kind, index=index, error=str(error)))
+        return False
 
     def _job_deadline(self) -> None:
         """Stop the run gracefully when supervisor.job_timeout expires."""

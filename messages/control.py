@@ -25,6 +25,7 @@ __all__ = [
     "RunFailed",
     "Shutdown",
     "Start",
+    "Started",
     "TakeNext",
     "Tick",
     "WorkerLost",
@@ -100,6 +101,13 @@ class GraceExpired:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Start:
     """Host → Supervisor (ask): start every child; errors come back to the asker."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Started:
+    """Supervisor → a plugin's actor (ask): answered with None once its plugin is built
+    (in the actor's own thread, where it will run), or with the exception building it
+    raised."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

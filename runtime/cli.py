@@ -160,7 +160,8 @@ def _parser() -> argparse.ArgumentParser:
         "--download-cache",
         metavar="DIR",
         help="download into DIR and delete each file once its outcome is recorded "
-        '(output.dir = DIR with output.keep = "none")',
+        '(output.dir = DIR with output.keep = "none"; --set output.keep=failed keeps the '
+        "files whose processing failed, as download-pipeline-processor does)",
     )
     run.add_argument(
         "--simulate-downloads",
@@ -427,7 +428,7 @@ def _run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Co
     overrides = _flag_overrides(parser, args, settings) | settings  # (--set over the flags)
     if args.config is None:
         if "input.path" not in overrides:
-            parser.error("give a config file or --input FILE")
+            parser.error("give a config file or --input FILE (or --files FILE)")
         return config_from_flags(overrides)
     return load_config(args.config, overrides=overrides)
 
@@ -451,9 +452,9 @@ def _flag_overrides(
             put(key, str(Path(value).resolve()), "--" + flag.replace("_", "-"))
     if args.download_cache is not None:
         keep = given.get("output.keep", ("none", ""))[0].strip().strip("\"'")
-        if keep != "none":
-            parser.error(f"--download-cache keeps no file, but --set output.keep={keep}")
-        put("output.keep", "none", "--download-cache")
+        if keep == "all":
+            parser.error("--download-cache keeps no file, but --set output.keep=all keeps all")
+        put("output.keep", "none", "--download-cache")  # (--set output.keep=failed wins)
     for stage in ("pre_processor", "processor", "post_processor"):
         if getattr(args, stage) is not None:
             put(f"processing.{stage}", getattr(args, stage), "--" + stage.replace("_", "-"))
@@ -463,8 +464,8 @@ def _flag_overrides(
         q for q in (args.download_queue_size, args.pre_processing_queue_size) if q is not None
     ]
     if queues:
-        if any(q < 0 for q in queues):
-            parser.error("the queue sizes must not be negative")
+        if any(q <= 0 for q in queues):
+            parser.error("--download-queue-size and --pre-processing-queue-size must be above 0")
         flags = "--download-queue-size" if args.download_queue_size is not None else ""
         if args.pre_processing_queue_size is not None:
             flags = " + ".join(f for f in (flags, "--pre-processing-queue-size") if f)

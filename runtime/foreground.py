@@ -129,7 +129,7 @@ def _recheck_text(checked: int, pending: list[str], *, full: bool) -> str:
             f"{plural(checked, 'file')} checked, {len(pending)} missing or changed, pending again"
         )
     if not checked:
-        return "no completed files to check"
+        return "no kept files of completed items to check"
     what = f"all {checked} completed files are" if checked > 1 else "the 1 completed file is"
     return f"{what} in place ({'size and sha256' if full else 'size'} checked)"
 

@@ -162,7 +162,12 @@ class Pipeline:
         if recheck not in (None, "size", "full"):
             raise ValueError(f"recheck must be None, 'size' or 'full', not {recheck!r}")
         self._recheck = recheck
-        self._open_store = store or functools.partial(open_store, config)
+        self._open_store = functools.partial(
+            _same_kind_of_run,
+            store or functools.partial(open_store, config),
+            simulate,
+            f"the state in {config.state.dir}",
+        )
         self.rechecked: tuple[int, list[str]] | None = None
         """After ``start()`` with ``recheck``: files checked and ids put back to pending."""
 
@@ -407,3 +412,24 @@ def _rejected_key(entry: Any) -> str:
     the same state (a resumed program) is the same record, not a second one."""
     text = json.dumps(entry, sort_keys=True, default=repr)
     return "submit:" + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _same_kind_of_run(factory: Callable[[], Store], simulate: bool, where: str) -> Store:
+    """Open the store, refusing to mix simulated and real downloads in one state: the
+    items of one would count as done for the other."""
+    store = factory()
+    simulated = store.get_meta("simulated")
+    if simulated is not None and bool(simulated) != simulate and store.counts():
+        store.close()
+        if simulate:
+            raise StoreError(
+                f"{where} holds real downloads; --simulate-downloads would record simulated "
+                "files as done: give another state directory (--state, or another --output)"
+            )
+        raise StoreError(
+            f"{where} holds a simulated run (--simulate-downloads), whose items count as done: "
+            "give another state directory (--state, or another --output), or delete it to "
+            "start over"
+        )
+    store.set_meta(simulated=simulate)
+    return store

@@ -13,6 +13,7 @@ record exactly once.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import sqlite3
@@ -91,6 +92,8 @@ class LedgerMachine(RuleBasedStateMachine):
     """The store the ledger writes (``state.backend``)."""
     KEEP = "all"
     """``output.keep``: which files the ledger has deleted once their outcome is committed."""
+    BACKLOG = 0
+    """``processing.backlog`` (0: the default)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -98,7 +101,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.skipped = self.PROCESSOR == "runtime.plugins:NullProcessor"
         self.config = make_config(
             self.tmp,
-            processing={"processor": self.PROCESSOR},
+            processing={"processor": self.PROCESSOR, "backlog": self.BACKLOG},
             download={"workers": 2, "mailbox": MAILBOX, "per_host": PER_HOST},
             retry={"max_attempts": MAX_ATTEMPTS, "backoff_initial": 0.5},
             circuit={"window": 4, "min_requests": 2, "reset_timeout": 5.0, "give_up_after": 2},
@@ -353,10 +356,15 @@ class LedgerMachine(RuleBasedStateMachine):
         self._settle()
 
     def _record(self, outcome: Outcome, ok: bool) -> None:
+        status = outcome.status if ok else "failed"
         if outcome.path:
             self.ids_of[outcome.path] = outcome.id
-            if (outcome.status if ok else "failed") in self.ledger.discard:
+            if status in self.ledger.discard:
                 self.to_discard.add(outcome.path)
+        elif self.ledger.discard_parts and status == "failed":  # its partial file
+            part = os.path.join(self.config.output.dir, outcome.name + ".part")
+            self.ids_of[part] = outcome.id
+            self.to_discard.add(part)
         m = self.model
         m.state[outcome.id] = "terminal"
         m.terminal[outcome.id] += 1
@@ -493,6 +501,7 @@ class DiscardingLedgerMachine(LedgerMachine):
     after the commit that made its outcome durable."""
 
     KEEP = "none"
+    BACKLOG = 3  # (so the files not yet deleted stop granting now and then)
 
 
 DiscardingLedgerMachine.TestCase.settings = LedgerMachine.TestCase.settings

@@ -19,7 +19,8 @@ from runtime import Config, ConfigError, Pipeline
 from runtime.core.filedata import FileData
 from runtime.core.pluginload import check_plugin, load_plugin
 from runtime.core.plugins import BasePostProcessor, BasePreProcessor, BaseProcessor
-from runtime.testing import LocalFileServer, Ok, ScriptedTransport
+from runtime.core.store import open_view
+from runtime.testing import LocalFileServer, Ok, ScriptedTransport, Status
 from tests.helpers import make_config, read_manifest, run_cli, start_cli
 
 TIMEOUT = 120
@@ -78,6 +79,7 @@ def test_its_plugins_and_flags_run_unchanged_with_failures_at_every_stage(
         env = {**os.environ, "DPP_RECORD": str(record)}
         result = run_cli(*args, env=env)
         assert result.returncode == 1, result.stderr[-3000:]  # some items failed
+        assert "processing f000.wav" in result.stderr  # its self.log, at --debug
         seen = dict(server.counts)
         again = run_cli(*args, env=env)
         assert again.returncode == 1, again.stderr[-3000:]
@@ -94,16 +96,23 @@ def test_its_plugins_and_flags_run_unchanged_with_failures_at_every_stage(
         assert got["debug"] is True
         if kind in ("ok", "bad-post"):
             assert got["result"]["pre_seen"] is True
+            assert got["result"]["converted"] is True
             assert got["result"]["debug"] is True
             assert got["result"]["size"] == len(bodies["/" + name])
+            assert got["transcript"] == f"said by {got['speaker']}"  # set by the processor
         else:
             assert got["result"] is None, got
             assert got["error"], got
     assert "cannot pre-process bad-pre-0.wav" in by_id["bad-pre-0.wav"]["error"]
+    db = sqlite3.connect(str(record) + ".sqlite3")  # written by the thread that opened it
+    assert db.execute("SELECT count(*) FROM seen").fetchone()[0] == len(kinds)
+    db.close()
     assert "404" in by_id["404-0.wav"]["error"]
     # Disk: at most the transfers (4) and the queues (8 + 4) at any sample.
     samples = [r["result"]["disk"] for r in lines if r["result"]]
     assert 1 <= max(samples) <= 4 + 8 + 4
+    converted = [r["result"]["disk_converted"] for r in lines if r["result"]]
+    assert 1 <= max(converted) <= 8 + 4  # the pre-processor's copies: the backlog's at most
     assert list((tmp_path / "cache").iterdir()) == []
     state = statuses(tmp_path / "state")
     assert {state[n] for n, k in kinds.items() if k == "ok"} == {("completed", None)}
@@ -113,9 +122,12 @@ def test_its_plugins_and_flags_run_unchanged_with_failures_at_every_stage(
     assert {state[n] for n, k in kinds.items() if k == "bad-pre"} == {
         ("failed", "pre_process_error")
     }
+    assert {state[n] for n, k in kinds.items() if k == "404"} == {("failed", "http_4xx")}
     # --recheck knows the files were not kept: nothing goes back to pending.
     rechecked = run_cli(*args, "--recheck", env=env)
-    assert "recheck: no completed files to check" in rechecked.stderr, rechecked.stderr[-2000:]
+    assert "recheck: no kept files of completed items to check" in rechecked.stderr, (
+        rechecked.stderr[-2000:]
+    )
     assert statuses(tmp_path / "state") == state
 
 
@@ -170,7 +182,7 @@ def test_flags_that_contradict_each_other_are_refused(tmp_path: Path) -> None:
         (("--files", files, "--download-cache", cache, "--output", out),
          "--download-cache and --output both set output.dir"),
         (("--files", files, "--download-cache", cache, "--set", "output.keep=all"),
-         "--download-cache keeps no file"),
+         "--download-cache keeps no file, but --set output.keep=all"),
         (("--files", files, "--output", out, "--processing-limit", "0"), "--processing-limit"),
         (("--files", files, "--output", out, "--set", "output.keep=none",
           "--set", "output.if_exists=skip"), "do not go together"),
@@ -286,3 +298,119 @@ def test_a_pre_processor_runs_before_the_processor_and_keep_failed_keeps_only_fa
 def test_keep_is_checked() -> None:
     with pytest.raises(ConfigError, match=r"output\.keep must be one of"):
         Config.from_mapping({"output": {"keep": "some"}})
+
+
+def test_a_used_cache_a_simulated_state_and_an_unbuildable_plugin_are_refused(
+    tmp_path: Path,
+) -> None:
+    """A new state refuses a non-empty --download-cache (a file there would be taken for
+    a download, then deleted); a state of simulated downloads refuses a real run (and
+    the other way round); a plugin whose constructor raises fails the start naming it."""
+    files = tmp_path / "files.json"
+    files.write_text(json.dumps([{"url": "http://files.test/a.wav", "id": "a"}]))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "a.wav").write_text("the user's own file")
+    used = run_cli("run", "--files", files, "--download-cache", cache, "--quiet")
+    assert used.returncode == 2, used.stderr[-2000:]
+    assert "is not empty ('a.wav' is there)" in used.stderr
+    assert (cache / "a.wav").read_text() == "the user's own file"
+
+    out = tmp_path / "out"
+    simulated = run_cli("run", "--files", files, "--output", out, "--simulate-downloads")
+    assert simulated.returncode == 0, simulated.stderr[-2000:]
+    real = run_cli("run", "--files", files, "--output", out, "--quiet")
+    assert real.returncode == 2, real.stderr[-2000:]
+    assert "holds a simulated run (--simulate-downloads)" in real.stderr
+
+    broken = run_cli("run", "--files", files, "--output", tmp_path / "o2",
+                     "--processor", "tests.test_parity:Unbuildable")  # fmt: skip
+    assert broken.returncode == 2, broken.stderr[-2000:]
+    assert "processing.processor: building the plugin failed: ValueError: no model" in (
+        broken.stderr
+    )
+
+
+class Unbuildable:
+    def __init__(self, debug: bool = False) -> None:
+        raise ValueError("no model here")
+
+    def process(self, file_data: Any) -> Any:
+        return None
+
+
+def test_plugins_are_built_once_per_actor_and_results_must_be_plain_data(
+    tmp_path: Path,
+) -> None:
+    """No extra instance is built to check a plugin (only imported); a processor that
+    returns a Path fails its item saying what may be returned."""
+    from tests.dpp_style import Built
+
+    Built.count = 0
+    transport = ScriptedTransport({f"http://h.test/{n}": [Ok(b"x")] for n in ("a", "b")})
+    config = make_config(tmp_path, processing={"processor": "tests.dpp_style:Built",
+                                               "workers": 2})  # fmt: skip
+    with Pipeline(config, transport_factory=transport) as pipeline:
+        pipeline.submit([{"url": "http://h.test/a"}, {"url": "http://h.test/b"}])
+        summary = pipeline.wait(TIMEOUT)
+    assert Built.count == 2  # one per processor actor
+    assert summary.finished.failed == 2
+    errors = {r["error"] for r in read_manifest(config.manifest_path)}
+    assert all("cannot be stored: plain data only" in e for e in errors), errors
+
+
+def test_a_failed_item_keeps_its_kind_when_the_post_processor_fails_too(tmp_path: Path) -> None:
+    transport = ScriptedTransport({"http://h.test/pp-boom": [Status(404)]})
+    config = make_config(
+        tmp_path, processing={"post_processor": "tests.plugins:ExplodingPostProcessor"}
+    )
+    with Pipeline(config, transport_factory=transport) as pipeline:
+        pipeline.submit([{"url": "http://h.test/pp-boom", "id": "pp-boom"}])
+        pipeline.wait(TIMEOUT)
+    with open_view(Path(config.state.dir)) as view:
+        (item,) = view.items(None, 0, 10)
+    assert item["error_kind"] == "http_4xx"
+    assert "the post-processor failed: RuntimeError: post-processing refused" in item["error"]
+
+
+def test_an_interrupted_runs_files_are_swept_and_only_those(tmp_path: Path) -> None:
+    """Outcomes committed as not kept whose files are still there (the run was killed
+    between the commit and the deletions) are deleted by the next start, once; a kept
+    file, and the files of a state whose output directory changed, are left alone."""
+    from runtime.core.store import SQLiteStore, sweep_unkept
+    from runtime.core.store.protocol import NewItem
+
+    out = tmp_path / "out"
+    out.mkdir()
+    store = SQLiteStore(tmp_path / "state")
+    store.begin_run()
+    names = ["gone.bin", "kept.bin", "part.bin"]
+    store.add(
+        [NewItem(n, i, f"http://h.test/{n}", n, None, None, "h.test:80", False, None)
+         for i, n in enumerate(names)],
+        checked=False,
+    )  # fmt: skip
+    for name in names:
+        (out / name).write_text("x")
+    (out / "part.bin.part").write_text("x")
+    for name, path, status in (("gone.bin", "", "completed"),
+                               ("kept.bin", str(out / "kept.bin"), "completed"),
+                               ("part.bin", "", "failed")):  # fmt: skip
+        store.record_outcome(Outcome(id=name, url="u", name=name, path=path, status=status))
+    store.commit()
+    assert sweep_unkept(store, out, ("completed", "failed"), parts=True) == 3
+    assert sorted(p.name for p in out.iterdir()) == ["kept.bin"]
+    (out / "gone.bin").write_text("x")  # (as if downloaded again by another run)
+    assert sweep_unkept(store, out, ("completed", "failed"), parts=True) == 0  # mark moved
+    store.set_meta(discarded_through=0)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "gone.bin").write_text("x")
+    assert sweep_unkept(store, elsewhere, ("completed",), parts=False) == 0
+    assert (elsewhere / "gone.bin").exists()
+    store.close()
+
+
+def test_processing_workers_are_capped() -> None:
+    with pytest.raises(ConfigError, match=r"processing\.workers must be at most 256"):
+        Config.from_mapping({"processing": {"workers": 100_000}})

@@ -388,6 +388,8 @@ MAX_CONCURRENCY = 4096
 process's descriptor limit and the remote hosts give out first)."""
 MAX_DOWNLOADERS = 512
 """Most downloader actors (each is a thread)."""
+MAX_PROCESSORS = 256
+"""Most processor actors (each a thread, or a process with ``mode = "process"``)."""
 REQUESTS_MAILBOX = 2
 """Items a requests downloader holds: the one it transfers and the next."""
 

@@ -18,7 +18,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from runtime.core.config import MAX_CONCURRENCY, MAX_DOWNLOADERS, CircuitConfig, Config
+from runtime.core.config import (
+    MAX_CONCURRENCY,
+    MAX_DOWNLOADERS,
+    MAX_PROCESSORS,
+    CircuitConfig,
+    Config,
+)
 from runtime.core.errors import ConfigError
 from runtime.core.netguard import parse_networks
 
@@ -261,6 +267,8 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
     for key, most in (("concurrency", MAX_CONCURRENCY), ("workers", MAX_DOWNLOADERS)):
         if getattr(config.download, key) > most:
             raise ConfigError(f"{where('download', key)} must be at most {most}")
+    if config.processing.workers > MAX_PROCESSORS:
+        raise ConfigError(f"{where('processing', 'workers')} must be at most {MAX_PROCESSORS}")
     config = _check_circuit(config, where)
     try:
         parse_networks(config.download.allow_networks, where("download", "allow_networks"))
@@ -275,8 +283,9 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
         raise ConfigError(f"{where('simulate', 'max_size')} must be at least simulate.min_size")
     if config.output.keep != "all" and config.output.if_exists == "skip":
         raise ConfigError(
-            f"{where('output', 'keep')} = {config.output.keep!r} and "
-            f"{where('output', 'if_exists')} = 'skip' do not go together: a file found in "
+            f"output.keep = {config.output.keep!r} (from {where('output', 'keep')}) and "
+            f"output.if_exists = 'skip' (from {where('output', 'if_exists')}) do not go "
+            "together: a file found in "
             "place would be recorded without being processed (after an interruption it is "
             "one that was downloaded but not yet processed); use if_exists = 'reuse'"
         )
@@ -399,7 +408,9 @@ def config_from_flags(
         {}, source="command line", base_dir=Path.cwd(), environ=env, overrides=overrides
     )
     if not config.input.path:
-        raise ConfigError("give a config file or --input FILE (a JSON or NDJSON list of files)")
+        raise ConfigError(
+            "give a config file or --input FILE (or --files FILE): a JSON or NDJSON list of files"
+        )
     state_set = "state.dir" in overrides or "CONVEYOR_STATE_DIR" in env
     if not state_set:
         config = dataclasses.replace(

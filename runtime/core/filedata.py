@@ -16,8 +16,11 @@ base class) and wraps it in an adapter of this module, which hands it a ``FileDa
 A processor's return value must be plain data (what JSON or msgpack can hold): it crosses
 to the post-processor, maybe from another process, as the item's ``result`` —
 ``{"result": value}`` on the manifest line. The post-processor gets it back as it was,
+with the plain values the processor set on its ``FileData`` (and a new ``local_path``),
 and is called for failed items too, with ``result=None`` and ``error`` set (the
-exception is a ``StageError`` holding conveyor's message and ``error_kind``).
+exception is a ``StageError`` holding conveyor's message and ``error_kind``). What the
+pre-processor sets reaches the processor. ``log`` is a ``logging.Logger`` named after
+the class (conveyor's logs show its lines).
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import logging
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from messages import Outcome
-from runtime.core.logs import get_logger
 from runtime.core.plugins import BasePostProcessor, BasePreProcessor, BaseProcessor, Downloaded
 
 __all__ = [
@@ -68,31 +73,21 @@ class StageError(Exception):
         self.kind = kind
 
 
+@dataclasses.dataclass(eq=False)
 class FileData:
-    """One file as a download-pipeline-processor plugin sees it (see the module)."""
+    """One file as a download-pipeline-processor plugin sees it (see the module). A
+    dataclass, as there: ``dataclasses.replace`` and ``asdict`` work on it."""
 
-    __slots__ = ("additional_fields", "error", "id", "local_path", "name", "url")
-    _OWN = frozenset(__slots__)
-
-    def __init__(
-        self,
-        url: str,
-        id: str | None = None,
-        name: str | None = None,
-        local_path: Path | None = None,
-        additional_fields: dict[str, Any] | None = None,
-        error: FileError | None = None,
-    ) -> None:
-        object.__setattr__(self, "url", url)
-        object.__setattr__(self, "id", id)
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "local_path", local_path)
-        object.__setattr__(self, "additional_fields", dict(additional_fields or {}))
-        object.__setattr__(self, "error", error)
+    url: str
+    id: str | None = None
+    name: str | None = None
+    local_path: Path | None = None
+    additional_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+    error: FileError | None = None
 
     def __getattr__(self, key: str) -> Any:
         """An extra field of the entry, as an attribute."""
-        if key in FileData._OWN or key.startswith("__"):
+        if key in _OWN or key.startswith("__"):
             raise AttributeError(key)  # (not yet set: during copy or unpickling)
         try:
             return self.additional_fields[key]
@@ -101,7 +96,7 @@ class FileData:
 
     def __setattr__(self, key: str, value: Any) -> None:
         """Set one of the attributes above, or else an extra field."""
-        if key in FileData._OWN:
+        if key in _OWN:
             object.__setattr__(self, key, value)
         else:
             self.additional_fields[key] = value
@@ -115,12 +110,8 @@ class FileData:
         """Record that ``stage`` failed with ``error``."""
         self.error = FileError(stage, error)
 
-    def __repr__(self) -> str:
-        return (
-            f"FileData(url={self.url!r}, id={self.id!r}, name={self.name!r}, "
-            f"local_path={self.local_path!r}, additional_fields={self.additional_fields!r}, "
-            f"error={self.error!r})"
-        )
+
+_OWN = frozenset(f.name for f in dataclasses.fields(FileData))
 
 
 def file_data_of(downloaded: Downloaded) -> FileData:
@@ -130,7 +121,7 @@ def file_data_of(downloaded: Downloaded) -> FileData:
         id=downloaded.id,
         name=downloaded.name,
         local_path=Path(downloaded.path),
-        additional_fields=downloaded.fields,
+        additional_fields=dict(downloaded.fields),
     )
 
 
@@ -156,23 +147,57 @@ class DuckPreProcessor(BasePreProcessor):
         return dataclasses.replace(
             downloaded,
             path=str(out.local_path) if out.local_path is not None else downloaded.path,
-            fields=out.additional_fields,
+            fields=dict(out.additional_fields),
         )
 
 
 class DuckProcessor(BaseProcessor):
     """Runs a class with ``process(file_data) -> Any``; the value is kept as
-    ``{"result": value}``."""
+    ``{"result": value}``, and what the plugin set on the ``FileData`` (plain values) or
+    a new ``local_path`` as ``"file_data"``, for the post-processor."""
 
     def __init__(self, plugin: Any) -> None:
         self.plugin = plugin
 
     def process(self, downloaded: Downloaded) -> dict[str, Any]:
-        """Hand the plugin a ``FileData``; keep what it returns."""
+        """Hand the plugin a ``FileData``; keep what it returns and what it set."""
         file_data = file_data_of(downloaded)
         value = self.plugin.process(file_data)
         _raise_recorded(file_data)
-        return {"result": value}
+        result: dict[str, Any] = {"result": value}
+        changes: dict[str, Any] = {}
+        fields = {
+            k: v
+            for k, v in file_data.additional_fields.items()
+            if not _same(downloaded.fields.get(k, _MISSING), v) and _storable(v)
+        }
+        if fields:
+            changes["fields"] = fields
+        if file_data.local_path is not None and str(file_data.local_path) != downloaded.path:
+            changes["local_path"] = str(file_data.local_path)
+        if changes:
+            result["file_data"] = changes
+        return result
+
+
+_MISSING = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - (an array's ==, say): take it as changed
+        return False
+
+
+def _storable(value: Any) -> bool:
+    try:
+        msgpack.packb(value)
+    except Exception:  # noqa: BLE001 - whatever msgpack refuses stays with the processor
+        return False
+    return True
 
 
 class DuckPostProcessor(BasePostProcessor):
@@ -196,8 +221,13 @@ class DuckPostProcessor(BasePostProcessor):
             id=outcome.id,
             name=outcome.name,
             local_path=Path(outcome.path) if outcome.path else None,
-            additional_fields=outcome.fields,
+            additional_fields=dict(outcome.fields),
         )
+        changes = outcome.result.get("file_data")
+        if isinstance(changes, dict):  # what the processor set on its FileData
+            file_data.additional_fields.update(changes.get("fields") or {})
+            if changes.get("local_path"):
+                file_data.local_path = Path(changes["local_path"])
         result: Any = None
         if outcome.status == "failed":
             kind = outcome.error_kind or ""
@@ -247,6 +277,10 @@ def build_duck(cls: type[Any], base: type[Any], options: dict[str, Any], debug: 
     assert adapter is not None, f"{cls.__name__} is no plugin of {base.__name__}'s stage"
     plugin = cls(**duck_arguments(cls, options, debug))
     if getattr(plugin, "log", None) is None:
-        with contextlib.suppress(AttributeError):  # (__slots__ without room for it)
-            plugin.log = get_logger(cls.__name__)
+        try:
+            plugin.log = logging.getLogger(cls.__name__)
+        except AttributeError:
+            raise TypeError(
+                f"{cls.__name__} has no log and no room for one (__slots__ without 'log')"
+            ) from None
     return adapter(plugin)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import os
 import random
 from collections import deque
 from typing import Any
@@ -123,6 +124,8 @@ class Ledger:
         # output.keep: which terminal statuses lose their file once committed
         keep = config.output.keep
         self.discard = {"all": (), "failed": ("completed",), "none": ("completed", "failed")}[keep]
+        self.discard_parts = keep == "none"
+        self._reported_files = 0  # outcomes with a file, waiting for the post-processor
         self._uncommitted: list[str] = []  # files of recorded outcomes, deleted after commit
         self._discards: list[str] = []  # committed: to delete (an effect)
         self._pending_mark = self._discard_mark = 0  # done_seq of the newest in each list
@@ -347,13 +350,9 @@ class Ledger:
 
     def _files_waiting(self) -> int:
         """Downloaded files not yet deleted (``output.keep``): granting stops at the
-        backlog, so disk holds at most the transfers and the backlog."""
-        return (
-            len(self.processing)
-            + len(self.reporting)
-            + len(self.unsent_reports)
-            + len(self._uncommitted)
-        )
+        backlog, so disk holds at most the transfers and the backlog. (Outcomes without a
+        file — rejected entries, failed downloads — do not count.)"""
+        return len(self.processing) + self._reported_files + len(self._uncommitted)
 
     def started_transfer(self, item_id: str) -> None:
         """A leased item's transfer began (a crash from now on costs it an attempt)."""
@@ -518,6 +517,8 @@ class Ledger:
         self._report(outcome)
 
     def _report(self, outcome: Outcome) -> None:
+        if outcome.path:
+            self._reported_files += 1
         self.unsent_reports.append(outcome)
 
     def _load_rejects(self) -> None:
@@ -549,7 +550,15 @@ class Ledger:
             return
         if self.post_processor in self.workers:
             self.workers[self.post_processor].held.discard(message.item_id)
-        if isinstance(message, PostProcessFailed):
+        if outcome.path:
+            self._reported_files -= 1
+        if isinstance(message, PostProcessFailed) and outcome.status == "failed":
+            # Already failed: it keeps its kind (retry-failed --kind finds it), and says
+            # the post-processor failed too.
+            outcome = dataclasses.replace(
+                outcome, error=f"{outcome.error}; the post-processor failed: {message.error}"
+            )
+        elif isinstance(message, PostProcessFailed):
             outcome = dataclasses.replace(
                 outcome, status="failed", error_kind="post_process_error", error=message.error
             )
@@ -560,6 +569,12 @@ class Ledger:
             self._pending_mark = seq
         else:
             seq = self.store.record_outcome(outcome)
+            if self.discard_parts and outcome.status == "failed" and outcome.name:
+                # (a failed transfer's partial file, kept for a resume that will not come)
+                self._uncommitted.append(
+                    os.path.join(self.config.output.dir, outcome.name + ".part")
+                )
+                self._pending_mark = seq
         outcome = dataclasses.replace(outcome, done_seq=seq)
         self.stats[outcome.status] += 1
         if outcome.status == "completed":

@@ -75,5 +75,26 @@ def configure_cli_logging(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=structlog.WriteLoggerFactory(file=_CurrentStderr()),
         cache_logger_on_first_use=False,
     )
-    # pykka reports crashed actors through stdlib logging; route it to stderr too.
-    logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="%(name)s: %(message)s")
+    # Standard logging (plugins' loggers, and pykka reporting a crashed actor) goes to the
+    # same lines, at the same level; libraries' chatter only from warnings up.
+    root = logging.getLogger()
+    root.handlers[:] = [_ToStructlog()]
+    threshold = getattr(logging, level.upper(), logging.INFO)
+    root.setLevel(threshold)
+    for noisy in ("urllib3", "requests", "asyncio", "pykka", "multipart", "httpx"):
+        logging.getLogger(noisy).setLevel(max(threshold, logging.WARNING))
+
+
+class _ToStructlog(logging.Handler):
+    """Hands a standard-library log record to structlog (its logger's name as
+    ``logger``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a plugin's bad format arguments
+            message = str(record.msg)
+        extra: dict[str, Any] = {"logger": record.name}
+        if record.exc_info:
+            extra["exc_info"] = record.exc_info
+        structlog.get_logger().log(record.levelno, message, **extra)

@@ -27,7 +27,7 @@ from runtime.core.store.protocol import (
     StoreError,
     StoreView,
 )
-from runtime.core.store.recheck import discard, recheck, sweep_unkept
+from runtime.core.store.recheck import discard, recheck, refuse_foreign_files, sweep_unkept
 from runtime.core.store.sqlite import PENDING_OF_SQL, SQLiteStore
 from runtime.core.store.view import (
     NoStateError,
@@ -54,6 +54,7 @@ __all__ = [
     "open_store",
     "open_view",
     "recheck",
+    "refuse_foreign_files",
     "state_exists",
     "state_file",
     "sweep_unkept",

@@ -246,10 +246,10 @@ class MemoryStore:
             if r.status in ("completed", "skipped") and r.name is not None and r.path is not None
         ]
 
-    def unkept_since_sweep(self, statuses: Sequence[str]) -> list[str]:
+    def unkept_since_sweep(self, statuses: Sequence[str]) -> tuple[list[str], int]:
         """See ``Store``."""
         self._flush_outcomes()
-        mark = json.loads(self.meta.get("discarded_through", "0"))
+        mark = self.get_meta("discarded_through") or 0
         rows = [
             r
             for r in self.rows.values()
@@ -259,7 +259,13 @@ class MemoryStore:
             and r.name is not None
             and r.status in statuses
         ]
-        return [r.name for r in sorted(rows, key=lambda r: r.done_seq or 0) if r.name is not None]
+        rows.sort(key=lambda r: r.done_seq or 0)
+        return [r.name for r in rows if r.name is not None], self.done_seq
+
+    def get_meta(self, key: str) -> Any:
+        """See ``Store``."""
+        value = self.meta.get(key)
+        return None if value is None else json.loads(value)
 
     def failed_host_down_this_run(self) -> list[tuple[str, str]]:
         """See ``Store``."""

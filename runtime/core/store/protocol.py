@@ -157,10 +157,15 @@ class Store(PendingSource, Protocol):
         outcome's ``path`` was empty: ``output.keep``)."""
         ...
 
-    def unkept_since_sweep(self, statuses: Sequence[str]) -> list[str]:
-        """Names of the items of these statuses recorded as not kept after the
-        ``discarded_through`` mark of the meta (a ``done_seq``): files a run meant to
-        delete, which an interruption may have left in place."""
+    def unkept_since_sweep(self, statuses: Sequence[str]) -> tuple[list[str], int]:
+        """Names of the items of these statuses recorded without a file after the
+        ``discarded_through`` mark of the meta (a ``done_seq``) — files a run meant to
+        delete, which an interruption may have left in place — and the newest
+        ``done_seq`` recorded."""
+        ...
+
+    def get_meta(self, key: str) -> Any:
+        """A fact ``set_meta`` recorded (None if none)."""
         ...
 
     def failed_host_down_this_run(self) -> list[tuple[str, str]]:

@@ -19,9 +19,13 @@ import os
 import stat
 from pathlib import Path
 
+from runtime.core.errors import ConveyorError
+from runtime.core.logs import get_logger
 from runtime.core.store.protocol import Store
 
-__all__ = ["discard", "recheck", "sweep_unkept"]
+__all__ = ["discard", "recheck", "refuse_foreign_files", "sweep_unkept"]
+
+log = get_logger("state")
 
 
 def recheck(store: Store, out_dir: Path, full: bool = False) -> tuple[int, list[str]]:
@@ -47,27 +51,71 @@ def recheck(store: Store, out_dir: Path, full: bool = False) -> tuple[int, list[
     return len(kept), bad
 
 
-def discard(paths: list[str]) -> None:
+def discard(paths: list[str]) -> int:
     """Delete the files of committed outcomes that are not kept (``output.keep``); one
-    already gone is fine."""
+    already gone is fine. Returns how many could not be deleted (each is logged)."""
+    failed = 0
     for path in paths:
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+        try:
             os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            failed += 1
+            log.warning("cannot delete a file that is not kept", path=path, error=str(exc))
+    return failed
 
 
-def sweep_unkept(store: Store, out_dir: Path, statuses: tuple[str, ...]) -> int:
+def sweep_unkept(store: Store, out_dir: Path, statuses: tuple[str, ...], parts: bool) -> int:
     """Delete what an interrupted run meant to delete: the files of items recorded as not
-    kept since the last mark (see ``Store.unkept_since_sweep``). Returns how many."""
+    kept since the last mark (see ``Store.unkept_since_sweep``), and with ``parts`` their
+    partial files; then move the mark. Only when the state's files were last kept in
+    ``out_dir`` (an ``output.dir`` that changed holds other files). Returns how many."""
+    here = os.path.realpath(out_dir)
     if not statuses:
+        store.set_meta(output_dir=here)
         return 0
+    names, newest = store.unkept_since_sweep(statuses)
     swept = 0
-    for name in store.unkept_since_sweep(statuses):
-        path = out_dir / name
-        if _inside(path.parent, out_dir) and _regular(path):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                swept += 1
+    if store.get_meta("output_dir") in (None, here):
+        for name in names:
+            paths = (out_dir / name, out_dir / (name + ".part")) if parts else (out_dir / name,)
+            for path in paths:
+                if _inside(path.parent, out_dir) and _regular(path):
+                    try:
+                        path.unlink()
+                        swept += 1
+                    except OSError as exc:
+                        log.warning("cannot delete a file that is not kept", path=str(path),
+                                    error=str(exc))  # fmt: skip
+    store.set_meta(output_dir=here, discarded_through=newest)
+    store.commit()
     return swept
+
+
+def refuse_foreign_files(store: Store, out_dir: Path, state_dir: Path) -> None:
+    """With ``output.keep`` other than ``all``, a new state needs an output directory
+    without files: conveyor would take a file already at an item's name for its download,
+    process it and delete it.
+
+    Raises:
+        ConveyorError: naming the directory and one of its entries.
+    """
+    if store.get_meta("run_no") is not None:
+        return  # a run on this state came before: the files there are its own
+    state = os.path.realpath(state_dir)
+    try:
+        with os.scandir(out_dir) as entries:
+            for entry in entries:
+                if os.path.realpath(entry.path) != state:
+                    raise ConveyorError(
+                        f"{out_dir} (output.dir) is not empty ({entry.name!r} is there): with "
+                        "output.keep other than 'all' conveyor deletes the files it processes, "
+                        "and would take a file already at an item's name for its download; "
+                        "give an empty or new directory"
+                    )
+    except FileNotFoundError:
+        return
 
 
 def _regular(path: Path) -> bool:

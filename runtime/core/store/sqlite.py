@@ -426,17 +426,21 @@ class SQLiteStore:
             "AND path IS NOT NULL ORDER BY seq"
         ).fetchall()
 
-    def unkept_since_sweep(self, statuses: Sequence[str]) -> list[str]:
+    def unkept_since_sweep(self, statuses: Sequence[str]) -> tuple[list[str], int]:
         """See ``Store``."""
         self._flush_outcomes()
-        row = self.db.execute("SELECT value FROM meta WHERE key='discarded_through'").fetchone()
         marks = ",".join("?" * len(statuses))
         rows = self.db.execute(
             "SELECT name FROM items WHERE done_seq > ? AND path IS NULL "  # noqa: S608
             f"AND name IS NOT NULL AND +status IN ({marks}) ORDER BY done_seq",  # (by done_seq)
-            (json.loads(row[0]) if row else 0, *statuses),
+            (self.get_meta("discarded_through") or 0, *statuses),
         )
-        return [name for (name,) in rows]
+        return [name for (name,) in rows], self.done_seq
+
+    def get_meta(self, key: str) -> Any:
+        """See ``Store``."""
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def requeue(self, ids: Sequence[str]) -> None:
         """See ``Store``."""
