@@ -167,6 +167,7 @@ class Pipeline:
             store or functools.partial(open_store, config),
             simulate,
             f"the state in {config.state.dir}",
+            config.input.path,
         )
         self.rechecked: tuple[int, list[str]] | None = None
         """After ``start()`` with ``recheck``: files checked and ids put back to pending."""
@@ -414,10 +415,25 @@ def _rejected_key(entry: Any) -> str:
     return "submit:" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _same_kind_of_run(factory: Callable[[], Store], simulate: bool, where: str) -> Store:
+def _same_kind_of_run(
+    factory: Callable[[], Store], simulate: bool, where: str, input_path: str
+) -> Store:
     """Open the store, refusing to mix simulated and real downloads in one state: the
-    items of one would count as done for the other."""
+    items of one would count as done for the other. Warn when another input file joins
+    a state's batch."""
     store = factory()
+    earlier = store.get_meta("input_path")
+    if input_path and earlier and earlier != input_path and store.counts():
+        log.warning(
+            "this state already holds the items of another input file: its entries join "
+            "that batch (an id or a name seen there is a duplicate; use another state "
+            "directory for a batch of its own)",
+            state=where.removeprefix("the state in "),
+            earlier_input=earlier,
+            input=input_path,
+        )
+    if input_path:
+        store.set_meta(input_path=input_path)
     simulated = store.get_meta("simulated")
     if simulated is not None and bool(simulated) != simulate and store.counts():
         store.close()

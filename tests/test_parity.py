@@ -322,6 +322,11 @@ def test_a_used_cache_a_simulated_state_and_an_unbuildable_plugin_are_refused(
     real = run_cli("run", "--files", files, "--output", out, "--quiet")
     assert real.returncode == 2, real.stderr[-2000:]
     assert "holds a simulated run (--simulate-downloads)" in real.stderr
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"url": "http://files.test/b.wav"}]))
+    joined = run_cli("run", "--files", other, "--output", out, "--simulate-downloads")
+    assert joined.returncode == 0, joined.stderr[-2000:]
+    assert "already holds the items of another input file" in joined.stderr
 
     broken = run_cli("run", "--files", files, "--output", tmp_path / "o2",
                      "--processor", "tests.test_parity:Unbuildable")  # fmt: skip
