@@ -11,6 +11,8 @@
   server the demo uses, re-exported here.
 - ``SimulatedTransportFactory``: the seeded offline transport of ``--simulate-downloads``,
   re-exported from ``runtime.core.simulate`` (production code, below the actors).
+- ``RedisServer`` (``redisserver``): a real ``redis-server`` on a free port of
+  127.0.0.1, persistence off, stopped with its ``with`` block.
 - ``capture_logs``: structlog's log capture, re-exported.
 
 Production code never imports this package (an import-linter contract holds this).
@@ -24,6 +26,7 @@ from runtime.core.simulate import SimulatedTransportFactory
 from runtime.fileserver import LocalFileServer
 from runtime.testing.clock import FakeClock
 from runtime.testing.faults import FaultServer, body_of
+from runtime.testing.redisserver import RedisServer
 from runtime.testing.scripted import Crash, Fail, Ok, ScriptedTransport, Stall, Status, Step
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "FaultServer",
     "LocalFileServer",
     "Ok",
+    "RedisServer",
     "ScriptedTransport",
     "SimulatedTransportFactory",
     "Stall",

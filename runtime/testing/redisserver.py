@@ -1,0 +1,89 @@
+"""``RedisServer``: a real ``redis-server`` for tests and benchmarks, on 127.0.0.1.
+
+It listens on a free port, keeps nothing on disk (no RDB, no AOF, its directory a
+temporary one) and stops with its ``with`` block: killed if it does not stop on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Self
+
+__all__ = ["RedisServer"]
+
+
+class RedisServer:
+    """``with RedisServer() as server: server.url`` (``redis://127.0.0.1:PORT/0``)."""
+
+    def __init__(self, executable: str | None = None) -> None:
+        found = executable or shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.executable = found
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        """Where to connect."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it answers a PING.
+
+        Raises:
+            RuntimeError: it is not installed, or did not come up in ``timeout`` seconds.
+        """
+        if not shutil.which(self.executable):
+            raise RuntimeError(
+                f"{self.executable} not found: install Redis (Debian: apt-get install redis-server)"
+            )
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self._dir = tempfile.TemporaryDirectory(prefix="conveyor-redis-")
+        self.process = subprocess.Popen(
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self._dir.name,
+             "--protected-mode", "yes", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and remove its directory."""
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+            self.process = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
