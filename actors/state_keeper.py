@@ -32,7 +32,7 @@ from messages import (
     ProgressUpdate,
     ResumeInfo,
 )
-from messages.control import Attach, Batch, GetStats, InputClosed, Tick, WorkerLost
+from messages.control import Attach, Batch, Flush, GetStats, InputClosed, Tick, WorkerLost
 from runtime.core import cputime
 from runtime.core.clock import Clock
 from runtime.core.config import Config
@@ -142,14 +142,17 @@ class StateKeeper(pykka.ThreadingActor):
                 return added, False
             case InputClosed():
                 ledger.close_input()
-            case Attach(worker=worker, kind=kind, ref=ref, credit=credit, lane=lane):
+            case Attach(worker=worker, kind=kind, ref=ref, credit=credit, lane=lane, node=node):
                 self.refs[worker] = ref
-                ledger.attach(worker, kind, credit, lane)
+                ledger.attach(worker, kind, credit, lane, node)
             case WorkerLost(worker=worker, error=error):
                 self.refs.pop(worker, None)
                 ledger.worker_lost(worker, error)
             case Tick():
                 ledger.commit()
+            case Flush():  # (the cluster hub acknowledges what it told us, once durable)
+                ledger.commit()
+                return None, False
             case Cancel(reason=reason, abort=abort):
                 ledger.cancel(reason, abort)
             case GetStats():

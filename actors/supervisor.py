@@ -17,6 +17,7 @@ import contextlib
 import os
 import pickle
 import random
+import re
 import tempfile
 import threading
 from collections import deque
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from actors.child import ChildContext, report_crash
+from actors.cluster import ClusterHub
 from actors.control import tell
 from actors.downloader import Downloader
 from actors.post_processor import PostProcessor
@@ -124,6 +126,7 @@ class Supervisor(pykka.ThreadingActor):
         self.failure: RunFailed | None = None  # the first error the run is ending on
         self.finished = False
         self.starting = True  # until every child started: a failure is the start's
+        self.hub: ClusterHub | None = None  # cluster.redis: the nodes' end
         self.shutting_down = False
         self.hosts: list[DownloaderHost] = []  # download.processes worker processes
         self.remote: dict[str, tuple[int, int]] = {}  # downloader -> (host, slot)
@@ -185,8 +188,11 @@ class Supervisor(pykka.ThreadingActor):
                         f"worker process (picklable): {exc}"
                     ) from exc
             self.hosts = [self._new_host(i) for i in range(d.processes)]
-        for i in range(d.workers + d.large_workers):  # the large-file lane comes last
-            self._start_child("downloader", i)
+        if self.config.cluster.redis:
+            self._start_hub()
+        if not self.config.cluster.redis or self.config.cluster.local_downloads:
+            for i in range(d.workers + d.large_workers):  # the large-file lane comes last
+                self._start_child("downloader", i)
         self.starting = False
         threading.Thread(target=self._tick, name="conveyor-ticker", daemon=True).start()
         if self.config.supervisor.job_timeout:
@@ -194,6 +200,25 @@ class Supervisor(pykka.ThreadingActor):
                 target=self._job_deadline, name="conveyor-deadline", daemon=True
             ).start()
         return self.state_keeper
+
+    def _start_hub(self) -> None:
+        assert self.state_keeper is not None
+        batch = batch_name(self.config)
+        try:
+            self.hub = ClusterHub(
+                config=self.config, batch=batch, state_keeper=self.state_keeper, clock=self.clock
+            )
+        except Exception as exc:  # redis-py's errors: say where
+            raise ConveyorError(
+                f"cannot reach the cluster's Redis at {self.config.cluster.redis} "
+                f"(cluster.redis): {exc}"
+            ) from exc
+        self.hub.start()
+        log.info(
+            "cluster batch open: start nodes with "
+            f"python -m runtime worker --redis URL --batch {batch}",
+            batch=batch,
+        )
 
     def _new_host(self, index: int) -> DownloaderHost:
         assert self.state_keeper is not None
@@ -403,6 +428,8 @@ class Supervisor(pykka.ThreadingActor):
 
     def _abort(self, reason: str) -> None:
         self.cancel.set()
+        if self.hub is not None:
+            self.hub.abort()
         for host in self.hosts:
             host.cancel()
         if self.state_keeper is not None:
@@ -418,6 +445,9 @@ class Supervisor(pykka.ThreadingActor):
         self.cancel.set()
         self.stop_ticker.set()
         self._stop_hosts()
+        if self.hub is not None:
+            with contextlib.suppress(Exception):
+                self.hub.finish("error")
         if not self.finished:
             self.finished = True
             error = SupervisionError(f"the supervisor crashed: {exception_value!r}")
@@ -450,6 +480,11 @@ class Supervisor(pykka.ThreadingActor):
             with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
                 future.get(timeout=max(0.0, deadline - self.clock.now()))
         self._stop_hosts()
+        nodes: list[dict[str, Any]] = []
+        if self.hub is not None:
+            nodes = self.hub.snapshot()
+            self.hub.finish(summary.reason)
+            self.hub = None
         for worker, ref in list(self.children.items()):
             if worker.startswith("post_processor"):
                 ref.stop(block=True, timeout=30)  # flush the manifest before we report
@@ -458,8 +493,19 @@ class Supervisor(pykka.ThreadingActor):
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 stats = self.state_keeper.ask(GetStats(), block=True, timeout=30)
                 self.state_keeper.stop(block=True, timeout=30)
+        if nodes:
+            stats["nodes"] = nodes
         self.on_finished(summary, self.failure, stats)
         self.actor_ref.stop(block=False)
+
+
+def batch_name(config: Config) -> str:
+    """``cluster.name``, or one made of the state directory's last two path parts."""
+    if config.cluster.name:
+        return config.cluster.name
+    parts = Path(os.path.realpath(config.state.dir)).parts[-2:]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts)).strip("-._")
+    return re.sub(r"\.{2,}", ".", name)[:64] or "batch"
 
 
 def _why(exc: OSError, path: Path) -> str:

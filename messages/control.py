@@ -14,6 +14,7 @@ from messages.types import DownloadComplete, Lane, Outcome
 __all__ = [
     "Attach",
     "Batch",
+    "Flush",
     "GetStats",
     "GraceExpired",
     "InputClosed",
@@ -46,6 +47,9 @@ class Attach:
     """Initial demand (a downloader's mailbox)."""
     lane: Lane = "small"
     """A downloader's lane: ``small`` or ``large`` (files over download.large_threshold)."""
+    node: str = ""
+    """The cluster node it runs on ("": this machine); a node's transfers do not count
+    against this machine's ``download.concurrency``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,6 +80,12 @@ class InputFailed:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Tick:
     """Ticker → StateKeeper: time for a group commit and timed work."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Flush:
+    """Cluster hub → StateKeeper (ask): commit now; the answer means everything told
+    before is durable (the hub then acknowledges the stream entries it came from)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -387,6 +387,69 @@ class StartDownloader:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NodeHello:
+    """A cluster node → the coordinator: here I am, with this many downloaders."""
+
+    TAG: ClassVar[str] = "node_hello"
+
+    node: str
+    """The node's name for this start (``--name`` and a suffix of its own)."""
+    address: str = ""
+    """Where it runs (its host name), for ``status`` and logs."""
+    downloaders: int = 1
+    """Downloader actors it hosts (its ``download.workers``)."""
+    mailbox: int = 1
+    """Items each of them holds at most (its ``download.mailbox``)."""
+    output: str = ""
+    """Its output directory (on its own machine)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeBeat:
+    """A cluster node → the coordinator, every second: still here."""
+
+    TAG: ClassVar[str] = "node_beat"
+
+    node: str
+    """The node."""
+    read: str = "0"
+    """The last entry of its stream it has read (the coordinator trims up to it)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeBye:
+    """A cluster node → the coordinator: I am leaving (its items go back to pending)."""
+
+    TAG: ClassVar[str] = "node_bye"
+
+    node: str
+    """The node."""
+    reason: str = ""
+    """Why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeLost:
+    """The coordinator → a node it no longer counts on (silent too long, or unknown after
+    a restart of the coordinator or of Redis): drop your work and join again."""
+
+    TAG: ClassVar[str] = "node_lost"
+
+    reason: str = ""
+    """Why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchDone:
+    """The coordinator → every node: the batch ended; stop (or wait for the next)."""
+
+    TAG: ClassVar[str] = "batch_done"
+
+    reason: str = "done"
+    """The run's end reason."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChildCrashed:
     """A child actor → Supervisor, from ``on_failure``: restart me (through the pipe when
     the child lives in a worker process)."""

@@ -264,6 +264,40 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="log format (default: console on a TTY, JSON lines otherwise)",
     )
+    worker = sub.add_parser(
+        "worker",
+        help="be a node of a cluster batch: download what its coordinator grants",
+        description="Join a batch that a coordinator (run with cluster.redis) opened on a "
+        "Redis, download what it grants into this machine's output directory, and stop "
+        "when the batch ends. SIGINT/SIGTERM leaves the batch (its items go back to "
+        "pending). See the README's Cluster section.",
+    )
+    worker.add_argument("--redis", required=True, metavar="URL", help="redis:// or rediss:// url")
+    worker.add_argument("--batch", help="the batch to join (default: the one open on that Redis)")
+    worker.add_argument("--name", help="this node's name (default: the host name)")
+    worker.add_argument(
+        "--output", metavar="DIR", help="where files land (output.dir; default ./downloads)"
+    )
+    worker.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="this node's settings, e.g. --set download.concurrency=64 (repeatable)",
+    )
+    worker.add_argument(
+        "--keep-running", action="store_true", help="after a batch ends, wait for the next"
+    )
+    worker.add_argument(
+        "--simulate-downloads", action="store_true", help="the offline transport of [simulate]"
+    )
+    worker.add_argument("--debug", action="store_true", help="log at debug level")
+    worker.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default=None,
+        help="log format (default: console on a TTY, JSON lines otherwise)",
+    )
     submit = sub.add_parser(
         "submit",
         help="submit a list of files to a running job service",
@@ -331,6 +365,8 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return _status(args.target, as_json=args.json)
     if args.command == "serve":
         return _serve(parser, args)
+    if args.command == "worker":
+        return _worker(parser, args)
     if args.command == "submit":
         from runtime.service.client import submit_file
 
@@ -376,6 +412,25 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         recheck=args.recheck,
         state_hint=args.config is None,
     )
+
+
+def _worker(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``worker``: join a cluster batch as a node."""
+    from runtime.core.logs import configure_cli_logging
+    from runtime.worker import run_worker
+
+    overrides: dict[str, tuple[str, str]] = {}
+    if args.output is not None:
+        overrides["output.dir"] = (str(Path(args.output).resolve()), "--output")
+    for setting in args.set:
+        key, sep, value = setting.partition("=")
+        if not sep or "." not in key:
+            parser.error(f"--set takes SECTION.KEY=VALUE, got {setting!r}")
+        overrides[key.strip()] = (value, f"--set {key.strip()}")
+    configure_cli_logging("debug" if args.debug else "info", args.log_format or "auto")
+    return run_worker(redis_url=args.redis, batch=args.batch, name=args.name,
+                      overrides=overrides, keep_running=args.keep_running,
+                      simulate=args.simulate_downloads)  # fmt: skip
 
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -52,7 +52,7 @@ from runtime.core import cputime
 from runtime.core.clock import Clock, SystemClock
 from runtime.core.config import Config
 from runtime.core.curl import CurlEngineFactory
-from runtime.core.errors import EXIT_CODES, ConveyorError, InputError
+from runtime.core.errors import EXIT_CODES, ConfigError, ConveyorError, InputError
 from runtime.core.inputs import iter_batches, parse_entry
 from runtime.core.lock import StateLock
 from runtime.core.logs import get_logger
@@ -161,6 +161,8 @@ class Pipeline:
         self._lock: StateLock | None = None
         if recheck not in (None, "size", "full"):
             raise ValueError(f"recheck must be None, 'size' or 'full', not {recheck!r}")
+        if recheck is not None and config.cluster.redis:
+            raise ConfigError("--recheck: a cluster's files are on its nodes, not here")
         self._recheck = recheck
         self._open_store = functools.partial(
             _same_kind_of_run,

@@ -22,6 +22,7 @@ NO_OP_PROCESSORS = frozenset(
 
 __all__ = [
     "CircuitConfig",
+    "ClusterConfig",
     "Config",
     "DownloadConfig",
     "InputConfig",
@@ -318,6 +319,23 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterConfig:
+    """``[cluster]``: one batch over many machines (see the README's Cluster)."""
+
+    redis: str = ""
+    """``redis://`` (or ``rediss://``) url of the Redis that carries the messages between
+    this coordinator and its nodes; empty: no cluster."""
+    name: str = ""
+    """The batch's name, which nodes join (``worker --batch``); empty: from the state
+    directory's path."""
+    node_timeout: float = 10.0
+    """Seconds a node may stay silent before it counts as lost: its items go back to
+    pending and are granted to the others."""
+    local_downloads: bool = True
+    """Whether the coordinator downloads too, beside its nodes."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     """``[log]``: how the CLI logs (a library host configures its own logging)."""
 
@@ -342,6 +360,7 @@ class Config:
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     log: LogConfig = field(default_factory=LogConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def manifest_path(self) -> Path:

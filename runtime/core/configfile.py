@@ -231,6 +231,7 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
         ("service", "max_connections"),
         ("service", "events_kept"),
         ("service", "progress_interval"),
+        ("cluster", "node_timeout"),
     ]
     for section, key in positive:
         if getattr(getattr(config, section), key) <= 0:
@@ -281,6 +282,7 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
         raise ConfigError(f"{where('simulate', 'failure_rate')} must be between 0 and 1")
     if config.simulate.max_size < config.simulate.min_size:
         raise ConfigError(f"{where('simulate', 'max_size')} must be at least simulate.min_size")
+    _check_cluster(config, where)
     if config.output.keep != "all" and config.output.if_exists == "skip":
         raise ConfigError(
             f"output.keep = {config.output.keep!r} (from {where('output', 'keep')}) and "
@@ -299,6 +301,39 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
                 f"{where('processing', key)} must be 'package.module:Class', got {spec!r}"
             )
     return config
+
+
+def _check_cluster(config: Config, where: Where) -> None:
+    """A Redis url that redis-py takes, a batch name a node can give, and nothing the
+    nodes cannot do yet (a processor: the files are on the nodes)."""
+    c = config.cluster
+    if not c.redis:
+        return
+    if not c.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"{where('cluster', 'redis')} must be a redis://, rediss:// or unix:// url, "
+            f"got {c.redis!r}"
+        )
+    from runtime.core.streams import valid_node_name
+
+    if c.name and not valid_node_name(c.name):
+        raise ConfigError(
+            f"{where('cluster', 'name')} must be letters, digits, '.', '_' or '-' "
+            f"(64 at most), got {c.name!r}"
+        )
+    p = config.processing
+    if not p.skipped:
+        key = "pre_processor" if p.pre_processor else "processor"
+        raise ConfigError(
+            f"{where('processing', key)}: a cluster runs no processor yet (the files stay on "
+            "the nodes that downloaded them); leave processing.processor and "
+            "processing.pre_processor unset with cluster.redis"
+        )
+    if config.output.keep != "all":
+        raise ConfigError(
+            f"{where('output', 'keep')}: a cluster keeps every file on its node (output.keep "
+            "must be 'all' with cluster.redis)"
+        )
 
 
 def _check_circuit(config: Config, where: Where) -> Config:

@@ -92,6 +92,7 @@ class _Worker:
     kind: str
     credit: int = 0
     lane: Lane = "small"
+    node: str = ""
     held: set[str] = dataclasses.field(default_factory=set)
 
 
@@ -188,9 +189,11 @@ class Ledger:
 
     # -- workers ------------------------------------------------------------------------
 
-    def attach(self, worker: str, kind: str, credit: int = 0, lane: Lane = "small") -> None:
-        """A worker is running and may be sent work."""
-        self.workers[worker] = _Worker(kind=kind, credit=credit, lane=lane)
+    def attach(
+        self, worker: str, kind: str, credit: int = 0, lane: Lane = "small", node: str = ""
+    ) -> None:
+        """A worker is running and may be sent work (on cluster ``node``, if any)."""
+        self.workers[worker] = _Worker(kind=kind, credit=credit, lane=lane, node=node)
         if kind == "post_processor":
             self.post_processor = worker
 
@@ -291,7 +294,11 @@ class Ledger:
         # is the ceiling, whatever workers x mailbox came to. (With requests, a
         # downloader transfers one item and holds the next: workers is the ceiling.)
         d = self.config.download
-        small = (s for s in self.workers.values() if s.kind == "downloader" and s.lane == "small")
+        small = (
+            s
+            for s in self.workers.values()
+            if s.kind == "downloader" and s.lane == "small" and not s.node
+        )
         room = d.concurrency - sum(len(s.held) for s in small) if d.engine == "curl" else NO_CEILING
         while (
             hungry

@@ -1,0 +1,436 @@
+"""Cluster mode: the coordinator's hub and a node's loop, joined by Redis Streams.
+
+The coordinator is an ordinary run whose StateKeeper stays the one owner of state; the
+``ClusterHub`` (a thread of the coordinator) makes each node's downloaders look like
+local workers. It reads the nodes' messages (``runtime.core.streams``: one ``up`` stream,
+a consumer group) and tells them to the StateKeeper as if they came from a worker
+process; every ~0.2 s it asks the StateKeeper to commit (``Flush``) and only then
+acknowledges and deletes the entries it told, so a coordinator killed meanwhile reads
+them again when it comes back. Grants go back through a ``NodeRef``: an append to the
+node's own stream. A node silent for ``cluster.node_timeout`` is lost — its downloaders
+are ``WorkerLost`` and their items pending again — and whatever it reports later is for
+leases it no longer holds: the ledger ignores it, so an item ends once.
+
+A node (``python -m runtime worker``, ``run_node``) announces itself (``NodeHello``),
+beats every second, starts the downloaders the coordinator asks for, hands them their
+grants and sends what they say up (``StreamUplink``). It downloads into its own output
+directory; the files stay there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from actors.child import ChildContext
+from actors.control import tell
+from actors.downloader import Downloader
+from messages import (
+    BatchDone,
+    Cancel,
+    ChildCrashed,
+    Grant,
+    NodeBeat,
+    NodeBye,
+    NodeHello,
+    NodeLost,
+    StartDownloader,
+)
+from messages.control import Attach, Batch, Flush, WorkerLost
+from runtime.core.clock import Clock
+from runtime.core.config import Config
+from runtime.core.logs import get_logger
+from runtime.core.streams import StreamLink
+from runtime.core.transfer import RangeMemory
+
+if TYPE_CHECKING:
+    from runtime.core.transport import TransportFactory
+
+__all__ = ["BEAT", "REJOIN", "ClusterHub", "NodeRef", "StreamUplink", "run_node"]
+
+log = get_logger("cluster")
+
+BEAT = 1.0
+"""Seconds between a node's beats."""
+REJOIN = "the coordinator asks this node to join again"
+"""How ``run_node``'s answer starts when the node should join again under a new name."""
+UPLINK_PATIENCE = 30.0
+"""Seconds a node's message waits for Redis to answer before the node gives up."""
+ACK_EVERY = 0.2
+"""Seconds between the hub's commits-then-acknowledgements."""
+
+
+# -- the coordinator's side ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Node:
+    address: str
+    workers: list[str]
+    last_seen: float
+    mailbox: int = 1
+    read: str = "0"
+    done: int = 0
+
+
+class NodeRef:
+    """Stands in for a downloader actor that lives on a cluster node."""
+
+    def __init__(self, hub: ClusterHub, node: str) -> None:
+        self.hub = hub
+        self.node = node
+
+    def tell(self, message: Any) -> None:
+        """Send a Grant (or Cancel) to the node's stream."""
+        if not self.hub.send(self.node, message):
+            raise pykka.ActorDeadError(f"cluster node {self.node} is gone")
+
+
+class ClusterHub:
+    """The coordinator's end of a cluster batch (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        batch: str,
+        state_keeper: pykka.ActorRef[Any],
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.batch = batch
+        self.state_keeper = state_keeper
+        self.clock = clock
+        self.link = StreamLink.connect(config.cluster.redis, batch)
+        self.link.ensure_group()
+        self.link.client.sadd("conveyor:batches", batch)
+        self.nodes: dict[str, _Node] = {}
+        self.lost: set[str] = set()
+        self.told_lost: set[str] = set()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="conveyor-cluster", daemon=True)
+
+    def start(self) -> None:
+        """Read the nodes' messages from now on (unacknowledged ones first)."""
+        self.thread.start()
+
+    def send(self, node: str, message: Any) -> bool:
+        """Append ``message`` to ``node``'s stream; False when the node is gone (or Redis
+        cannot be reached: the node then goes silent and is lost in turn)."""
+        with self.lock:
+            if node not in self.nodes:
+                return False
+        try:
+            self.link.send_down(node, [message])
+        except Exception as exc:  # noqa: BLE001 - redis errors: the node will time out
+            log.warning("cannot reach a cluster node", node=node, error=str(exc))
+            return False
+        return True
+
+    def finish(self, reason: str) -> None:
+        """The batch is over: tell every node, stop reading, leave the batch list."""
+        self.stop.set()
+        self.thread.join(5.0)
+        with self.lock:
+            nodes = list(self.nodes)
+        for node in nodes:
+            with contextlib.suppress(Exception):
+                self.link.send_down(node, [BatchDone(reason=reason)])
+        with contextlib.suppress(Exception):
+            self.link.client.srem("conveyor:batches", self.batch)
+            # Nothing of this batch is in flight any more: what nodes still say (a last
+            # beat) must not greet the next run on this batch as if it were news.
+            self.link.client.delete(self.link.up)
+        self.link.client.close()
+
+    def abort(self) -> None:
+        """Stop every node's transfers now (the shutdown grace is over)."""
+        with self.lock:
+            nodes = list(self.nodes)
+        for node in nodes:
+            self.send(node, Cancel(reason="abort", abort=True))
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The nodes, for ``status`` and the display."""
+        now = self.clock.now()
+        with self.lock:
+            return [
+                {"node": n, "address": s.address, "downloaders": len(s.workers),
+                 "done": s.done, "last_seen_s": round(now - s.last_seen, 1)}
+                for n, s in self.nodes.items()
+            ]  # fmt: skip
+
+    # -- the reader thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        told: list[str] = []  # entries told to the StateKeeper, not yet acknowledged
+        last_ack = self.clock.now()
+        pending = True  # first the entries a killed coordinator had not acknowledged
+        while not self.stop.is_set():
+            try:
+                read = self.link.read_up("coordinator", pending=pending, block_ms=100)
+            except Exception as exc:  # noqa: BLE001 - Redis away: retry with a pause
+                if "NOGROUP" in str(exc):  # Redis came back empty: what was in flight is gone
+                    told = []
+                    self._redis_lost()
+                    continue
+                log.warning("cannot read the cluster's stream", error=str(exc))
+                self.stop.wait(1.0)
+                continue
+            if pending and not read.envelopes and not read.rejected:
+                pending = False
+            for entry_id, why in read.rejected:
+                log.warning("refused a message from the cluster", entry=entry_id, reason=why)
+            for envelope in read.envelopes:
+                self._handle(envelope.node, envelope.messages)
+                told.append(envelope.entry_id)
+            now = self.clock.now()
+            if told and (now - last_ack >= ACK_EVERY or len(told) >= 4096):
+                try:
+                    self.state_keeper.ask(Flush(), timeout=60)
+                    self.link.ack(told)
+                except Exception as exc:  # noqa: BLE001 - they are read again after a restart
+                    log.warning("cannot acknowledge the cluster's messages", error=str(exc))
+                told, last_ack = [], now
+            self._check_silence(now)
+
+    def _redis_lost(self) -> None:
+        """Redis restarted without its data: every node's reports in flight are gone, so
+        every node is lost (its items pending again) and asked to join again."""
+        log.warning("the cluster's Redis lost its streams; every node joins again")
+        with contextlib.suppress(Exception):
+            self.link.ensure_group()
+            self.link.client.sadd("conveyor:batches", self.batch)
+        with self.lock:
+            nodes = list(self.nodes)
+        for node in nodes:
+            self._lose(node, "Redis lost what was in flight")
+
+    def _handle(self, node: str, messages: tuple[Any, ...]) -> None:
+        """One node's frame: its own messages go to the StateKeeper."""
+        now = self.clock.now()
+        if not isinstance(messages[0] if messages else None, NodeHello):
+            with self.lock:
+                known = node in self.nodes
+            if not known:  # lost, or from before a restart: it must join again
+                self._tell_lost(node)
+                return
+        forward: list[Any] = []
+        for message in messages:
+            match message:
+                case NodeHello():
+                    self._join(node, message, now)
+                case NodeBeat(read=read):
+                    self._beat(node, read, now)
+                case NodeBye(reason=reason):
+                    self._lose(node, f"the node left: {reason or 'no reason given'}")
+                case ChildCrashed(worker=worker, error=error, index=index) if self._owns(
+                    node, worker
+                ):
+                    self._replace(node, worker, index, error)
+                case _ if self._owns(node, getattr(message, "worker", "")):
+                    forward.append(message)
+                case _:
+                    log.warning("refused a message for another node's worker", node=node,
+                                message=type(message).__name__)  # fmt: skip
+        if forward:
+            with self.lock:
+                state = self.nodes.get(node)
+                if state is not None:
+                    state.last_seen = now
+                    state.done += sum(type(m).__name__ == "DownloadComplete" for m in forward)
+            tell(self.state_keeper, Batch(messages=tuple(forward)) if len(forward) > 1
+                 else forward[0])  # fmt: skip
+
+    def _owns(self, node: str, worker: str) -> bool:
+        with self.lock:
+            state = self.nodes.get(node)
+            return state is not None and worker in state.workers
+
+    def _join(self, node: str, hello: NodeHello, now: float) -> None:
+        with self.lock:
+            if node in self.nodes or node in self.lost:
+                return  # (a hello read again after a restart, or from a lost node)
+            workers = [f"{node}/downloader-{i}" for i in range(max(1, hello.downloaders))]
+            mailbox = max(1, hello.mailbox)
+            self.nodes[node] = _Node(
+                address=hello.address, workers=workers, last_seen=now, mailbox=mailbox
+            )
+        log.info("cluster node joined", node=node, address=hello.address,
+                 downloaders=len(workers), mailbox=hello.mailbox)  # fmt: skip
+        for i, worker in enumerate(workers):
+            self.send(node, StartDownloader(worker=worker, index=i, lane="small"))
+            ref = NodeRef(self, node)
+            attach = Attach(worker=worker, kind="downloader", ref=ref,
+                            credit=mailbox, lane="small", node=node)  # fmt: skip
+            tell(self.state_keeper, attach)
+
+    def _replace(self, node: str, worker: str, index: int, error: str) -> None:
+        """A node's downloader crashed: its items go back, a new one takes its slot."""
+        log.warning("a cluster node's downloader crashed", node=node, worker=worker,
+                    error=error)  # fmt: skip
+        tell(self.state_keeper, WorkerLost(worker=worker, error=error))
+        base, _, gen = worker.partition(".")
+        new = f"{base}.{int(gen or 1) + 1 if gen.isdigit() else 2}"
+        with self.lock:
+            state = self.nodes.get(node)
+            if state is None:
+                return
+            state.workers = [new if w == worker else w for w in state.workers]
+            mailbox = state.mailbox
+        self.send(node, StartDownloader(worker=new, index=index, lane="small"))
+        tell(self.state_keeper, Attach(worker=new, kind="downloader", ref=NodeRef(self, node),
+                                       credit=mailbox, lane="small", node=node))  # fmt: skip
+
+    def _beat(self, node: str, read: str, now: float) -> None:
+        with self.lock:
+            state = self.nodes.get(node)
+            if state is None:
+                return
+            state.last_seen = now
+            trim, state.read = read != state.read, read
+        if trim and read != "0":
+            with contextlib.suppress(Exception):
+                self.link.trim_down(node, read)
+
+    def _check_silence(self, now: float) -> None:
+        timeout = self.config.cluster.node_timeout
+        with self.lock:
+            silent = [n for n, s in self.nodes.items() if now - s.last_seen > timeout]
+        for node in silent:
+            self._lose(node, f"the node was silent for more than {timeout:g} s")
+
+    def _lose(self, node: str, why: str) -> None:
+        with self.lock:
+            state = self.nodes.pop(node, None)
+            self.lost.add(node)
+        if state is None:
+            return
+        log.warning("cluster node lost; its items are pending again", node=node, reason=why)
+        for worker in state.workers:
+            tell(self.state_keeper, WorkerLost(worker=worker, error=f"{node}: {why}"))
+        with contextlib.suppress(Exception):
+            self.link.drop_down(node)
+        self._tell_lost(node, why)
+
+    def _tell_lost(self, node: str, why: str = "unknown to this coordinator") -> None:
+        """Ask a node to drop its work and join again (once per node)."""
+        with self.lock:
+            if node in self.told_lost:
+                return
+            self.told_lost.add(node)
+            self.lost.add(node)
+        with contextlib.suppress(Exception):
+            self.link.send_down(node, [NodeLost(reason=why)])
+
+
+# -- a node's side -------------------------------------------------------------------------
+
+
+class StreamUplink:
+    """On a node: stands in for the StateKeeper and the Supervisor."""
+
+    def __init__(self, link: StreamLink, node: str) -> None:
+        self.link = link
+        self.node = node
+
+    def tell(self, message: Any) -> None:
+        """Append ``message`` (or a ``Batch`` of them) to ``up``, waiting (with backoff)
+        for Redis for up to ``UPLINK_PATIENCE`` seconds: a report is not dropped for a
+        passing hiccup."""
+        messages = message.messages if isinstance(message, Batch) else (message,)
+        deadline = time.monotonic() + UPLINK_PATIENCE
+        pause = 0.05
+        while True:
+            try:
+                self.link.send_up(self.node, messages)
+                return
+            except Exception as exc:
+                if time.monotonic() + pause > deadline:
+                    raise pykka.ActorDeadError(f"cannot reach the coordinator: {exc}") from exc
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+
+def run_node(
+    *,
+    link: StreamLink,
+    node: str,
+    config: Config,
+    transport_factory: TransportFactory,
+    clock: Clock,
+    stop: threading.Event,
+) -> str:
+    """Serve one batch as ``node``: announce, beat, download what is granted, until the
+    batch ends (``BatchDone``) or ``stop`` is set. Returns why it ended."""
+    uplink = StreamUplink(link, node)
+    cancel = threading.Event()
+    ranges = RangeMemory()
+    local: dict[str, pykka.ActorRef[Any]] = {}
+    d = config.download
+    read = "0"
+    link.send_up(node, [NodeHello(node=node, address=socket.gethostname(),
+                                  downloaders=d.workers, mailbox=d.mailbox,
+                                  output=os.path.realpath(config.output.dir))])  # fmt: skip
+
+    def beat() -> None:
+        while not stop.wait(BEAT):
+            try:
+                link.send_up(node, [NodeBeat(node=node, read=read)])
+            except Exception as exc:  # noqa: BLE001 - Redis away: keep trying
+                log.warning("cannot reach the coordinator", error=str(exc))
+
+    threading.Thread(target=beat, name="conveyor-beat", daemon=True).start()
+    reason = "stopped"
+    try:
+        while not stop.is_set():
+            try:
+                after, frames = link.read_down(node, read, block_ms=200)
+            except Exception as exc:  # noqa: BLE001 - Redis away: retry with a pause
+                log.warning("cannot read this node's stream", error=str(exc))
+                stop.wait(1.0)
+                continue
+            read = after
+            for frame in frames:
+                for message in frame:
+                    match message:
+                        case Grant(worker=worker):
+                            if (ref := local.get(worker)) is not None:
+                                tell(ref, message)
+                        case StartDownloader(worker=worker, index=index, lane=lane):
+                            child = ChildContext(
+                                worker=worker, index=index, supervisor=uplink, state_keeper=uplink
+                            )
+                            local[worker] = Downloader.start(
+                                child=child, lane=lane, config=config,
+                                transport_factory=transport_factory, clock=clock,
+                                cancel=cancel, ranges=ranges,
+                            )  # fmt: skip
+                        case Cancel(abort=True):
+                            cancel.set()
+                        case BatchDone(reason=why):
+                            reason = f"the batch ended ({why})"
+                            stop.set()
+                        case NodeLost(reason=why):
+                            reason = f"{REJOIN} ({why})"
+                            stop.set()
+                        case _:
+                            log.warning("unexpected message", message=type(message).__name__)
+    finally:
+        stop.set()
+        cancel.set()
+        for ref in local.values():
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.stop(block=True, timeout=5)
+        if not reason.startswith("the batch ended"):  # (nobody reads after the end)
+            with contextlib.suppress(Exception):
+                link.send_up(node, [NodeBye(node=node, reason=reason)])
+    return reason

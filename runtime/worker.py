@@ -1,0 +1,112 @@
+"""``python -m runtime worker``: a node of a cluster batch (see the README's Cluster).
+
+It joins a batch a coordinator (``run`` with ``cluster.redis``) opened on a Redis,
+downloads what the coordinator grants it into its own output directory, and ends when
+the batch ends — or, with ``keep_running``, waits for the next batch of that name.
+SIGINT or SIGTERM leaves the batch: the coordinator puts its items back to pending.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from actors.cluster import REJOIN, run_node
+from runtime.core.clock import SystemClock
+from runtime.core.config import Config
+from runtime.core.errors import EXIT_CODES, ConfigError
+from runtime.core.logs import get_logger
+from runtime.core.streams import StreamLink, valid_node_name
+
+__all__ = ["run_worker"]
+
+log = get_logger("worker")
+
+
+def run_worker(
+    *,
+    redis_url: str,
+    batch: str | None,
+    name: str | None,
+    overrides: Mapping[str, tuple[str, str]],
+    keep_running: bool = False,
+    simulate: bool = False,
+) -> int:
+    """Serve batches as a node; return the exit code."""
+    try:
+        config = Config.from_mapping(
+            {}, source="command line", base_dir=Path.cwd(), environ=os.environ,
+            overrides=overrides,
+        )  # fmt: skip
+        base = name or socket.gethostname().split(".")[0]
+        if not valid_node_name(base) or len(base) > 56:
+            raise ConfigError(
+                f"--name must be letters, digits, '.', '_' or '-' (56 at most), got {base!r}"
+            )
+        link = StreamLink.connect(redis_url, batch or "")
+        batch = batch or _the_open_batch(link, redis_url)
+        link = StreamLink(link.client, batch)
+        Path(config.output.dir).mkdir(parents=True, exist_ok=True)
+    except ConfigError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return EXIT_CODES["bad_input"]
+    except Exception as exc:  # noqa: BLE001 - redis-py's and the file system's errors
+        print(f"conveyor: cannot join the cluster at {redis_url}: {exc}", file=sys.stderr)
+        return EXIT_CODES["bad_input"]
+    stop = threading.Event()
+    signalled: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        signalled.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    clock = SystemClock()
+    while True:
+        node = f"{base}-{secrets.token_hex(3)}"
+        print(f"conveyor: node {node} joins batch {batch!r}; files go to {config.output.dir}",
+              file=sys.stderr)  # fmt: skip
+        reason = run_node(link=link, node=node, config=config,
+                          transport_factory=_transports(config, clock, simulate),
+                          clock=clock, stop=stop)  # fmt: skip
+        print(f"conveyor: node {node} stops: {reason}", file=sys.stderr)
+        if signalled or not (keep_running or reason.startswith(REJOIN)):
+            break
+        stop.clear()
+    link.client.close()
+    return EXIT_CODES["interrupted"] if signalled else EXIT_CODES["ok"]
+
+
+def _the_open_batch(link: StreamLink, url: str) -> str:
+    """The one batch open on this Redis (without ``--batch``)."""
+    batches: list[str] = sorted(b.decode() for b in link.client.smembers("conveyor:batches"))
+    if len(batches) == 1:
+        return batches[0]
+    if not batches:
+        raise ConfigError(
+            f"no batch is open on {url}: give --batch NAME (the coordinator logs it as "
+            "'cluster batch open')"
+        )
+    raise ConfigError(f"several batches are open on {url}: give --batch, one of {batches}")
+
+
+def _transports(config: Config, clock: SystemClock, simulate: bool) -> Any:
+    if simulate:
+        from runtime.core.simulate import SimulatedTransportFactory
+
+        return SimulatedTransportFactory(config.simulate, clock)
+    if config.download.engine == "curl":
+        from runtime.core.curl import CurlEngineFactory
+
+        return CurlEngineFactory(config)
+    from runtime.core.transport import RequestsTransportFactory
+
+    return RequestsTransportFactory(config)

@@ -1,0 +1,244 @@
+"""Cluster mode end to end: a coordinator (``run`` with ``cluster.redis``) and node
+processes (``worker``), a real redis-server and a real file server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pykka
+import pytest
+import redis
+
+from actors.cluster import ClusterHub
+from messages import Demand, NodeHello, decode_batch
+from messages.control import Attach, Batch
+from runtime.testing import FaultServer, RedisServer
+from tests.helpers import read_manifest, start_cli
+
+TIMEOUT = 120
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+def make_files(count: int) -> dict[str, bytes]:
+    return {f"/f{i:04d}.bin": hashlib.sha256(str(i).encode()).digest() * 60 for i in range(count)}
+
+
+def write_coordinator(tmp: Path, server: FaultServer, files: dict[str, bytes], url: str,
+                      extra: str = "") -> Path:  # fmt: skip
+    entries = [{"url": server.url(p), "id": p[1:], "sha256": hashlib.sha256(b).hexdigest()}
+               for p, b in files.items()]  # fmt: skip
+    (tmp / "files.json").write_text(json.dumps(entries))
+    config = tmp / "coordinator.toml"
+    config.write_text(
+        f'[input]\npath = "files.json"\n[output]\ndir = "out"\n'
+        f'[state]\ndir = "state"\npersist_interval = 0.1\n'
+        f"[download]\nper_host = 3\n[retry]\nbackoff_initial = 0.0\n"
+        f'[cluster]\nredis = "{url}"\nname = "b"\nlocal_downloads = false\n'
+        f"node_timeout = 1.0\n" + extra
+    )
+    return config
+
+
+def start_node(tmp: Path, url: str, i: int, *extra: str) -> subprocess.Popen[str]:
+    return start_cli("worker", "--redis", url, "--batch", "b", "--name", f"n{i}",
+                     "--output", tmp / f"node{i}", "--set", "download.concurrency=4",
+                     "--log-format", "json", *extra)  # fmt: skip
+
+
+def finish(procs: list[subprocess.Popen[str]]) -> list[tuple[int | None, str]]:
+    """Wait for each process (killing one that outlives the timeout); codes and stderr."""
+    results = []
+    for proc in procs:
+        try:
+            _, err = proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        results.append((proc.returncode, err))
+    return results
+
+
+def node_files(tmp: Path, nodes: int) -> dict[str, list[Path]]:
+    """Every file found in the nodes' output directories, by name."""
+    found: dict[str, list[Path]] = {}
+    for i in range(nodes):
+        for path in (tmp / f"node{i}").glob("*"):
+            found.setdefault(path.name, []).append(path)
+    return found
+
+
+def assert_every_item_once_and_verified(tmp: Path, files: dict[str, bytes], nodes: int) -> None:
+    records = read_manifest(tmp / "state" / "manifest.jsonl")
+    assert sorted(r["id"] for r in records) == sorted(p[1:] for p in files)  # one line each
+    assert {r["status"] for r in records} == {"completed"}
+    found = node_files(tmp, nodes)
+    for path, body in files.items():
+        copies = found.get(path[1:], [])
+        assert copies, f"{path} is on no node"
+        assert any(c.read_bytes() == body for c in copies), path
+
+
+def wait_until(condition: Any, timeout: float = TIMEOUT) -> bool:
+    done = threading.Event()
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return True
+        done.wait(0.02)
+    return False
+
+
+def test_three_nodes_download_a_batch_within_the_per_host_limit(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Every item completes once, every file is verified on the node that holds it, and
+    the server never sees more than per_host connections at once across the nodes."""
+    files = make_files(300)
+    with FaultServer(files, delay=0.01) as server:
+        config = write_coordinator(tmp_path, server, files, redis_server.url)
+        nodes = [start_node(tmp_path, redis_server.url, i) for i in range(3)]
+        coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+        (code, err), *node_results = finish([coordinator, *nodes])
+        assert code == 0, err[-3000:]
+        assert server.max_active <= 3
+        assert sum(server.counts.values()) == len(files)  # nothing fetched twice
+    for node_code, node_err in node_results:
+        assert node_code == 0, node_err[-2000:]
+        assert "stops: the batch ended (done)" in node_err
+    assert_every_item_once_and_verified(tmp_path, files, 3)
+    assert sum(len(v) for v in node_files(tmp_path, 3).values()) == len(files)
+    joined = [line for line in err.splitlines() if "cluster node joined" in line]
+    assert len(joined) == 3
+    client = redis.Redis.from_url(redis_server.url)
+    assert client.xlen("conveyor:b:up") <= 3  # nothing in flight is left (a last beat may be)
+    client.close()
+
+
+def test_a_killed_node_loses_nothing(tmp_path: Path, redis_server: RedisServer) -> None:
+    """kill -9 of a node mid-run: after node_timeout its items go to the others; every
+    item still ends once, every file is verified."""
+    files = make_files(300)
+    with FaultServer(files, delay=0.02) as server:
+        config = write_coordinator(tmp_path, server, files, redis_server.url)
+        nodes = [start_node(tmp_path, redis_server.url, i) for i in range(3)]
+        coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+        try:
+            assert server.wait_for_requests(60, timeout=TIMEOUT), "the batch never got going"
+            nodes[0].send_signal(signal.SIGKILL)
+            (code, err), *_ = finish([coordinator, *nodes[1:]])
+        finally:
+            for proc in (coordinator, *nodes):
+                proc.kill()
+            nodes[0].communicate()
+        assert code == 0, err[-3000:]
+        assert "cluster node lost" in err
+    assert_every_item_once_and_verified(tmp_path, files, 3)
+
+
+def test_a_node_paused_past_the_timeout_comes_back_under_a_new_name(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """SIGSTOP past node_timeout, then SIGCONT: what it reports late is refused (its
+    leases went to the others), it joins again and helps finish; every item ends once."""
+    files = make_files(300)
+    client = redis.Redis.from_url(redis_server.url)
+    with FaultServer(files, delay=0.02) as server:
+        config = write_coordinator(tmp_path, server, files, redis_server.url)
+        nodes = [start_node(tmp_path, redis_server.url, i) for i in range(2)]
+        coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+        try:
+            assert server.wait_for_requests(40, timeout=TIMEOUT), "the batch never got going"
+            nodes[0].send_signal(signal.SIGSTOP)
+
+            def told_lost() -> bool:
+                for key in client.scan_iter(b"conveyor:b:down:n0-*"):
+                    for _, fields in client.xrange(key):
+                        if any(type(m).__name__ == "NodeLost" for m in decode_batch(fields[b"f"])):
+                            return True
+                return False
+
+            assert wait_until(told_lost), "the paused node was never counted lost"
+            nodes[0].send_signal(signal.SIGCONT)
+            (code, err), *node_results = finish([coordinator, *nodes])
+        finally:
+            for proc in (coordinator, *nodes):
+                proc.kill()
+            client.close()
+        assert code == 0, err[-3000:]
+    assert "asks this node to join again" in node_results[0][1]
+    assert_every_item_once_and_verified(tmp_path, files, 2)
+
+
+def test_a_cluster_refuses_what_it_cannot_do_yet(tmp_path: Path) -> None:
+    from runtime import Config, ConfigError
+
+    for extra, message in (
+        ({"processing": {"processor": "runtime.plugins:ChecksumProcessor"}}, "no processor"),
+        ({"output": {"keep": "none"}}, "keeps every file on its node"),
+        ({"cluster": {"redis": "http://x"}}, "must be a redis://"),
+        ({"cluster": {"name": "../x"}}, "cluster.name must be letters"),
+    ):
+        data: dict[str, Any] = {"cluster": {"redis": "redis://127.0.0.1:1/0"}}
+        for section, values in extra.items():
+            data.setdefault(section, {}).update(values)
+        with pytest.raises(ConfigError, match=message):
+            Config.from_mapping(data)
+
+
+class _Recorder(pykka.ThreadingActor):
+    """Stands in for the StateKeeper: keeps what it is told, answers a Flush."""
+
+    def __init__(self, seen: list[Any], event: threading.Event) -> None:
+        super().__init__()
+        self.seen = seen
+        self.event = event
+
+    def on_receive(self, message: Any) -> Any:
+        self.seen.extend(message.messages if isinstance(message, Batch) else [message])
+        self.event.set()
+        return None
+
+
+def test_a_node_speaks_only_for_its_own_downloaders(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """What a node sends for another node's worker, or before it joined, never reaches
+    the state; a node unknown to the coordinator is told to join again."""
+    from runtime import Config
+    from runtime.core.clock import SystemClock
+    from runtime.core.streams import StreamLink
+
+    seen: list[Any] = []
+    event = threading.Event()
+    keeper = _Recorder.start(seen, event)
+    config = Config.from_mapping({"cluster": {"redis": redis_server.url, "node_timeout": 60}})
+    hub = ClusterHub(config=config, batch="h", state_keeper=keeper, clock=SystemClock())
+    hub.start()
+    link = StreamLink.connect(redis_server.url, "h")
+    try:
+        link.send_up("stranger", [Demand(worker="stranger/downloader-0", n=1)])
+        link.send_up("a", [NodeHello(node="a", downloaders=1, mailbox=2)])
+        assert wait_until(lambda: any(isinstance(m, Attach) for m in seen), 10)
+        link.send_up("a", [Demand(worker="b/downloader-0", n=5),
+                           Demand(worker="a/downloader-0", n=1)])  # fmt: skip
+        assert wait_until(lambda: any(isinstance(m, Demand) for m in seen), 10)
+        hub_told = [m for m in seen if isinstance(m, Demand)]
+        assert hub_told == [Demand(worker="a/downloader-0", n=1)]
+        _, frames = link.read_down("stranger", "0", block_ms=2000)
+        assert [type(m).__name__ for f in frames for m in f] == ["NodeLost"]
+        assert wait_until(lambda: link.client.xlen(link.up) == 0, 10)  # acknowledged, gone
+    finally:
+        hub.finish("done")
+        link.client.close()
+        keeper.stop()
