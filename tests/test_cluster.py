@@ -242,3 +242,38 @@ def test_a_node_speaks_only_for_its_own_downloaders(
         hub.finish("done")
         link.client.close()
         keeper.stop()
+
+
+def test_a_killed_coordinator_restarted_and_a_restarted_redis_lose_nothing(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """kill -9 of the coordinator mid-run and a restart: it resumes from its state and
+    the nodes, unknown to it, join again. Then Redis killed and started again empty:
+    every node joins again and what was in flight is granted again. Every item ends once
+    and every file is verified."""
+    files = make_files(400)
+    with FaultServer(files, delay=0.02) as server:
+        config = write_coordinator(tmp_path, server, files, redis_server.url)
+        nodes = [start_node(tmp_path, redis_server.url, i) for i in range(2)]
+        first = start_cli("run", config, "--quiet", "--log-format", "json")
+        try:
+            assert server.wait_for_requests(60, timeout=TIMEOUT), "the batch never got going"
+            first.send_signal(signal.SIGKILL)
+            assert first.wait(timeout=TIMEOUT) == -signal.SIGKILL
+            again = start_cli("run", config, "--quiet", "--log-format", "json")
+            seen = sum(server.counts.values())
+            assert server.wait_for_requests(seen + 60, timeout=TIMEOUT), "no restart"
+            redis_server.stop()  # Redis goes away, and comes back empty on its port
+            port = redis_server.port
+            redis_server.start_on(port)
+            (code, err), *node_results = finish([again, *nodes])
+        finally:
+            for proc in (first, *nodes):
+                proc.kill()
+            first.communicate()
+        assert code == 0, err[-3000:]
+        assert "Redis lost its streams" in err
+    for node_code, node_err in node_results:
+        assert node_code == 0, node_err[-2000:]
+        assert "asks this node to join again" in node_err
+    assert_every_item_once_and_verified(tmp_path, files, 2)

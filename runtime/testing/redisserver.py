@@ -32,18 +32,24 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start the server and wait until it answers a PING.
+        """Start the server on a free port and wait until it answers a PING.
 
         Raises:
             RuntimeError: it is not installed, or did not come up in ``timeout`` seconds.
         """
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.start_on(port, timeout)
+
+    def start_on(self, port: int, timeout: float = 10.0) -> None:
+        """Start the server on ``port`` (again, after ``stop``: empty, as a restarted
+        Redis without persistence is) and wait until it answers a PING."""
         if not shutil.which(self.executable):
             raise RuntimeError(
                 f"{self.executable} not found: install Redis (Debian: apt-get install redis-server)"
             )
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = port
         self._dir = tempfile.TemporaryDirectory(prefix="conveyor-redis-")
         self.process = subprocess.Popen(
             [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
