@@ -316,7 +316,7 @@ class ClusterHub:
             return
         log.warning("cluster node lost; its items are pending again", node=node, reason=why)
         for worker in state.workers:
-            tell(self.state_keeper, WorkerLost(worker=worker, error=f"{node}: {why}"))
+            tell(self.state_keeper, WorkerLost(worker=worker, error=f"{node}: {why}", node=node))
         with contextlib.suppress(Exception):
             self.link.drop_down(node)
         self._tell_lost(node, why)
@@ -381,12 +381,22 @@ def run_node(
                                   downloaders=d.workers, mailbox=d.mailbox,
                                   output=os.path.realpath(config.output.dir))])  # fmt: skip
 
+    ended: list[str] = []
+    seen_open = False
+
     def beat() -> None:
+        nonlocal seen_open
         while not stop.wait(BEAT):
             try:
                 link.send_up(node, [NodeBeat(node=node, read=read)])
+                is_open = bool(link.client.sismember("conveyor:batches", link.batch))
             except Exception as exc:  # noqa: BLE001 - Redis away: keep trying
                 log.warning("cannot reach the coordinator", error=str(exc))
+                continue
+            if seen_open and not is_open:  # ended before this node heard of it (it joined
+                ended.append("the batch ended (closed)")  # late, or its BatchDone was lost)
+                stop.set()
+            seen_open = seen_open or is_open
 
     threading.Thread(target=beat, name="conveyor-beat", daemon=True).start()
     reason = "stopped"
@@ -425,6 +435,8 @@ def run_node(
                         case _:
                             log.warning("unexpected message", message=type(message).__name__)
     finally:
+        if ended and reason == "stopped":
+            reason = ended[0]
         stop.set()
         cancel.set()
         for ref in local.values():

@@ -145,9 +145,9 @@ class StateKeeper(pykka.ThreadingActor):
             case Attach(worker=worker, kind=kind, ref=ref, credit=credit, lane=lane, node=node):
                 self.refs[worker] = ref
                 ledger.attach(worker, kind, credit, lane, node)
-            case WorkerLost(worker=worker, error=error):
+            case WorkerLost(worker=worker, error=error, node=node):
                 self.refs.pop(worker, None)
-                ledger.worker_lost(worker, error)
+                ledger.worker_lost(worker, error, node)
             case Tick():
                 ledger.commit()
             case Flush():  # (the cluster hub acknowledges what it told us, once durable)

@@ -60,6 +60,9 @@ class WorkerLost:
     """The crashed instance."""
     error: str
     """What it crashed with."""
+    node: str = ""
+    """The cluster node that was lost with it: then every item it held counts a delivery
+    (``cluster.max_deliveries``), started or not."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -41,6 +41,7 @@ ErrorKind = Literal[
     "filesystem",
     "unsafe_name",
     "worker_crash",
+    "node_lost",
     "pre_process_error",
     "processing_error",
     "post_process_error",

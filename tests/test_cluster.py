@@ -277,3 +277,59 @@ def test_a_killed_coordinator_restarted_and_a_restarted_redis_lose_nothing(
         assert node_code == 0, node_err[-2000:]
         assert "asks this node to join again" in node_err
     assert_every_item_once_and_verified(tmp_path, files, 2)
+
+
+def test_a_poison_item_fails_after_max_deliveries_instead_of_killing_every_node(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Whichever node requests the poison file dies (the server kills it, told by its
+    User-Agent); a new node takes its place. After cluster.max_deliveries (3) nodes lost
+    with it, it fails node_lost; every other item completes."""
+    files = make_files(40)
+    nodes: dict[str, subprocess.Popen[str]] = {}
+    lock = threading.Lock()
+
+    def start(i: int) -> None:
+        nodes[f"node-{i}"] = start_node(tmp_path, redis_server.url, i, "--set",
+                                        f"download.user_agent=node-{i}", "--set",
+                                        "download.concurrency=1")  # fmt: skip
+
+    def on_request(path: str, _range: str | None) -> None:
+        if path == "/f0007.bin":
+            with lock:
+                agent = server.agents[path][-1] or ""
+                if agent in nodes:
+                    nodes[agent].send_signal(signal.SIGKILL)
+
+    with FaultServer(files, on_request=on_request) as server:
+        config = write_coordinator(tmp_path, server, files, redis_server.url)
+        with lock:
+            for i in range(2):
+                start(i)
+        coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+        try:
+            for i in range(2, 10):  # keep two nodes alive: replace each one that dies
+                done = threading.Event()
+                for _ in range(int(TIMEOUT / 0.02)):
+                    if coordinator.poll() is not None:
+                        break
+                    with lock:
+                        dead = [n for n, p in nodes.items() if p.poll() is not None]
+                        if dead:
+                            nodes.pop(dead[0]).communicate()
+                            if server.counts["/f0007.bin"] < 3:  # (a later one would wait
+                                start(i)  # for a batch that already ended)
+                            break
+                    done.wait(0.02)
+                if coordinator.poll() is not None:
+                    break
+            (code, err), *_ = finish([coordinator, *nodes.values()])
+        finally:
+            for proc in (coordinator, *nodes.values()):
+                proc.kill()
+        assert server.counts["/f0007.bin"] == 3  # one delivery per lost node, no more
+    assert code == 1, err[-3000:]  # the poison item failed
+    records = {r["id"]: r for r in read_manifest(tmp_path / "state" / "manifest.jsonl")}
+    assert len(records) == len(files)
+    assert records["f0007.bin"]["error_kind"] == "node_lost"
+    assert {r["status"] for i, r in records.items() if i != "f0007.bin"} == {"completed"}

@@ -333,6 +333,9 @@ class ClusterConfig:
     pending and are granted to the others."""
     local_downloads: bool = True
     """Whether the coordinator downloads too, beside its nodes."""
+    max_deliveries: int = 3
+    """Times an item may be on a node that is lost before it fails ``node_lost`` (an
+    item that kills every node it reaches does not take them all down in turn)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -232,6 +232,7 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
         ("service", "events_kept"),
         ("service", "progress_interval"),
         ("cluster", "node_timeout"),
+        ("cluster", "max_deliveries"),
     ]
     for section, key in positive:
         if getattr(getattr(config, section), key) <= 0:

@@ -202,8 +202,8 @@ class Ledger:
         if worker in self.workers:
             self.workers[worker].credit += n
 
-    def worker_lost(self, worker: str, error: str) -> None:
-        """A worker crashed: give what it held to others."""
+    def worker_lost(self, worker: str, error: str, node: str = "") -> None:
+        """A worker crashed (with cluster ``node``, if any): give what it held to others."""
         slot = self.workers.pop(worker, None)
         if slot is None:
             return
@@ -215,7 +215,7 @@ class Ledger:
         )
         for item_id in sorted(slot.held):
             if slot.kind == "downloader":
-                self._lease_lost(item_id, error)
+                self._lease_lost(item_id, error, node)
             elif slot.kind == "processor":
                 _, done = self.processing[item_id]
                 self.processing[item_id] = ("", done)
@@ -225,9 +225,24 @@ class Ledger:
         if slot.kind == "post_processor":
             self.post_processor = None
 
-    def _lease_lost(self, item_id: str, error: str) -> None:
+    def _lease_lost(self, item_id: str, error: str, node: str = "") -> None:
         _, item = self.leases.pop(item_id)
         self.scheduler.released(item)
+        if node:  # a lost node: every item it held was delivered (a poison item kills it
+            self.started.discard(item_id)  # before it can say it started)
+            if item.attempts >= self.config.cluster.max_deliveries:
+                self._report(
+                    _outcome(
+                        item,
+                        status="failed",
+                        error_kind="node_lost",
+                        error=f"the node holding it was lost on each of its {item.attempts} "
+                        f"deliveries (cluster.max_deliveries): {error}",
+                    )
+                )
+            else:
+                self.scheduler.requeue(item)
+            return
         if item_id not in self.started:  # still queued: the crash was not its attempt
             self.scheduler.requeue(dataclasses.replace(item, attempts=item.attempts - 1))
             return

@@ -86,6 +86,7 @@ class FaultServer(LocalFileServer):
         self.on_request = on_request
         self.times: defaultdict[str, list[float]] = defaultdict(list)
         self.ranges: defaultdict[str, list[str | None]] = defaultdict(list)
+        self.agents: defaultdict[str, list[str | None]] = defaultdict(list)
         self.active = 0
         self.max_active = 0
         self.outage = threading.Event()
@@ -106,6 +107,7 @@ class FaultServer(LocalFileServer):
         with self._lock:  # one hold with the count (the lock is reentrant): waiters see both
             self.times[path].append(time.monotonic())
             self.ranges[path].append(h.headers.get("Range"))
+            self.agents[path].append(h.headers.get("User-Agent"))
             n = super()._arrived(path, h)
         if self.on_request is not None:
             self.on_request(path, h.headers.get("Range"))
