@@ -43,7 +43,7 @@ from messages import (
     NodeLost,
     StartDownloader,
 )
-from messages.control import Attach, Batch, Flush, WorkerLost
+from messages.control import Attach, Batch, Flush, NodesSeen, WorkerLost
 from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.logs import get_logger
@@ -78,6 +78,7 @@ class _Node:
     mailbox: int = 1
     read: str = "0"
     done: int = 0
+    in_flight: int = 0
 
 
 class NodeRef:
@@ -114,6 +115,7 @@ class ClusterHub:
         self.nodes: dict[str, _Node] = {}
         self.lost: set[str] = set()
         self.told_lost: set[str] = set()
+        self.gone: dict[str, dict[str, Any]] = {}  # lost nodes, as last seen
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="conveyor-cluster", daemon=True)
@@ -159,20 +161,21 @@ class ClusterHub:
             self.send(node, Cancel(reason="abort", abort=True))
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """The nodes, for ``status`` and the display."""
+        """The nodes, for ``status`` and the summary: the ones joined, then the lost."""
         now = self.clock.now()
         with self.lock:
-            return [
-                {"node": n, "address": s.address, "downloaders": len(s.workers),
-                 "done": s.done, "last_seen_s": round(now - s.last_seen, 1)}
+            alive = [
+                {"node": n, "address": s.address, "in_flight": s.in_flight, "done": s.done,
+                 "last_seen_s": round(now - s.last_seen, 1), "lost": False}
                 for n, s in self.nodes.items()
             ]  # fmt: skip
+            return alive + [dict(gone, lost=True) for gone in self.gone.values()]
 
     # -- the reader thread ------------------------------------------------------------
 
     def _run(self) -> None:
         told: list[str] = []  # entries told to the StateKeeper, not yet acknowledged
-        last_ack = self.clock.now()
+        last_ack = last_report = self.clock.now()
         pending = True  # first the entries a killed coordinator had not acknowledged
         while not self.stop.is_set():
             try:
@@ -201,6 +204,9 @@ class ClusterHub:
                     log.warning("cannot acknowledge the cluster's messages", error=str(exc))
                 told, last_ack = [], now
             self._check_silence(now)
+            if now - last_report >= 1.0:
+                tell(self.state_keeper, NodesSeen(nodes=tuple(self.snapshot())))
+                last_report = now
 
     def _redis_lost(self) -> None:
         """Redis restarted without its data: every node's reports in flight are gone, so
@@ -246,7 +252,13 @@ class ClusterHub:
                 state = self.nodes.get(node)
                 if state is not None:
                     state.last_seen = now
-                    state.done += sum(type(m).__name__ == "DownloadComplete" for m in forward)
+                    for m in forward:
+                        kind = type(m).__name__
+                        if kind == "DownloadStarted":
+                            state.in_flight += 1
+                        elif kind in ("DownloadComplete", "DownloadFailed"):
+                            state.in_flight = max(0, state.in_flight - 1)
+                            state.done += kind == "DownloadComplete"
             tell(self.state_keeper, Batch(messages=tuple(forward)) if len(forward) > 1
                  else forward[0])  # fmt: skip
 
@@ -309,9 +321,14 @@ class ClusterHub:
             self._lose(node, f"the node was silent for more than {timeout:g} s")
 
     def _lose(self, node: str, why: str) -> None:
+        now = self.clock.now()
         with self.lock:
             state = self.nodes.pop(node, None)
             self.lost.add(node)
+            if state is not None:
+                self.gone[node] = {"node": node, "address": state.address, "in_flight": 0,
+                                   "done": state.done,
+                                   "last_seen_s": round(now - state.last_seen, 1)}  # fmt: skip
         if state is None:
             return
         log.warning("cluster node lost; its items are pending again", node=node, reason=why)

@@ -32,7 +32,16 @@ from messages import (
     ProgressUpdate,
     ResumeInfo,
 )
-from messages.control import Attach, Batch, Flush, GetStats, InputClosed, Tick, WorkerLost
+from messages.control import (
+    Attach,
+    Batch,
+    Flush,
+    GetStats,
+    InputClosed,
+    NodesSeen,
+    Tick,
+    WorkerLost,
+)
 from runtime.core import cputime
 from runtime.core.clock import Clock
 from runtime.core.config import Config
@@ -150,6 +159,9 @@ class StateKeeper(pykka.ThreadingActor):
                 ledger.worker_lost(worker, error, node)
             case Tick():
                 ledger.commit()
+            case NodesSeen(nodes=nodes):
+                ledger.store.set_meta(nodes=list(nodes))  # (committed with the next commit)
+                return None, False
             case Flush():  # (the cluster hub acknowledges what it told us, once durable)
                 ledger.commit()
                 return None, False

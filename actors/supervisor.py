@@ -42,6 +42,7 @@ from messages.control import (
     GetStats,
     GraceExpired,
     InputFailed,
+    NodesSeen,
     ProcessLost,
     RunFailed,
     Shutdown,
@@ -482,9 +483,11 @@ class Supervisor(pykka.ThreadingActor):
         self._stop_hosts()
         nodes: list[dict[str, Any]] = []
         if self.hub is not None:
-            nodes = self.hub.snapshot()
             self.hub.finish(summary.reason)
+            nodes = [dict(n, in_flight=0) for n in self.hub.snapshot()]  # (all ended)
             self.hub = None
+            if self.state_keeper is not None:  # (written as the state closes)
+                tell(self.state_keeper, NodesSeen(nodes=tuple(nodes)))
         for worker, ref in list(self.children.items()):
             if worker.startswith("post_processor"):
                 ref.stop(block=True, timeout=30)  # flush the manifest before we report

@@ -19,6 +19,7 @@ __all__ = [
     "GraceExpired",
     "InputClosed",
     "InputFailed",
+    "NodesSeen",
     "ProcessFiles",
     "ProcessLost",
     "RecordOutcomes",
@@ -89,6 +90,15 @@ class Tick:
 class Flush:
     """Cluster hub → StateKeeper (ask): commit now; the answer means everything told
     before is durable (the hub then acknowledges the stream entries it came from)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodesSeen:
+    """Cluster hub → StateKeeper, every second: the nodes as the hub sees them (kept in
+    the state's meta for ``status``)."""
+
+    nodes: tuple[dict[str, Any], ...]
+    """``node``, ``address``, ``in_flight``, ``done``, ``last_seen_s``, ``lost``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -300,6 +300,8 @@ class Outcome:
     """The processor's result for completed items."""
     fields: dict[str, Any] = field(default_factory=dict)
     """The entry's other keys, as the input gave them."""
+    node: str = ""
+    """(cluster) The node whose output directory holds the file; "": this machine."""
     done_seq: int = 0
     """Where this outcome stands in the state's record of terminal outcomes (1, 2, …, never
     reused), set when it is recorded; 0 before. An event sink that keeps the highest it has

@@ -26,6 +26,7 @@ from runtime.report import (
     print_error_kinds,
     print_hosts,
     print_invalid_entries,
+    print_nodes,
     read_report,
 )
 
@@ -206,6 +207,7 @@ def print_summary(summary: RunSummary, out: TextIO, report: dict[str, Any] | Non
         print_error_kinds(report["error_kinds"], out)
         print_invalid_entries(report, out)
     print_hosts(summary.stats.get("hosts") or {}, out)
+    print_nodes(summary.stats.get("nodes") or [], out)
     if summary.error:
         print(f"error: {summary.error}", file=out)
     out.flush()

@@ -26,6 +26,7 @@ __all__ = [
     "print_error_kinds",
     "print_hosts",
     "print_invalid_entries",
+    "print_nodes",
     "print_status",
     "read_report",
     "read_run",
@@ -158,6 +159,19 @@ def breaker_text(st: HostStatus) -> str:
     return text
 
 
+def print_nodes(nodes: list[dict[str, Any]], out: TextIO) -> None:
+    """A cluster's nodes: name, address, in flight, done, seconds since last heard of."""
+    if not nodes:
+        return
+    print("", file=out)
+    rows = [("node", "address", "in flight", "done", "last seen")]
+    for n in nodes:
+        seen = "lost" if n.get("lost") else f"{n.get('last_seen_s', 0):.1f} s ago"
+        rows.append((str(n.get("node", "?")), str(n.get("address", "")),
+                     str(n.get("in_flight", 0)), str(n.get("done", 0)), seen))  # fmt: skip
+    _table(rows, out)
+
+
 def print_error_kinds(kinds: list[dict[str, Any]], out: TextIO) -> None:
     """Failed items by error kind, each with an example url."""
     if not kinds:
@@ -246,6 +260,7 @@ def print_status(report: dict[str, Any], out: TextIO) -> None:
     print_invalid_entries(report, out)
     print_hosts(report["hosts"], out)
     print_cooldowns(report["hosts"], out)
+    print_nodes(run.get("nodes") or [], out)
     # retry-failed leaves rejected entries failed (the input must change): no hint for them
     if items["failed"] > _invalid_count(report):
         print("\nput failed items back for the next run: python -m runtime retry-failed CONFIG "

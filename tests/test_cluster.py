@@ -17,10 +17,18 @@ import pytest
 import redis
 
 from actors.cluster import ClusterHub
-from messages import Demand, NodeHello, decode_batch
+from messages import (
+    Demand,
+    DownloadFailed,
+    Grant,
+    NodeHello,
+    StartDownloader,
+    WorkItem,
+    decode_batch,
+)
 from messages.control import Attach, Batch
 from runtime.testing import FaultServer, RedisServer
-from tests.helpers import read_manifest, start_cli
+from tests.helpers import read_manifest, run_cli, start_cli
 
 TIMEOUT = 120
 
@@ -83,6 +91,10 @@ def assert_every_item_once_and_verified(tmp: Path, files: dict[str, bytes], node
     records = read_manifest(tmp / "state" / "manifest.jsonl")
     assert sorted(r["id"] for r in records) == sorted(p[1:] for p in files)  # one line each
     assert {r["status"] for r in records} == {"completed"}
+    for r in records:  # the line names the node, and the file is where it says
+        i = r["node"].split("-")[0].removeprefix("n")
+        assert Path(r["path"]).parent == tmp / f"node{i}", r
+        assert Path(r["path"]).read_bytes() == files["/" + r["id"]], r
     found = node_files(tmp, nodes)
     for path, body in files.items():
         copies = found.get(path[1:], [])
@@ -120,6 +132,10 @@ def test_three_nodes_download_a_batch_within_the_per_host_limit(
     assert sum(len(v) for v in node_files(tmp_path, 3).values()) == len(files)
     joined = [line for line in err.splitlines() if "cluster node joined" in line]
     assert len(joined) == 3
+    status = run_cli("status", tmp_path / "state")
+    nodes_table = status.stdout.split("node ")[-1]
+    assert status.stdout.count(" s ago") == 3, status.stdout  # three nodes, last seen
+    assert "in flight" in nodes_table
     client = redis.Redis.from_url(redis_server.url)
     assert client.xlen("conveyor:b:up") <= 3  # nothing in flight is left (a last beat may be)
     client.close()
@@ -333,3 +349,47 @@ def test_a_poison_item_fails_after_max_deliveries_instead_of_killing_every_node(
     assert len(records) == len(files)
     assert records["f0007.bin"]["error_kind"] == "node_lost"
     assert {r["status"] for i, r in records.items() if i != "f0007.bin"} == {"completed"}
+
+
+def test_a_hostile_grant_on_a_nodes_stream_writes_nothing_outside_its_output(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Whoever writes to a node's stream cannot make it write outside its output
+    directory: a granted name with '..' fails unsafe_name (what it says goes up as a
+    DownloadFailed); garbage on its stream is refused."""
+    from runtime.core.streams import StreamLink
+
+    files = {"/x.bin": b"payload"}
+    link = StreamLink.connect(redis_server.url, "b")
+    link.ensure_group()
+    link.client.sadd("conveyor:batches", "b")
+    with FaultServer(files) as server:
+        node = start_node(tmp_path, redis_server.url, 0)
+        try:
+            hello: list[Any] = []
+
+            def said_hello() -> bool:
+                hello.extend(e for e in link.read_up("coordinator", block_ms=50).envelopes
+                             if isinstance(e.messages[0], NodeHello))  # fmt: skip
+                return bool(hello)
+
+            assert wait_until(said_hello, 30), "the node never said hello"
+            name = hello[0].node
+            evil = WorkItem(id="e", url=server.url("/x.bin"), name="../../escape.bin", attempts=1)
+            link.send_down(name, [StartDownloader(worker=f"{name}/downloader-0", index=0)])
+            link.send_down(name, [Grant(worker=f"{name}/downloader-0", items=(evil,))])
+            failures: list[Any] = []
+
+            def reported() -> bool:
+                for e in link.read_up("coordinator", block_ms=50).envelopes:
+                    failures.extend(m for m in e.messages if isinstance(m, DownloadFailed))
+                return bool(failures)
+
+            assert wait_until(reported, 30), "the node never reported the hostile grant"
+            assert failures[0].error_kind == "unsafe_name"
+        finally:
+            node.kill()
+            node.communicate()
+            link.client.close()
+    assert not (tmp_path / "escape.bin").exists()
+    assert not (tmp_path.parent / "escape.bin").exists()

@@ -409,11 +409,13 @@ class Ledger:
         kept = done.reused and self.config.output.if_exists == "skip"
         if kept or self.config.processing.skipped:  # no processing: straight to the record
             status: Status = "skipped" if kept else "completed"
-            self._report(
-                _outcome(
-                    done.item, status=status, path=done.path, size=done.size, sha256=done.sha256
-                )
+            outcome = _outcome(
+                done.item, status=status, path=done.path, size=done.size, sha256=done.sha256
             )
+            slot = self.workers.get(done.worker)
+            if slot is not None and slot.node:  # (cluster: the file is on that node)
+                outcome = dataclasses.replace(outcome, node=slot.node)
+            self._report(outcome)
             return
         self.processing[done.item.id] = ("", done)
         self.to_process.append(done)

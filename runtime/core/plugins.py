@@ -227,6 +227,8 @@ class JsonlManifest(BasePostProcessor):
         record = {k: getattr(outcome, k) for k in self.FIELDS}
         if not record["fields"]:
             del record["fields"]  # (most entries have none: their lines stay as they were)
+        if not record["node"]:
+            del record["node"]  # (only a cluster's files are on another machine)
         self.fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def flush(self) -> None:

@@ -19,7 +19,7 @@ from runtime.service.jobstore import Job
 
 __all__ = ["ITEM_FIELDS", "JobEvents", "summary_of"]
 
-ITEM_FIELDS = tuple(f for f in OUTCOME_FIELDS if f not in ("path", "result", "done_seq"))
+ITEM_FIELDS = tuple(f for f in OUTCOME_FIELDS if f not in ("path", "result", "node", "done_seq"))
 """The fields of an ``item`` event: the outcome's, but where the file is on the server
 (``/files`` serves it), the processor's result (``/result``) and the state's numbering."""
 
