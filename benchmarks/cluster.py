@@ -1,0 +1,236 @@
+"""The cluster benchmark: one coordinator, 1, 2 and 4 nodes as processes on this machine.
+
+    python benchmarks/cluster.py                 # every measure
+    python benchmarks/cluster.py --files 2000 --only scale
+
+Needs root or the tools installed: nginx with the echo module (``libnginx-mod-http-echo``)
+and ``redis-server``. Measures, printed as one markdown table:
+
+- ``scale``: files/s with 1, 2 and 4 nodes against an origin that waits 50 ms before
+  every response (W4's nginx ``echo_sleep``), each node ``download.concurrency = 32``,
+  ``per_host = 0``; the coordinator does not download (``local_downloads = false``);
+- ``coordinator``: items/s the coordinator grants and records with 4 simulated nodes
+  (``worker --simulate-downloads``, no latency): its own ceiling;
+- ``redis``: Redis ``used_memory`` peak (sampled every 50 ms) over that batch, against
+  the memory before it started;
+- ``failover``: seconds from ``kill -9`` of one of 2 nodes to its items being granted
+  again (the coordinator's "worker lost" log line), with ``node_timeout = 2``.
+
+Everything runs on this one machine (2 cores here): the nodes share its CPU, so the
+scale-out measured is a floor of what separate machines would give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bench import ROOT, Workload, ensure_tools, generate, start_nginx
+
+sys.path.insert(0, str(ROOT))
+from runtime.testing import RedisServer
+
+PY = sys.executable
+
+
+def write_coordinator(work: Path, tag: str, urls: list[str], redis_url: str,
+                      extra: str = "") -> Path:  # fmt: skip
+    lst = work / f"{tag}.ndjson"
+    lst.write_text("".join(json.dumps({"url": u}) + "\n" for u in urls))
+    shutil.rmtree(work / f"{tag}-state", ignore_errors=True)
+    config = work / f"{tag}.toml"
+    config.write_text(
+        f'[input]\npath = "{lst}"\n[output]\ndir = "{work}/{tag}-out"\n'
+        f'[state]\ndir = "{work}/{tag}-state"\n[download]\nper_host = 0\n'
+        f'[log]\nlevel = "info"\n[cluster]\nredis = "{redis_url}"\nname = "{tag}"\n'
+        f"local_downloads = false\n" + extra
+    )
+    return config
+
+
+def start_nodes(work: Path, tag: str, redis_url: str, n: int, *extra: str) -> list[Any]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return [
+        subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "runtime",
+                "worker",
+                "--redis",
+                redis_url,
+                "--batch",
+                tag,
+                "--name",
+                f"n{i}",
+                "--output",
+                str(work / f"{tag}-node{i}"),
+                "--set",
+                "download.concurrency=32",
+                "--set",
+                "download.per_host=0",
+                "--log-format",
+                "json",
+                *extra,
+            ],
+            cwd=work,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
+
+
+def run_coordinator(config: Path, work: Path) -> tuple[float, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    done = subprocess.run([PY, "-m", "runtime", "run", str(config), "--quiet",
+                           "--log-format", "json"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=3600)  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"the coordinator failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return time.perf_counter() - t0, done.stderr
+
+
+def end_nodes(nodes: list[Any]) -> None:
+    for node in nodes:
+        try:
+            node.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.communicate()
+
+
+def elapsed_of(stderr: str) -> float:
+    """The run's own elapsed seconds (its "run finished" line), start-up excluded."""
+    for line in reversed(stderr.splitlines()):
+        if '"run finished"' in line:
+            return float(json.loads(line)["elapsed"])
+    raise SystemExit("no 'run finished' line")
+
+
+def scale(work: Path, base: str, w: Workload, redis_url: str) -> dict[str, Any]:
+    urls = [f"{base}/W4/{name}" for name in w.files]
+    rates: dict[str, Any] = {}
+    for n in (1, 2, 4):
+        tag = f"scale{n}"
+        config = write_coordinator(work, tag, urls, redis_url)
+        nodes = start_nodes(work, tag, redis_url, n)
+        _, err = run_coordinator(config, work)
+        end_nodes(nodes)
+        rates[f"{n} node{'s' if n > 1 else ''}"] = round(len(urls) / elapsed_of(err))
+        print(f"  scale: {n} nodes, {rates[list(rates)[-1]]} files/s", file=sys.stderr)
+    one = rates["1 node"]
+    return {"files/s": rates, "4 nodes vs 1": round(rates["4 nodes"] / one, 2)}
+
+
+def coordinator_and_redis(work: Path, redis: RedisServer, count: int) -> dict[str, Any]:
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(redis.url)
+    urls = [f"http://h{i % 50}.test/f{i}.bin" for i in range(count)]
+    tag = "sim"
+    config = write_coordinator(work, tag, urls, redis.url,
+                               '[simulate]\nmin_size = 1024\nmax_size = 1024\n')  # fmt: skip
+    nodes = start_nodes(work, tag, redis.url, 4, "--simulate-downloads")
+    before = int(client.info("memory")["used_memory"])
+    peak = [before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            peak[0] = max(peak[0], int(client.info("memory")["used_memory"]))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = run_coordinator(config, work)
+    stop.set()
+    sampler.join()
+    end_nodes(nodes)
+    client.close()
+    return {
+        "items/s": round(count / elapsed_of(err)),
+        "items": count,
+        "redis used_memory peak MiB": round(peak[0] / 2**20, 1),
+        "redis used_memory before MiB": round(before / 2**20, 1),
+    }
+
+
+def failover(work: Path, base: str, w: Workload, redis_url: str) -> dict[str, Any]:
+    urls = [f"{base}/W4/{name}" for name in w.files]
+    tag = "failover"
+    config = write_coordinator(work, tag, urls, redis_url, "node_timeout = 2.0\n")
+    nodes = start_nodes(work, tag, redis_url, 2)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    coordinator = subprocess.Popen([PY, "-m", "runtime", "run", str(config), "--quiet",
+                                    "--log-format", "json"], cwd=work, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   text=True)  # fmt: skip
+    time.sleep(3.0)  # (a benchmark, not a test: let the batch get going)
+    killed_at = time.time()
+    nodes[0].send_signal(signal.SIGKILL)
+    _, err = coordinator.communicate(timeout=3600)
+    end_nodes(nodes)
+    for line in err.splitlines():
+        if "worker lost" in line:
+            stamp = json.loads(line)["timestamp"].replace("Z", "+00:00")
+            return {
+                "seconds to flowing again": round(
+                    datetime.fromisoformat(stamp).timestamp() - killed_at, 2
+                ),
+                "node_timeout": 2.0,
+            }
+    return {"seconds to flowing again": None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=4000, help="files of the scale runs")
+    parser.add_argument("--items", type=int, default=100_000, help="items of the simulated run")
+    parser.add_argument("--only", default="", help="scale, coordinator, failover")
+    args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else {"scale", "coordinator", "failover"}
+    ensure_tools()
+    shm = Path("/dev/shm")
+    root = Path(tempfile.mkdtemp(prefix="conveyor-cluster-", dir=shm if shm.is_dir() else None))
+    root.chmod(0o755)  # nginx's workers run as an unprivileged user
+    results: dict[str, Any] = {}
+    try:
+        data, work = root / "data", root / "work"
+        data.mkdir()
+        work.mkdir()
+        w = Workload("W4", "W4", args.files, 16 * 1024, parallel=32, delay=0.05)
+        generate(data, w)
+        nginx, port = start_nginx(work, data)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            with RedisServer() as redis:
+                if "scale" in only:
+                    results["scale"] = scale(work, base, w, redis.url)
+                if "coordinator" in only:
+                    results["coordinator"] = coordinator_and_redis(work, redis, args.items)
+                if "failover" in only:
+                    results["failover"] = failover(work, base, w, redis.url)
+        finally:
+            nginx.terminate()
+            nginx.wait()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
