@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import socket
 import threading
 import time
@@ -119,28 +120,47 @@ class ClusterHub:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="conveyor-cluster", daemon=True)
+        self.outbox: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self.sender = threading.Thread(
+            target=self._send_loop, name="conveyor-cluster-send", daemon=True
+        )
 
     def start(self) -> None:
         """Read the nodes' messages from now on (unacknowledged ones first)."""
+        self.sender.start()
         self.thread.start()
 
     def send(self, node: str, message: Any) -> bool:
-        """Append ``message`` to ``node``'s stream; False when the node is gone (or Redis
-        cannot be reached: the node then goes silent and is lost in turn)."""
+        """Queue ``message`` for ``node``'s stream; False when the node is gone. The
+        sender thread appends what is queued, a frame per node, in one round trip: the
+        StateKeeper that grants never waits for Redis."""
         with self.lock:
             if node not in self.nodes:
                 return False
-        try:
-            self.link.send_down(node, [message])
-        except Exception as exc:  # noqa: BLE001 - redis errors: the node will time out
-            log.warning("cannot reach a cluster node", node=node, error=str(exc))
-            return False
+        self.outbox.put((node, message))
         return True
+
+    def _send_loop(self) -> None:
+        while (first := self.outbox.get()) is not None:
+            frames: dict[str, list[Any]] = {first[0]: [first[1]]}
+            with contextlib.suppress(queue.Empty):
+                for _ in range(4096):
+                    nxt = self.outbox.get_nowait()
+                    if nxt is None:
+                        self.outbox.put(None)  # (seen after this last round)
+                        break
+                    frames.setdefault(nxt[0], []).append(nxt[1])
+            try:
+                self.link.send_down_many(list(frames.items()))
+            except Exception as exc:  # noqa: BLE001 - Redis away: the nodes will time out
+                log.warning("cannot reach the cluster's nodes", error=str(exc))
 
     def finish(self, reason: str) -> None:
         """The batch is over: tell every node, stop reading, leave the batch list."""
         self.stop.set()
         self.thread.join(5.0)
+        self.outbox.put(None)  # what was queued goes out first
+        self.sender.join(5.0)
         with self.lock:
             nodes = list(self.nodes)
         for node in nodes:

@@ -162,6 +162,18 @@ class StreamLink:
         )
         return _text(entry)
 
+    def send_down_many(self, frames: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Append one frame per ``(node, messages)`` in one round trip (a pipeline)."""
+        pipe = self.client.pipeline(transaction=False)
+        for node, messages in frames:
+            pipe.xadd(
+                self.down(node),
+                {"n": "coordinator", "f": encode_batch(tuple(messages))},
+                maxlen=DOWN_MAXLEN,
+                approximate=True,
+            )
+        pipe.execute()
+
     def read_down(
         self, node: str, after: str, *, count: int = 512, block_ms: int = 100
     ) -> tuple[str, list[tuple[Any, ...]]]:
