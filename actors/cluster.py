@@ -111,7 +111,7 @@ class ClusterHub:
         self.state_keeper = state_keeper
         self.clock = clock
         self.link = StreamLink.connect(config.cluster.redis, batch)
-        self.link.ensure_group()
+        self.link.ensure_group()  # (a wrong address or password fails the start here)
         self.link.client.sadd("conveyor:batches", batch)
         self.nodes: dict[str, _Node] = {}
         self.lost: set[str] = set()

@@ -64,6 +64,7 @@ from runtime.core.pluginload import (
 )
 from runtime.core.plugins import PluginContext, failure
 from runtime.core.store import Store
+from runtime.core.streams import redacted
 from runtime.core.transfer import RangeMemory
 
 if TYPE_CHECKING:
@@ -211,7 +212,7 @@ class Supervisor(pykka.ThreadingActor):
             )
         except Exception as exc:  # redis-py's errors: say where
             raise ConveyorError(
-                f"cannot reach the cluster's Redis at {self.config.cluster.redis} "
+                f"cannot reach the cluster's Redis at {redacted(self.config.cluster.redis)} "
                 f"(cluster.redis): {exc}"
             ) from exc
         self.hub.start()

@@ -23,7 +23,7 @@ from runtime.core.clock import SystemClock
 from runtime.core.config import Config
 from runtime.core.errors import EXIT_CODES, ConfigError
 from runtime.core.logs import get_logger
-from runtime.core.streams import StreamLink, valid_node_name
+from runtime.core.streams import StreamLink, redacted, valid_node_name
 
 __all__ = ["run_worker"]
 
@@ -51,14 +51,16 @@ def run_worker(
                 f"--name must be letters, digits, '.', '_' or '-' (56 at most), got {base!r}"
             )
         link = StreamLink.connect(redis_url, batch or "")
-        batch = batch or _the_open_batch(link, redis_url)
+        link.client.ping()  # (a wrong address or password is said here, once)
+        batch = batch or _the_open_batch(link, redacted(redis_url))
         link = StreamLink(link.client, batch)
         Path(config.output.dir).mkdir(parents=True, exist_ok=True)
     except ConfigError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return EXIT_CODES["bad_input"]
     except Exception as exc:  # noqa: BLE001 - redis-py's and the file system's errors
-        print(f"conveyor: cannot join the cluster at {redis_url}: {exc}", file=sys.stderr)
+        print(f"conveyor: cannot join the cluster at {redacted(redis_url)}: {exc}",
+              file=sys.stderr)  # fmt: skip
         return EXIT_CODES["bad_input"]
     stop = threading.Event()
     signalled: list[int] = []

@@ -393,3 +393,24 @@ def test_a_hostile_grant_on_a_nodes_stream_writes_nothing_outside_its_output(
             link.client.close()
     assert not (tmp_path / "escape.bin").exists()
     assert not (tmp_path.parent / "escape.bin").exists()
+
+
+def test_a_password_protected_redis_works_and_a_wrong_password_is_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    files = make_files(30)
+    secret = "s3cret"  # noqa: S105 - a test server's
+    with RedisServer(password=secret) as secured, FaultServer(files) as server:
+        config = write_coordinator(tmp_path, server, files, secured.url)
+        node = start_node(tmp_path, secured.url, 0)
+        coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+        (code, err), (node_code, node_err) = finish([coordinator, node])
+        assert code == 0, err[-3000:]
+        assert node_code == 0, node_err[-2000:]
+        wrong = secured.url.replace(secret, "guess")
+        bad = start_cli("worker", "--redis", wrong, "--batch", "b", "--output", tmp_path / "x")
+        ((bad_code, bad_err),) = finish([bad])
+        assert bad_code == 2, bad_err
+        assert "cannot join the cluster" in bad_err
+        assert "guess" not in bad_err  # (the password is not printed)
+    assert_every_item_once_and_verified(tmp_path, files, 1)

@@ -35,6 +35,7 @@ __all__ = [
     "Envelope",
     "Read",
     "StreamLink",
+    "redacted",
     "valid_node_name",
 ]
 
@@ -45,6 +46,11 @@ MAX_FRAME = 16 << 20
 DOWN_MAXLEN = 100_000
 """Entries a node's ``down`` stream keeps at most (approximately) if it stops reading."""
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages (``redis://:***@host:6379/0``)."""
+    return re.sub(r"^(\w+://[^:@/]*:)[^@/]*@", r"\1***@", url)
 
 
 def valid_node_name(name: str) -> bool:

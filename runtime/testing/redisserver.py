@@ -19,9 +19,11 @@ __all__ = ["RedisServer"]
 class RedisServer:
     """``with RedisServer() as server: server.url`` (``redis://127.0.0.1:PORT/0``)."""
 
-    def __init__(self, executable: str | None = None) -> None:
+    def __init__(self, executable: str | None = None, *, password: str = "") -> None:
+        """``password``: required of every client (``requirepass``; in ``url``)."""
         found = executable or shutil.which("redis-server") or "/usr/bin/redis-server"
         self.executable = found
+        self.password = password
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -29,7 +31,8 @@ class RedisServer:
     @property
     def url(self) -> str:
         """Where to connect."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the server on a free port and wait until it answers a PING.
@@ -54,7 +57,8 @@ class RedisServer:
         self.process = subprocess.Popen(
             [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", self._dir.name,
-             "--protected-mode", "yes", "--loglevel", "warning"],
+             "--protected-mode", "yes", "--loglevel", "warning",
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -65,7 +69,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
                     conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
+                    if conn.recv(64).startswith((b"+PONG", b"-NOAUTH")):  # (it is up)
                         return
             except OSError:
                 pass
