@@ -25,6 +25,7 @@ from messages import (
     DownloadFailed,
     DownloadStarted,
     Enqueue,
+    NodeStatus,
     PostProcessed,
     PostProcessFailed,
     ProcessingComplete,
@@ -161,6 +162,8 @@ class StateKeeper(pykka.ThreadingActor):
                 ledger.commit()
             case NodesSeen(nodes=nodes):
                 ledger.store.set_meta(nodes=list(nodes))  # (committed with the next commit)
+                for one in nodes:
+                    ledger.emit(NodeStatus(**one))
                 return None, False
             case Flush():  # (the cluster hub acknowledges what it told us, once durable)
                 ledger.commit()

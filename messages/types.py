@@ -443,6 +443,26 @@ class NodeLost:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NodeStatus:
+    """StateKeeper → displays and event streams, every second in a cluster: one node."""
+
+    TAG: ClassVar[str] = "node_status"
+
+    node: str
+    """The node."""
+    address: str = ""
+    """Where it runs."""
+    in_flight: int = 0
+    """Transfers it is running."""
+    done: int = 0
+    """Files it completed in this run."""
+    last_seen_s: float = 0.0
+    """Seconds since the coordinator last heard from it."""
+    lost: bool = False
+    """Whether it was counted lost (silent past ``cluster.node_timeout``, or it left)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BatchDone:
     """The coordinator → every node: the batch ended; stop (or wait for the next)."""
 

@@ -22,6 +22,7 @@ from messages import (
     DownloadComplete,
     DownloadFailed,
     HostStatus,
+    NodeStatus,
     ProgressUpdate,
     RunFinished,
     RunProgress,
@@ -51,6 +52,7 @@ class ProgressModel:
     large_threshold: int = 100 << 20
     totals: RunProgress | None = None
     hosts: dict[str, HostStatus] = field(default_factory=dict)
+    nodes: dict[str, NodeStatus] = field(default_factory=dict)
     large: dict[str, _Transfer] = field(default_factory=dict)
     finished: RunFinished | None = None
 
@@ -61,6 +63,8 @@ class ProgressModel:
                 self.totals = message
             case HostStatus():
                 self.hosts[message.host] = message
+            case NodeStatus():
+                self.nodes[message.node] = message
             case ProgressUpdate(item_id=item_id, received=received, total=total):
                 if total is not None and total >= self.large_threshold:
                     transfer = self.large.setdefault(item_id, _Transfer(url=""))
@@ -160,6 +164,16 @@ class LiveDisplay:
             parts.append(hosts)
             if len(busy) > MAX_HOSTS:
                 parts.append(Text(f"… and {len(busy) - MAX_HOSTS} more busy hosts"))
+        if m.nodes:
+            nodes = Table(box=None, padding=(0, 1), show_edge=False)
+            for column in ("node", "address", "in flight", "done", "last seen"):
+                nodes.add_column(
+                    column, justify="left" if column in ("node", "address") else "right"
+                )
+            for n in sorted(m.nodes.values(), key=lambda n: (n.lost, n.node))[:MAX_HOSTS]:
+                seen = "lost" if n.lost else f"{n.last_seen_s:.1f} s ago"
+                nodes.add_row(n.node, n.address, str(n.in_flight), f"{n.done:,}", seen)
+            parts.append(nodes)
         for item_id, tr in list(m.large.items())[:MAX_LARGE]:
             bar = Table.grid(padding=(0, 1))
             bar.add_row(

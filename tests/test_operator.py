@@ -20,7 +20,14 @@ import requests
 import structlog
 from rich.console import Console
 
-from messages import DownloadComplete, HostStatus, ProgressUpdate, RunProgress, WorkItem
+from messages import (
+    DownloadComplete,
+    HostStatus,
+    NodeStatus,
+    ProgressUpdate,
+    RunProgress,
+    WorkItem,
+)
 from runtime.display import LiveDisplay, ProgressLogger
 from runtime.metrics import Metrics
 from runtime.testing import FaultServer, capture_logs
@@ -94,6 +101,15 @@ def test_live_display_renders_totals_busy_hosts_and_large_transfers() -> None:
     assert host_lines["limited.example:80"][-2:] == ["42", "s"]
     assert "huge-iso  300.0 MiB / 1.0 GiB" in text
     assert "small" not in text  # below the large-file threshold
+
+    display(NodeStatus(node="n1-abc123", address="box1", in_flight=7, done=120, last_seen_s=0.4))
+    display(NodeStatus(node="n2-def456", address="box2", done=30, last_seen_s=12.0, lost=True))
+    console = Console(record=True, width=100, file=io.StringIO(), color_system=None)
+    console.print(display.render())
+    node_lines = {ln.split()[0]: ln.split() for ln in console.export_text().splitlines()
+                  if ln.strip().startswith("n") and "-" in ln.split()[0]}  # fmt: skip
+    assert node_lines["n1-abc123"] == ["n1-abc123", "box1", "7", "120", "0.4", "s", "ago"]
+    assert node_lines["n2-def456"][-1] == "lost"
 
     item = WorkItem(id="huge-iso", url="http://x/huge.iso", name="huge.iso")
     display(DownloadComplete(worker="d-1", item=item, path="/o/huge.iso", size=1, sha256="a"))
