@@ -37,6 +37,7 @@ from messages import (
     BatchDone,
     Cancel,
     ChildCrashed,
+    DownloadComplete,
     Grant,
     NodeBeat,
     NodeBye,
@@ -44,7 +45,7 @@ from messages import (
     NodeLost,
     StartDownloader,
 )
-from messages.control import Attach, Batch, Flush, NodesSeen, WorkerLost
+from messages.control import Adopt, Attach, Batch, Flush, NodesSeen, WorkerLost
 from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.logs import get_logger
@@ -247,6 +248,11 @@ class ClusterHub:
             with self.lock:
                 known = node in self.nodes
             if not known:  # lost, or from before a restart: it must join again
+                orphans = tuple(
+                    Adopt(done=m, node=node) for m in messages if isinstance(m, DownloadComplete)
+                )
+                if orphans:  # files it finished all the same: kept if their items still wait
+                    tell(self.state_keeper, Batch(messages=orphans))
                 self._tell_lost(node)
                 return
         forward: list[Any] = []

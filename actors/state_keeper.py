@@ -34,6 +34,7 @@ from messages import (
     ResumeInfo,
 )
 from messages.control import (
+    Adopt,
     Attach,
     Batch,
     Flush,
@@ -160,6 +161,8 @@ class StateKeeper(pykka.ThreadingActor):
                 ledger.worker_lost(worker, error, node)
             case Tick():
                 ledger.commit()
+            case Adopt(done=done, node=node_name):
+                ledger.adopt(done, node_name)
             case NodesSeen(nodes=nodes):
                 ledger.store.set_meta(nodes=list(nodes))  # (committed with the next commit)
                 for one in nodes:

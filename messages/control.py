@@ -12,6 +12,7 @@ from typing import Any, Literal
 from messages.types import DownloadComplete, Lane, Outcome
 
 __all__ = [
+    "Adopt",
     "Attach",
     "Batch",
     "Flush",
@@ -84,6 +85,18 @@ class InputFailed:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Tick:
     """Ticker → StateKeeper: time for a group commit and timed work."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Adopt:
+    """Cluster hub → StateKeeper: a file a node downloaded under a lease the coordinator
+    no longer knows (given before a restart, or to a node since counted lost): record it
+    if its item is still pending and not leased anew, rather than downloading it again."""
+
+    done: Any
+    """The node's ``DownloadComplete``."""
+    node: str
+    """The node that holds the file."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

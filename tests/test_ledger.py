@@ -579,3 +579,36 @@ def test_download_concurrency_is_a_ceiling_whatever_the_mailboxes_add_up_to(
     ledger.pump()
     assert len(ledger.leases) == 10  # one ended, one more granted: still at the ceiling
     store.close()
+
+
+def test_a_file_a_node_finished_under_a_lost_lease_is_adopted_once(tmp_path: Path) -> None:
+    """(cluster) A DownloadComplete for a lease this ledger never gave is recorded when
+    its item is still pending and nobody holds it — and the item's queued copy is then
+    never granted; a leased, a terminal or an already adopted item is left alone."""
+    config = make_config(tmp_path, download={"per_host": 0, "workers": 1, "mailbox": 1})
+    store = SQLiteStore(Path(config.state.dir))
+    ledger = Ledger(config, store, FakeClock(), random.Random(0))
+    ledger.attach("post", "post_processor")
+    items = [WorkItem(id=f"i{n}", url=f"http://h{n}.test/{n}", name=f"i{n}") for n in range(4)]
+    ledger.enqueue(Enqueue(items=tuple(items)))
+
+    def done(item: WorkItem) -> DownloadComplete:
+        return DownloadComplete(worker="gone/downloader-0", item=item, path=f"/n/{item.name}",
+                                size=3, sha256="h")  # fmt: skip
+
+    assert ledger.adopt(done(items[0]), "n1-aaa") is True
+    assert ledger.adopt(done(items[0]), "n1-aaa") is False  # (once)
+    ledger.attach("d", "downloader", credit=10, node="n2-bbb")
+    ledger.pump()
+    granted = [item.id for item in (lease[1] for lease in ledger.leases.values())]
+    assert sorted(granted) == ["i1", "i2", "i3"]  # never i0 again
+    assert ledger.adopt(done(items[1]), "n1-aaa") is False  # leased to another now
+    effects = ledger.take()
+    (report,) = [m for _, m in effects.sends if isinstance(m, RecordOutcomes)]
+    (outcome,) = report.outcomes
+    assert (outcome.id, outcome.status, outcome.node) == ("i0", "completed", "n1-aaa")
+    ledger.recorded(PostProcessed(item_id="i0", status="completed"))
+    ledger.commit()
+    ledger.adopted.clear()
+    assert ledger.adopt(done(items[0]), "n1-aaa") is False  # terminal now
+    store.close()

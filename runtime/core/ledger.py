@@ -108,6 +108,7 @@ class Ledger:
         self.workers: dict[str, _Worker] = {}
         self.post_processor: str | None = None
         self.leases: dict[str, tuple[str, WorkItem]] = {}
+        self.adopted: set[str] = set()  # (cluster) recorded from a node, still queued
         self.abandoned: dict[str, str] = {}  # item -> worker: leases given up as the run ended
         self.started: set[str] = set()  # leased items whose transfer began
         self.processing: dict[str, tuple[str, DownloadComplete]] = {}
@@ -281,6 +282,9 @@ class Ledger:
     def grant(self, lane: Lane, now: float) -> WorkItem | None:
         """Lease the next item a downloader of ``lane`` may take now (attempt counted)."""
         item = self.scheduler.next_for(lane, now)
+        while item is not None and item.id in self.adopted:  # (its file is already done)
+            self.adopted.discard(item.id)
+            item = self.scheduler.next_for(lane, now)
         if item is None:
             return None
         self.scheduler.dispatched(item)
@@ -324,14 +328,14 @@ class Ledger:
             held, order, worker, slot = heapq.heappop(hungry)
             if slot.lane in dry:
                 continue
-            if slot.lane == "small" and room <= 0:
-                dry.add("small")
-                continue
+            local = slot.lane == "small" and not slot.node  # (a node has its own ceiling)
+            if local and room <= 0:
+                continue  # (this machine's transfers are at download.concurrency)
             item = self.grant(slot.lane, now)
             if item is None:
                 dry.add(slot.lane)
                 continue
-            if slot.lane == "small":
+            if local:
                 room -= 1
             batch = batches.setdefault(worker, [])
             batch.append(item)
@@ -356,6 +360,9 @@ class Ledger:
         if room <= 0:
             return
         for item in self.scheduler.take_given_up(room):
+            if item.id in self.adopted:
+                self.adopted.discard(item.id)
+                continue
             key = host_of(item.url)
             breaker = self.scheduler.hosts[key].breaker
             self._report(
@@ -419,6 +426,25 @@ class Ledger:
             return
         self.processing[done.item.id] = ("", done)
         self.to_process.append(done)
+
+    def adopt(self, done: DownloadComplete, node: str) -> bool:
+        """(cluster) A file a node downloaded under a lease from before this coordinator
+        started: recorded as if granted now, when its item is still pending and nobody
+        holds it; its queued copy is skipped when the scheduler comes to it. Returns
+        whether it was adopted."""
+        i = done.item.id
+        if i in self.leases or i in self.processing or i in self.reporting or i in self.adopted:
+            return False
+        if self.store.statuses_of([i]).get(i) != "pending" or not self.config.processing.skipped:
+            return False
+        self.adopted.add(i)
+        self.emit(done)
+        self.stats["bytes"] += done.size
+        outcome = _outcome(
+            done.item, status="completed", path=done.path, size=done.size, sha256=done.sha256
+        )
+        self._report(dataclasses.replace(outcome, node=node))
+        return True
 
     def download_failed(self, failed: DownloadFailed) -> None:
         """A leased item's attempt failed, or the item came back unstarted."""

@@ -262,6 +262,11 @@ class MemoryStore:
         rows.sort(key=lambda r: r.done_seq or 0)
         return [r.name for r in rows if r.name is not None], self.done_seq
 
+    def statuses_of(self, ids: Sequence[str]) -> dict[str, str]:
+        """See ``Store``."""
+        self._flush_outcomes()
+        return {i: row.status for i in ids if (row := self.rows.get(i)) is not None}
+
     def get_meta(self, key: str) -> Any:
         """See ``Store``."""
         value = self.meta.get(key)

@@ -164,6 +164,11 @@ class Store(PendingSource, Protocol):
         ``done_seq`` recorded."""
         ...
 
+    def statuses_of(self, ids: Sequence[str]) -> dict[str, str]:
+        """The status of each of these items (those that exist), outcomes recorded but
+        not yet committed included."""
+        ...
+
     def get_meta(self, key: str) -> Any:
         """A fact ``set_meta`` recorded (None if none)."""
         ...

@@ -437,6 +437,19 @@ class SQLiteStore:
         )
         return [name for (name,) in rows], self.done_seq
 
+    def statuses_of(self, ids: Sequence[str]) -> dict[str, str]:
+        """See ``Store``."""
+        self._flush_outcomes()
+        found: dict[str, str] = {}
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT id, status FROM items WHERE id IN ({marks})",  # noqa: S608
+                chunk,
+            )
+            found.update(rows)
+        return found
+
     def get_meta(self, key: str) -> Any:
         """See ``Store``."""
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
