@@ -609,6 +609,6 @@ def test_a_file_a_node_finished_under_a_lost_lease_is_adopted_once(tmp_path: Pat
     assert (outcome.id, outcome.status, outcome.node) == ("i0", "completed", "n1-aaa")
     ledger.recorded(PostProcessed(item_id="i0", status="completed"))
     ledger.commit()
-    ledger.adopted.clear()
+    ledger.adopted.clear()  # (as if another run: the store alone says it is done)
     assert ledger.adopt(done(items[0]), "n1-aaa") is False  # terminal now
     store.close()

@@ -108,7 +108,7 @@ class Ledger:
         self.workers: dict[str, _Worker] = {}
         self.post_processor: str | None = None
         self.leases: dict[str, tuple[str, WorkItem]] = {}
-        self.adopted: set[str] = set()  # (cluster) recorded from a node, still queued
+        self.adopted: set[str] = set()  # (cluster) recorded from a node: never granted again
         self.abandoned: dict[str, str] = {}  # item -> worker: leases given up as the run ended
         self.started: set[str] = set()  # leased items whose transfer began
         self.processing: dict[str, tuple[str, DownloadComplete]] = {}
@@ -283,7 +283,6 @@ class Ledger:
         """Lease the next item a downloader of ``lane`` may take now (attempt counted)."""
         item = self.scheduler.next_for(lane, now)
         while item is not None and item.id in self.adopted:  # (its file is already done)
-            self.adopted.discard(item.id)
             item = self.scheduler.next_for(lane, now)
         if item is None:
             return None
@@ -361,7 +360,6 @@ class Ledger:
             return
         for item in self.scheduler.take_given_up(room):
             if item.id in self.adopted:
-                self.adopted.discard(item.id)
                 continue
             key = host_of(item.url)
             breaker = self.scheduler.hosts[key].breaker
