@@ -1,4 +1,5 @@
-"""Cluster mode: the coordinator's hub and a node's loop, joined by Redis Streams.
+"""Cluster mode: the coordinator's hub (a node's loop is ``actors.node``), joined by
+Redis Streams.
 
 The coordinator is an ordinary run whose StateKeeper stays the one owner of state; the
 ``ClusterHub`` (a thread of the coordinator) makes each node's downloaders look like
@@ -10,35 +11,24 @@ them again when it comes back. Grants go back through a ``NodeRef``: an append t
 node's own stream. A node silent for ``cluster.node_timeout`` is lost — its downloaders
 are ``WorkerLost`` and their items pending again — and whatever it reports later is for
 leases it no longer holds: the ledger ignores it, so an item ends once.
-
-A node (``python -m runtime worker``, ``run_node``) announces itself (``NodeHello``),
-beats every second, starts the downloaders the coordinator asks for, hands them their
-grants and sends what they say up (``StreamUplink``). It downloads into its own output
-directory; the files stay there.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
-import socket
 import threading
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from actors.child import ChildContext
 from actors.control import tell
-from actors.downloader import Downloader
 from messages import (
     BatchDone,
     Cancel,
     ChildCrashed,
     DownloadComplete,
-    Grant,
     NodeBeat,
     NodeBye,
     NodeHello,
@@ -50,21 +40,14 @@ from runtime.core.clock import Clock
 from runtime.core.config import Config
 from runtime.core.logs import get_logger
 from runtime.core.streams import StreamLink
-from runtime.core.transfer import RangeMemory
 
 if TYPE_CHECKING:
-    from runtime.core.transport import TransportFactory
+    pass
 
-__all__ = ["BEAT", "REJOIN", "ClusterHub", "NodeRef", "StreamUplink", "run_node"]
+__all__ = ["ClusterHub", "NodeRef"]
 
 log = get_logger("cluster")
 
-BEAT = 1.0
-"""Seconds between a node's beats."""
-REJOIN = "the coordinator asks this node to join again"
-"""How ``run_node``'s answer starts when the node should join again under a new name."""
-UPLINK_PATIENCE = 30.0
-"""Seconds a node's message waits for Redis to answer before the node gives up."""
 ACK_EVERY = 0.2
 """Seconds between the hub's commits-then-acknowledgements."""
 
@@ -373,119 +356,3 @@ class ClusterHub:
             self.lost.add(node)
         with contextlib.suppress(Exception):
             self.link.send_down(node, [NodeLost(reason=why)])
-
-
-# -- a node's side -------------------------------------------------------------------------
-
-
-class StreamUplink:
-    """On a node: stands in for the StateKeeper and the Supervisor."""
-
-    def __init__(self, link: StreamLink, node: str) -> None:
-        self.link = link
-        self.node = node
-
-    def tell(self, message: Any) -> None:
-        """Append ``message`` (or a ``Batch`` of them) to ``up``, waiting (with backoff)
-        for Redis for up to ``UPLINK_PATIENCE`` seconds: a report is not dropped for a
-        passing hiccup."""
-        messages = message.messages if isinstance(message, Batch) else (message,)
-        deadline = time.monotonic() + UPLINK_PATIENCE
-        pause = 0.05
-        while True:
-            try:
-                self.link.send_up(self.node, messages)
-                return
-            except Exception as exc:
-                if time.monotonic() + pause > deadline:
-                    raise pykka.ActorDeadError(f"cannot reach the coordinator: {exc}") from exc
-                time.sleep(pause)
-                pause = min(pause * 2, 2.0)
-
-
-def run_node(
-    *,
-    link: StreamLink,
-    node: str,
-    config: Config,
-    transport_factory: TransportFactory,
-    clock: Clock,
-    stop: threading.Event,
-) -> str:
-    """Serve one batch as ``node``: announce, beat, download what is granted, until the
-    batch ends (``BatchDone``) or ``stop`` is set. Returns why it ended."""
-    uplink = StreamUplink(link, node)
-    cancel = threading.Event()
-    ranges = RangeMemory()
-    local: dict[str, pykka.ActorRef[Any]] = {}
-    d = config.download
-    read = "0"
-    link.send_up(node, [NodeHello(node=node, address=socket.gethostname(),
-                                  downloaders=d.workers, mailbox=d.mailbox,
-                                  output=os.path.realpath(config.output.dir))])  # fmt: skip
-
-    ended: list[str] = []
-    seen_open = False
-
-    def beat() -> None:
-        nonlocal seen_open
-        while not stop.wait(BEAT):
-            try:
-                link.send_up(node, [NodeBeat(node=node, read=read)])
-                is_open = bool(link.client.sismember("conveyor:batches", link.batch))
-            except Exception as exc:  # noqa: BLE001 - Redis away: keep trying
-                log.warning("cannot reach the coordinator", error=str(exc))
-                continue
-            if seen_open and not is_open:  # ended before this node heard of it (it joined
-                ended.append("the batch ended (closed)")  # late, or its BatchDone was lost)
-                stop.set()
-            seen_open = seen_open or is_open
-
-    threading.Thread(target=beat, name="conveyor-beat", daemon=True).start()
-    reason = "stopped"
-    try:
-        while not stop.is_set():
-            try:
-                after, frames = link.read_down(node, read, block_ms=200)
-            except Exception as exc:  # noqa: BLE001 - Redis away: retry with a pause
-                log.warning("cannot read this node's stream", error=str(exc))
-                stop.wait(1.0)
-                continue
-            read = after
-            for frame in frames:
-                for message in frame:
-                    match message:
-                        case Grant(worker=worker):
-                            if (ref := local.get(worker)) is not None:
-                                tell(ref, message)
-                        case StartDownloader(worker=worker, index=index, lane=lane):
-                            child = ChildContext(
-                                worker=worker, index=index, supervisor=uplink, state_keeper=uplink
-                            )
-                            local[worker] = Downloader.start(
-                                child=child, lane=lane, config=config,
-                                transport_factory=transport_factory, clock=clock,
-                                cancel=cancel, ranges=ranges,
-                            )  # fmt: skip
-                        case Cancel(abort=True):
-                            cancel.set()
-                        case BatchDone(reason=why):
-                            reason = f"the batch ended ({why})"
-                            stop.set()
-                        case NodeLost(reason=why):
-                            reason = f"{REJOIN} ({why})"
-                            stop.set()
-                        case _:
-                            log.warning("unexpected message", message=type(message).__name__)
-    finally:
-        if ended and reason == "stopped":
-            reason = ended[0]
-        stop.set()
-        cancel.set()
-        for ref in local.values():
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.stop(block=True, timeout=5)
-        if not reason.startswith("the batch ended"):  # (nobody reads after the end)
-            with contextlib.suppress(Exception):
-                link.send_up(node, [NodeBye(node=node, reason=reason)])
-    return reason

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from actors.cluster import REJOIN, run_node
+from actors.node import REJOIN, run_node
 from runtime.core.clock import SystemClock
 from runtime.core.config import Config
 from runtime.core.errors import EXIT_CODES, ConfigError
