@@ -37,7 +37,7 @@ from messages import (
 )
 from messages.control import Adopt, Attach, Batch, Flush, NodesSeen, WorkerLost
 from runtime.core.clock import Clock
-from runtime.core.config import Config
+from runtime.core.config import MAX_CONCURRENCY, MAX_DOWNLOADERS, Config
 from runtime.core.logs import get_logger
 from runtime.core.streams import StreamLink
 
@@ -280,8 +280,10 @@ class ClusterHub:
         with self.lock:
             if node in self.nodes or node in self.lost:
                 return  # (a hello read again after a restart, or from a lost node)
-            workers = [f"{node}/downloader-{i}" for i in range(max(1, hello.downloaders))]
-            mailbox = max(1, hello.mailbox)
+            # (what a node says of itself is bounded as this machine's own settings are)
+            count = min(max(1, hello.downloaders), MAX_DOWNLOADERS)
+            workers = [f"{node}/downloader-{i}" for i in range(count)]
+            mailbox = min(max(1, hello.mailbox), MAX_CONCURRENCY)
             self.nodes[node] = _Node(
                 address=hello.address, workers=workers, last_seen=now, mailbox=mailbox
             )

@@ -253,6 +253,12 @@ def test_a_node_speaks_only_for_its_own_downloaders(
         assert hub_told == [Demand(worker="a/downloader-0", n=1)]
         _, frames = link.read_down("stranger", "0", block_ms=2000)
         assert [type(m).__name__ for f in frames for m in f] == ["NodeLost"]
+        link.send_up("greedy", [NodeHello(node="greedy", downloaders=10**9, mailbox=10**9)])
+        assert wait_until(lambda: any(getattr(m, "node", "") == "greedy" for m in seen), 10)
+        greedy = [m for m in seen if isinstance(m, Attach) and m.node == "greedy"]
+        assert wait_until(lambda: len([m for m in seen if isinstance(m, Attach)
+                                       and m.node == "greedy"]) == 512, 10)  # fmt: skip
+        assert max(m.credit for m in greedy) <= 4096  # bounded like this machine's own
         assert wait_until(lambda: link.client.xlen(link.up) == 0, 10)  # acknowledged, gone
     finally:
         hub.finish("done")
