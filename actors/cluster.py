@@ -16,7 +16,9 @@ leases it no longer holds: the ledger ignores it, so an item ends once.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
+import socket
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,7 @@ from messages import (
 from messages.control import Adopt, Attach, Batch, Flush, NodesSeen, WorkerLost
 from runtime.core.clock import Clock
 from runtime.core.config import MAX_CONCURRENCY, MAX_DOWNLOADERS, Config
+from runtime.core.errors import ConveyorError
 from runtime.core.logs import get_logger
 from runtime.core.streams import StreamLink
 
@@ -96,6 +99,20 @@ class ClusterHub:
         self.clock = clock
         self.link = StreamLink.connect(config.cluster.redis, batch)
         self.link.ensure_group()  # (a wrong address or password fails the start here)
+        # One coordinator per batch: another state's is refused; this state's own (a
+        # restart after kill -9) takes over.
+        self.me = f"{socket.gethostname()}:{os.path.realpath(config.state.dir)}"
+        self.ttl = max(10, int(3 * config.cluster.node_timeout))
+        owner_key = self.link.owner_key
+        if not self.link.client.set(owner_key, self.me, nx=True, ex=self.ttl):
+            owner = (self.link.client.get(owner_key) or b"").decode(errors="replace")
+            if owner != self.me:
+                raise ConveyorError(
+                    f"batch {batch!r} already has a coordinator ({owner}): give this run "
+                    "another cluster.name"
+                )
+            self.link.client.expire(owner_key, self.ttl)
+        self.link.client.delete(self.link.ended_key)
         self.link.client.sadd("conveyor:batches", batch)
         self.nodes: dict[str, _Node] = {}
         self.lost: set[str] = set()
@@ -142,19 +159,24 @@ class ClusterHub:
     def finish(self, reason: str) -> None:
         """The batch is over: tell every node, stop reading, leave the batch list."""
         self.stop.set()
-        self.thread.join(5.0)
         self.outbox.put(None)  # what was queued goes out first
-        self.sender.join(5.0)
+        for thread in (self.thread, self.sender):
+            if thread.ident is not None:  # (started)
+                thread.join(5.0)
         with self.lock:
             nodes = list(self.nodes)
-        for node in nodes:
-            with contextlib.suppress(Exception):
-                self.link.send_down(node, [BatchDone(reason=reason)])
         with contextlib.suppress(Exception):
-            self.link.client.srem("conveyor:batches", self.batch)
-            # Nothing of this batch is in flight any more: what nodes still say (a last
-            # beat) must not greet the next run on this batch as if it were news.
-            self.link.client.delete(self.link.up)
+            client = self.link.client
+            # Marked ended (a node that missed its BatchDone sees it), then closed. What
+            # nodes still say (a last beat) must not greet the next run on this batch as
+            # news, and the nodes' streams go once they have read their BatchDone.
+            client.set(self.link.ended_key, reason, ex=24 * 3600)
+            for node in nodes:
+                self.link.send_down(node, [BatchDone(reason=reason)])
+            client.srem("conveyor:batches", self.batch)
+            client.delete(self.link.up, self.link.owner_key)
+            for key in client.scan_iter(self.link.down("*").encode()):
+                client.expire(key, 60)
         self.link.client.close()
 
     def abort(self) -> None:
@@ -211,6 +233,8 @@ class ClusterHub:
             if now - last_report >= 1.0:
                 tell(self.state_keeper, NodesSeen(nodes=tuple(self.snapshot())))
                 last_report = now
+                with contextlib.suppress(Exception):  # (still this batch's coordinator)
+                    self.link.client.set(self.link.owner_key, self.me, ex=self.ttl)
 
     def _redis_lost(self) -> None:
         """Redis restarted without its data: every node's reports in flight are gone, so
@@ -219,6 +243,7 @@ class ClusterHub:
         with contextlib.suppress(Exception):
             self.link.ensure_group()
             self.link.client.sadd("conveyor:batches", self.batch)
+            self.link.client.set(self.link.owner_key, self.me, ex=self.ttl)
         with self.lock:
             nodes = list(self.nodes)
         for node in nodes:

@@ -108,14 +108,14 @@ def run_node(
         while not stop.wait(BEAT):
             try:
                 link.send_up(node, [NodeBeat(node=node, read=read)])
-                is_open = bool(link.client.sismember("conveyor:batches", link.batch))
+                why = link.client.get(link.ended_key)
             except Exception as exc:  # noqa: BLE001 - Redis away: keep trying
                 log.warning("cannot reach the coordinator", error=str(exc))
                 continue
-            if seen_open and not is_open:  # ended before this node heard of it (it joined
-                ended.append("the batch ended (closed)")  # late, or its BatchDone was lost)
+            if why is not None and seen_open:  # it ended before this node heard of it
+                ended.append(f"the batch ended ({why.decode(errors='replace')})")
                 stop.set()
-            seen_open = seen_open or is_open
+            seen_open = seen_open or why is None  # (a marker from an earlier run: not ours)
 
     threading.Thread(target=beat, name="conveyor-beat", daemon=True).start()
     reason = "stopped"

@@ -210,6 +210,8 @@ class Supervisor(pykka.ThreadingActor):
             self.hub = ClusterHub(
                 config=self.config, batch=batch, state_keeper=self.state_keeper, clock=self.clock
             )
+        except ConveyorError:
+            raise
         except Exception as exc:  # redis-py's errors: say where
             raise ConveyorError(
                 f"cannot reach the cluster's Redis at {redacted(self.config.cluster.redis)} "

@@ -50,6 +50,7 @@ def run_worker(
             raise ConfigError(
                 f"--name must be letters, digits, '.', '_' or '-' (56 at most), got {base!r}"
             )
+        discovered = batch is None
         link = StreamLink.connect(redis_url, batch or "")
         link.client.ping()  # (a wrong address or password is said here, once)
         batch = batch or _the_open_batch(link, redacted(redis_url))
@@ -83,8 +84,28 @@ def run_worker(
         if signalled or not (keep_running or reason.startswith(REJOIN)):
             break
         stop.clear()
+        if discovered and not reason.startswith(REJOIN):  # the next batch, whichever opens
+            found = _wait_for_a_batch(link, stop)
+            if found is None:
+                break
+            batch, link = found, StreamLink(link.client, found)
     link.client.close()
     return EXIT_CODES["interrupted"] if signalled else EXIT_CODES["ok"]
+
+
+def _wait_for_a_batch(link: StreamLink, stop: threading.Event) -> str | None:
+    """(``--keep-running`` without ``--batch``) The next batch opened on this Redis, once
+    it is the only one open; None if stopped meanwhile."""
+    print("conveyor: waiting for the next batch to open", file=sys.stderr)
+    while not stop.wait(1.0):
+        try:
+            batches: set[str] = {b.decode() for b in link.client.smembers("conveyor:batches")}
+        except Exception as exc:  # noqa: BLE001 - Redis away: keep waiting
+            log.warning("cannot reach the cluster's Redis", error=str(exc))
+            continue
+        if len(batches) == 1:
+            return batches.pop()
+    return None
 
 
 def _the_open_batch(link: StreamLink, url: str) -> str:

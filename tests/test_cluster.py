@@ -287,6 +287,7 @@ def test_a_killed_coordinator_restarted_and_a_restarted_redis_lose_nothing(
             assert server.wait_for_requests(seen + 60, timeout=TIMEOUT), "no restart"
             redis_server.stop()  # Redis goes away, and comes back empty on its port
             port = redis_server.port
+            threading.Event().wait(2.5)  # (down longer than a node's beat: the fault's length)
             redis_server.start_on(port)
             (code, err), *node_results = finish([again, *nodes])
         finally:
@@ -420,3 +421,34 @@ def test_a_password_protected_redis_works_and_a_wrong_password_is_a_clear_error(
         assert "cannot join the cluster" in bad_err
         assert "guess" not in bad_err  # (the password is not printed)
     assert_every_item_once_and_verified(tmp_path, files, 1)
+
+
+def test_a_batch_has_one_coordinator_and_a_restarted_one_takes_over(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A second coordinator (another state) on the same batch name is refused; the same
+    state's coordinator started again (after kill -9) takes the batch over."""
+    from runtime import Config, ConveyorError
+    from runtime.core.clock import SystemClock
+
+    seen: list[Any] = []
+    keeper = _Recorder.start(seen, threading.Event())
+
+    def hub_of(state: str) -> ClusterHub:
+        config = Config.from_mapping(
+            {"cluster": {"redis": redis_server.url}, "state": {"dir": str(tmp_path / state)}}
+        )
+        return ClusterHub(config=config, batch="one", state_keeper=keeper, clock=SystemClock())
+
+    first = hub_of("a")
+    try:
+        with pytest.raises(ConveyorError, match="already has a coordinator"):
+            hub_of("b")
+        hub_of("a").link.client.close()  # (the same state: taken over)
+    finally:
+        first.finish("done")
+        keeper.stop()
+    client = redis.Redis.from_url(redis_server.url)
+    assert client.get("conveyor:one:ended") == b"done"
+    assert client.exists("conveyor:one:coordinator") == 0
+    client.close()

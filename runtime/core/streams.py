@@ -89,6 +89,10 @@ class StreamLink:
         self.client = client
         self.batch = batch
         self.up = f"conveyor:{batch}:up"
+        self.owner_key = f"conveyor:{batch}:coordinator"
+        """Who coordinates the batch (set with a time to live, renewed every second)."""
+        self.ended_key = f"conveyor:{batch}:ended"
+        """Set when the batch ended (its reason), until a coordinator opens it again."""
 
     @classmethod
     def connect(cls, url: str, batch: str) -> StreamLink:
