@@ -414,6 +414,17 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     )
 
 
+def _settings(parser: argparse.ArgumentParser, given: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """``--set SECTION.KEY=VALUE`` flags as config overrides (value, who set it)."""
+    settings: dict[str, tuple[str, str]] = {}
+    for setting in given:
+        key, sep, value = setting.partition("=")
+        if not sep or "." not in key:
+            parser.error(f"--set takes SECTION.KEY=VALUE, got {setting!r}")
+        settings[key.strip()] = (value, f"--set {key.strip()}")
+    return settings
+
+
 def _worker(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``worker``: join a cluster batch as a node."""
     from runtime.core.logs import configure_cli_logging
@@ -422,11 +433,7 @@ def _worker(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     overrides: dict[str, tuple[str, str]] = {}
     if args.output is not None:
         overrides["output.dir"] = (str(Path(args.output).resolve()), "--output")
-    for setting in args.set:
-        key, sep, value = setting.partition("=")
-        if not sep or "." not in key:
-            parser.error(f"--set takes SECTION.KEY=VALUE, got {setting!r}")
-        overrides[key.strip()] = (value, f"--set {key.strip()}")
+    overrides.update(_settings(parser, args.set))
     configure_cli_logging("debug" if args.debug else "info", args.log_format or "auto")
     return run_worker(redis_url=args.redis, batch=args.batch, name=args.name,
                       overrides=overrides, keep_running=args.keep_running,
@@ -447,11 +454,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             overrides[key] = (str(getattr(args, flag)), f"--{flag}")
     if args.data_dir is not None:
         overrides["service.data_dir"] = (str(Path(args.data_dir).resolve()), "--data-dir")
-    for setting in args.set:
-        key, sep, value = setting.partition("=")
-        if not sep or "." not in key:
-            parser.error(f"--set takes SECTION.KEY=VALUE, got {setting!r}")
-        overrides[key.strip()] = (value, f"--set {key.strip()}")
+    overrides.update(_settings(parser, args.set))
     try:
         if args.config is None:
             config = Config.from_mapping({}, source="command line", environ=os.environ,
@@ -474,12 +477,7 @@ def _run_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Co
         if args.config is not None:
             parser.error(f"--recheck takes nothing or 'full', got {args.recheck_config!r}")
         args.config = args.recheck_config
-    settings: dict[str, tuple[str, str]] = {}
-    for setting in args.set:
-        key, sep, value = setting.partition("=")
-        if not sep or "." not in key:
-            parser.error(f"--set takes SECTION.KEY=VALUE, got {setting!r}")
-        settings[key.strip()] = (value, f"--set {key.strip()}")
+    settings = _settings(parser, args.set)
     overrides = _flag_overrides(parser, args, settings) | settings  # (--set over the flags)
     if args.config is None:
         if "input.path" not in overrides:

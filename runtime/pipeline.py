@@ -62,7 +62,7 @@ from runtime.core.store import Store, StoreError, open_store, recheck
 if TYPE_CHECKING:
     from runtime.core.transport import TransportFactory
 
-__all__ = ["EXIT_CODES", "Pipeline", "RunSummary"]
+__all__ = ["EXIT_CODES", "Pipeline", "RunSummary", "default_transports"]
 
 log = get_logger("pipeline")
 
@@ -137,14 +137,7 @@ class Pipeline:
         self.config = config
         self.clock = clock or SystemClock()
         if transport_factory is None:
-            if simulate:
-                transport_factory = SimulatedTransportFactory(config.simulate, self.clock)
-            elif config.download.engine == "curl":
-                transport_factory = CurlEngineFactory(config)
-            else:  # requests loads only for its engine
-                from runtime.core.transport import RequestsTransportFactory
-
-                transport_factory = RequestsTransportFactory(config)
+            transport_factory = default_transports(config, self.clock, simulate=simulate)
         self.transport_factory = transport_factory
         self._on_event = on_event
         self.seed = secrets.randbits(63) if seed is None else seed
@@ -451,3 +444,15 @@ def _same_kind_of_run(
         )
     store.set_meta(simulated=simulate)
     return store
+
+
+def default_transports(config: Config, clock: Clock, *, simulate: bool = False) -> Any:
+    """The transports a run uses unless given others: the simulator of
+    ``--simulate-downloads``, else the engine ``download.engine`` names."""
+    if simulate:
+        return SimulatedTransportFactory(config.simulate, clock)
+    if config.download.engine == "curl":
+        return CurlEngineFactory(config)
+    from runtime.core.transport import RequestsTransportFactory  # (loads only for its engine)
+
+    return RequestsTransportFactory(config)

@@ -24,6 +24,7 @@ from runtime.core.config import Config
 from runtime.core.errors import EXIT_CODES, ConfigError
 from runtime.core.logs import get_logger
 from runtime.core.streams import StreamLink, redacted, valid_node_name
+from runtime.pipeline import default_transports
 
 __all__ = ["run_worker"]
 
@@ -78,7 +79,7 @@ def run_worker(
         print(f"conveyor: node {node} joins batch {batch!r}; files go to {config.output.dir}",
               file=sys.stderr)  # fmt: skip
         reason = run_node(link=link, node=node, config=config,
-                          transport_factory=_transports(config, clock, simulate),
+                          transport_factory=default_transports(config, clock, simulate=simulate),
                           clock=clock, stop=stop)  # fmt: skip
         print(f"conveyor: node {node} stops: {reason}", file=sys.stderr)
         if signalled or not (keep_running or reason.startswith(REJOIN)):
@@ -119,17 +120,3 @@ def _the_open_batch(link: StreamLink, url: str) -> str:
             "'cluster batch open')"
         )
     raise ConfigError(f"several batches are open on {url}: give --batch, one of {batches}")
-
-
-def _transports(config: Config, clock: SystemClock, simulate: bool) -> Any:
-    if simulate:
-        from runtime.core.simulate import SimulatedTransportFactory
-
-        return SimulatedTransportFactory(config.simulate, clock)
-    if config.download.engine == "curl":
-        from runtime.core.curl import CurlEngineFactory
-
-        return CurlEngineFactory(config)
-    from runtime.core.transport import RequestsTransportFactory
-
-    return RequestsTransportFactory(config)

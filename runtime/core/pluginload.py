@@ -20,12 +20,14 @@ from runtime.core.filedata import DUCK_METHODS, build_duck, duck_adapter, duck_a
 from runtime.core.plugins import BasePostProcessor, BasePreProcessor, BaseProcessor
 
 __all__ = [
+    "STAGES",
     "check_plugin",
     "check_plugins",
     "load_plugin",
     "load_post_processor",
     "load_pre_processor",
     "load_processor",
+    "load_stage",
     "plugin_class",
 ]
 
@@ -110,47 +112,40 @@ def load_plugin(
         raise ConfigError(f"processing.{key}_options: {spec} rejected the options: {exc}") from exc
 
 
+STAGES: dict[str, type[Any]] = {
+    "processor": BaseProcessor,
+    "pre_processor": BasePreProcessor,
+    "post_processor": BasePostProcessor,
+}
+"""Each plugin key of ``[processing]`` and the base class of its stage."""
+
+
+def load_stage(config: Config, key: str) -> Any:
+    """The plugin ``processing.<key>`` names, built (None when it names none)."""
+    p = config.processing
+    spec = getattr(p, key)
+    if not spec:
+        return None
+    options = getattr(p, f"{key}_options")
+    debug = config.log.level == "debug"
+    return load_plugin(spec, options, STAGES[key], key, p.plugin_path, debug=debug)
+
+
 def load_processor(config: Config) -> BaseProcessor:
     """The configured processor, built."""
-    p = config.processing
-    plugin: BaseProcessor = load_plugin(
-        p.processor,
-        p.processor_options,
-        BaseProcessor,
-        "processor",
-        p.plugin_path,
-        debug=config.log.level == "debug",
-    )
+    plugin: BaseProcessor = load_stage(config, "processor")
     return plugin
 
 
 def load_pre_processor(config: Config) -> BasePreProcessor | None:
     """The configured pre-processor, built (None when there is none)."""
-    p = config.processing
-    if not p.pre_processor:
-        return None
-    plugin: BasePreProcessor = load_plugin(
-        p.pre_processor,
-        p.pre_processor_options,
-        BasePreProcessor,
-        "pre_processor",
-        p.plugin_path,
-        debug=config.log.level == "debug",
-    )
+    plugin: BasePreProcessor | None = load_stage(config, "pre_processor")
     return plugin
 
 
 def load_post_processor(config: Config) -> BasePostProcessor:
     """The configured post-processor, built."""
-    p = config.processing
-    plugin: BasePostProcessor = load_plugin(
-        p.post_processor,
-        p.post_processor_options,
-        BasePostProcessor,
-        "post_processor",
-        p.plugin_path,
-        debug=config.log.level == "debug",
-    )
+    plugin: BasePostProcessor = load_stage(config, "post_processor")
     return plugin
 
 
@@ -161,19 +156,6 @@ def check_plugins(config: Config) -> None:
         ConfigError: naming the key that is wrong.
     """
     p = config.processing
-    check_plugin(p.processor, p.processor_options, BaseProcessor, "processor", p.plugin_path)
-    if p.pre_processor:
-        check_plugin(
-            p.pre_processor,
-            p.pre_processor_options,
-            BasePreProcessor,
-            "pre_processor",
-            p.plugin_path,
-        )
-    check_plugin(
-        p.post_processor,
-        p.post_processor_options,
-        BasePostProcessor,
-        "post_processor",
-        p.plugin_path,
-    )
+    for key, base in STAGES.items():
+        if spec := getattr(p, key):
+            check_plugin(spec, getattr(p, f"{key}_options"), base, key, p.plugin_path)
