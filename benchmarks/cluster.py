@@ -9,10 +9,13 @@ and ``redis-server``. Measures, printed as one markdown table:
 - ``scale``: files/s with 1, 2 and 4 nodes against an origin that waits 50 ms before
   every response (W4's nginx ``echo_sleep``), each node ``download.concurrency = 32``,
   ``per_host = 0``; the coordinator does not download (``local_downloads = false``);
-- ``coordinator``: items/s the coordinator grants and records with 4 simulated nodes
-  (``worker --simulate-downloads``, no latency): its own ceiling;
-- ``redis``: Redis ``used_memory`` peak (sampled every 50 ms) over that batch, against
-  the memory before it started;
+- ``coordinator``: items/s the coordinator grants and records (its own ceiling) with 4
+  simulated nodes that speak the protocol and nothing else (``protocol_nodes``: one
+  process answering every grant at once, 4 downloaders x 256 each), and its CPU per
+  item; then Redis ``used_memory`` peak (sampled every 50 ms) over that batch, against the
+  memory before it started (``--items 1000000`` for the issue's batch);
+- ``workers``: the same with 4 real ``worker --simulate-downloads`` processes (simulated
+  transfers, real downloader actors) sharing the machine's cores with the coordinator;
 - ``failover``: seconds from ``kill -9`` of one of 2 nodes to its items being granted
   again (the coordinator's "worker lost" log line), with ``node_timeout = 2``.
 
@@ -142,7 +145,65 @@ def scale(work: Path, base: str, w: Workload, redis_url: str) -> dict[str, Any]:
     return {"files/s": rates, "4 nodes vs 1": round(rates["4 nodes"] / one, 2)}
 
 
-def coordinator_and_redis(work: Path, redis: RedisServer, count: int) -> dict[str, Any]:
+def protocol_nodes(redis_url: str, batch: str, count: int, downloaders: int, mailbox: int) -> None:
+    """``count`` simulated nodes in this one process, speaking the cluster's protocol and
+    nothing else: each grant is answered at once (started, complete, demand), with no
+    downloader, transfer or file. What is left to measure is the coordinator."""
+    from messages import (
+        BatchDone,
+        Demand,
+        DownloadComplete,
+        DownloadStarted,
+        Grant,
+        NodeBeat,
+        NodeHello,
+        NodeLost,
+        decode_batch,
+        encode_batch,
+    )
+    from runtime.core.streams import StreamLink
+
+    link = StreamLink.connect(redis_url, batch)
+    names = [f"p{i}" for i in range(count)]
+    read = dict.fromkeys(names, "0")
+    for name in names:
+        link.send_up(name, [NodeHello(node=name, address="simulated", downloaders=downloaders,
+                                      mailbox=mailbox, output="/simulated")])  # fmt: skip
+    digest = "0" * 64
+    beat = time.monotonic()
+    while True:
+        reply = link.client.xread({link.down(n): read[n] for n in names}, count=1024, block=200)
+        pipe = link.client.pipeline(transaction=False)
+        for stream, entries in reply or ():
+            node = stream.decode().rpartition(":")[2]
+            out: list[Any] = []
+            for raw_id, fields in entries:
+                read[node] = raw_id.decode()
+                for m in decode_batch(fields[b"f"]):
+                    if isinstance(m, Grant):
+                        w = m.worker
+                        for i in m.items:
+                            out.append(DownloadStarted(worker=w, item_id=i.id, url=i.url,
+                                                       attempt=i.attempts))  # fmt: skip
+                            out.append(DownloadComplete(worker=w, item=i, path=f"/s/{i.name}",
+                                                        size=1024, sha256=digest))  # fmt: skip
+                        out.append(Demand(worker=w, n=len(m.items)))
+                    elif isinstance(m, BatchDone | NodeLost):
+                        return
+            if out:
+                pipe.xadd(link.up, {"n": node, "f": encode_batch(out)})
+        if time.monotonic() - beat >= 1.0:
+            beat = time.monotonic()
+            for name in names:
+                pipe.xadd(
+                    link.up, {"n": name, "f": encode_batch([NodeBeat(node=name, read=read[name])])}
+                )
+        pipe.execute()
+
+
+def coordinator_and_redis(
+    work: Path, redis: RedisServer, count: int, *, real_nodes: bool = False
+) -> dict[str, Any]:
     import redis as redis_py
 
     client = redis_py.Redis.from_url(redis.url)
@@ -150,7 +211,11 @@ def coordinator_and_redis(work: Path, redis: RedisServer, count: int) -> dict[st
     tag = "sim"
     config = write_coordinator(work, tag, urls, redis.url,
                                '[simulate]\nmin_size = 1024\nmax_size = 1024\n')  # fmt: skip
-    nodes = start_nodes(work, tag, redis.url, 4, "--simulate-downloads")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if real_nodes:
+        nodes = start_nodes(work, tag, redis.url, 4, "--simulate-downloads")
+    else:
+        nodes = [subprocess.Popen([PY, __file__, "--protocol-nodes", redis.url, tag], env=env)]
     before = int(client.info("memory")["used_memory"])
     peak = [before]
     stop = threading.Event()
@@ -206,9 +271,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=4000, help="files of the scale runs")
     parser.add_argument("--items", type=int, default=100_000, help="items of the simulated run")
-    parser.add_argument("--only", default="", help="scale, coordinator, failover")
+    parser.add_argument("--only", default="", help="scale, coordinator, workers, failover")
+    parser.add_argument(
+        "--protocol-nodes", nargs=2, metavar=("REDIS", "BATCH"), help=argparse.SUPPRESS
+    )  # (the coordinator measure's simulated nodes)
     args = parser.parse_args()
-    only = set(args.only.split(",")) if args.only else {"scale", "coordinator", "failover"}
+    if args.protocol_nodes:
+        protocol_nodes(*args.protocol_nodes, count=4, downloaders=4, mailbox=256)
+        return
+    only = (
+        set(args.only.split(",")) if args.only else {"scale", "coordinator", "workers", "failover"}
+    )
     ensure_tools()
     shm = Path("/dev/shm")
     root = Path(tempfile.mkdtemp(prefix="conveyor-cluster-", dir=shm if shm.is_dir() else None))
@@ -228,6 +301,10 @@ def main() -> None:
                     results["scale"] = scale(work, base, w, redis.url)
                 if "coordinator" in only:
                     results["coordinator"] = coordinator_and_redis(work, redis, args.items)
+                if "workers" in only:
+                    results["workers"] = coordinator_and_redis(
+                        work, redis, min(args.items, 100_000), real_nodes=True
+                    )
                 if "failover" in only:
                     results["failover"] = failover(work, base, w, redis.url)
         finally:

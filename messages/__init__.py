@@ -50,6 +50,7 @@ from messages.types import (
     StartDownloader,
     Status,
     WorkItem,
+    evolve,
 )
 
 __conveyor_package__ = True
@@ -109,4 +110,5 @@ __all__ = [
     "decode_batch",
     "encode",
     "encode_batch",
+    "evolve",
 ]

@@ -134,18 +134,139 @@ def _schema(cls: type[Any]) -> dict[str, tuple[Check, bool]]:
 def to_wire(message: Any) -> list[Any]:
     """Return the msgpack-ready ``[tag, fields]`` form of a message."""
     cls = type(message)
-    tag = getattr(cls, "TAG", None)
-    if not isinstance(tag, str) or MESSAGE_TYPES.get(tag) is not cls:
-        raise CodecError(f"{cls.__name__} is not a conveyor message type")
+    plan = _PLANS.get(cls)
+    if plan is None:
+        tag = getattr(cls, "TAG", None)
+        if not isinstance(tag, str) or MESSAGE_TYPES.get(tag) is not cls:
+            raise CodecError(f"{cls.__name__} is not a conveyor message type")
+        plan = _PLANS[cls] = _plan(cls)
     fields: dict[str, Any] = {}
-    for f in dataclasses.fields(message):
-        value = getattr(message, f.name)
-        if isinstance(value, tuple):
-            value = [to_wire(v) if hasattr(v, "TAG") else v for v in value]
-        elif hasattr(value, "TAG"):
-            value = to_wire(value)
-        fields[f.name] = value
+    for name, nested in plan:
+        value = getattr(message, name)
+        if nested and value is not None:
+            if type(value) is tuple:
+                value = [to_wire(v) if hasattr(v, "TAG") else v for v in value]
+            elif hasattr(value, "TAG"):
+                value = to_wire(value)
+        fields[name] = value
     return [cls.TAG, fields]
+
+
+_PLANS: dict[type[Any], tuple[tuple[str, bool], ...]] = {}
+
+
+def _plan(cls: type[Any]) -> tuple[tuple[str, bool], ...]:
+    """``(field, may hold messages)`` of a message class, in order (``to_wire``'s)."""
+    hints = typing.get_type_hints(cls, vars(mtypes))
+    return tuple((f.name, _may_hold_messages(hints[f.name])) for f in dataclasses.fields(cls))
+
+
+def _may_hold_messages(hint: Any) -> bool:
+    if isinstance(hint, type) and hint in MESSAGE_TYPES.values():
+        return True
+    return any(_may_hold_messages(arg) for arg in typing.get_args(hint))
+
+
+# -- decoding: a fast path for what is well formed, the checks below for what is not ---
+
+
+class _BadError(Exception):
+    """A fast check does not accept a value (then the slow path says why)."""
+
+
+_MISSING: Any = object()
+Fast = Callable[[Any], Any]
+
+
+def _bad() -> typing.NoReturn:
+    raise _BadError
+
+
+def _fast_for(hint: Any) -> Fast:
+    """A check of one field that returns the value (normalised as ``_check_for``'s) or
+    raises ``_BadError``, building no message: it accepts no more than ``_check_for``, and
+    what it accepts it turns into the same value."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = [_fast_for(arg) for arg in typing.get_args(hint)]
+
+        def union(v: Any) -> Any:
+            for option in options:
+                try:
+                    return option(v)
+                except _BadError:
+                    continue
+            raise _BadError
+
+        if len(options) == 2 and typing.get_args(hint)[1] is type(None):  # X | None
+            first = options[0]
+            return lambda v: None if v is None else first(v)
+        return union
+    if origin is typing.Literal:
+        allowed = frozenset(a for a in typing.get_args(hint) if isinstance(a, str))
+        return lambda v: v if type(v) is str and v in allowed else _bad()
+    if origin is tuple:
+        inner = _fast_for(typing.get_args(hint)[0])
+        return lambda v: tuple(map(inner, v)) if type(v) is list or type(v) is tuple else _bad()
+    if origin is dict:
+        return lambda v: v if type(v) is dict and all(type(k) is str for k in v) else _bad()
+    simple = {type(None): type(None), bool: bool, int: int, str: str, bytes: bytes}
+    if hint in simple:
+        exact = simple[hint]
+        return lambda v: v if type(v) is exact else _bad()
+    if hint is float:
+        return lambda v: v if type(v) is float else float(v) if type(v) is int else _bad()
+    if isinstance(hint, type) and hint in MESSAGE_TYPES.values():
+        return lambda v: _fast_from_wire(v, hint)
+    raise TypeError(f"unsupported message field type {hint!r}")  # a bug in messages/types.py
+
+
+FastField = tuple[str, type | None, Fast, bool]
+_FAST: dict[type[Any], tuple[frozenset[str], tuple[FastField, ...]]] = {}
+
+
+def _fast_schema(cls: type[Any]) -> tuple[frozenset[str], tuple[FastField, ...]]:
+    """Field names, and ``(field, str or int for a plain one, check, required)``."""
+    schema = _FAST.get(cls)
+    if schema is None:
+        hints = typing.get_type_hints(cls, vars(mtypes))
+        fields = tuple(
+            (
+                f.name,
+                hints[f.name] if hints[f.name] in (str, int) else None,
+                _fast_for(hints[f.name]),
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+            )
+            for f in dataclasses.fields(cls)
+        )
+        schema = _FAST[cls] = (frozenset(f.name for f in dataclasses.fields(cls)), fields)
+    return schema
+
+
+def _fast_from_wire(obj: Any, expected: type[Any] | None = None) -> Any:
+    """The message ``obj`` stands for; ``_BadError`` when anything about it is wrong."""
+    if (type(obj) is not list and type(obj) is not tuple) or len(obj) != 2:
+        raise _BadError
+    tag, fields = obj
+    cls = MESSAGE_TYPES.get(tag) if type(tag) is str else None
+    if cls is None or (expected is not None and cls is not expected) or type(fields) is not dict:
+        raise _BadError
+    names, schema = _FAST.get(cls) or _fast_schema(cls)
+    if not names.issuperset(fields):
+        raise _BadError
+    kwargs = {}
+    for name, exact, check, required in schema:
+        value = fields.get(name, _MISSING)
+        if value is _MISSING:
+            if required:
+                raise _BadError
+        elif exact is None:
+            kwargs[name] = check(value)
+        elif type(value) is exact:  # a str or an int: the most common, checked here
+            kwargs[name] = value
+        else:
+            raise _BadError
+    return cls(**kwargs)
 
 
 def _from_wire(obj: Any, where: str, expected: type[Any] | None = None) -> Any:
@@ -175,7 +296,10 @@ def _from_wire(obj: Any, where: str, expected: type[Any] | None = None) -> Any:
 
 def from_wire(obj: Any) -> Any:
     """Build a message from its ``[tag, fields]`` form, checking every field."""
-    return _from_wire(obj, "message")
+    try:
+        return _fast_from_wire(obj)
+    except _BadError:
+        return _from_wire(obj, "message")  # (which says what is wrong)
 
 
 def encode(message: Any) -> bytes:
@@ -207,4 +331,7 @@ def decode_batch(data: bytes) -> tuple[Any, ...]:
         raise CodecError(f"malformed msgpack: {exc}") from exc
     if not isinstance(obj, list):
         raise CodecError(f"batch: expected an array, got {type(obj).__name__}")
-    return tuple(_from_wire(m, f"batch[{i}]") for i, m in enumerate(obj))
+    try:
+        return tuple(map(_fast_from_wire, obj))
+    except _BadError:  # (the slow path says what is wrong)
+        return tuple(_from_wire(m, f"batch[{i}]") for i, m in enumerate(obj))

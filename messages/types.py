@@ -11,8 +11,9 @@ so the codec can check every field on the way in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, field, fields, replace
+from operator import attrgetter
+from typing import Any, ClassVar, Literal, TypeVar
 
 Status = Literal["completed", "failed", "skipped"]
 """The terminal status of an item."""
@@ -559,3 +560,35 @@ class HostStatus:
     """``failures`` by error kind."""
     cooldown_until: float = 0.0
     """Wall-clock end of the cool-down (0: none)."""
+
+
+_M = TypeVar("_M")
+_EVOLVE: dict[type[Any], tuple[Any, tuple[Any, ...], dict[str, int]]] = {}
+
+
+def evolve(message: _M, **changes: Any) -> _M:
+    """``dataclasses.replace`` for these frozen, slotted messages, at under half its cost
+    (it is on every item's path: an attempt counted, an outcome's sequence number). It
+    sets the slots as the generated ``__init__`` does, with nothing to check: every value
+    comes from a message already built, or is one of ``changes``."""
+    cls = type(message)
+    plan = _EVOLVE.get(cls)
+    if plan is None:
+        names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+        if "__slots__" not in vars(cls) or getattr(cls, "__post_init__", None) is not None:
+            return replace(message, **changes)  # type: ignore[type-var]
+        plan = _EVOLVE[cls] = (
+            attrgetter(*names),
+            tuple(vars(cls)[name] for name in names),  # (the slots' descriptors)
+            {name: i for i, name in enumerate(names)},
+        )
+    get, slots, index = plan
+    values = list(get(message)) if len(slots) > 1 else [get(message)]
+    for name, value in changes.items():
+        if name not in index:
+            raise TypeError(f"{cls.__name__} has no field {name!r}")
+        values[index[name]] = value
+    new = object.__new__(cls)
+    for slot, value in zip(slots, values, strict=True):
+        slot.__set__(new, value)
+    return new

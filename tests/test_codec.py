@@ -181,3 +181,57 @@ def test_closed_vocabularies_are_checked_on_decode() -> None:
         raw = msgpack.packb([tag, {**fields, key: bad}])
         with pytest.raises(CodecError, match=key):
             decode(raw)
+
+
+def _wire(message: Any) -> Any:
+    """``message`` as the receiving end unpacks it."""
+    return msgpack.unpackb(encode(message), raw=False, strict_map_key=True)
+
+
+odd_values = st.one_of(json_like, st.binary(max_size=4), any_message.map(_wire))
+
+
+@given(any_message, st.data())
+def test_the_fast_decoder_accepts_no_more_than_the_checks(message: Any, data: Any) -> None:
+    """Decoding tries a fast path first and falls back to the field-by-field checks
+    (which say what is wrong). Whatever the fast path accepts, the checks accept too and
+    turn into the same message; a well-formed message never needs the fallback."""
+    from messages import codec
+
+    wire = _wire(message)
+    fields = wire[1]
+    change = data.draw(st.sampled_from(["none", "set", "drop", "add", "tag"]))
+    if change == "set" and fields:
+        fields[data.draw(st.sampled_from(sorted(fields)))] = data.draw(odd_values)
+    elif change == "drop" and fields:
+        del fields[data.draw(st.sampled_from(sorted(fields)))]
+    elif change == "add":
+        fields[data.draw(st.text(max_size=3))] = data.draw(odd_values)
+    elif change == "tag":
+        wire[0] = data.draw(st.sampled_from([*sorted(MESSAGE_TYPES), "nope", 1, None]))
+    try:
+        checked = codec._from_wire(wire, "message")
+    except CodecError:
+        checked = None
+    try:
+        fast = codec._fast_from_wire(wire)
+    except codec._BadError:
+        assert change != "none", "a well-formed message took the slow path"
+        return
+    assert checked is not None, f"the fast path accepted what the checks refuse: {wire!r}"
+    assert fast == checked
+    assert type(fast) is type(checked)
+
+
+@given(any_message, st.data())
+def test_evolve_is_dataclasses_replace(message: Any, data: Any) -> None:
+    """``messages.evolve`` (the ledger's cheap copy) gives what ``dataclasses.replace``
+    gives, for any message and any fields changed (values taken from another message
+    of the same kind)."""
+    other = data.draw(message_of(type(message)))
+    names = [f.name for f in dataclasses.fields(message)]
+    chosen = data.draw(st.lists(st.sampled_from(names), unique=True)) if names else []
+    changes = {name: getattr(other, name) for name in chosen}
+    assert messages.evolve(message, **changes) == dataclasses.replace(message, **changes)
+    with pytest.raises(TypeError):
+        messages.evolve(message, no_such_field=1)

@@ -39,6 +39,7 @@ from messages import (
     RunFinished,
     RunProgress,
     WorkItem,
+    evolve,
 )
 from messages.control import ProcessFiles, RecordOutcomes
 from messages.types import ErrorKind, Lane, Status
@@ -245,7 +246,7 @@ class Ledger:
                 self.scheduler.requeue(item)
             return
         if item_id not in self.started:  # still queued: the crash was not its attempt
-            self.scheduler.requeue(dataclasses.replace(item, attempts=item.attempts - 1))
+            self.scheduler.requeue(evolve(item, attempts=item.attempts - 1))
             return
         self.started.discard(item_id)
         if item.attempts >= self.config.retry.max_attempts:
@@ -287,7 +288,7 @@ class Ledger:
         if item is None:
             return None
         self.scheduler.dispatched(item)
-        return dataclasses.replace(item, attempts=item.attempts + 1)
+        return evolve(item, attempts=item.attempts + 1)
 
     def _dispatch(self) -> None:
         """Answer demand, one item at a time to the downloader holding the fewest.
@@ -414,12 +415,11 @@ class Ledger:
         kept = done.reused and self.config.output.if_exists == "skip"
         if kept or self.config.processing.skipped:  # no processing: straight to the record
             status: Status = "skipped" if kept else "completed"
-            outcome = _outcome(
-                done.item, status=status, path=done.path, size=done.size, sha256=done.sha256
-            )
             slot = self.workers.get(done.worker)
-            if slot is not None and slot.node:  # (cluster: the file is on that node)
-                outcome = dataclasses.replace(outcome, node=slot.node)
+            outcome = _outcome(
+                done.item, status=status, path=done.path, size=done.size, sha256=done.sha256,
+                node=slot.node if slot is not None else "",  # (cluster: the file is there)
+            )  # fmt: skip
             self._report(outcome)
             return
         self.processing[done.item.id] = ("", done)
@@ -441,7 +441,7 @@ class Ledger:
         outcome = _outcome(
             done.item, status="completed", path=done.path, size=done.size, sha256=done.sha256
         )
-        self._report(dataclasses.replace(outcome, node=node))
+        self._report(evolve(outcome, node=node))
         return True
 
     def download_failed(self, failed: DownloadFailed) -> None:
@@ -453,7 +453,7 @@ class Ledger:
             self.emit(failed)
         if not failed.counts_attempt:  # cancelled, handed back, or moved to the large lane
             self.scheduler.released(item, failed.size)
-            self.scheduler.requeue(dataclasses.replace(item, attempts=item.attempts - 1))
+            self.scheduler.requeue(evolve(item, attempts=item.attempts - 1))
             return
         now = self.clock.now()
         decision = self.policy.decide(item.attempts, failed.permanent, failed.retry_after)
@@ -508,7 +508,7 @@ class Ledger:
             return
         self.leases[info.item_id] = (
             lease[0],
-            dataclasses.replace(lease[1], validator=info.validator),
+            evolve(lease[1], validator=info.validator),
         )
         self.store.record_validator(info.item_id, info.validator)
 
@@ -603,16 +603,16 @@ class Ledger:
         if isinstance(message, PostProcessFailed) and outcome.status == "failed":
             # Already failed: it keeps its kind (retry-failed --kind finds it), and says
             # the post-processor failed too.
-            outcome = dataclasses.replace(
+            outcome = evolve(
                 outcome, error=f"{outcome.error}; the post-processor failed: {message.error}"
             )
         elif isinstance(message, PostProcessFailed):
-            outcome = dataclasses.replace(
+            outcome = evolve(
                 outcome, status="failed", error_kind="post_process_error", error=message.error
             )
         if outcome.status in self.discard and outcome.path:
             # Stored as not kept (recheck leaves it alone); deleted once committed.
-            seq = self.store.record_outcome(dataclasses.replace(outcome, path=""))
+            seq = self.store.record_outcome(evolve(outcome, path=""))
             self._uncommitted.append(outcome.path)
             self._pending_mark = seq
         else:
@@ -623,7 +623,7 @@ class Ledger:
                     os.path.join(self.config.output.dir, outcome.name + ".part")
                 )
                 self._pending_mark = seq
-        outcome = dataclasses.replace(outcome, done_seq=seq)
+        outcome = evolve(outcome, done_seq=seq)
         self.stats[outcome.status] += 1
         if outcome.status == "completed":
             self.stats["completed_bytes"] += outcome.size or 0
@@ -809,6 +809,7 @@ def _outcome(
     error_kind: ErrorKind | None = None,
     error: str | None = None,
     result: dict[str, Any] | None = None,
+    node: str = "",
 ) -> Outcome:
     return Outcome(
         id=item.id,
@@ -823,4 +824,5 @@ def _outcome(
         error=error,
         attempts=item.attempts,
         result=result or {},
+        node=node,
     )
