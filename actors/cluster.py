@@ -53,6 +53,8 @@ log = get_logger("cluster")
 
 ACK_EVERY = 0.2
 """Seconds between the hub's commits-then-acknowledgements."""
+ALONE_AFTER = 10.0
+"""Seconds without any node (and no local downloads) before the coordinator says so."""
 
 
 # -- the coordinator's side ----------------------------------------------------------------
@@ -119,6 +121,7 @@ class ClusterHub:
         self.told_lost: set[str] = set()
         self.gone: dict[str, dict[str, Any]] = {}  # lost nodes, as last seen
         self.lock = threading.Lock()
+        self.alone_since: float | None = None  # since when no node is there
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="conveyor-cluster", daemon=True)
         self.outbox: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
@@ -230,11 +233,28 @@ class ClusterHub:
                     log.warning("cannot acknowledge the cluster's messages", error=str(exc))
                 told, last_ack = [], now
             self._check_silence(now)
+            self._check_alone(now)
             if now - last_report >= 1.0:
                 tell(self.state_keeper, NodesSeen(nodes=tuple(self.snapshot())))
                 last_report = now
                 with contextlib.suppress(Exception):  # (still this batch's coordinator)
                     self.link.client.set(self.link.owner_key, self.me, ex=self.ttl)
+
+    def _check_alone(self, now: float) -> None:
+        """Say so when no node has been there for a while and the coordinator does not
+        download itself: nothing moves until one joins (said again every minute)."""
+        if self.config.cluster.local_downloads:
+            return
+        with self.lock:
+            alone = not self.nodes
+        if not alone:
+            self.alone_since = None
+        elif self.alone_since is None:
+            self.alone_since = now
+        elif now - self.alone_since >= ALONE_AFTER:
+            log.warning("no node has joined the batch: start one with python -m runtime "
+                        f"worker --redis URL --batch {self.batch}", batch=self.batch)  # fmt: skip
+            self.alone_since = now + 60.0 - ALONE_AFTER
 
     def _redis_lost(self) -> None:
         """Redis restarted without its data: every node's reports in flight are gone, so

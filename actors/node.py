@@ -42,12 +42,14 @@ from runtime.core.transfer import RangeMemory
 if TYPE_CHECKING:
     from runtime.core.transport import TransportFactory
 
-__all__ = ["BEAT", "REJOIN", "StreamUplink", "run_node"]
+__all__ = ["BEAT", "ENDED", "REJOIN", "StreamUplink", "run_node"]
 
 log = get_logger("node")
 
 BEAT = 1.0
 """Seconds between a node's beats."""
+ENDED = "the batch ended"
+"""How ``run_node``'s answer starts when the batch ended (then its reason, in brackets)."""
 REJOIN = "the coordinator asks this node to join again"
 """How ``run_node``'s answer starts when the node should join again under a new name."""
 UPLINK_PATIENCE = 30.0
@@ -102,20 +104,28 @@ def run_node(
 
     ended: list[str] = []
     seen_open = False
+    away = False  # the coordinator's key has expired: it is not running
 
     def beat() -> None:
-        nonlocal seen_open
+        nonlocal seen_open, away
         while not stop.wait(BEAT):
             try:
                 link.send_up(node, [NodeBeat(node=node, read=read)])
-                why = link.client.get(link.ended_key)
+                why, owner = link.client.mget(link.ended_key, link.owner_key)
             except Exception as exc:  # noqa: BLE001 - Redis away: keep trying
                 log.warning("cannot reach the coordinator", error=str(exc))
                 continue
             if why is not None and seen_open:  # it ended before this node heard of it
-                ended.append(f"the batch ended ({why.decode(errors='replace')})")
+                ended.append(f"{ENDED} ({why.decode(errors='replace')})")
                 stop.set()
             seen_open = seen_open or why is None  # (a marker from an earlier run: not ours)
+            if why is None and (owner is None) != away:
+                away = owner is None
+                if away:
+                    log.warning("the batch's coordinator is not running; this node waits "
+                                "for it to come back", batch=link.batch)  # fmt: skip
+                else:
+                    log.info("the batch's coordinator is back", batch=link.batch)
 
     threading.Thread(target=beat, name="conveyor-beat", daemon=True).start()
     reason = "stopped"
@@ -146,7 +156,7 @@ def run_node(
                         case Cancel(abort=True):
                             cancel.set()
                         case BatchDone(reason=why):
-                            reason = f"the batch ended ({why})"
+                            reason = f"{ENDED} ({why})"
                             stop.set()
                         case NodeLost(reason=why):
                             reason = f"{REJOIN} ({why})"
@@ -161,7 +171,7 @@ def run_node(
         for ref in local.values():
             with contextlib.suppress(pykka.ActorDeadError):
                 ref.stop(block=True, timeout=5)
-        if not reason.startswith("the batch ended"):  # (nobody reads after the end)
+        if not reason.startswith(ENDED):  # (nobody reads after the end)
             with contextlib.suppress(Exception):
                 link.send_up(node, [NodeBye(node=node, reason=reason)])
     return reason

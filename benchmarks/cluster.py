@@ -269,7 +269,7 @@ def failover(work: Path, base: str, w: Workload, redis_url: str) -> dict[str, An
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--files", type=int, default=4000, help="files of the scale runs")
+    parser.add_argument("--files", type=int, default=12000, help="files of the scale runs")
     parser.add_argument("--items", type=int, default=100_000, help="items of the simulated run")
     parser.add_argument("--only", default="", help="scale, coordinator, workers, failover")
     parser.add_argument(

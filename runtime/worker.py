@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from actors.node import REJOIN, run_node
+from actors.node import ENDED, REJOIN, run_node
 from runtime.core.clock import SystemClock
 from runtime.core.config import Config
 from runtime.core.errors import EXIT_CODES, ConfigError
@@ -82,6 +82,11 @@ def run_worker(
                           transport_factory=default_transports(config, clock, simulate=simulate),
                           clock=clock, stop=stop)  # fmt: skip
         print(f"conveyor: node {node} stops: {reason}", file=sys.stderr)
+        unfinished = reason.startswith(ENDED) and reason != f"{ENDED} (done)"
+        if unfinished:  # (Ctrl-C, a job timeout, an error: the coordinator will resume it)
+            print("conveyor: the coordinator stopped before the batch was done; its items "
+                  "stay pending for its next run" + (", which this node waits for"
+                  if keep_running else ""), file=sys.stderr)  # fmt: skip
         if signalled or not (keep_running or reason.startswith(REJOIN)):
             break
         stop.clear()
@@ -91,7 +96,7 @@ def run_worker(
                 break
             batch, link = found, StreamLink(link.client, found)
     link.client.close()
-    return EXIT_CODES["interrupted"] if signalled else EXIT_CODES["ok"]
+    return EXIT_CODES["interrupted"] if signalled or unfinished else EXIT_CODES["ok"]
 
 
 def _wait_for_a_batch(link: StreamLink, stop: threading.Event) -> str | None:

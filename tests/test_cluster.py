@@ -136,6 +136,9 @@ def test_three_nodes_download_a_batch_within_the_per_host_limit(
     nodes_table = status.stdout.split("node ")[-1]
     assert status.stdout.count(" s ago") == 3, status.stdout  # three nodes, last seen
     assert "in flight" in nodes_table
+    summary = json.loads((tmp_path / "state" / "summary.json").read_text())
+    assert sorted(n["node"][:2] for n in summary["run"]["nodes"]) == ["n0", "n1", "n2"]
+    assert sum(n["done"] for n in summary["run"]["nodes"]) == len(files)
     client = redis.Redis.from_url(redis_server.url)
     assert client.xlen("conveyor:b:up") <= 3  # nothing in flight is left (a last beat may be)
     client.close()
@@ -452,3 +455,109 @@ def test_a_batch_has_one_coordinator_and_a_restarted_one_takes_over(
     assert client.get("conveyor:one:ended") == b"done"
     assert client.exists("conveyor:one:coordinator") == 0
     client.close()
+
+
+def test_ctrl_c_of_the_coordinator_stops_its_nodes_and_one_kept_running_serves_the_resume(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """SIGINT of the coordinator mid-run: a node ends with exit code 130 saying the
+    batch was not done; a node with --keep-running waits, and serves the resumed run to
+    its end. Every item ends once, every file is verified."""
+    files = make_files(300)
+    with FaultServer(files, delay=0.02) as server:
+        config = write_coordinator(tmp_path, server, files, redis_server.url)
+        plain = start_node(tmp_path, redis_server.url, 0)
+        kept = start_node(tmp_path, redis_server.url, 1, "--keep-running")
+        first = start_cli("run", config, "--quiet", "--log-format", "json")
+        try:
+            assert server.wait_for_requests(60, timeout=TIMEOUT), "the batch never got going"
+            first.send_signal(signal.SIGINT)
+            (code, err), (plain_code, plain_err) = finish([first, plain])
+            assert code == 130, err[-3000:]
+            assert plain_code == 130, plain_err[-2000:]
+            assert "stopped before the batch was done" in plain_err
+            assert kept.poll() is None  # still there, waiting
+            again = start_cli("run", config, "--quiet", "--log-format", "json")
+            ((code, err),) = finish([again])
+            assert code == 0, err[-3000:]
+            kept.send_signal(signal.SIGTERM)
+            ((_, kept_err),) = finish([kept])
+        finally:
+            for proc in (first, plain, kept):
+                proc.kill()
+        assert "which this node waits for" in kept_err
+        assert "stops: the batch ended (done)" in kept_err
+    assert_every_item_once_and_verified(tmp_path, files, 2)
+
+
+def test_a_coordinator_alone_says_how_to_start_a_node(redis_server: RedisServer) -> None:
+    """With local_downloads = false and no node for 10 s, the coordinator says what to
+    run (and not while a node is there)."""
+    from runtime import Config
+    from runtime.testing import FakeClock, capture_logs
+
+    seen: list[Any] = []
+    keeper = _Recorder.start(seen, threading.Event())
+    clock = FakeClock()
+    config = Config.from_mapping({"cluster": {"redis": redis_server.url, "node_timeout": 600,
+                                              "local_downloads": False}})  # fmt: skip
+    hub = ClusterHub(config=config, batch="lonely", state_keeper=keeper, clock=clock)
+    try:
+        with capture_logs() as logs:
+            hub.start()
+            said = lambda: any("no node has joined" in e["event"] for e in logs)  # noqa: E731
+            clock.advance(5)
+            assert not wait_until(said, 0.5)
+            clock.advance(11)  # (10 s past whichever of the two it first saw)
+            assert wait_until(said, 10), logs
+            assert "worker --redis URL --batch lonely" in next(
+                e["event"] for e in logs if "no node has joined" in e["event"]
+            )
+            hub.link.send_up("a", [NodeHello(node="a", downloaders=1, mailbox=1)])
+            assert wait_until(lambda: any(isinstance(m, Attach) for m in seen), 10)
+            logs.clear()
+            clock.advance(120)
+            assert not wait_until(said, 0.5)
+    finally:
+        hub.finish("done")
+        keeper.stop()
+
+
+def test_a_node_says_when_its_coordinator_is_away(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A node whose coordinator is not running (its key expired) says so once, and says
+    when it is back."""
+    import logging
+
+    import structlog
+
+    from actors.node import run_node
+    from runtime import Config
+    from runtime.core.clock import SystemClock
+    from runtime.core.streams import StreamLink
+    from runtime.pipeline import default_transports
+    from runtime.testing import capture_logs
+
+    config = Config.from_mapping({"output": {"dir": str(tmp_path / "out")}})
+    clock = SystemClock()
+    link = StreamLink.connect(redis_server.url, "away")
+    stop = threading.Event()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    node = threading.Thread(target=run_node, kwargs={
+        "link": link, "node": "n", "config": config, "clock": clock, "stop": stop,
+        "transport_factory": default_transports(config, clock, simulate=True),
+    })  # fmt: skip
+    try:
+        with capture_logs() as logs:
+            node.start()
+            events = lambda: [e["event"] for e in logs]  # noqa: E731
+            assert wait_until(lambda: any("not running" in e for e in events()), 10), logs
+            link.client.set(link.owner_key, "elsewhere", ex=60)
+            assert wait_until(lambda: any("is back" in e for e in events()), 10), logs
+            assert sum("not running" in e for e in events()) == 1
+    finally:
+        stop.set()
+        node.join(10)
+        link.client.close()
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
