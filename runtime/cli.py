@@ -657,4 +657,32 @@ def _validate(config: Config) -> int:
         f"{d.mailbox}, engine {d.engine}), at most "
         f"{d.per_host if d.per_host else 'any number'} per host"
     )
+    if config.cluster.redis and not _check_cluster(config):
+        return EXIT_CODES["bad_input"]
     return 0 if not bad else 1
+
+
+def _check_cluster(config: Config) -> bool:
+    """(validate) Whether the cluster's Redis answers; say where nodes join."""
+    from actors.supervisor import batch_name
+    from runtime.core.streams import StreamLink, redacted
+
+    url, batch = redacted(config.cluster.redis), batch_name(config)
+    try:
+        link = StreamLink.connect(config.cluster.redis, batch)
+        try:
+            link.client.ping()
+            owner = link.client.get(link.owner_key)
+        finally:
+            link.client.close()
+    except Exception as exc:  # noqa: BLE001 - redis-py's errors, said as they are
+        print(f"conveyor: cannot reach the cluster's Redis at {url}: {exc}", file=sys.stderr)
+        return False
+    c = config.cluster
+    print(f"cluster: batch {batch!r} on {url} (answers); nodes join with: python -m runtime "
+          f"worker --redis URL --batch {batch}; node_timeout {c.node_timeout:g} s, "
+          f"max_deliveries {c.max_deliveries}, the coordinator "
+          f"{'downloads too' if c.local_downloads else 'does not download'}")  # fmt: skip
+    if owner is not None:
+        print(f"  the batch is open now (coordinator {owner.decode(errors='replace')})")
+    return True

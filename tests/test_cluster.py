@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -426,6 +427,37 @@ def test_a_password_protected_redis_works_and_a_wrong_password_is_a_clear_error(
     assert_every_item_once_and_verified(tmp_path, files, 1)
 
 
+def test_a_cluster_over_tls(tmp_path: Path) -> None:
+    """rediss:// with the CA named in the url (``ssl_ca_certs``): the batch completes;
+    a node that does not trust the server's certificate is a clear error."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    paths = {}
+    for name, blob in (("cert", cert.cert_chain_pems[0]), ("key", cert.private_key_pem),
+                       ("ca", ca.cert_pem)):  # fmt: skip
+        paths[name] = str(tmp_path / f"{name}.pem")
+        blob.write_to_path(paths[name])
+    files = make_files(30)
+    with RedisServer(tls=(paths["cert"], paths["key"], paths["ca"])) as secured, \
+            FaultServer(files) as server:  # fmt: skip
+        assert secured.url.startswith("rediss://")
+        config = write_coordinator(tmp_path, server, files, secured.url)
+        node = start_node(tmp_path, secured.url, 0)
+        coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+        (code, err), (node_code, node_err) = finish([coordinator, node])
+        assert code == 0, err[-3000:]
+        assert node_code == 0, node_err[-2000:]
+        untrusting = secured.url.partition("?")[0]  # (the system's CAs only)
+        bad = start_cli("worker", "--redis", untrusting, "--batch", "b", "--output", tmp_path / "x")
+        ((bad_code, bad_err),) = finish([bad])
+        assert bad_code == 2, bad_err
+        assert "cannot join the cluster" in bad_err
+        assert "certificate" in bad_err.lower()
+    assert_every_item_once_and_verified(tmp_path, files, 1)
+
+
 def test_a_batch_has_one_coordinator_and_a_restarted_one_takes_over(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -561,3 +593,20 @@ def test_a_node_says_when_its_coordinator_is_away(
         node.join(10)
         link.client.close()
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+def test_validate_checks_the_clusters_redis(tmp_path: Path, redis_server: RedisServer) -> None:
+    files = make_files(3)
+    with FaultServer(files) as server:
+        config = write_coordinator(tmp_path, server, files, redis_server.url)
+        done = run_cli("validate", config)
+        assert done.returncode == 0, done.stderr
+        assert "cluster: batch 'b'" in done.stdout
+        assert "worker --redis URL --batch b" in done.stdout
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        away = write_coordinator(tmp_path, server, files, f"redis://127.0.0.1:{port}/0")
+        done = run_cli("validate", away)
+        assert done.returncode == 2
+        assert f"cannot reach the cluster's Redis at redis://127.0.0.1:{port}/0" in done.stderr

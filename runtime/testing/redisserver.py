@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -19,11 +20,20 @@ __all__ = ["RedisServer"]
 class RedisServer:
     """``with RedisServer() as server: server.url`` (``redis://127.0.0.1:PORT/0``)."""
 
-    def __init__(self, executable: str | None = None, *, password: str = "") -> None:
-        """``password``: required of every client (``requirepass``; in ``url``)."""
+    def __init__(
+        self,
+        executable: str | None = None,
+        *,
+        password: str = "",
+        tls: tuple[str, str, str] | None = None,
+    ) -> None:
+        """``password``: required of every client (``requirepass``; in ``url``).
+        ``tls``: ``(certificate, key, CA certificate)`` files: the server speaks TLS
+        only, and ``url`` is a ``rediss://`` one naming the CA (``ssl_ca_certs``)."""
         found = executable or shutil.which("redis-server") or "/usr/bin/redis-server"
         self.executable = found
         self.password = password
+        self.tls = tls
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -32,6 +42,8 @@ class RedisServer:
     def url(self) -> str:
         """Where to connect."""
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[2]}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
@@ -54,8 +66,14 @@ class RedisServer:
             )
         self.port = port
         self._dir = tempfile.TemporaryDirectory(prefix="conveyor-redis-")
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            cert, key, ca = self.tls
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert,
+                     "--tls-key-file", key, "--tls-ca-cert-file", ca,
+                     "--tls-auth-clients", "no"]  # fmt: skip
         self.process = subprocess.Popen(
-            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+            [self.executable, *ports, "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", self._dir.name,
              "--protected-mode", "yes", "--loglevel", "warning",
              *(["--requirepass", self.password] if self.password else [])],
@@ -67,15 +85,24 @@ class RedisServer:
             if self.process.poll() is not None:
                 break
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(64).startswith((b"+PONG", b"-NOAUTH")):  # (it is up)
-                        return
+                if self._answers():
+                    return
             except OSError:
                 pass
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def _answers(self) -> bool:
+        """Whether the server answers a PING (over TLS if it speaks TLS)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+            if not self.tls:
+                raw.sendall(b"PING\r\n")
+                return raw.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+            context = ssl.create_default_context(cafile=self.tls[2])
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(64).startswith((b"+PONG", b"-NOAUTH"))
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its directory."""
