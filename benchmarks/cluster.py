@@ -130,6 +130,22 @@ def elapsed_of(stderr: str) -> float:
     raise SystemExit("no 'run finished' line")
 
 
+def after_ingest(stderr: str, count: int) -> int | None:
+    """Items/s from the end of ingest (the "input read" line) to the end of the run: the
+    rate of granting and recording alone, once ingest no longer shares the time."""
+    stamps: dict[str, tuple[float, dict[str, Any]]] = {}
+    for line in stderr.splitlines():
+        if '"input read"' in line or '"run finished"' in line:
+            event = json.loads(line)
+            when = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+            stamps[event["event"]] = (when.timestamp(), event)
+    if len(stamps) < 2:
+        return None
+    (read_at, read), (end_at, _) = stamps["input read"], stamps["run finished"]
+    left = count - read["ended"]
+    return round(left / (end_at - read_at)) if left > count // 10 else None
+
+
 def scale(work: Path, base: str, w: Workload, redis_url: str) -> dict[str, Any]:
     urls = [f"{base}/W4/{name}" for name in w.files]
     rates: dict[str, Any] = {}
@@ -233,6 +249,7 @@ def coordinator_and_redis(
     client.close()
     return {
         "items/s": round(count / elapsed_of(err)),
+        "items/s once the input is read": after_ingest(err, count),
         "coordinator CPU per item µs": round(cpu / count * 1e6),
         "items": count,
         "redis used_memory peak MiB": round(peak[0] / 2**20, 1),

@@ -277,6 +277,9 @@ class Ledger:
     def close_input(self) -> None:
         """No more input will come."""
         self.input_closed = True
+        s = self.stats
+        log.info("input read", accepted=s["accepted"], open=self.open_items,
+                 ended=s["completed"] + s["failed"] + s["skipped"])  # fmt: skip
 
     # -- dispatch -----------------------------------------------------------------------
 
