@@ -270,9 +270,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Join a batch that a coordinator (run with cluster.redis) opened on a "
         "Redis, download what it grants into this machine's output directory, and stop "
         "when the batch ends. SIGINT/SIGTERM leaves the batch (its items go back to "
-        "pending). See the README's Cluster section.",
+        "pending). Exit code 0 when the batch ended done, 130 when it stopped short or the "
+        "node was interrupted, 2 when it cannot join. See the README's Cluster section.",
     )
-    worker.add_argument("--redis", required=True, metavar="URL", help="redis:// or rediss:// url")
+    worker.add_argument(
+        "--redis", required=True, metavar="URL",
+        help="redis://[:PASSWORD@]HOST:PORT/DB, rediss://… (TLS; ?ssl_ca_certs=FILE for "
+        "your own CA) or unix://PATH",
+    )  # fmt: skip
     worker.add_argument("--batch", help="the batch to join (default: the one open on that Redis)")
     worker.add_argument("--name", help="this node's name (default: the host name)")
     worker.add_argument(
