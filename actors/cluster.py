@@ -191,11 +191,12 @@ class ClusterHub:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """The nodes, for ``status`` and the summary: the ones joined, then the lost."""
-        now = self.clock.now()
+        now, wall = self.clock.now(), self.clock.wall()
         with self.lock:
             alive = [
                 {"node": n, "address": s.address, "in_flight": s.in_flight, "done": s.done,
-                 "last_seen_s": round(now - s.last_seen, 1), "lost": False}
+                 "last_seen_s": round(now - s.last_seen, 1), "lost": False,
+                 "last_seen_at": round(wall - (now - s.last_seen), 1)}
                 for n, s in self.nodes.items()
             ]  # fmt: skip
             return alive + [dict(gone, lost=True) for gone in self.gone.values()]
@@ -384,7 +385,9 @@ class ClusterHub:
             if state is not None:
                 self.gone[node] = {"node": node, "address": state.address, "in_flight": 0,
                                    "done": state.done,
-                                   "last_seen_s": round(now - state.last_seen, 1)}  # fmt: skip
+                                   "last_seen_s": round(now - state.last_seen, 1),
+                                   "last_seen_at": round(self.clock.wall()
+                                                         - (now - state.last_seen), 1)}  # fmt: skip
         if state is None:
             return
         log.warning("cluster node lost; its items are pending again", node=node, reason=why)

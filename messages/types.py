@@ -461,6 +461,8 @@ class NodeStatus:
     """Seconds since the coordinator last heard from it."""
     lost: bool = False
     """Whether it was counted lost (silent past ``cluster.node_timeout``, or it left)."""
+    last_seen_at: float = 0.0
+    """When the coordinator last heard from it (Unix time; ``status`` says how long ago)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -159,14 +159,18 @@ def breaker_text(st: HostStatus) -> str:
     return text
 
 
-def print_nodes(nodes: list[dict[str, Any]], out: TextIO) -> None:
-    """A cluster's nodes: name, address, in flight, done, seconds since last heard of."""
+def print_nodes(nodes: list[dict[str, Any]], out: TextIO, now: float | None = None) -> None:
+    """A cluster's nodes: name, address, in flight, done, seconds since last heard of
+    (as of ``now``, Unix time, when given: ``status`` read later; else as recorded)."""
     if not nodes:
         return
     print("", file=out)
     rows = [("node", "address", "in flight", "done", "last seen")]
     for n in nodes:
-        seen = "lost" if n.get("lost") else f"{n.get('last_seen_s', 0):.1f} s ago"
+        ago = n.get("last_seen_s", 0)
+        if now is not None and n.get("last_seen_at"):
+            ago = max(0.0, now - n["last_seen_at"])
+        seen = "lost" if n.get("lost") else f"{_duration(ago)} ago"
         rows.append((str(n.get("node", "?")), str(n.get("address", "")),
                      str(n.get("in_flight", 0)), str(n.get("done", 0)), seen))  # fmt: skip
     _table(rows, out)
@@ -229,6 +233,19 @@ def pid_alive(pid: int) -> bool:
     return pid != os.getpid()
 
 
+def _duration(seconds: float) -> str:
+    """``0.4 s``, ``12 s``, ``5 min``, ``3.2 h``, ``2.1 days``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
 def _when(ts: float | None) -> str:
     if not ts:
         return "-"
@@ -260,7 +277,7 @@ def print_status(report: dict[str, Any], out: TextIO) -> None:
     print_invalid_entries(report, out)
     print_hosts(report["hosts"], out)
     print_cooldowns(report["hosts"], out)
-    print_nodes(run.get("nodes") or [], out)
+    print_nodes(run.get("nodes") or [], out, now=time.time())
     # retry-failed leaves rejected entries failed (the input must change): no hint for them
     if items["failed"] > _invalid_count(report):
         print("\nput failed items back for the next run: python -m runtime retry-failed CONFIG "

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,8 @@ def test_three_nodes_download_a_batch_within_the_per_host_limit(
     status = run_cli("status", tmp_path / "state")
     nodes_table = status.stdout.split("node ")[-1]
     assert status.stdout.count(" s ago") == 3, status.stdout  # three nodes, last seen
+    for node in json.loads(run_cli("status", tmp_path / "state", "--json").stdout)["run"]["nodes"]:
+        assert abs(node["last_seen_at"] - time.time()) < TIMEOUT  # (then, not the run's age)
     assert "in flight" in nodes_table
     summary = json.loads((tmp_path / "state" / "summary.json").read_text())
     assert sorted(n["node"][:2] for n in summary["run"]["nodes"]) == ["n0", "n1", "n2"]
@@ -610,3 +613,20 @@ def test_validate_checks_the_clusters_redis(tmp_path: Path, redis_server: RedisS
         done = run_cli("validate", away)
         assert done.returncode == 2
         assert f"cannot reach the cluster's Redis at redis://127.0.0.1:{port}/0" in done.stderr
+
+
+def test_status_says_how_long_ago_a_node_was_heard_of_as_of_now() -> None:
+    """A finished run's nodes, looked at hours later, were last seen hours ago — not the
+    fraction of a second recorded at the end of the run."""
+    import io
+
+    from runtime.report import print_nodes
+
+    nodes = [{"node": "n0-abc", "address": "h", "in_flight": 0, "done": 5,
+              "last_seen_s": 0.4, "last_seen_at": 1_000_000.0}]  # fmt: skip
+    out = io.StringIO()
+    print_nodes(nodes, out, now=1_000_000.0 + 3 * 3600)
+    assert "3.0 h ago" in out.getvalue()
+    out = io.StringIO()
+    print_nodes(nodes, out)  # (the end-of-run summary: as recorded)
+    assert "0.4 s ago" in out.getvalue()
