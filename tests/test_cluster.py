@@ -630,3 +630,23 @@ def test_status_says_how_long_ago_a_node_was_heard_of_as_of_now() -> None:
     out = io.StringIO()
     print_nodes(nodes, out)  # (the end-of-run summary: as recorded)
     assert "0.4 s ago" in out.getvalue()
+
+
+def test_a_failed_items_manifest_line_names_the_node_that_tried_it(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    files = make_files(5)
+    with FaultServer(files) as server:
+        config = write_coordinator(tmp_path, server, files, redis_server.url)
+        entries = json.loads((tmp_path / "files.json").read_text())
+        entries.append({"url": server.url("/status/404/gone.bin"), "id": "gone"})
+        (tmp_path / "files.json").write_text(json.dumps(entries))
+        node = start_node(tmp_path, redis_server.url, 0)
+        coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+        (code, err), (node_code, node_err) = finish([coordinator, node])
+    assert code == 1, err[-3000:]  # (an item failed)
+    assert node_code == 0, node_err[-2000:]
+    records = {r["id"]: r for r in read_manifest(tmp_path / "state" / "manifest.jsonl")}
+    assert records["gone"]["status"] == "failed"
+    assert records["gone"]["error_kind"] == "http_4xx"
+    assert records["gone"]["node"].startswith("n0-")

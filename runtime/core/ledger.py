@@ -479,12 +479,14 @@ class Ledger:
                 item_id=item.id,
             )
         if not decision.retry:
+            slot = self.workers.get(failed.worker)
             self._report(
                 _outcome(
                     item,
                     status="failed",
                     error_kind=decision.error_kind or failed.error_kind,
                     error=decision.error or failed.error,
+                    node=slot.node if slot is not None else "",  # (cluster: its .part is there)
                 )
             )
             return
