@@ -42,7 +42,7 @@ from runtime.core.clock import Clock
 from runtime.core.config import MAX_CONCURRENCY, MAX_DOWNLOADERS, Config
 from runtime.core.errors import ConveyorError
 from runtime.core.logs import get_logger
-from runtime.core.streams import StreamLink
+from runtime.core.streams import StreamLink, join_hint
 
 if TYPE_CHECKING:
     pass
@@ -121,7 +121,7 @@ class ClusterHub:
         self.told_lost: set[str] = set()
         self.gone: dict[str, dict[str, Any]] = {}  # lost nodes, as last seen
         self.lock = threading.Lock()
-        self.alone_since: float | None = None  # since when no node is there
+        self.warn_alone_at: float | None = None  # (no node is there: when to say so)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="conveyor-cluster", daemon=True)
         self.outbox: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
@@ -249,13 +249,13 @@ class ClusterHub:
         with self.lock:
             alone = not self.nodes
         if not alone:
-            self.alone_since = None
-        elif self.alone_since is None:
-            self.alone_since = now
-        elif now - self.alone_since >= ALONE_AFTER:
-            log.warning("no node has joined the batch: start one with python -m runtime "
-                        f"worker --redis URL --batch {self.batch}", batch=self.batch)  # fmt: skip
-            self.alone_since = now + 60.0 - ALONE_AFTER
+            self.warn_alone_at = None
+        elif self.warn_alone_at is None:
+            self.warn_alone_at = now + ALONE_AFTER
+        elif now >= self.warn_alone_at:
+            log.warning(f"no node is in the batch: start one with {join_hint(self.batch)}",
+                        batch=self.batch)  # fmt: skip
+            self.warn_alone_at = now + 60.0
 
     def _redis_lost(self) -> None:
         """Redis restarted without its data: every node's reports in flight are gone, so

@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -42,18 +43,28 @@ from runtime.core.transfer import RangeMemory
 if TYPE_CHECKING:
     from runtime.core.transport import TransportFactory
 
-__all__ = ["BEAT", "ENDED", "REJOIN", "StreamUplink", "run_node"]
+__all__ = ["BEAT", "NodeEnd", "StreamUplink", "run_node"]
 
 log = get_logger("node")
 
 BEAT = 1.0
 """Seconds between a node's beats."""
 ENDED = "the batch ended"
-"""How ``run_node``'s answer starts when the batch ended (then its reason, in brackets)."""
 REJOIN = "the coordinator asks this node to join again"
-"""How ``run_node``'s answer starts when the node should join again under a new name."""
 UPLINK_PATIENCE = 30.0
 """Seconds a node's message waits for Redis to answer before the node gives up."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEnd:
+    """Why ``run_node`` returned."""
+
+    reason: str
+    """Said to the user: ``the batch ended (done)``, ``the coordinator asks …``, ``stopped``."""
+    ended: str | None = None
+    """The batch's end reason (``done``, ``interrupted``, …) when it ended; else None."""
+    rejoin: bool = False
+    """Whether the coordinator asks this node to join again under a new name."""
 
 
 class StreamUplink:
@@ -89,9 +100,10 @@ def run_node(
     transport_factory: TransportFactory,
     clock: Clock,
     stop: threading.Event,
-) -> str:
+) -> NodeEnd:
     """Serve one batch as ``node``: announce, beat, download what is granted, until the
-    batch ends (``BatchDone``) or ``stop`` is set. Returns why it ended."""
+    batch ends (``BatchDone``), the coordinator asks it to join again (``NodeLost``) or
+    ``stop`` is set. Returns why it ended."""
     uplink = StreamUplink(link, node)
     cancel = threading.Event()
     ranges = RangeMemory()
@@ -102,12 +114,12 @@ def run_node(
                                   downloaders=d.workers, mailbox=d.mailbox,
                                   output=os.path.realpath(config.output.dir))])  # fmt: skip
 
-    ended: list[str] = []
+    ended: list[str] = []  # (the end marker's reason, when this node missed BatchDone)
     seen_open = False
-    away = False  # the coordinator's key has expired: it is not running
+    seen_owner = away = said_waiting = False  # the coordinator's key: seen; expired since
 
     def beat() -> None:
-        nonlocal seen_open, away
+        nonlocal seen_open, seen_owner, away, said_waiting
         while not stop.wait(BEAT):
             try:
                 link.send_up(node, [NodeBeat(node=node, read=read)])
@@ -116,10 +128,17 @@ def run_node(
                 log.warning("cannot reach the coordinator", error=str(exc))
                 continue
             if why is not None and seen_open:  # it ended before this node heard of it
-                ended.append(f"{ENDED} ({why.decode(errors='replace')})")
+                ended.append(why.decode(errors="replace"))
                 stop.set()
             seen_open = seen_open or why is None  # (a marker from an earlier run: not ours)
-            if why is None and (owner is None) != away:
+            if why is not None:
+                continue
+            if owner is not None and not seen_owner:
+                seen_owner = True
+            elif owner is None and not seen_owner and not said_waiting:
+                said_waiting = True
+                log.info("waiting for the batch's coordinator to open it", batch=link.batch)
+            elif seen_owner and (owner is None) != away:  # (not before it ever ran)
                 away = owner is None
                 if away:
                     log.warning("the batch's coordinator is not running; this node waits "
@@ -128,7 +147,7 @@ def run_node(
                     log.info("the batch's coordinator is back", batch=link.batch)
 
     threading.Thread(target=beat, name="conveyor-beat", daemon=True).start()
-    reason = "stopped"
+    end = NodeEnd("stopped")
     try:
         while not stop.is_set():
             try:
@@ -156,22 +175,22 @@ def run_node(
                         case Cancel(abort=True):
                             cancel.set()
                         case BatchDone(reason=why):
-                            reason = f"{ENDED} ({why})"
+                            end = NodeEnd(f"{ENDED} ({why})", ended=why)
                             stop.set()
                         case NodeLost(reason=why):
-                            reason = f"{REJOIN} ({why})"
+                            end = NodeEnd(f"{REJOIN} ({why})", rejoin=True)
                             stop.set()
                         case _:
                             log.warning("unexpected message", message=type(message).__name__)
     finally:
-        if ended and reason == "stopped":
-            reason = ended[0]
+        if ended and end.reason == "stopped":
+            end = NodeEnd(f"{ENDED} ({ended[0]})", ended=ended[0])
         stop.set()
         cancel.set()
         for ref in local.values():
             with contextlib.suppress(pykka.ActorDeadError):
                 ref.stop(block=True, timeout=5)
-        if not reason.startswith(ENDED):  # (nobody reads after the end)
+        if end.ended is None:  # (nobody reads after the end)
             with contextlib.suppress(Exception):
-                link.send_up(node, [NodeBye(node=node, reason=reason)])
-    return reason
+                link.send_up(node, [NodeBye(node=node, reason=end.reason)])
+    return end

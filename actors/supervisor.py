@@ -64,7 +64,7 @@ from runtime.core.pluginload import (
 )
 from runtime.core.plugins import PluginContext, failure
 from runtime.core.store import Store
-from runtime.core.streams import redacted
+from runtime.core.streams import join_hint, redacted
 from runtime.core.transfer import RangeMemory
 
 if TYPE_CHECKING:
@@ -218,11 +218,7 @@ class Supervisor(pykka.ThreadingActor):
                 f"(cluster.redis): {exc}"
             ) from exc
         self.hub.start()
-        log.info(
-            "cluster batch open: start nodes with "
-            f"python -m runtime worker --redis URL --batch {batch}",
-            batch=batch,
-        )
+        log.info(f"cluster batch open: start nodes with {join_hint(batch)}", batch=batch)
 
     def _new_host(self, index: int) -> DownloaderHost:
         assert self.state_keeper is not None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 from operator import attrgetter
+from types import MemberDescriptorType
 from typing import Any, ClassVar, Literal, TypeVar
 
 Status = Literal["completed", "failed", "skipped"]
@@ -565,25 +566,21 @@ class HostStatus:
 
 
 _M = TypeVar("_M")
-_EVOLVE: dict[type[Any], tuple[Any, tuple[Any, ...], dict[str, int]]] = {}
+_EVOLVE: dict[type[Any], tuple[Any, tuple[Any, ...], dict[str, int]] | None] = {}
 
 
 def evolve(message: _M, **changes: Any) -> _M:
     """``dataclasses.replace`` for these frozen, slotted messages, at under half its cost
     (it is on every item's path: an attempt counted, an outcome's sequence number). It
     sets the slots as the generated ``__init__`` does, with nothing to check: every value
-    comes from a message already built, or is one of ``changes``."""
+    comes from a message already built, or is one of ``changes``. A class it cannot copy
+    so (no slots, a ``__post_init__``, a field outside ``__init__``) gets ``replace``."""
     cls = type(message)
-    plan = _EVOLVE.get(cls)
+    if cls not in _EVOLVE:
+        _EVOLVE[cls] = _evolve_plan(cls)
+    plan = _EVOLVE[cls]
     if plan is None:
-        names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
-        if "__slots__" not in vars(cls) or getattr(cls, "__post_init__", None) is not None:
-            return replace(message, **changes)  # type: ignore[type-var]
-        plan = _EVOLVE[cls] = (
-            attrgetter(*names),
-            tuple(vars(cls)[name] for name in names),  # (the slots' descriptors)
-            {name: i for i, name in enumerate(names)},
-        )
+        return replace(message, **changes)  # type: ignore[type-var]
     get, slots, index = plan
     values = list(get(message)) if len(slots) > 1 else [get(message)]
     for name, value in changes.items():
@@ -594,3 +591,19 @@ def evolve(message: _M, **changes: Any) -> _M:
     for slot, value in zip(slots, values, strict=True):
         slot.__set__(new, value)
     return new
+
+
+def _evolve_plan(cls: type[Any]) -> tuple[Any, tuple[Any, ...], dict[str, int]] | None:
+    """How ``evolve`` copies ``cls``: a getter of every field, the slots' descriptors and
+    each field's place; None when only ``replace`` will do."""
+    found = fields(cls)
+    slots = tuple(getattr(cls, f.name, None) for f in found)  # (a base class's too)
+    if (
+        not found
+        or hasattr(cls, "__post_init__")
+        or not all(f.init for f in found)
+        or not all(isinstance(slot, MemberDescriptorType) for slot in slots)
+    ):
+        return None
+    names = [f.name for f in found]
+    return attrgetter(*names), slots, {name: i for i, name in enumerate(names)}

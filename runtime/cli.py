@@ -439,10 +439,14 @@ def _worker(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.output is not None:
         overrides["output.dir"] = (str(Path(args.output).resolve()), "--output")
     overrides.update(_settings(parser, args.set))
-    configure_cli_logging("debug" if args.debug else "info", args.log_format or "auto")
+
+    def configure_logs(config: Config) -> None:  # (once the node's settings are read)
+        level = "debug" if args.debug else config.log.level
+        configure_cli_logging(level, args.log_format or config.log.format)
+
     return run_worker(redis_url=args.redis, batch=args.batch, name=args.name,
                       overrides=overrides, keep_running=args.keep_running,
-                      simulate=args.simulate_downloads)  # fmt: skip
+                      simulate=args.simulate_downloads, configure_logs=configure_logs)  # fmt: skip
 
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -670,11 +674,11 @@ def _validate(config: Config) -> int:
 def _check_cluster(config: Config) -> bool:
     """(validate) Whether the cluster's Redis answers; say where nodes join."""
     from actors.supervisor import batch_name
-    from runtime.core.streams import StreamLink, redacted
+    from runtime.core.streams import StreamLink, join_hint, redacted
 
     url, batch = redacted(config.cluster.redis), batch_name(config)
     try:
-        link = StreamLink.connect(config.cluster.redis, batch)
+        link = StreamLink.connect(config.cluster.redis, batch, timeout=5.0)
         try:
             link.client.ping()
             owner = link.client.get(link.owner_key)
@@ -684,8 +688,8 @@ def _check_cluster(config: Config) -> bool:
         print(f"conveyor: cannot reach the cluster's Redis at {url}: {exc}", file=sys.stderr)
         return False
     c = config.cluster
-    print(f"cluster: batch {batch!r} on {url} (answers); nodes join with: python -m runtime "
-          f"worker --redis URL --batch {batch}; node_timeout {c.node_timeout:g} s, "
+    print(f"cluster: batch {batch!r} on {url} (answers); nodes join with: "
+          f"{join_hint(batch)}; node_timeout {c.node_timeout:g} s, "
           f"max_deliveries {c.max_deliveries}, the coordinator "
           f"{'downloads too' if c.local_downloads else 'does not download'}")  # fmt: skip
     if owner is not None:

@@ -14,11 +14,11 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from actors.node import ENDED, REJOIN, run_node
+from actors.node import run_node
 from runtime.core.clock import SystemClock
 from runtime.core.config import Config
 from runtime.core.errors import EXIT_CODES, ConfigError
@@ -39,13 +39,17 @@ def run_worker(
     overrides: Mapping[str, tuple[str, str]],
     keep_running: bool = False,
     simulate: bool = False,
+    configure_logs: Callable[[Config], None] | None = None,
 ) -> int:
-    """Serve batches as a node; return the exit code."""
+    """Serve batches as a node; return the exit code. ``configure_logs`` is called with
+    the node's settings once they are read (the command line's logging)."""
     try:
         config = Config.from_mapping(
             {}, source="command line", base_dir=Path.cwd(), environ=os.environ,
             overrides=overrides,
         )  # fmt: skip
+        if configure_logs is not None:
+            configure_logs(config)
         base = name or socket.gethostname().split(".")[0]
         if not valid_node_name(base) or len(base) > 56:
             raise ConfigError(
@@ -78,19 +82,19 @@ def run_worker(
         node = f"{base}-{secrets.token_hex(3)}"
         print(f"conveyor: node {node} joins batch {batch!r}; files go to {config.output.dir}",
               file=sys.stderr)  # fmt: skip
-        reason = run_node(link=link, node=node, config=config,
-                          transport_factory=default_transports(config, clock, simulate=simulate),
-                          clock=clock, stop=stop)  # fmt: skip
-        print(f"conveyor: node {node} stops: {reason}", file=sys.stderr)
-        unfinished = reason.startswith(ENDED) and reason != f"{ENDED} (done)"
+        end = run_node(link=link, node=node, config=config,
+                       transport_factory=default_transports(config, clock, simulate=simulate),
+                       clock=clock, stop=stop)  # fmt: skip
+        print(f"conveyor: node {node} stops: {end.reason}", file=sys.stderr)
+        unfinished = end.ended is not None and end.ended != "done"
         if unfinished:  # (Ctrl-C, a job timeout, an error: the coordinator will resume it)
             print("conveyor: the coordinator stopped before the batch was done; its items "
                   "stay pending for its next run" + (", which this node waits for"
                   if keep_running else ""), file=sys.stderr)  # fmt: skip
-        if signalled or not (keep_running or reason.startswith(REJOIN)):
+        if signalled or not (keep_running or end.rejoin):
             break
         stop.clear()
-        if discovered and not reason.startswith(REJOIN):  # the next batch, whichever opens
+        if discovered and not end.rejoin:  # the next batch, whichever opens
             found = _wait_for_a_batch(link, stop)
             if found is None:
                 break

@@ -24,3 +24,14 @@ def _quiet_logs() -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         cache_logger_on_first_use=False,
     )
+
+
+@pytest.fixture
+def debug_logs() -> Iterator[None]:
+    """Let every level through for this test (``capture_logs`` then sees info and debug
+    lines); back to warning afterwards."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        yield
+    finally:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

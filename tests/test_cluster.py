@@ -499,6 +499,7 @@ def test_ctrl_c_of_the_coordinator_stops_its_nodes_and_one_kept_running_serves_t
     batch was not done; a node with --keep-running waits, and serves the resumed run to
     its end. Every item ends once, every file is verified."""
     files = make_files(300)
+    client = redis.Redis.from_url(redis_server.url)
     with FaultServer(files, delay=0.02) as server:
         config = write_coordinator(tmp_path, server, files, redis_server.url)
         plain = start_node(tmp_path, redis_server.url, 0)
@@ -515,11 +516,19 @@ def test_ctrl_c_of_the_coordinator_stops_its_nodes_and_one_kept_running_serves_t
             again = start_cli("run", config, "--quiet", "--log-format", "json")
             ((code, err),) = finish([again])
             assert code == 0, err[-3000:]
+            # The kept node heard the batch end, and is back waiting: a hello of a new
+            # name on the batch's stream (the ended run removed the stream).
+            hellos = lambda: [  # noqa: E731
+                m for _, f in client.xrange("conveyor:b:up")
+                for m in decode_batch(f[b"f"]) if isinstance(m, NodeHello)
+            ]  # fmt: skip
+            assert wait_until(lambda: bool(hellos()), 30), "the kept node did not wait again"
             kept.send_signal(signal.SIGTERM)
             ((_, kept_err),) = finish([kept])
         finally:
             for proc in (first, plain, kept):
                 proc.kill()
+            client.close()
         assert "which this node waits for" in kept_err
         assert "stops: the batch ended (done)" in kept_err
     assert_every_item_once_and_verified(tmp_path, files, 2)
@@ -540,13 +549,13 @@ def test_a_coordinator_alone_says_how_to_start_a_node(redis_server: RedisServer)
     try:
         with capture_logs() as logs:
             hub.start()
-            said = lambda: any("no node has joined" in e["event"] for e in logs)  # noqa: E731
+            said = lambda: any("no node is in the batch" in e["event"] for e in logs)  # noqa: E731
             clock.advance(5)
             assert not wait_until(said, 0.5)
             clock.advance(11)  # (10 s past whichever of the two it first saw)
             assert wait_until(said, 10), logs
             assert "worker --redis URL --batch lonely" in next(
-                e["event"] for e in logs if "no node has joined" in e["event"]
+                e["event"] for e in logs if "no node is in the batch" in e["event"]
             )
             hub.link.send_up("a", [NodeHello(node="a", downloaders=1, mailbox=1)])
             assert wait_until(lambda: any(isinstance(m, Attach) for m in seen), 10)
@@ -558,15 +567,12 @@ def test_a_coordinator_alone_says_how_to_start_a_node(redis_server: RedisServer)
         keeper.stop()
 
 
+@pytest.mark.usefixtures("debug_logs")
 def test_a_node_says_when_its_coordinator_is_away(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    """A node whose coordinator is not running (its key expired) says so once, and says
-    when it is back."""
-    import logging
-
-    import structlog
-
+    """A node whose coordinator stopped running (its key expired) says so once, and
+    says when it is back; before the coordinator ever ran, it only says it waits."""
     from actors.node import run_node
     from runtime import Config
     from runtime.core.clock import SystemClock
@@ -578,7 +584,6 @@ def test_a_node_says_when_its_coordinator_is_away(
     clock = SystemClock()
     link = StreamLink.connect(redis_server.url, "away")
     stop = threading.Event()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     node = threading.Thread(target=run_node, kwargs={
         "link": link, "node": "n", "config": config, "clock": clock, "stop": stop,
         "transport_factory": default_transports(config, clock, simulate=True),
@@ -587,6 +592,13 @@ def test_a_node_says_when_its_coordinator_is_away(
         with capture_logs() as logs:
             node.start()
             events = lambda: [e["event"] for e in logs]  # noqa: E731
+            assert wait_until(lambda: any("waiting for the batch's" in e for e in events()), 10)
+            link.client.set(link.owner_key, "elsewhere", ex=60)
+            beats = lambda: link.client.xlen(link.up)  # noqa: E731
+            seen = beats()
+            assert wait_until(lambda: beats() >= seen + 2, 10)  # (a beat saw the key)
+            assert not any("not running" in e for e in events())
+            link.client.delete(link.owner_key)  # its time to live ran out
             assert wait_until(lambda: any("not running" in e for e in events()), 10), logs
             link.client.set(link.owner_key, "elsewhere", ex=60)
             assert wait_until(lambda: any("is back" in e for e in events()), 10), logs
@@ -595,7 +607,6 @@ def test_a_node_says_when_its_coordinator_is_away(
         stop.set()
         node.join(10)
         link.client.close()
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
 def test_validate_checks_the_clusters_redis(tmp_path: Path, redis_server: RedisServer) -> None:
@@ -606,11 +617,11 @@ def test_validate_checks_the_clusters_redis(tmp_path: Path, redis_server: RedisS
         assert done.returncode == 0, done.stderr
         assert "cluster: batch 'b'" in done.stdout
         assert "worker --redis URL --batch b" in done.stdout
-        with socket.socket() as s:  # a port nothing listens on
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        away = write_coordinator(tmp_path, server, files, f"redis://127.0.0.1:{port}/0")
-        done = run_cli("validate", away)
+        with socket.socket() as closed:  # bound, never listening: connections are refused
+            closed.bind(("127.0.0.1", 0))
+            port = closed.getsockname()[1]
+            away = write_coordinator(tmp_path, server, files, f"redis://127.0.0.1:{port}/0")
+            done = run_cli("validate", away)
         assert done.returncode == 2
         assert f"cannot reach the cluster's Redis at redis://127.0.0.1:{port}/0" in done.stderr
 

@@ -188,6 +188,22 @@ def _wire(message: Any) -> Any:
     return msgpack.unpackb(encode(message), raw=False, strict_map_key=True)
 
 
+def _field_maps(wire: Any) -> list[dict[str, Any]]:
+    """The fields of ``wire`` and of every message nested in it (a Grant's items)."""
+    found = [wire[1]]
+    for value in wire[1].values():
+        nested = value if isinstance(value, list) else [value]
+        for v in nested:
+            if (
+                isinstance(v, list)
+                and len(v) == 2
+                and isinstance(v[1], dict)
+                and v[0] in MESSAGE_TYPES
+            ):
+                found += _field_maps(v)
+    return found
+
+
 odd_values = st.one_of(json_like, st.binary(max_size=4), any_message.map(_wire))
 
 
@@ -199,7 +215,7 @@ def test_the_fast_decoder_accepts_no_more_than_the_checks(message: Any, data: An
     from messages import codec
 
     wire = _wire(message)
-    fields = wire[1]
+    fields = data.draw(st.sampled_from(_field_maps(wire)))  # (at any depth)
     change = data.draw(st.sampled_from(["none", "set", "drop", "add", "tag"]))
     if change == "set" and fields:
         fields[data.draw(st.sampled_from(sorted(fields)))] = data.draw(odd_values)
@@ -235,3 +251,49 @@ def test_evolve_is_dataclasses_replace(message: Any, data: Any) -> None:
     assert messages.evolve(message, **changes) == dataclasses.replace(message, **changes)
     with pytest.raises(TypeError):
         messages.evolve(message, no_such_field=1)
+
+
+def test_evolve_on_control_messages_and_odd_dataclasses() -> None:
+    """``evolve`` copies the control messages (some have no field at all) and falls back
+    to ``dataclasses.replace`` where a copy of the slots would be wrong."""
+    from messages import control
+
+    samples = {"str": "x", "int": 2, "float": 1.5, "bool": True}
+    for cls in vars(control).values():
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            continue
+        kwargs = {f.name: samples.get(str(f.type), ()) for f in dataclasses.fields(cls)
+                  if f.default is dataclasses.MISSING}  # fmt: skip
+        message = cls(**kwargs)
+        assert messages.evolve(message) == message
+        for f in dataclasses.fields(cls):
+            value = getattr(message, f.name)
+            assert messages.evolve(message, **{f.name: value}) == message
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Base:
+        a: int = 1
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Child(Base):
+        b: int = 2
+
+    @dataclasses.dataclass(frozen=True)
+    class Unslotted:
+        a: int = 1
+        later: int = dataclasses.field(default=0, init=False)
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Checked:
+        a: int = 1
+
+        def __post_init__(self) -> None:
+            if self.a < 0:
+                raise ValueError("negative")
+
+    assert messages.evolve(Child(), a=5) == Child(a=5, b=2)
+    assert messages.evolve(Unslotted(), a=3) == Unslotted(a=3)
+    with pytest.raises(ValueError, match="init=False"):
+        messages.evolve(Unslotted(), later=3)  # (as replace says)
+    with pytest.raises(ValueError, match="negative"):
+        messages.evolve(Checked(), a=-1)  # (its __post_init__ runs)

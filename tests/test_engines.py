@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import http.server
-import logging
 import socket
 import ssl
 import threading
@@ -437,10 +436,11 @@ def test_progress_does_not_go_back_when_an_attempt_starts_over(engine: str, tmp_
     assert hooks.received[-1] == 100000
 
 
-RUN_EVENTS = {"state opened", "run starting", "run finished", "shutting down"}
+RUN_EVENTS = {"state opened", "run starting", "input read", "run finished", "shutting down"}
 """Log events about the run as a whole; every other event of a run concerns an item."""
 
 
+@pytest.mark.usefixtures("debug_logs")
 def test_every_log_line_about_an_item_names_it_with_either_engine(
     engine: str, tmp_path: Path
 ) -> None:
@@ -452,23 +452,17 @@ def test_every_log_line_about_an_item_names_it_with_either_engine(
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
         config = make_config(tmp_path, retry={"max_attempts": 2})
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-        try:
-            with (
-                FaultServer() as server,
-                capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs,
-                Pipeline(config) as pipeline,
-            ):
-                pipeline.submit([
-                    {"id": "refused", "url": f"http://127.0.0.1:{port}/a.bin"},
-                    {"id": "missing", "url": server.url("/status/404/b.bin")},
-                    {"id": "lied", "url": server.url("/range-lie/206/c.bin?at=3000")},
-                ])  # fmt: skip
-                summary = pipeline.wait(TIMEOUT)
-        finally:
-            structlog.configure(
-                wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING)
-            )
+        with (
+            FaultServer() as server,
+            capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs,
+            Pipeline(config) as pipeline,
+        ):
+            pipeline.submit([
+                {"id": "refused", "url": f"http://127.0.0.1:{port}/a.bin"},
+                {"id": "missing", "url": server.url("/status/404/b.bin")},
+                {"id": "lied", "url": server.url("/range-lie/206/c.bin?at=3000")},
+            ])  # fmt: skip
+            summary = pipeline.wait(TIMEOUT)
     assert (summary.finished.failed, summary.finished.completed) == (2, 1)
     events = {e["event"] for e in logs}
     assert {"download failed", "retry scheduled", "range not usable; fetching the whole file"} \

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import signal
 import socket
 import subprocess
@@ -16,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
-import structlog
 from rich.console import Console
 
 from messages import (
@@ -118,15 +117,12 @@ def test_live_display_renders_totals_busy_hosts_and_large_transfers() -> None:
     assert "huge-iso" not in console.export_text()
 
 
+@pytest.mark.usefixtures("debug_logs")
 def test_progress_logger_logs_every_few_seconds_of_run_time() -> None:
     logger = ProgressLogger(every=5.0)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
-    try:
-        with capture_logs() as logs:
-            for elapsed in (1.0, 4.9, 5.0, 7.0, 9.9, 10.0, 10.5):
-                logger(progress(elapsed=elapsed))
-    finally:
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    with capture_logs() as logs:
+        for elapsed in (1.0, 4.9, 5.0, 7.0, 9.9, 10.0, 10.5):
+            logger(progress(elapsed=elapsed))
     lines = [e for e in logs if e.get("event") == "progress"]
     assert len(lines) == 2
     assert lines[0]["done"] == 50

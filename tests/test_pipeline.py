@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import io
 import json
-import logging
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -351,20 +350,17 @@ def wait_for_no_actors() -> bool:
     return pykka.ActorRegistry.get_all() == []
 
 
+@pytest.mark.usefixtures("debug_logs")
 def test_log_lines_about_an_item_carry_its_id(tmp_path: Path) -> None:
     """Every line an actor logs while working on an item has the item's id."""
     transport = ScriptedTransport({url("a"): [Status(500), Ok(b"a")]})
     config = make_config(tmp_path)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    try:
-        with (
-            capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs,
-            Pipeline(config, transport_factory=transport) as pipeline,
-        ):
-            pipeline.submit([{"url": url("a"), "id": "item-a"}])
-            pipeline.wait(TIMEOUT)
-    finally:
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    with (
+        capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs,
+        Pipeline(config, transport_factory=transport) as pipeline,
+    ):
+        pipeline.submit([{"url": url("a"), "id": "item-a"}])
+        pipeline.wait(TIMEOUT)
     failures = [e for e in logs if e["event"] == "download failed"]
     assert failures
     assert all(e.get("item_id") == "item-a" for e in failures)

@@ -122,3 +122,17 @@ def test_a_nodes_down_stream_is_read_from_where_it_left_off_and_trimmed(
 )  # fmt: skip
 def test_node_names(name: str, ok: bool) -> None:
     assert valid_node_name(name) is ok
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+     ("rediss://user:pw@h/0?ssl_ca_certs=/ca.pem", "rediss://user:***@h/0?ssl_ca_certs=/ca.pem"),
+     ("redis://h/0?password=pw&db=1", "redis://h/0?password=***&db=1"),
+     ("unix:///run/r.sock?db=0&Password=pw", "unix:///run/r.sock?db=0&Password=***"),
+     ("redis://h:6379/0", "redis://h:6379/0")],
+)  # fmt: skip
+def test_a_urls_password_is_never_shown(url: str, shown: str) -> None:
+    from runtime.core.streams import redacted
+
+    assert redacted(url) == shown

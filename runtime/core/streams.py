@@ -35,6 +35,7 @@ __all__ = [
     "Envelope",
     "Read",
     "StreamLink",
+    "join_hint",
     "redacted",
     "valid_node_name",
 ]
@@ -49,8 +50,15 @@ _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def redacted(url: str) -> str:
-    """``url`` without its password, for messages (``redis://:***@host:6379/0``)."""
-    return re.sub(r"^(\w+://[^:@/]*:)[^@/]*@", r"\1***@", url)
+    """``url`` without its password, for messages (``redis://:***@host:6379/0``; a
+    ``password=`` in the query too)."""
+    url = re.sub(r"^(\w+://[^:@/]*:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
+
+
+def join_hint(batch: str) -> str:
+    """The command that starts a node of ``batch`` (for the coordinator's messages)."""
+    return f"python -m runtime worker --redis URL --batch {batch}"
 
 
 def valid_node_name(name: str) -> bool:
@@ -95,11 +103,16 @@ class StreamLink:
         """Set when the batch ended (its reason), until a coordinator opens it again."""
 
     @classmethod
-    def connect(cls, url: str, batch: str) -> StreamLink:
-        """Connect to ``redis://`` or ``rediss://`` ``url`` (password included)."""
+    def connect(cls, url: str, batch: str, *, timeout: float = 30.0) -> StreamLink:
+        """Connect to ``redis://``, ``rediss://`` or ``unix://`` ``url`` (password
+        included). A Redis that does not answer for ``timeout`` seconds is an error (the
+        longest blocking read here waits 0.2 s), not a hang."""
         import redis  # (only the cluster needs it)
 
-        return cls(redis.Redis.from_url(url, decode_responses=False), batch)
+        client = redis.Redis.from_url(url, decode_responses=False,
+                                      socket_connect_timeout=min(timeout, 10.0),
+                                      socket_timeout=timeout)  # fmt: skip
+        return cls(client, batch)
 
     def down(self, node: str) -> str:
         """The name of ``node``'s stream."""
