@@ -41,7 +41,7 @@ from messages.control import Adopt, Attach, Batch, Flush, NodesSeen, WorkerLost
 from runtime.core.clock import Clock
 from runtime.core.config import MAX_CONCURRENCY, MAX_DOWNLOADERS, Config
 from runtime.core.errors import ConveyorError
-from runtime.core.logs import get_logger
+from runtime.core.logs import Grumble, get_logger
 from runtime.core.streams import StreamLink, join_hint
 
 if TYPE_CHECKING:
@@ -125,6 +125,7 @@ class ClusterHub:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="conveyor-cluster", daemon=True)
         self.outbox: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self.unreachable = Grumble(log, "cannot reach the cluster's nodes")
         self.sender = threading.Thread(
             target=self._send_loop, name="conveyor-cluster-send", daemon=True
         )
@@ -157,7 +158,9 @@ class ClusterHub:
             try:
                 self.link.send_down_many(list(frames.items()))
             except Exception as exc:  # noqa: BLE001 - Redis away: the nodes will time out
-                log.warning("cannot reach the cluster's nodes", error=str(exc))
+                self.unreachable.failed(self.clock.now(), error=str(exc))
+            else:
+                self.unreachable.over(self.clock.now())
 
     def finish(self, reason: str) -> None:
         """The batch is over: tell every node, stop reading, leave the batch list."""
@@ -205,6 +208,7 @@ class ClusterHub:
 
     def _run(self) -> None:
         told: list[str] = []  # entries told to the StateKeeper, not yet acknowledged
+        cannot_read = Grumble(log, "cannot read the cluster's stream")
         last_ack = last_report = self.clock.now()
         pending = True  # first the entries a killed coordinator had not acknowledged
         while not self.stop.is_set():
@@ -213,11 +217,13 @@ class ClusterHub:
             except Exception as exc:  # noqa: BLE001 - Redis away: retry with a pause
                 if "NOGROUP" in str(exc):  # Redis came back empty: what was in flight is gone
                     told = []
+                    cannot_read.over(self.clock.now())
                     self._redis_lost()
                     continue
-                log.warning("cannot read the cluster's stream", error=str(exc))
+                cannot_read.failed(self.clock.now(), error=str(exc))
                 self.stop.wait(1.0)
                 continue
+            cannot_read.over(self.clock.now())
             if pending and not read.envelopes and not read.rejected:
                 pending = False
             for entry_id, why in read.rejected:
@@ -292,7 +298,7 @@ class ClusterHub:
                 case NodeBeat(read=read):
                     self._beat(node, read, now)
                 case NodeBye(reason=reason):
-                    self._lose(node, f"the node left: {reason or 'no reason given'}")
+                    self._lose(node, f"the node left: {reason or 'no reason given'}", left=True)
                 case ChildCrashed(worker=worker, error=error, index=index) if self._owns(
                     node, worker
                 ):
@@ -377,27 +383,32 @@ class ClusterHub:
         for node in silent:
             self._lose(node, f"the node was silent for more than {timeout:g} s")
 
-    def _lose(self, node: str, why: str) -> None:
+    def _lose(self, node: str, why: str, *, left: bool = False) -> None:
         now = self.clock.now()
         with self.lock:
             state = self.nodes.pop(node, None)
             self.lost.add(node)
             if state is not None:
                 self.gone[node] = {"node": node, "address": state.address, "in_flight": 0,
-                                   "done": state.done,
+                                   "done": state.done, "left": left,
                                    "last_seen_s": round(now - state.last_seen, 1),
                                    "last_seen_at": round(self.clock.wall()
                                                          - (now - state.last_seen), 1)}  # fmt: skip
         if state is None:
             return
-        log.warning("cluster node lost; its items are pending again", node=node, reason=why)
+        if left:
+            log.info("cluster node left; its items are pending again", node=node, reason=why)
+        else:
+            log.warning("cluster node lost; its items are pending again", node=node, reason=why)
         for worker in state.workers:
             tell(self.state_keeper, WorkerLost(worker=worker, error=f"{node}: {why}", node=node))
         with contextlib.suppress(Exception):
             self.link.drop_down(node)
         self._tell_lost(node, why)
 
-    def _tell_lost(self, node: str, why: str = "unknown to this coordinator") -> None:
+    def _tell_lost(
+        self, node: str, why: str = "the coordinator restarted, or lost track of this node"
+    ) -> None:
         """Ask a node to drop its work and join again (once per node)."""
         with self.lock:
             if node in self.told_lost:

@@ -36,7 +36,7 @@ from messages import (
 from messages.control import Batch
 from runtime.core.clock import Clock
 from runtime.core.config import Config
-from runtime.core.logs import get_logger
+from runtime.core.logs import Grumble, get_logger
 from runtime.core.streams import StreamLink
 from runtime.core.transfer import RangeMemory
 
@@ -51,6 +51,10 @@ BEAT = 1.0
 """Seconds between a node's beats."""
 ENDED = "the batch ended"
 REJOIN = "the coordinator asks this node to join again"
+WAITING_POLL = 0.2
+"""Seconds between a waiting node's looks for its coordinator (it joins that soon)."""
+AWAY_AFTER = 3
+"""Beats in a row without the coordinator's key before a node says it is not running."""
 UPLINK_PATIENCE = 30.0
 """Seconds a node's message waits for Redis to answer before the node gives up."""
 
@@ -110,52 +114,63 @@ def run_node(
     local: dict[str, pykka.ActorRef[Any]] = {}
     d = config.download
     read = "0"
-    link.send_up(node, [NodeHello(node=node, address=socket.gethostname(),
-                                  downloaders=d.workers, mailbox=d.mailbox,
-                                  output=os.path.realpath(config.output.dir))])  # fmt: skip
+    hello = NodeHello(node=node, address=socket.gethostname(), downloaders=d.workers,
+                      mailbox=d.mailbox, output=os.path.realpath(config.output.dir))  # fmt: skip
+    # The node speaks (its hello, then a beat a second) only while the batch has a
+    # coordinator: a node waiting for one adds nothing to Redis meanwhile.
+    greeted = False
+    if link.client.get(link.owner_key) is not None:
+        link.send_up(node, [hello])
+        greeted = True
+    else:
+        log.info("waiting for the batch's coordinator to open it", batch=link.batch)
 
     ended: list[str] = []  # (the end marker's reason, when this node missed BatchDone)
-    seen_open = False
-    seen_owner = away = said_waiting = False  # the coordinator's key: seen; expired since
+    seen_open = seen_owner = away = False  # the coordinator: seen running; gone since
+    absent = 0  # beats in a row that found no coordinator
+    unreachable = Grumble(log, "cannot reach the coordinator")
 
     def beat() -> None:
-        nonlocal seen_open, seen_owner, away, said_waiting
-        while not stop.wait(BEAT):
+        nonlocal seen_open, seen_owner, away, absent, greeted
+        while not stop.wait(BEAT if greeted else WAITING_POLL):
             try:
-                link.send_up(node, [NodeBeat(node=node, read=read)])
                 why, owner = link.client.mget(link.ended_key, link.owner_key)
+                if owner is not None:
+                    link.send_up(node, [NodeBeat(node=node, read=read)] if greeted else [hello])
+                    greeted = True
             except Exception as exc:  # noqa: BLE001 - Redis away: keep trying
-                log.warning("cannot reach the coordinator", error=str(exc))
+                unreachable.failed(time.monotonic(), error=str(exc))
                 continue
+            unreachable.over(time.monotonic())
             if why is not None and seen_open:  # it ended before this node heard of it
                 ended.append(why.decode(errors="replace"))
                 stop.set()
             seen_open = seen_open or why is None  # (a marker from an earlier run: not ours)
             if why is not None:
                 continue
-            if owner is not None and not seen_owner:
-                seen_owner = True
-            elif owner is None and not seen_owner and not said_waiting:
-                said_waiting = True
-                log.info("waiting for the batch's coordinator to open it", batch=link.batch)
-            elif seen_owner and (owner is None) != away:  # (not before it ever ran)
-                away = owner is None
+            if owner is not None:
                 if away:
-                    log.warning("the batch's coordinator is not running; this node waits "
-                                "for it to come back", batch=link.batch)  # fmt: skip
-                else:
                     log.info("the batch's coordinator is back", batch=link.batch)
+                seen_owner, away, absent = True, False, 0
+                continue
+            absent += 1  # (a Redis restarted empty misses the key for a second or so)
+            if seen_owner and not away and absent >= AWAY_AFTER:
+                away = True
+                log.warning("the batch's coordinator is not running; this node waits "
+                            "for it to come back", batch=link.batch)  # fmt: skip
 
     threading.Thread(target=beat, name="conveyor-beat", daemon=True).start()
+    cannot_read = Grumble(log, "cannot read this node's stream")
     end = NodeEnd("stopped")
     try:
         while not stop.is_set():
             try:
                 after, frames = link.read_down(node, read, block_ms=200)
             except Exception as exc:  # noqa: BLE001 - Redis away: retry with a pause
-                log.warning("cannot read this node's stream", error=str(exc))
+                cannot_read.failed(time.monotonic(), error=str(exc))
                 stop.wait(1.0)
                 continue
+            cannot_read.over(time.monotonic())
             read = after
             for frame in frames:
                 for message in frame:

@@ -64,7 +64,7 @@ from runtime.core.pluginload import (
 )
 from runtime.core.plugins import PluginContext, failure
 from runtime.core.store import Store
-from runtime.core.streams import join_hint, redacted
+from runtime.core.streams import explained, join_hint, redacted
 from runtime.core.transfer import RangeMemory
 
 if TYPE_CHECKING:
@@ -215,7 +215,7 @@ class Supervisor(pykka.ThreadingActor):
         except Exception as exc:  # redis-py's errors: say where
             raise ConveyorError(
                 f"cannot reach the cluster's Redis at {redacted(self.config.cluster.redis)} "
-                f"(cluster.redis): {exc}"
+                f"(cluster.redis): {explained(exc, self.config.cluster.redis)}"
             ) from exc
         self.hub.start()
         log.info(f"cluster batch open: start nodes with {join_hint(batch)}", batch=batch)

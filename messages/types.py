@@ -464,6 +464,8 @@ class NodeStatus:
     """Whether it was counted lost (silent past ``cluster.node_timeout``, or it left)."""
     last_seen_at: float = 0.0
     """When the coordinator last heard from it (Unix time; ``status`` says how long ago)."""
+    left: bool = False
+    """Whether it said it was leaving (stopped, interrupted) before it was counted lost."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

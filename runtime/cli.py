@@ -674,7 +674,7 @@ def _validate(config: Config) -> int:
 def _check_cluster(config: Config) -> bool:
     """(validate) Whether the cluster's Redis answers; say where nodes join."""
     from actors.supervisor import batch_name
-    from runtime.core.streams import StreamLink, join_hint, redacted
+    from runtime.core.streams import StreamLink, explained, join_hint, redacted
 
     url, batch = redacted(config.cluster.redis), batch_name(config)
     try:
@@ -685,7 +685,8 @@ def _check_cluster(config: Config) -> bool:
         finally:
             link.client.close()
     except Exception as exc:  # noqa: BLE001 - redis-py's errors, said as they are
-        print(f"conveyor: cannot reach the cluster's Redis at {url}: {exc}", file=sys.stderr)
+        print(f"conveyor: cannot reach the cluster's Redis at {url}: "
+              f"{explained(exc, config.cluster.redis)}", file=sys.stderr)  # fmt: skip
         return False
     c = config.cluster
     print(f"cluster: batch {batch!r} on {url} (answers); nodes join with: "

@@ -171,7 +171,7 @@ class LiveDisplay:
                     column, justify="left" if column in ("node", "address") else "right"
                 )
             for n in sorted(m.nodes.values(), key=lambda n: (n.lost, n.node))[:MAX_HOSTS]:
-                seen = "lost" if n.lost else f"{n.last_seen_s:.1f} s ago"
+                seen = ("left" if n.left else "lost") if n.lost else f"{n.last_seen_s:.1f} s ago"
                 nodes.add_row(n.node, n.address, str(n.in_flight), f"{n.done:,}", seen)
             parts.append(nodes)
         for item_id, tr in list(m.large.items())[:MAX_LARGE]:

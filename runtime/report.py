@@ -170,7 +170,9 @@ def print_nodes(nodes: list[dict[str, Any]], out: TextIO, now: float | None = No
         ago = n.get("last_seen_s", 0)
         if now is not None and n.get("last_seen_at"):
             ago = max(0.0, now - n["last_seen_at"])
-        seen = "lost" if n.get("lost") else f"{_duration(ago)} ago"
+        seen = f"{_duration(ago)} ago"
+        if n.get("lost"):
+            seen = "left" if n.get("left") else "lost"
         rows.append((str(n.get("node", "?")), str(n.get("address", "")),
                      str(n.get("in_flight", 0)), str(n.get("done", 0)), seen))  # fmt: skip
     _table(rows, out)

@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,16 @@ from actors.node import run_node
 from runtime.core.clock import SystemClock
 from runtime.core.config import Config
 from runtime.core.errors import EXIT_CODES, ConfigError
-from runtime.core.logs import get_logger
-from runtime.core.streams import StreamLink, redacted, valid_node_name
+from runtime.core.logs import Grumble, get_logger
+from runtime.core.streams import StreamLink, explained, redacted, valid_node_name
 from runtime.pipeline import default_transports
 
 __all__ = ["run_worker"]
 
 log = get_logger("worker")
+
+NODE_KEYS = ("download.", "simulate.", "log.", "output.dir", "output.if_exists")
+"""The settings a node uses (``--set``); the others are the coordinator's."""
 
 
 def run_worker(
@@ -53,20 +57,25 @@ def run_worker(
         base = name or socket.gethostname().split(".")[0]
         if not valid_node_name(base) or len(base) > 56:
             raise ConfigError(
-                f"--name must be letters, digits, '.', '_' or '-' (56 at most), got {base!r}"
+                f"--name must be ASCII letters, digits, '.', '_' or '-' (56 at most), got {base!r}"
             )
+        for key, (_, flag) in overrides.items():
+            if not key.startswith(NODE_KEYS):
+                log.warning(f"{flag} has no effect on a node (only download.*, simulate.*, "
+                            "log.*, output.dir and output.if_exists do; the rest is the "
+                            "coordinator's)")  # fmt: skip
         discovered = batch is None
         link = StreamLink.connect(redis_url, batch or "")
         link.client.ping()  # (a wrong address or password is said here, once)
-        batch = batch or _the_open_batch(link, redacted(redis_url))
-        link = StreamLink(link.client, batch)
+        if batch is None:
+            batch = _the_open_batch(link, redacted(redis_url), keep_running)
         Path(config.output.dir).mkdir(parents=True, exist_ok=True)
     except ConfigError as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return EXIT_CODES["bad_input"]
     except Exception as exc:  # noqa: BLE001 - redis-py's and the file system's errors
-        print(f"conveyor: cannot join the cluster at {redacted(redis_url)}: {exc}",
-              file=sys.stderr)  # fmt: skip
+        print(f"conveyor: cannot join the cluster at {redacted(redis_url)}: "
+              f"{explained(exc, redis_url)}", file=sys.stderr)  # fmt: skip
         return EXIT_CODES["bad_input"]
     stop = threading.Event()
     signalled: list[int] = []
@@ -78,7 +87,19 @@ def run_worker(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     clock = SystemClock()
-    while True:
+    code = EXIT_CODES["ok"]
+    if batch is None:  # (--keep-running, and no batch is open yet)
+        batch = _wait_for_a_batch(link, stop)
+    while batch is not None:
+        link = StreamLink(link.client, batch)
+        over = None if keep_running else _ended(link)
+        if over is not None:  # a batch that ended, and no coordinator runs it again
+            done = over == "done"
+            print(f"conveyor: batch {batch!r} has ended ({over}): nothing to do"
+                  + ("" if done else "; run this again when its coordinator resumes")
+                  + " (--keep-running waits for its next run)", file=sys.stderr)  # fmt: skip
+            code = EXIT_CODES["ok"] if done else EXIT_CODES["interrupted"]
+            break
         node = f"{base}-{secrets.token_hex(3)}"
         print(f"conveyor: node {node} joins batch {batch!r}; files go to {config.output.dir}",
               file=sys.stderr)  # fmt: skip
@@ -87,6 +108,7 @@ def run_worker(
                        clock=clock, stop=stop)  # fmt: skip
         print(f"conveyor: node {node} stops: {end.reason}", file=sys.stderr)
         unfinished = end.ended is not None and end.ended != "done"
+        code = EXIT_CODES["interrupted"] if unfinished else EXIT_CODES["ok"]
         if unfinished:  # (Ctrl-C, a job timeout, an error: the coordinator will resume it)
             print("conveyor: the coordinator stopped before the batch was done; its items "
                   "stay pending for its next run" + (", which this node waits for"
@@ -95,37 +117,45 @@ def run_worker(
             break
         stop.clear()
         if discovered and not end.rejoin:  # the next batch, whichever opens
-            found = _wait_for_a_batch(link, stop)
-            if found is None:
-                break
-            batch, link = found, StreamLink(link.client, found)
+            batch = _wait_for_a_batch(link, stop)
     link.client.close()
-    return EXIT_CODES["interrupted"] if signalled or unfinished else EXIT_CODES["ok"]
+    return EXIT_CODES["interrupted"] if signalled else code
+
+
+def _ended(link: StreamLink) -> str | None:
+    """How the batch ended, when it did and no coordinator has opened it again."""
+    why, owner = link.client.mget(link.ended_key, link.owner_key)
+    return why.decode(errors="replace") if why is not None and owner is None else None
 
 
 def _wait_for_a_batch(link: StreamLink, stop: threading.Event) -> str | None:
     """(``--keep-running`` without ``--batch``) The next batch opened on this Redis, once
     it is the only one open; None if stopped meanwhile."""
     print("conveyor: waiting for the next batch to open", file=sys.stderr)
+    unreachable = Grumble(log, "cannot reach the cluster's Redis")
     while not stop.wait(1.0):
         try:
             batches: set[str] = {b.decode() for b in link.client.smembers("conveyor:batches")}
         except Exception as exc:  # noqa: BLE001 - Redis away: keep waiting
-            log.warning("cannot reach the cluster's Redis", error=str(exc))
+            unreachable.failed(time.monotonic(), error=str(exc))
             continue
+        unreachable.over(time.monotonic())
         if len(batches) == 1:
             return batches.pop()
     return None
 
 
-def _the_open_batch(link: StreamLink, url: str) -> str:
-    """The one batch open on this Redis (without ``--batch``)."""
+def _the_open_batch(link: StreamLink, url: str, wait: bool) -> str | None:
+    """The one batch open on this Redis (without ``--batch``); None when there is none
+    yet and ``wait`` (``--keep-running``) says to wait for one."""
     batches: list[str] = sorted(b.decode() for b in link.client.smembers("conveyor:batches"))
     if len(batches) == 1:
         return batches[0]
+    if not batches and wait:
+        return None
     if not batches:
         raise ConfigError(
             f"no batch is open on {url}: give --batch NAME (the coordinator logs it as "
-            "'cluster batch open')"
+            "'cluster batch open'), or --keep-running to wait for one"
         )
     raise ConfigError(f"several batches are open on {url}: give --batch, one of {batches}")

@@ -23,6 +23,7 @@ from messages import (
     Demand,
     DownloadFailed,
     Grant,
+    NodeBye,
     NodeHello,
     StartDownloader,
     WorkItem,
@@ -56,7 +57,7 @@ def write_coordinator(tmp: Path, server: FaultServer, files: dict[str, bytes], u
         f'[state]\ndir = "state"\npersist_interval = 0.1\n'
         f"[download]\nper_host = 3\n[retry]\nbackoff_initial = 0.0\n"
         f'[cluster]\nredis = "{url}"\nname = "b"\nlocal_downloads = false\n'
-        f"node_timeout = 1.0\n" + extra
+        f"node_timeout = 2.0\n" + extra
     )
     return config
 
@@ -65,6 +66,37 @@ def start_node(tmp: Path, url: str, i: int, *extra: str) -> subprocess.Popen[str
     return start_cli("worker", "--redis", url, "--batch", "b", "--name", f"n{i}",
                      "--output", tmp / f"node{i}", "--set", "download.concurrency=4",
                      "--log-format", "json", *extra)  # fmt: skip
+
+
+class Watched:
+    """A process's stderr, read as it comes (so a test can wait for a line)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def said(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def end(self) -> tuple[int | None, str]:
+        """Wait for the process (killed if it outlives the timeout); code and stderr."""
+        try:
+            self.proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.reader.join(10)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        return self.proc.returncode, "".join(self.lines)
 
 
 def finish(procs: list[subprocess.Popen[str]]) -> list[tuple[int | None, str]]:
@@ -102,6 +134,17 @@ def assert_every_item_once_and_verified(tmp: Path, files: dict[str, bytes], node
         copies = found.get(path[1:], [])
         assert copies, f"{path} is on no node"
         assert any(c.read_bytes() == body for c in copies), path
+
+
+def wait_joined(url: str, *names: str) -> bool:
+    """Whether each of the nodes named (``n0``, …) joined: the coordinator wrote to its
+    stream (the downloaders it starts there)."""
+    client = redis.Redis.from_url(url)
+    try:
+        return wait_until(lambda: all(any(client.scan_iter(f"conveyor:b:down:{n}-*".encode()))
+                                      for n in names))  # fmt: skip
+    finally:
+        client.close()
 
 
 def wait_until(condition: Any, timeout: float = TIMEOUT) -> bool:
@@ -157,6 +200,7 @@ def test_a_killed_node_loses_nothing(tmp_path: Path, redis_server: RedisServer) 
         nodes = [start_node(tmp_path, redis_server.url, i) for i in range(3)]
         coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
         try:
+            assert wait_joined(redis_server.url, "n0"), "the node never joined"
             assert server.wait_for_requests(60, timeout=TIMEOUT), "the batch never got going"
             nodes[0].send_signal(signal.SIGKILL)
             (code, err), *_ = finish([coordinator, *nodes[1:]])
@@ -181,6 +225,7 @@ def test_a_node_paused_past_the_timeout_comes_back_under_a_new_name(
         nodes = [start_node(tmp_path, redis_server.url, i) for i in range(2)]
         coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
         try:
+            assert wait_joined(redis_server.url, "n0", "n1"), "the nodes never joined"
             assert server.wait_for_requests(40, timeout=TIMEOUT), "the batch never got going"
             nodes[0].send_signal(signal.SIGSTOP)
 
@@ -210,13 +255,27 @@ def test_a_cluster_refuses_what_it_cannot_do_yet(tmp_path: Path) -> None:
         ({"processing": {"processor": "runtime.plugins:ChecksumProcessor"}}, "no processor"),
         ({"output": {"keep": "none"}}, "keeps every file on its node"),
         ({"cluster": {"redis": "http://x"}}, "must be a redis://"),
-        ({"cluster": {"name": "../x"}}, "cluster.name must be letters"),
+        ({"cluster": {"name": "../x"}}, "cluster.name must be ASCII letters"),
+        ({"cluster": {"node_timeout": 0.5}}, "at least 2 s"),
+        ({"cluster": {"redis": "", "name": "x"}}, "cluster.redis is empty"),
     ):
         data: dict[str, Any] = {"cluster": {"redis": "redis://127.0.0.1:1/0"}}
         for section, values in extra.items():
             data.setdefault(section, {}).update(values)
         with pytest.raises(ConfigError, match=message):
             Config.from_mapping(data)
+
+
+def test_redis_errors_are_said_in_the_urls_words(tmp_path: Path) -> None:
+    from runtime.core.streams import explained
+
+    no_password = Exception("HELLO must be called with the client already authenticated")
+    assert "requires a password" in explained(no_password, "redis://h/0")
+    assert "wrong password" in explained(Exception("WRONGPASS invalid"), "redis://:x@h/0")
+    missing = tmp_path / "ca.pem"
+    said = explained(Exception("Error 2 connecting"), f"rediss://h/0?ssl_ca_certs={missing}")
+    assert f"the CA certificate file {missing} (ssl_ca_certs in the url) does not exist" == said
+    assert explained(Exception("Connection refused"), "redis://h/0") == "Connection refused"
 
 
 class _Recorder(pykka.ThreadingActor):
@@ -377,6 +436,7 @@ def test_a_hostile_grant_on_a_nodes_stream_writes_nothing_outside_its_output(
     link = StreamLink.connect(redis_server.url, "b")
     link.ensure_group()
     link.client.sadd("conveyor:batches", "b")
+    link.client.set(link.owner_key, "this test", ex=120)  # (the coordinator it speaks to)
     with FaultServer(files) as server:
         node = start_node(tmp_path, redis_server.url, 0)
         try:
@@ -504,8 +564,10 @@ def test_ctrl_c_of_the_coordinator_stops_its_nodes_and_one_kept_running_serves_t
         config = write_coordinator(tmp_path, server, files, redis_server.url)
         plain = start_node(tmp_path, redis_server.url, 0)
         kept = start_node(tmp_path, redis_server.url, 1, "--keep-running")
+        watch = Watched(kept)
         first = start_cli("run", config, "--quiet", "--log-format", "json")
         try:
+            assert wait_joined(redis_server.url, "n0", "n1"), "the nodes never joined"
             assert server.wait_for_requests(60, timeout=TIMEOUT), "the batch never got going"
             first.send_signal(signal.SIGINT)
             (code, err), (plain_code, plain_err) = finish([first, plain])
@@ -516,15 +578,18 @@ def test_ctrl_c_of_the_coordinator_stops_its_nodes_and_one_kept_running_serves_t
             again = start_cli("run", config, "--quiet", "--log-format", "json")
             ((code, err),) = finish([again])
             assert code == 0, err[-3000:]
-            # The kept node heard the batch end, and is back waiting: a hello of a new
-            # name on the batch's stream (the ended run removed the stream).
-            hellos = lambda: [  # noqa: E731
-                m for _, f in client.xrange("conveyor:b:up")
-                for m in decode_batch(f[b"f"]) if isinstance(m, NodeHello)
-            ]  # fmt: skip
-            assert wait_until(lambda: bool(hellos()), 30), "the kept node did not wait again"
+            # The kept node heard the batch end, and is back waiting for its next run.
+            said = lambda: watch.said("stops: the batch ended (done)")  # noqa: E731
+            assert wait_until(said, 30), "the kept node did not hear the end"
+            assert wait_until(
+                lambda: (
+                    watch.said("joins batch 'b'")
+                    and len([line for line in watch.lines if "joins batch 'b'" in line]) >= 3
+                ),
+                30,
+            ), "the kept node did not wait again"  # (joined the first run, the second, the next)
             kept.send_signal(signal.SIGTERM)
-            ((_, kept_err),) = finish([kept])
+            _, kept_err = watch.end()
         finally:
             for proc in (first, plain, kept):
                 proc.kill()
@@ -593,6 +658,10 @@ def test_a_node_says_when_its_coordinator_is_away(
             node.start()
             events = lambda: [e["event"] for e in logs]  # noqa: E731
             assert wait_until(lambda: any("waiting for the batch's" in e for e in events()), 10)
+            looks = lambda: link.client.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)  # noqa: E731
+            before = looks()
+            assert wait_until(lambda: looks() >= before + 3, 10)  # it looked for a coordinator
+            assert link.client.exists(link.up) == 0  # … and wrote nothing to Redis meanwhile
             link.client.set(link.owner_key, "elsewhere", ex=60)
             beats = lambda: link.client.xlen(link.up)  # noqa: E731
             seen = beats()
@@ -657,7 +726,56 @@ def test_a_failed_items_manifest_line_names_the_node_that_tried_it(
         (code, err), (node_code, node_err) = finish([coordinator, node])
     assert code == 1, err[-3000:]  # (an item failed)
     assert node_code == 0, node_err[-2000:]
+    late = start_node(tmp_path, redis_server.url, 1)  # (the batch is over: nothing to do)
+    ((late_code, late_err),) = finish([late])
+    assert late_code == 0, late_err
+    assert "batch 'b' has ended (done): nothing to do" in late_err
     records = {r["id"]: r for r in read_manifest(tmp_path / "state" / "manifest.jsonl")}
     assert records["gone"]["status"] == "failed"
     assert records["gone"]["error_kind"] == "http_4xx"
     assert records["gone"]["node"].startswith("n0-")
+
+
+def test_a_kept_running_node_waits_for_a_batch_to_open_and_serves_it(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """``worker --keep-running`` without ``--batch``, before any batch is open: it waits,
+    serves the batch when its coordinator opens it (which downloads nothing itself), and
+    waits again after; a node that leaves is shown as left, not lost."""
+    files = make_files(30)
+    with FaultServer(files) as server:
+        config = write_coordinator(tmp_path, server, files, redis_server.url)
+        node = start_cli("worker", "--redis", redis_server.url, "--name", "n0", "--output",
+                         tmp_path / "node0", "--keep-running", "--log-format", "json")  # fmt: skip
+        try:
+            coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+            ((code, err),) = finish([coordinator])
+            assert code == 0, err[-3000:]
+        finally:
+            node.send_signal(signal.SIGTERM)
+            ((node_code, node_err),) = finish([node])
+        assert node_code == 130, node_err[-2000:]
+        assert "joins batch 'b'" in node_err
+    assert_every_item_once_and_verified(tmp_path, files, 1)
+
+
+def test_a_node_that_says_goodbye_is_shown_as_left(redis_server: RedisServer) -> None:
+    from runtime import Config
+    from runtime.core.clock import SystemClock
+
+    seen: list[Any] = []
+    keeper = _Recorder.start(seen, threading.Event())
+    config = Config.from_mapping({"cluster": {"redis": redis_server.url, "node_timeout": 60}})
+    hub = ClusterHub(config=config, batch="bye", state_keeper=keeper, clock=SystemClock())
+    hub.start()
+    try:
+        hub.link.send_up("a", [NodeHello(node="a", downloaders=1, mailbox=1)])
+        assert wait_until(lambda: any(isinstance(m, Attach) for m in seen), 10)
+        hub.link.send_up("a", [NodeBye(node="a", reason="stopped")])
+        assert wait_until(lambda: any(n.get("left") for n in hub.snapshot()), 10)
+        ((gone),) = hub.snapshot()
+        assert gone["lost"]
+        assert gone["left"]
+    finally:
+        hub.finish("done")
+        keeper.stop()

@@ -23,6 +23,7 @@ from runtime.core.config import (
     MAX_DOWNLOADERS,
     MAX_PROCESSORS,
     CircuitConfig,
+    ClusterConfig,
     Config,
 )
 from runtime.core.errors import ConfigError
@@ -304,12 +305,26 @@ def _check_values(config: Config, source: str, where: Where) -> Config:
     return config
 
 
+MIN_NODE_TIMEOUT = 2.0
+"""Shortest ``cluster.node_timeout``: two of a node's beats."""
+
+
 def _check_cluster(config: Config, where: Where) -> None:
     """A Redis url that redis-py takes, a batch name a node can give, and nothing the
     nodes cannot do yet (a processor: the files are on the nodes)."""
     c = config.cluster
     if not c.redis:
+        if c != ClusterConfig():  # (a [cluster] that would silently be a local run)
+            raise ConfigError(
+                f"{where('cluster', 'redis')} is empty while other cluster keys are set: give "
+                "the Redis url to run as a cluster's coordinator, or drop [cluster]"
+            )
         return
+    if c.node_timeout < MIN_NODE_TIMEOUT:
+        raise ConfigError(
+            f"{where('cluster', 'node_timeout')} must be at least {MIN_NODE_TIMEOUT:g} s (a "
+            f"node beats every second), got {c.node_timeout:g}"
+        )
     if not c.redis.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
             f"{where('cluster', 'redis')} must be a redis://, rediss:// or unix:// url, "
@@ -319,7 +334,7 @@ def _check_cluster(config: Config, where: Where) -> None:
 
     if c.name and not valid_node_name(c.name):
         raise ConfigError(
-            f"{where('cluster', 'name')} must be letters, digits, '.', '_' or '-' "
+            f"{where('cluster', 'name')} must be ASCII letters, digits, '.', '_' or '-' "
             f"(64 at most), got {c.name!r}"
         )
     p = config.processing

@@ -25,12 +25,40 @@ def _import_structlog() -> Any:
 
 structlog = _import_structlog()
 
-__all__ = ["configure_cli_logging", "get_logger"]
+__all__ = ["Grumble", "configure_cli_logging", "get_logger"]
 
 
 def get_logger(name: str) -> Any:
     """Return a structlog logger; the host's structlog configuration decides the output."""
     return structlog.get_logger(f"conveyor.{name}")
+
+
+class Grumble:
+    """A problem that may last (Redis away): said when it starts, then once every
+    ``every`` seconds with how long it has lasted, and once more when it is over —
+    not once per retry."""
+
+    def __init__(self, logger: Any, event: str, *, every: float = 30.0) -> None:
+        self.logger = logger
+        self.event = event
+        self.every = every
+        self.since: float | None = None
+        self.said = 0.0
+
+    def failed(self, now: float, **fields: Any) -> None:
+        """The problem is (still) there at ``now`` (a monotonic clock's seconds)."""
+        if self.since is None:
+            self.since = self.said = now
+            self.logger.warning(self.event, **fields)
+        elif now - self.said >= self.every:
+            self.said = now
+            self.logger.warning(self.event, lasting_s=round(now - self.since), **fields)
+
+    def over(self, now: float) -> None:
+        """It works again."""
+        if self.since is not None:
+            self.logger.info(f"{self.event}: fine again", after_s=round(now - self.since, 1))
+            self.since = None
 
 
 class _CurrentStderr:

@@ -22,6 +22,7 @@ half-applied.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ __all__ = [
     "Envelope",
     "Read",
     "StreamLink",
+    "explained",
     "join_hint",
     "redacted",
     "valid_node_name",
@@ -54,6 +56,19 @@ def redacted(url: str) -> str:
     ``password=`` in the query too)."""
     url = re.sub(r"^(\w+://[^:@/]*:)[^@/]*@", r"\1***@", url)
     return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
+
+
+def explained(exc: BaseException, url: str) -> str:
+    """What redis-py's ``exc`` means for someone who gave ``url``, in words of the url."""
+    text = str(exc)
+    if any(s in text for s in ("NOAUTH", "HELLO must be called", "Authentication required")):
+        return "this Redis requires a password: give it in the url (redis://:PASSWORD@host:port/db)"
+    if "WRONGPASS" in text or "invalid username-password" in text:
+        return "wrong password (or user) for this Redis"
+    ca = re.search(r"[?&]ssl_ca_certs=([^&#]+)", url)
+    if ca and not os.path.isfile(ca.group(1)):
+        return f"the CA certificate file {ca.group(1)} (ssl_ca_certs in the url) does not exist"
+    return text
 
 
 def join_hint(batch: str) -> str:
