@@ -661,11 +661,16 @@ def _validate(config: Config) -> int:
     if len(bad) > 200:
         print(f"  ... and {len(bad) - 200} more")
     d = config.download
-    print(
-        f"downloads: {d.concurrency} at once ({plural(d.workers, 'downloader')} of "
-        f"{d.mailbox}, engine {d.engine}), at most "
-        f"{d.per_host if d.per_host else 'any number'} per host"
-    )
+    per_host = d.per_host if d.per_host else "any number"
+    if config.cluster.redis and not config.cluster.local_downloads:
+        print(f"downloads: none here (cluster.local_downloads = false): each node's own, at "
+              f"most {per_host} per host over all nodes")  # fmt: skip
+    else:
+        print(
+            f"downloads: {d.concurrency} at once ({plural(d.workers, 'downloader')} of "
+            f"{d.mailbox}, engine {d.engine}), at most "
+            f"{d.per_host if d.per_host else 'any number'} per host"
+        )
     if config.cluster.redis and not _check_cluster(config):
         return EXIT_CODES["bad_input"]
     return 0 if not bad else 1
@@ -690,7 +695,7 @@ def _check_cluster(config: Config) -> bool:
         return False
     c = config.cluster
     print(f"cluster: batch {batch!r} on {url} (answers); nodes join with: "
-          f"{join_hint(batch)}; node_timeout {c.node_timeout:g} s, "
+          f"{join_hint(batch, url)}; node_timeout {c.node_timeout:g} s, "
           f"max_deliveries {c.max_deliveries}, the coordinator "
           f"{'downloads too' if c.local_downloads else 'does not download'}")  # fmt: skip
     if owner is not None:

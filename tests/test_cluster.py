@@ -685,7 +685,8 @@ def test_validate_checks_the_clusters_redis(tmp_path: Path, redis_server: RedisS
         done = run_cli("validate", config)
         assert done.returncode == 0, done.stderr
         assert "cluster: batch 'b'" in done.stdout
-        assert "worker --redis URL --batch b" in done.stdout
+        assert f"worker --redis {redis_server.url} --batch b" in done.stdout
+        assert "downloads: none here" in done.stdout
         with socket.socket() as closed:  # bound, never listening: connections are refused
             closed.bind(("127.0.0.1", 0))
             port = closed.getsockname()[1]

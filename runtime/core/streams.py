@@ -71,9 +71,9 @@ def explained(exc: BaseException, url: str) -> str:
     return text
 
 
-def join_hint(batch: str) -> str:
+def join_hint(batch: str, url: str = "URL") -> str:
     """The command that starts a node of ``batch`` (for the coordinator's messages)."""
-    return f"python -m runtime worker --redis URL --batch {batch}"
+    return f"python -m runtime worker --redis {url} --batch {batch}"
 
 
 def valid_node_name(name: str) -> bool:
