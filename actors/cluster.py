@@ -53,6 +53,8 @@ log = get_logger("cluster")
 
 ACK_EVERY = 0.2
 """Seconds between the hub's commits-then-acknowledgements."""
+ENDED_KEPT = 24 * 3600
+"""Seconds a batch's end marker stays in Redis (a node arriving late reads it)."""
 ALONE_AFTER = 10.0
 """Seconds without any node (and no local downloads) before the coordinator says so."""
 
@@ -176,7 +178,7 @@ class ClusterHub:
             # Marked ended (a node that missed its BatchDone sees it), then closed. What
             # nodes still say (a last beat) must not greet the next run on this batch as
             # news, and the nodes' streams go once they have read their BatchDone.
-            client.set(self.link.ended_key, reason, ex=24 * 3600)
+            client.set(self.link.ended_key, reason, ex=ENDED_KEPT)
             for node in nodes:
                 self.link.send_down(node, [BatchDone(reason=reason)])
             client.srem("conveyor:batches", self.batch)

@@ -18,6 +18,7 @@ from runtime.core.store import StoreView, open_view, state_file
 
 __all__ = [
     "breaker_text",
+    "how_long",
     "human_bytes",
     "live_pid",
     "pid_alive",
@@ -170,7 +171,7 @@ def print_nodes(nodes: list[dict[str, Any]], out: TextIO, now: float | None = No
         ago = n.get("last_seen_s", 0)
         if now is not None and n.get("last_seen_at"):
             ago = max(0.0, now - n["last_seen_at"])
-        seen = f"{_duration(ago)} ago"
+        seen = f"{how_long(ago)} ago"
         if n.get("lost"):
             seen = "left" if n.get("left") else "lost"
         rows.append((str(n.get("node", "?")), str(n.get("address", "")),
@@ -235,7 +236,7 @@ def pid_alive(pid: int) -> bool:
     return pid != os.getpid()
 
 
-def _duration(seconds: float) -> str:
+def how_long(seconds: float) -> str:
     """``0.4 s``, ``12 s``, ``5 min``, ``3.2 h``, ``2.1 days``."""
     if seconds < 10:
         return f"{seconds:.1f} s"

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from actors.cluster import ENDED_KEPT
 from actors.node import run_node
 from runtime.core.clock import SystemClock
 from runtime.core.config import Config
@@ -26,6 +27,7 @@ from runtime.core.errors import EXIT_CODES, ConfigError
 from runtime.core.logs import Grumble, get_logger
 from runtime.core.streams import StreamLink, explained, redacted, valid_node_name
 from runtime.pipeline import default_transports
+from runtime.report import how_long
 
 __all__ = ["run_worker"]
 
@@ -90,16 +92,19 @@ def run_worker(
     code = EXIT_CODES["ok"]
     if batch is None:  # (--keep-running, and no batch is open yet)
         batch = _wait_for_a_batch(link, stop)
+    rejoining = False
     while batch is not None:
         link = StreamLink(link.client, batch)
-        over = None if keep_running else _ended(link)
-        if over is not None:  # a batch that ended, and no coordinator runs it again
-            done = over == "done"
-            print(f"conveyor: batch {batch!r} has ended ({over}): nothing to do"
-                  + ("" if done else "; run this again when its coordinator resumes")
-                  + " (--keep-running waits for its next run)", file=sys.stderr)  # fmt: skip
-            code = EXIT_CODES["ok"] if done else EXIT_CODES["interrupted"]
+        over = _ended(link)
+        if over is not None and rejoining and not keep_running:
+            # It was lost while the batch ended without it: nothing is left to do.
+            print(f"conveyor: batch {batch!r} has ended ({over[0]}) without this node",
+                  file=sys.stderr)  # fmt: skip
+            code = EXIT_CODES["ok"] if over[0] == "done" else EXIT_CODES["interrupted"]
             break
+        if over is not None:  # (a name used again: its next run will open it)
+            print(f"conveyor: batch {batch!r} ended ({over[0]}) {over[1]} ago; this node "
+                  "waits for its next run (Ctrl-C to stop)", file=sys.stderr)  # fmt: skip
         node = f"{base}-{secrets.token_hex(3)}"
         print(f"conveyor: node {node} joins batch {batch!r}; files go to {config.output.dir}",
               file=sys.stderr)  # fmt: skip
@@ -115,6 +120,7 @@ def run_worker(
                   if keep_running else ""), file=sys.stderr)  # fmt: skip
         if signalled or not (keep_running or end.rejoin):
             break
+        rejoining = end.rejoin
         stop.clear()
         if discovered and not end.rejoin:  # the next batch, whichever opens
             batch = _wait_for_a_batch(link, stop)
@@ -122,10 +128,14 @@ def run_worker(
     return EXIT_CODES["interrupted"] if signalled else code
 
 
-def _ended(link: StreamLink) -> str | None:
-    """How the batch ended, when it did and no coordinator has opened it again."""
+def _ended(link: StreamLink) -> tuple[str, str] | None:
+    """How the batch ended and how long ago, when it did and no coordinator has opened
+    it again."""
     why, owner = link.client.mget(link.ended_key, link.owner_key)
-    return why.decode(errors="replace") if why is not None and owner is None else None
+    if why is None or owner is not None:
+        return None
+    left = int(link.client.ttl(link.ended_key))  # (the marker lives a day)
+    return why.decode(errors="replace"), how_long(ENDED_KEPT - left if left > 0 else 0)
 
 
 def _wait_for_a_batch(link: StreamLink, stop: threading.Event) -> str | None:

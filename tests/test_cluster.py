@@ -727,10 +727,11 @@ def test_a_failed_items_manifest_line_names_the_node_that_tried_it(
         (code, err), (node_code, node_err) = finish([coordinator, node])
     assert code == 1, err[-3000:]  # (an item failed)
     assert node_code == 0, node_err[-2000:]
-    late = start_node(tmp_path, redis_server.url, 1)  # (the batch is over: nothing to do)
-    ((late_code, late_err),) = finish([late])
-    assert late_code == 0, late_err
-    assert "batch 'b' has ended (done): nothing to do" in late_err
+    late = Watched(start_node(tmp_path, redis_server.url, 1))  # (its next run may come)
+    assert wait_until(lambda: late.said("waits for its next run"), 30), late.lines
+    assert any("batch 'b' ended (done)" in line for line in late.lines)
+    late.proc.send_signal(signal.SIGTERM)
+    assert late.end()[0] == 130
     records = {r["id"]: r for r in read_manifest(tmp_path / "state" / "manifest.jsonl")}
     assert records["gone"]["status"] == "failed"
     assert records["gone"]["error_kind"] == "http_4xx"
@@ -780,3 +781,32 @@ def test_a_node_that_says_goodbye_is_shown_as_left(redis_server: RedisServer) ->
     finally:
         hub.finish("done")
         keeper.stop()
+
+
+def test_a_node_lost_while_the_batch_ended_leaves_when_it_comes_back(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """SIGSTOP of a node until the others have finished the batch, then SIGCONT: it hears
+    it was lost, finds the batch over and leaves (exit 0) instead of waiting forever."""
+    files = make_files(120)
+    with FaultServer(files, delay=0.02) as server:
+        config = write_coordinator(tmp_path, server, files, redis_server.url)
+        nodes = [start_node(tmp_path, redis_server.url, i) for i in range(2)]
+        coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+        try:
+            assert wait_joined(redis_server.url, "n0", "n1"), "the nodes never joined"
+            assert server.wait_for_requests(20, timeout=TIMEOUT), "the batch never got going"
+            nodes[0].send_signal(signal.SIGSTOP)
+            ((code, err),) = finish([coordinator])
+            assert code == 0, err[-3000:]
+            nodes[0].send_signal(signal.SIGCONT)
+            (paused_code, paused_err), (other_code, _) = finish(nodes)
+        finally:
+            for proc in (coordinator, *nodes):
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+        assert paused_code == 0, paused_err[-2000:]
+        assert other_code == 0
+        assert "asks this node to join again" in paused_err
+        assert "batch 'b' has ended (done) without this node" in paused_err
+    assert_every_item_once_and_verified(tmp_path, files, 2)
