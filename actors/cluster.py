@@ -31,6 +31,8 @@ from messages import (
     Cancel,
     ChildCrashed,
     DownloadComplete,
+    DownloadFailed,
+    DownloadStarted,
     NodeBeat,
     NodeBye,
     NodeHello,
@@ -71,6 +73,12 @@ class _Node:
     read: str = "0"
     done: int = 0
     in_flight: int = 0
+
+    def seen(self, name: str, now: float, wall: float) -> dict[str, Any]:
+        """What ``status`` and the summary show of it (``NodeStatus``'s fields)."""
+        return {"node": name, "address": self.address, "in_flight": self.in_flight,
+                "done": self.done, "last_seen_s": round(now - self.last_seen, 1),
+                "last_seen_at": round(wall - (now - self.last_seen), 1)}  # fmt: skip
 
 
 class NodeRef:
@@ -198,12 +206,7 @@ class ClusterHub:
         """The nodes, for ``status`` and the summary: the ones joined, then the lost."""
         now, wall = self.clock.now(), self.clock.wall()
         with self.lock:
-            alive = [
-                {"node": n, "address": s.address, "in_flight": s.in_flight, "done": s.done,
-                 "last_seen_s": round(now - s.last_seen, 1), "lost": False,
-                 "last_seen_at": round(wall - (now - s.last_seen), 1)}
-                for n, s in self.nodes.items()
-            ]  # fmt: skip
+            alive = [s.seen(n, now, wall) for n, s in self.nodes.items()]
             return alive + [dict(gone, lost=True) for gone in self.gone.values()]
 
     # -- the reader thread ------------------------------------------------------------
@@ -316,12 +319,11 @@ class ClusterHub:
                 if state is not None:
                     state.last_seen = now
                     for m in forward:
-                        kind = type(m).__name__
-                        if kind == "DownloadStarted":
+                        if isinstance(m, DownloadStarted):
                             state.in_flight += 1
-                        elif kind in ("DownloadComplete", "DownloadFailed"):
+                        elif isinstance(m, DownloadComplete | DownloadFailed):
                             state.in_flight = max(0, state.in_flight - 1)
-                            state.done += kind == "DownloadComplete"
+                            state.done += isinstance(m, DownloadComplete)
             tell(self.state_keeper, Batch(messages=tuple(forward)) if len(forward) > 1
                  else forward[0])  # fmt: skip
 
@@ -344,11 +346,13 @@ class ClusterHub:
         log.info("cluster node joined", node=node, address=hello.address,
                  downloaders=len(workers), mailbox=hello.mailbox)  # fmt: skip
         for i, worker in enumerate(workers):
-            self.send(node, StartDownloader(worker=worker, index=i, lane="small"))
-            ref = NodeRef(self, node)
-            attach = Attach(worker=worker, kind="downloader", ref=ref,
-                            credit=mailbox, lane="small", node=node)  # fmt: skip
-            tell(self.state_keeper, attach)
+            self._start_downloader(node, worker, i, mailbox)
+
+    def _start_downloader(self, node: str, worker: str, index: int, mailbox: int) -> None:
+        """Have ``node`` start ``worker``, and the StateKeeper count on it."""
+        self.send(node, StartDownloader(worker=worker, index=index, lane="small"))
+        tell(self.state_keeper, Attach(worker=worker, kind="downloader", ref=NodeRef(self, node),
+                                       credit=mailbox, lane="small", node=node))  # fmt: skip
 
     def _replace(self, node: str, worker: str, index: int, error: str) -> None:
         """A node's downloader crashed: its items go back, a new one takes its slot."""
@@ -363,9 +367,7 @@ class ClusterHub:
                 return
             state.workers = [new if w == worker else w for w in state.workers]
             mailbox = state.mailbox
-        self.send(node, StartDownloader(worker=new, index=index, lane="small"))
-        tell(self.state_keeper, Attach(worker=new, kind="downloader", ref=NodeRef(self, node),
-                                       credit=mailbox, lane="small", node=node))  # fmt: skip
+        self._start_downloader(node, new, index, mailbox)
 
     def _beat(self, node: str, read: str, now: float) -> None:
         with self.lock:
@@ -391,11 +393,8 @@ class ClusterHub:
             state = self.nodes.pop(node, None)
             self.lost.add(node)
             if state is not None:
-                self.gone[node] = {"node": node, "address": state.address, "in_flight": 0,
-                                   "done": state.done, "left": left,
-                                   "last_seen_s": round(now - state.last_seen, 1),
-                                   "last_seen_at": round(self.clock.wall()
-                                                         - (now - state.last_seen), 1)}  # fmt: skip
+                seen = state.seen(node, now, self.clock.wall())
+                self.gone[node] = dict(seen, in_flight=0, left=left)
         if state is None:
             return
         if left:

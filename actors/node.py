@@ -126,12 +126,12 @@ def run_node(
         log.info("waiting for the batch's coordinator to open it", batch=link.batch)
 
     ended: list[str] = []  # (the end marker's reason, when this node missed BatchDone)
-    seen_open = seen_owner = away = False  # the coordinator: seen running; gone since
-    absent = 0  # beats in a row that found no coordinator
+    seen_open = seen_owner = False  # the batch open; its coordinator running, once
+    absent = 0  # looks in a row that found no coordinator (AWAY_AFTER: it is away)
     unreachable = Grumble(log, "cannot reach the coordinator")
 
     def beat() -> None:
-        nonlocal seen_open, seen_owner, away, absent, greeted
+        nonlocal seen_open, seen_owner, absent, greeted
         while not stop.wait(BEAT if greeted else WAITING_POLL):
             try:
                 why, owner = link.client.mget(link.ended_key, link.owner_key)
@@ -149,13 +149,12 @@ def run_node(
             if why is not None:
                 continue
             if owner is not None:
-                if away:
+                if seen_owner and absent >= AWAY_AFTER:
                     log.info("the batch's coordinator is back", batch=link.batch)
-                seen_owner, away, absent = True, False, 0
+                seen_owner, absent = True, 0
                 continue
             absent += 1  # (a Redis restarted empty misses the key for a second or so)
-            if seen_owner and not away and absent >= AWAY_AFTER:
-                away = True
+            if seen_owner and absent == AWAY_AFTER:
                 log.warning("the batch's coordinator is not running; this node waits "
                             "for it to come back", batch=link.batch)  # fmt: skip
 

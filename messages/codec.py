@@ -112,6 +112,16 @@ def _check_for(hint: Any) -> Check:
     raise TypeError(f"unsupported message field type {hint!r}")  # a bug in messages/types.py
 
 
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    """A message class's field types (read once per class)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls, vars(mtypes))
+    return _HINTS[cls]
+
+
 _SCHEMAS: dict[type[Any], dict[str, tuple[Check, bool]]] = {}
 
 
@@ -119,7 +129,7 @@ def _schema(cls: type[Any]) -> dict[str, tuple[Check, bool]]:
     """Field name -> (validator, required), built once per class."""
     schema = _SCHEMAS.get(cls)
     if schema is None:
-        hints = typing.get_type_hints(cls, vars(mtypes))
+        hints = _hints(cls)
         schema = {
             f.name: (
                 _check_for(hints[f.name]),
@@ -157,7 +167,7 @@ _PLANS: dict[type[Any], tuple[tuple[str, bool], ...]] = {}
 
 def _plan(cls: type[Any]) -> tuple[tuple[str, bool], ...]:
     """``(field, may hold messages)`` of a message class, in order (``to_wire``'s)."""
-    hints = typing.get_type_hints(cls, vars(mtypes))
+    hints = _hints(cls)
     return tuple((f.name, _may_hold_messages(hints[f.name])) for f in dataclasses.fields(cls))
 
 
@@ -229,7 +239,7 @@ def _fast_schema(cls: type[Any]) -> tuple[frozenset[str], tuple[FastField, ...]]
     """Field names, and ``(field, str or int for a plain one, check, required)``."""
     schema = _FAST.get(cls)
     if schema is None:
-        hints = typing.get_type_hints(cls, vars(mtypes))
+        hints = _hints(cls)
         fields = tuple(
             (
                 f.name,

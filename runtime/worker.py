@@ -100,7 +100,7 @@ def run_worker(
             # It was lost while the batch ended without it: nothing is left to do.
             print(f"conveyor: batch {batch!r} has ended ({over[0]}) without this node",
                   file=sys.stderr)  # fmt: skip
-            code = EXIT_CODES["ok"] if over[0] == "done" else EXIT_CODES["interrupted"]
+            code = _exit_for(over[0])
             break
         if over is not None:  # (a name used again: its next run will open it)
             print(f"conveyor: batch {batch!r} ended ({over[0]}) {over[1]} ago; this node "
@@ -112,9 +112,10 @@ def run_worker(
                        transport_factory=default_transports(config, clock, simulate=simulate),
                        clock=clock, stop=stop)  # fmt: skip
         print(f"conveyor: node {node} stops: {end.reason}", file=sys.stderr)
-        unfinished = end.ended is not None and end.ended != "done"
-        code = EXIT_CODES["interrupted"] if unfinished else EXIT_CODES["ok"]
-        if unfinished:  # (Ctrl-C, a job timeout, an error: the coordinator will resume it)
+        code = _exit_for(end.ended)
+        if (
+            code != EXIT_CODES["ok"]
+        ):  # (Ctrl-C, a job timeout, an error: the coordinator will resume it)
             print("conveyor: the coordinator stopped before the batch was done; its items "
                   "stay pending for its next run" + (", which this node waits for"
                   if keep_running else ""), file=sys.stderr)  # fmt: skip
@@ -126,6 +127,11 @@ def run_worker(
             batch = _wait_for_a_batch(link, stop)
     link.client.close()
     return EXIT_CODES["interrupted"] if signalled else code
+
+
+def _exit_for(ended: str | None) -> int:
+    """A node's exit code for a batch that ended so (None: it did not end)."""
+    return EXIT_CODES["interrupted"] if ended not in (None, "done") else EXIT_CODES["ok"]
 
 
 def _ended(link: StreamLink) -> tuple[str, str] | None:

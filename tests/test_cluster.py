@@ -136,6 +136,16 @@ def assert_every_item_once_and_verified(tmp: Path, files: dict[str, bytes], node
         assert any(c.read_bytes() == body for c in copies), path
 
 
+def start_coordinator(config: Path) -> subprocess.Popen[str]:
+    return start_cli("run", config, "--quiet", "--log-format", "json")
+
+
+def assert_going(server: FaultServer, url: str, requests: int, *names: str) -> None:
+    """The nodes named have joined and the server has seen ``requests`` requests."""
+    assert wait_joined(url, *names), f"not all of {names} joined"
+    assert server.wait_for_requests(requests, timeout=TIMEOUT), "the batch never got going"
+
+
 def wait_joined(url: str, *names: str) -> bool:
     """Whether each of the nodes named (``n0``, …) joined: the coordinator wrote to its
     stream (the downloaders it starts there)."""
@@ -165,7 +175,7 @@ def test_three_nodes_download_a_batch_within_the_per_host_limit(
     with FaultServer(files, delay=0.01) as server:
         config = write_coordinator(tmp_path, server, files, redis_server.url)
         nodes = [start_node(tmp_path, redis_server.url, i) for i in range(3)]
-        coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+        coordinator = start_coordinator(config)
         (code, err), *node_results = finish([coordinator, *nodes])
         assert code == 0, err[-3000:]
         assert server.max_active <= 3
@@ -198,10 +208,9 @@ def test_a_killed_node_loses_nothing(tmp_path: Path, redis_server: RedisServer) 
     with FaultServer(files, delay=0.02) as server:
         config = write_coordinator(tmp_path, server, files, redis_server.url)
         nodes = [start_node(tmp_path, redis_server.url, i) for i in range(3)]
-        coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+        coordinator = start_coordinator(config)
         try:
-            assert wait_joined(redis_server.url, "n0"), "the node never joined"
-            assert server.wait_for_requests(60, timeout=TIMEOUT), "the batch never got going"
+            assert_going(server, redis_server.url, 60, "n0")
             nodes[0].send_signal(signal.SIGKILL)
             (code, err), *_ = finish([coordinator, *nodes[1:]])
         finally:
@@ -223,10 +232,9 @@ def test_a_node_paused_past_the_timeout_comes_back_under_a_new_name(
     with FaultServer(files, delay=0.02) as server:
         config = write_coordinator(tmp_path, server, files, redis_server.url)
         nodes = [start_node(tmp_path, redis_server.url, i) for i in range(2)]
-        coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+        coordinator = start_coordinator(config)
         try:
-            assert wait_joined(redis_server.url, "n0", "n1"), "the nodes never joined"
-            assert server.wait_for_requests(40, timeout=TIMEOUT), "the batch never got going"
+            assert_going(server, redis_server.url, 40, "n0", "n1")
             nodes[0].send_signal(signal.SIGSTOP)
 
             def told_lost() -> bool:
@@ -343,12 +351,12 @@ def test_a_killed_coordinator_restarted_and_a_restarted_redis_lose_nothing(
     with FaultServer(files, delay=0.02) as server:
         config = write_coordinator(tmp_path, server, files, redis_server.url)
         nodes = [start_node(tmp_path, redis_server.url, i) for i in range(2)]
-        first = start_cli("run", config, "--quiet", "--log-format", "json")
+        first = start_coordinator(config)
         try:
             assert server.wait_for_requests(60, timeout=TIMEOUT), "the batch never got going"
             first.send_signal(signal.SIGKILL)
             assert first.wait(timeout=TIMEOUT) == -signal.SIGKILL
-            again = start_cli("run", config, "--quiet", "--log-format", "json")
+            again = start_coordinator(config)
             seen = sum(server.counts.values())
             assert server.wait_for_requests(seen + 60, timeout=TIMEOUT), "no restart"
             redis_server.stop()  # Redis goes away, and comes back empty on its port
@@ -395,7 +403,7 @@ def test_a_poison_item_fails_after_max_deliveries_instead_of_killing_every_node(
         with lock:
             for i in range(2):
                 start(i)
-        coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+        coordinator = start_coordinator(config)
         try:
             for i in range(2, 10):  # keep two nodes alive: replace each one that dies
                 done = threading.Event()
@@ -477,7 +485,7 @@ def test_a_password_protected_redis_works_and_a_wrong_password_is_a_clear_error(
     with RedisServer(password=secret) as secured, FaultServer(files) as server:
         config = write_coordinator(tmp_path, server, files, secured.url)
         node = start_node(tmp_path, secured.url, 0)
-        coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+        coordinator = start_coordinator(config)
         (code, err), (node_code, node_err) = finish([coordinator, node])
         assert code == 0, err[-3000:]
         assert node_code == 0, node_err[-2000:]
@@ -508,7 +516,7 @@ def test_a_cluster_over_tls(tmp_path: Path) -> None:
         assert secured.url.startswith("rediss://")
         config = write_coordinator(tmp_path, server, files, secured.url)
         node = start_node(tmp_path, secured.url, 0)
-        coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+        coordinator = start_coordinator(config)
         (code, err), (node_code, node_err) = finish([coordinator, node])
         assert code == 0, err[-3000:]
         assert node_code == 0, node_err[-2000:]
@@ -565,17 +573,16 @@ def test_ctrl_c_of_the_coordinator_stops_its_nodes_and_one_kept_running_serves_t
         plain = start_node(tmp_path, redis_server.url, 0)
         kept = start_node(tmp_path, redis_server.url, 1, "--keep-running")
         watch = Watched(kept)
-        first = start_cli("run", config, "--quiet", "--log-format", "json")
+        first = start_coordinator(config)
         try:
-            assert wait_joined(redis_server.url, "n0", "n1"), "the nodes never joined"
-            assert server.wait_for_requests(60, timeout=TIMEOUT), "the batch never got going"
+            assert_going(server, redis_server.url, 60, "n0", "n1")
             first.send_signal(signal.SIGINT)
             (code, err), (plain_code, plain_err) = finish([first, plain])
             assert code == 130, err[-3000:]
             assert plain_code == 130, plain_err[-2000:]
             assert "stopped before the batch was done" in plain_err
             assert kept.poll() is None  # still there, waiting
-            again = start_cli("run", config, "--quiet", "--log-format", "json")
+            again = start_coordinator(config)
             ((code, err),) = finish([again])
             assert code == 0, err[-3000:]
             # The kept node heard the batch end, and is back waiting for its next run.
@@ -723,7 +730,7 @@ def test_a_failed_items_manifest_line_names_the_node_that_tried_it(
         entries.append({"url": server.url("/status/404/gone.bin"), "id": "gone"})
         (tmp_path / "files.json").write_text(json.dumps(entries))
         node = start_node(tmp_path, redis_server.url, 0)
-        coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+        coordinator = start_coordinator(config)
         (code, err), (node_code, node_err) = finish([coordinator, node])
     assert code == 1, err[-3000:]  # (an item failed)
     assert node_code == 0, node_err[-2000:]
@@ -750,7 +757,7 @@ def test_a_kept_running_node_waits_for_a_batch_to_open_and_serves_it(
         node = start_cli("worker", "--redis", redis_server.url, "--name", "n0", "--output",
                          tmp_path / "node0", "--keep-running", "--log-format", "json")  # fmt: skip
         try:
-            coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+            coordinator = start_coordinator(config)
             ((code, err),) = finish([coordinator])
             assert code == 0, err[-3000:]
         finally:
@@ -792,10 +799,9 @@ def test_a_node_lost_while_the_batch_ended_leaves_when_it_comes_back(
     with FaultServer(files, delay=0.02) as server:
         config = write_coordinator(tmp_path, server, files, redis_server.url)
         nodes = [start_node(tmp_path, redis_server.url, i) for i in range(2)]
-        coordinator = start_cli("run", config, "--quiet", "--log-format", "json")
+        coordinator = start_coordinator(config)
         try:
-            assert wait_joined(redis_server.url, "n0", "n1"), "the nodes never joined"
-            assert server.wait_for_requests(20, timeout=TIMEOUT), "the batch never got going"
+            assert_going(server, redis_server.url, 20, "n0", "n1")
             nodes[0].send_signal(signal.SIGSTOP)
             ((code, err),) = finish([coordinator])
             assert code == 0, err[-3000:]

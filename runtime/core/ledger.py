@@ -441,10 +441,8 @@ class Ledger:
         self.adopted.add(i)
         self.emit(done)
         self.stats["bytes"] += done.size
-        outcome = _outcome(
-            done.item, status="completed", path=done.path, size=done.size, sha256=done.sha256
-        )
-        self._report(evolve(outcome, node=node))
+        self._report(_outcome(done.item, status="completed", path=done.path, size=done.size,
+                              sha256=done.sha256, node=node))  # fmt: skip
         return True
 
     def download_failed(self, failed: DownloadFailed) -> None:
